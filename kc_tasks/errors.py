@@ -1,0 +1,47 @@
+"""The errors kc_tasks raises: one root, a retryable branch and a permanent branch."""
+
+from __future__ import annotations
+
+
+class KcTasksError(Exception):
+    """Raised for every failure kc_tasks itself recognises."""
+
+
+class ConfigError(KcTasksError):
+    """Raised when a setting from the environment is missing or malformed."""
+
+
+class RetryableError(KcTasksError):
+    """Raised when a failure may pass by itself: the task is retried with backoff."""
+
+
+class DatabaseUnavailable(RetryableError):
+    """Raised when PostgreSQL cannot be reached or dropped the connection."""
+
+
+class DatabaseBusy(RetryableError):
+    """Raised on serialization failures, deadlocks, lock timeouts and full connection slots."""
+
+
+class PermanentError(KcTasksError):
+    """Raised when a retry cannot help: the delivery is given up at once."""
+
+
+class InvalidPurchase(PermanentError):
+    """Raised when create_purchase's kwargs break the contract's rules."""
+
+
+class DatabaseError(PermanentError):
+    """Raised when PostgreSQL rejects a statement for a reason a retry cannot fix."""
+
+
+class ConflictTargetMissing(DatabaseError):
+    """Raised when no unique index can arbitrate ON CONFLICT (SQLSTATE 42P10)."""
+
+
+class UniqueConflict(DatabaseError):
+    """Raised when an INSERT meets a unique index outside ON CONFLICT; names the index."""
+
+    def __init__(self, message: str, constraint: str | None) -> None:
+        super().__init__(message)
+        self.constraint = constraint

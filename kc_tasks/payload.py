@@ -1,0 +1,98 @@
+"""Validation of create_purchase's kwargs, by the contract's rules."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+
+from kc_tasks.errors import InvalidPurchase
+
+METADATA_MAX_BYTES = 16 * 1024
+AMOUNT_MAX = 2**63 - 1  # bigint
+CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+class Purchase(BaseModel):
+    """A paid order, as create_purchase receives it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    payment_id: Annotated[StrictStr, Field(min_length=1, max_length=255)]
+    student_id: StrictStr
+    course_id: StrictStr
+    amount_cents: Annotated[StrictInt, Field(ge=0, le=AMOUNT_MAX)]
+    currency: StrictStr
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("payment_id")
+    @classmethod
+    def _printable_payment_id(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
+
+    @field_validator("student_id", "course_id")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError("must be a UUID string") from None
+
+    @field_validator("currency")
+    @classmethod
+    def _iso_4217(cls, value: str) -> str:
+        if not CURRENCY.fullmatch(value):
+            raise ValueError("must be an ISO 4217 code: three upper-case letters")
+        return value
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _small_json_object(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object")
+        try:
+            encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"must be plain JSON ({exc})") from None
+        if "\\u0000" in encoded:
+            raise ValueError("must not contain a NUL character")
+        if len(encoded.encode()) > METADATA_MAX_BYTES:
+            raise ValueError(f"must be at most {METADATA_MAX_BYTES} bytes as JSON")
+        return value
+
+
+def parse_purchase(kwargs: Mapping[str, Any]) -> Purchase:
+    """The kwargs as a Purchase, or InvalidPurchase naming each field and its rule."""
+    try:
+        return Purchase.model_validate(dict(kwargs))
+    except ValidationError as exc:
+        raise InvalidPurchase(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per broken rule: `field: rule (got value)`."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in error["loc"]) or "kwargs"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "is not a create_purchase kwarg"
+        elif error["type"] == "missing":
+            message = "is required"
+        else:
+            message = f"{message} (got {_short(error.get('input'))})"
+        parts.append(f"{field}: {message}")
+    return "invalid create_purchase kwargs: " + "; ".join(parts)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,116 @@
+"""Settings: one typed object, read from the environment once per process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from kombu.utils.url import maybe_sanitize_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from kc_tasks.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@localhost:5432/kc_tasks"
+DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # PostgreSQL, as a SQLAlchemy URL for the psycopg 3 driver.
+    database_url: URL
+    # Where tasks are published and consumed: amqp:// (RabbitMQ) or redis://.
+    broker_url: str
+    # Retries of a transient failure before the task is given up.
+    max_retries: int = 8
+    # Cap of the exponential backoff between retries, in seconds.
+    retry_backoff_max: int = 300
+    # How long a worker process trusts its last check of unique_active_purchase, seconds.
+    index_check_ttl: int = 300
+    # Beat period of kc_tasks.verify_purchase_index, seconds.
+    index_verify_interval: int = 300
+    # RabbitMQ queue type of `purchases`: classic or quorum.
+    queue_type: str = "classic"
+    # Log line format: text, or json (one object per line).
+    log_format: str = "text"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            database_url=database_url_from_env(env),
+            broker_url=env.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL,
+            max_retries=_int(env, "KC_MAX_RETRIES", 8, minimum=0),
+            retry_backoff_max=_int(env, "KC_RETRY_BACKOFF_MAX", 300, minimum=1),
+            index_check_ttl=_int(env, "KC_INDEX_CHECK_TTL", 300, minimum=0),
+            index_verify_interval=_int(env, "KC_INDEX_VERIFY_INTERVAL", 300, minimum=1),
+            queue_type=_choice(env, "KC_QUEUE_TYPE", "classic", ("classic", "quorum")),
+            log_format=_choice(env, "KC_LOG_FORMAT", "text", ("text", "json")),
+        )
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.broker_url.startswith(("redis://", "rediss://"))
+
+
+def database_url_from_env(env: Mapping[str, str]) -> URL:
+    """DATABASE_URL, else the old worker's POSTGRES_URL, else POSTGRES_HOST & co."""
+    raw = env.get("DATABASE_URL") or env.get("POSTGRES_URL")
+    if raw:
+        return normalize_database_url(raw)
+    if env.get("POSTGRES_HOST"):
+        query = {"sslmode": "require"} if env.get("POSTGRES_SSL", "").lower() == "true" else {}
+        return URL.create(
+            "postgresql+psycopg",
+            username=env.get("POSTGRES_USER") or "postgres",
+            password=env.get("POSTGRES_PASSWORD") or None,
+            host=env["POSTGRES_HOST"],
+            port=_int(env, "POSTGRES_PORT", 5432, minimum=1),
+            database=env.get("POSTGRES_DB") or "kc_tasks",
+            query=query,
+        )
+    return normalize_database_url(DEFAULT_DATABASE_URL)
+
+
+def normalize_database_url(raw: str) -> URL:
+    """Accept postgresql://, postgres:// and postgresql+psycopg://; use psycopg 3."""
+    try:
+        url = make_url(raw)
+    except ArgumentError as exc:
+        raise ConfigError(f"DATABASE_URL is not a valid URL: {exc}") from None
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise ConfigError(f"DATABASE_URL must be a postgresql:// URL, not {url.drivername}://")
+    if url.get_driver_name() not in ("", "psycopg", "psycopg2"):
+        raise ConfigError(f"DATABASE_URL driver {url.get_driver_name()} is not supported; use psycopg")
+    return url.set(drivername="postgresql+psycopg")
+
+
+def describe_database(url: URL) -> str:
+    """host:port/database, the way an operator looks for it; never the password."""
+    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+
+
+def redact_url(url: str) -> str:
+    """A broker URL with its password masked, for log lines and messages."""
+    return str(maybe_sanitize_url(url))
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
