@@ -1,0 +1,9 @@
+"""The Celery application: `celery -A kc_tasks worker|beat|flower`."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+app = Celery("kc_tasks")
+app.config_from_object("kc_tasks.celeryconfig")
+app.autodiscover_tasks(["kc_tasks"], related_name="tasks", force=True)

@@ -1,0 +1,55 @@
+"""Celery configuration, derived from the environment's Settings."""
+
+from __future__ import annotations
+
+from kombu import Exchange, Queue
+
+from kc_tasks.settings import Settings
+
+settings = Settings.from_env()
+
+PURCHASE_QUEUE = "purchases"
+
+broker_url = settings.broker_url
+broker_connection_retry_on_startup = True
+
+# JSON only: a pickled (or otherwise encoded) message is refused, never executed.
+task_serializer = "json"
+result_serializer = "json"
+event_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+task_queues = (Queue(PURCHASE_QUEUE, Exchange(PURCHASE_QUEUE, type="direct"), routing_key=PURCHASE_QUEUE),)
+task_default_queue = PURCHASE_QUEUE
+task_default_exchange = PURCHASE_QUEUE
+task_default_routing_key = PURCHASE_QUEUE
+task_routes = {"kc_tasks.*": {"queue": PURCHASE_QUEUE}}
+
+# Acknowledge after the outcome is durable; a worker killed mid-task gets its message back.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 4
+# A child process connects to PostgreSQL at start-up (connect timeout 5 s).
+worker_proc_alive_timeout = 30
+
+# Flower and `celery events` see every task without remembering -E.
+worker_send_task_events = True
+task_send_sent_event = True
+
+if settings.uses_redis:
+    # Redis redelivers a message that stays unacknowledged longer than the visibility
+    # timeout. Retries wait in the worker, unacknowledged, for up to KC_RETRY_BACKOFF_MAX
+    # seconds: the timeout must outlast that plus the longest task, or a retry would run twice.
+    broker_transport_options = {"visibility_timeout": 2 * settings.retry_backoff_max + 3600}
+else:
+    # Publisher confirms: send_task and retries return only once RabbitMQ holds the message.
+    broker_transport_options = {"confirm_publish": True}
+
+beat_schedule = {
+    "verify-purchase-index": {
+        "task": "kc_tasks.verify_purchase_index",
+        "schedule": float(settings.index_verify_interval),
+        "options": {"expires": float(settings.index_verify_interval)},
+    },
+}

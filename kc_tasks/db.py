@@ -1,0 +1,110 @@
+"""Database access: the tables, the engine of this process, and driver errors translated once."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.pool import Pool
+
+from kc_tasks import errors
+from kc_tasks.settings import describe_database
+
+logger = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+purchases = sa.Table(
+    "student_course_purchases",
+    metadata,
+    sa.Column("id", UUID(as_uuid=False), primary_key=True),
+    sa.Column("student_id", UUID(as_uuid=False), nullable=False),
+    sa.Column("course_id", UUID(as_uuid=False), nullable=False),
+    sa.Column("payment_id", sa.Text, nullable=False),
+    sa.Column("amount_cents", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.CHAR(3), nullable=False),
+    sa.Column("metadata", JSONB),
+    sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+# Payments that arrived for a course the student already held: they made no purchase, and
+# must never make one later, even after the purchase they collided with is deactivated.
+duplicate_payments = sa.Table(
+    "duplicate_payments",
+    metadata,
+    sa.Column("payment_id", sa.Text, primary_key=True),
+    sa.Column("purchase_id", UUID(as_uuid=False), nullable=False),
+    sa.Column("student_id", UUID(as_uuid=False), nullable=False),
+    sa.Column("course_id", UUID(as_uuid=False), nullable=False),
+    sa.Column("amount_cents", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.CHAR(3), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+PAYMENT_ID_CONSTRAINT = "student_course_purchases_payment_id_key"
+CONNECT_TIMEOUT = 5  # seconds; libpq waits forever by default
+
+# SQLSTATEs a retry can cure. Connection-class errors (08xxx) are added by prefix.
+_UNAVAILABLE = {"57P01", "57P02", "57P03"}  # admin/crash shutdown, cannot connect now
+_BUSY = {"40001", "40P01", "55P03", "53300", "53000", "57014"}
+
+
+def make_engine(url: URL, pool_size: int = 2, poolclass: type[Pool] | None = None) -> Engine:
+    """The engine of one process: call it after the fork, never share it across processes.
+
+    A worker process runs one task at a time: two connections are enough (the task's, and
+    the index check's when the task finds the index broken). NullPool suits one-off commands.
+    """
+    pooling: dict[str, Any] = (
+        {"poolclass": poolclass} if poolclass else {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": 10}
+    )
+    return sa.create_engine(
+        url,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT, "application_name": "kc_tasks"},
+        **pooling,
+    )
+
+
+def classify(sqlstate: str | None, disconnected: bool) -> type[errors.KcTasksError]:
+    """Which error a driver failure becomes: retryable, or permanent."""
+    if disconnected or sqlstate is None or sqlstate.startswith("08") or sqlstate in _UNAVAILABLE:
+        return errors.DatabaseUnavailable
+    if sqlstate in _BUSY:
+        return errors.DatabaseBusy
+    if sqlstate == "42P10":
+        return errors.ConflictTargetMissing
+    return errors.DatabaseError
+
+
+@contextlib.contextmanager
+def translate_errors(url: URL | None = None) -> Iterator[None]:
+    """Turn SQLAlchemy/psycopg failures into kc_tasks errors, once, at the I/O boundary."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        orig = exc.orig
+        sqlstate = getattr(orig, "sqlstate", None)
+        disconnected = bool(exc.connection_invalidated) or isinstance(orig, psycopg.InterfaceError)
+        where = f" ({describe_database(url)})" if url is not None else ""
+        message = f"{type(orig).__name__}{where}: {_first_line(orig)}"
+        if sqlstate == "23505":
+            diag = getattr(orig, "diag", None)
+            raise errors.UniqueConflict(message, getattr(diag, "constraint_name", None)) from exc
+        if not isinstance(orig, psycopg.Error):
+            raise errors.DatabaseError(message) from exc
+        raise classify(sqlstate, disconnected)(message) from exc
+    except sa.exc.TimeoutError as exc:
+        raise errors.DatabaseBusy(f"no free database connection in the pool: {exc}") from exc
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

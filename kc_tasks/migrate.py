@@ -1,0 +1,60 @@
+"""`kc-tasks migrate`: create the database if absent, apply pending migrations, once at a time."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from psycopg import sql
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+from kc_tasks import db
+from kc_tasks.index_guard import advisory_lock
+
+logger = logging.getLogger(__name__)
+
+# ./migrations is installed as kc_tasks.migrations (see pyproject.toml).
+SCRIPT_LOCATION = Path(importlib.util.find_spec("kc_tasks.migrations").origin or "").parent  # type: ignore[union-attr]
+
+
+def create_database_if_missing(url: URL) -> bool:
+    """CREATE DATABASE through the maintenance database; True if it was created here."""
+    admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with db.translate_errors(url), psycopg.connect(admin, autocommit=True, connect_timeout=db.CONNECT_TIMEOUT) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)).fetchone():
+            return False
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database or "kc_tasks")))
+        except psycopg.errors.DuplicateDatabase:
+            return False  # another `migrate` created it a moment ago
+    logger.info("created database %s", url.database)
+    return True
+
+
+def migrate(url: URL) -> list[str]:
+    """Apply pending migrations in order; return the revisions applied (empty when up to date)."""
+    create_database_if_missing(url)
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
+    script = ScriptDirectory.from_config(config)
+    engine = db.make_engine(url, poolclass=NullPool)
+    try:
+        with db.translate_errors(url), engine.connect() as lock_conn, engine.connect() as conn:
+            lock_conn = lock_conn.execution_options(isolation_level="AUTOCOMMIT")
+            with advisory_lock(lock_conn, "kc_tasks:migrate"):
+                before = MigrationContext.configure(conn).get_current_revision()
+                conn.commit()
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+                conn.commit()
+    finally:
+        engine.dispose()
+    pending = [rev.revision for rev in script.iterate_revisions("head", before)]
+    return list(reversed(pending))

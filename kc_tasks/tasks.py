@@ -1,0 +1,132 @@
+"""The Celery tasks: thin wrappers that validate, call the work, and map errors to retries."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init, worker_ready
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+from kc_tasks import db, purchases
+from kc_tasks.celery import app
+from kc_tasks.errors import InvalidPurchase, KcTasksError, PermanentError, RetryableError
+from kc_tasks.index_guard import FIX_COMMAND, IndexGuard
+from kc_tasks.payload import parse_purchase
+from kc_tasks.retry import compute_backoff
+from kc_tasks.settings import Settings, describe_database
+
+logger = logging.getLogger(__name__)
+
+settings = Settings.from_env()
+_process: dict[int, tuple[Engine, IndexGuard]] = {}
+
+
+def resources() -> tuple[Engine, IndexGuard]:
+    """This process's engine and index guard, made after the fork, never inherited."""
+    pid = os.getpid()
+    if pid not in _process:
+        for engine, _ in _process.values():
+            engine.dispose(close=False)  # the parent's connections are not ours to use or close
+        _process.clear()
+        _process[pid] = (db.make_engine(settings.database_url), IndexGuard(settings.index_check_ttl))
+    return _process[pid]
+
+
+@worker_process_init.connect
+def _seed_index_cache(**_: Any) -> None:
+    engine, guard = resources()
+    try:
+        status = guard.refresh(engine)
+    except KcTasksError as exc:
+        logger.debug("worker process %d: index check failed: %s", os.getpid(), exc)
+        return
+    logger.debug("worker process %d: %s", os.getpid(), status.describe())
+
+
+@worker_ready.connect
+def _report_index(**_: Any) -> None:
+    """One start-up line for the operator: is unique_active_purchase usable?"""
+    engine = db.make_engine(settings.database_url, poolclass=NullPool)
+    try:
+        status = IndexGuard(0).refresh(engine)
+    except KcTasksError as exc:
+        logger.warning(
+            "cannot check the unique_active_purchase index: PostgreSQL at %s: %s; "
+            "purchases will be retried until it answers",
+            describe_database(settings.database_url),
+            exc,
+        )
+        return
+    finally:
+        engine.dispose()
+    if status.usable:
+        logger.info("%s", status.describe())
+    else:
+        logger.warning("%s - will use fallback method; fix: %s", status.describe(), FIX_COMMAND)
+
+
+class PurchaseTask(Task):
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        payment_id = kwargs.get("payment_id") if isinstance(kwargs, dict) else None
+        logger.error(
+            "create_purchase %s gave up on payment %s after %d attempt(s): %s: %s",
+            task_id,
+            payment_id,
+            self.request.retries + 1,
+            type(exc).__name__,
+            exc,
+        )
+
+
+@app.task(
+    bind=True,
+    base=PurchaseTask,
+    name="kc_tasks.create_purchase",
+    max_retries=settings.max_retries,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    throws=(PermanentError,),  # logged once by on_failure, without Celery's traceback
+)
+def create_purchase(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Make the purchase of one paid order; see CONTRACT.md for the kwargs and the result."""
+    if args:
+        raise InvalidPurchase(f"create_purchase takes keyword arguments only, got {len(args)} positional")
+    purchase = parse_purchase(kwargs)
+    engine, guard = resources()
+    try:
+        return purchases.create_purchase(engine, guard, purchase).as_result()
+    except RetryableError as exc:
+        if self.request.retries >= self.max_retries:
+            raise
+        countdown = compute_backoff(self.request.retries, settings.retry_backoff_max)
+        logger.warning(
+            "create_purchase %s payment %s: %s; retry %d of %d in %.1f s",
+            self.request.id,
+            purchase.payment_id,
+            exc,
+            self.request.retries + 1,
+            self.max_retries,
+            countdown,
+        )
+        raise self.retry(exc=exc, countdown=countdown) from None
+
+
+@app.task(name="kc_tasks.verify_purchase_index")
+def verify_purchase_index() -> dict[str, Any]:
+    """Check unique_active_purchase now; warn, with the fix, when it is not usable."""
+    engine, guard = resources()
+    status = guard.refresh(engine)
+    if status.usable:
+        logger.info("%s", status.describe())
+    else:
+        logger.warning("%s - purchases use the fallback method; fix: %s", status.describe(), FIX_COMMAND)
+    return {
+        "index": "unique_active_purchase",
+        "usable": status.usable,
+        "reason": status.reason,
+        "fix": None if status.usable else FIX_COMMAND,
+    }
