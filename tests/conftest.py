@@ -1,0 +1,128 @@
+"""Shared test set-up: real PostgreSQL, RabbitMQ and Redis, never mocks of them.
+
+A missing service fails the run at once (it is not a skip). Each test that needs a
+database gets its own, copied from a migrated template (CREATE DATABASE ... TEMPLATE).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+import redis
+from kombu import Connection
+
+PG = os.environ.get("KC_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+AMQP = os.environ.get("KC_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/kc_test")
+AMQP_VHOST = AMQP.rsplit("/", 1)[1] or "/"
+REDIS = os.environ.get("KC_TEST_REDIS", "redis://127.0.0.1:6379/15")
+APP_DB = "kc_tasks_test_app"
+TEMPLATE_DB = "kc_tasks_test_template"
+
+# The in-process Celery app (kc_tasks.app) reads these at import: set them first.
+os.environ["DATABASE_URL"] = f"{PG}/{APP_DB}"
+os.environ.setdefault("KC_RETRY_BACKOFF_MAX", "2")
+# Celery lets CELERY_BROKER_URL override every app's broker argument, the clients' in these
+# tests included: each app here is given its broker explicitly instead.
+for _name in ("CELERY_BROKER_URL", "POSTGRES_URL", "POSTGRES_HOST"):
+    os.environ.pop(_name, None)
+
+pytest_plugins = ("celery.contrib.pytest",)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    problems = []
+    try:
+        psycopg.connect(f"{PG}/postgres", connect_timeout=3).close()
+    except psycopg.Error as exc:
+        problems.append(f"PostgreSQL at {PG}: {exc}")
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", AMQP_VHOST], capture_output=True, check=False)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", AMQP_VHOST, "guest", ".*", ".*", ".*"],
+                   capture_output=True, check=False)
+    try:
+        with Connection(AMQP, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        problems.append(f"RabbitMQ at {AMQP}: {exc}")
+    try:
+        redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        problems.append(f"Redis at {REDIS}: {exc}")
+    if problems:
+        pytest.exit("services the tests need are down (start them; see README):\n  " + "\n  ".join(problems),
+                    returncode=3)
+
+
+def admin(sql: str) -> None:
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def run_sql(url: str, sql: str, params: tuple | dict | None = None) -> list[tuple]:
+    """Run one statement in autocommit on `url`; its rows, if any."""
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def _migrate(url: str) -> None:
+    from kc_tasks.migrate import migrate
+    from kc_tasks.settings import normalize_database_url
+
+    migrate(normalize_database_url(url))
+
+
+@pytest.fixture(scope="session")
+def template_db() -> str:
+    """A database with every migration applied, copied by each test that needs one."""
+    admin(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
+    _migrate(f"{PG}/{TEMPLATE_DB}")
+    return TEMPLATE_DB
+
+
+@pytest.fixture
+def database_url(template_db: str) -> Iterator[str]:
+    """A fresh, migrated database of this test's own."""
+    name = f"kc_t_{uuid.uuid4().hex[:12]}"
+    admin(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    yield f"{PG}/{name}"
+    admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def empty_database_url() -> Iterator[str]:
+    """The URL of a database that does not exist yet."""
+    name = f"kc_e_{uuid.uuid4().hex[:12]}"
+    yield f"{PG}/{name}"
+    admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def sql(database_url: str) -> Callable[..., list[tuple]]:
+    return lambda statement, params=None: run_sql(database_url, statement, params)
+
+
+@pytest.fixture(scope="session")
+def app_database() -> str:
+    """The database of the in-process kc_tasks.app (DATABASE_URL at import): migrated once."""
+    admin(f"DROP DATABASE IF EXISTS {APP_DB} WITH (FORCE)")
+    _migrate(os.environ["DATABASE_URL"])
+    return os.environ["DATABASE_URL"]
+
+
+def purge_amqp(queues: tuple[str, ...] = ("purchases", "purchases.dlq")) -> None:
+    with Connection(AMQP) as conn:
+        for name in queues:
+            try:
+                conn.default_channel.queue_purge(name)
+            except Exception:
+                conn.close()
+                conn.connect()
+
+
+def purge_redis() -> None:
+    redis.Redis.from_url(REDIS).flushdb()

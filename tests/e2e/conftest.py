@@ -1,0 +1,148 @@
+"""End-to-end fixtures: real `celery -A kc_tasks worker` processes and a client that knows
+only the task's name (it does not import kc_tasks), on RabbitMQ and on Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from tests.conftest import AMQP, REDIS, purge_amqp, purge_redis, run_sql
+
+ROOT = Path(__file__).resolve().parents[2]
+CELERY = str(Path(sys.executable).with_name("celery"))
+
+
+@pytest.fixture(params=["rabbitmq", "redis"])
+def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each end-to-end test runs once on RabbitMQ and once on Redis, with empty queues."""
+    url = AMQP if request.param == "rabbitmq" else REDIS
+    purge_amqp() if request.param == "rabbitmq" else purge_redis()
+    yield url
+    purge_amqp() if request.param == "rabbitmq" else purge_redis()
+
+
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    """RabbitMQ only, with empty queues."""
+    purge_amqp()
+    yield AMQP
+    purge_amqp()
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def child_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker: main process and children, mid-task, no warm shutdown."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class Workers:
+    tmp: Path
+    started: list[Worker] = field(default_factory=list)
+
+    def start(self, database_url: str, broker_url: str, concurrency: int = 2, **env: str) -> Worker:
+        """Start `celery -A kc_tasks worker` and wait until it says it is ready."""
+        log = self.tmp / f"worker{len(self.started)}.log"
+        environment = dict(os.environ, DATABASE_URL=database_url, CELERY_BROKER_URL=broker_url,
+                           PYTHONUNBUFFERED="1", **env)
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                [CELERY, "-A", "kc_tasks", "worker", "-c", str(concurrency), "-l", "INFO",
+                 "-n", f"e2e{len(self.started)}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip"],
+                cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        worker = Worker(process, log)
+        self.started.append(worker)
+        deadline = time.monotonic() + 60
+        while " ready." not in worker.text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                worker.stop()
+                raise AssertionError(f"worker did not start:\n{worker.text()[-3000:]}")
+            time.sleep(0.2)
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.started:
+            worker.stop()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(tmp_path)
+    yield pool
+    pool.stop_all()
+
+
+class Client:
+    """The payment service's side: send_task by name, from an app that knows nothing else."""
+
+    def __init__(self, broker_url: str) -> None:
+        self.app = Celery(broker=broker_url)
+
+    def send(self, kwargs_list: list[dict], **options: object) -> list[str]:
+        ids = []
+        with self.app.producer_or_acquire() as producer:
+            for kwargs in kwargs_list:
+                result = self.app.send_task("kc_tasks.create_purchase", kwargs=kwargs, queue="purchases",
+                                            producer=producer, **options)
+                ids.append(result.id)
+        return ids
+
+
+@pytest.fixture
+def client(broker_url: str) -> Client:
+    return Client(broker_url)
+
+
+def purchase(student: str | None = None, course: str | None = None, payment: str | None = None) -> dict:
+    return {
+        "payment_id": payment or f"pay_{uuid.uuid4().hex}",
+        "student_id": student or str(uuid.uuid4()),
+        "course_id": course or str(uuid.uuid4()),
+        "amount_cents": 4999,
+        "currency": "INR",
+    }
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0, interval: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def count(database_url: str, where: str = "true", params: tuple | None = None) -> int:
+    return run_sql(database_url, f"SELECT count(*) FROM student_course_purchases WHERE {where}", params)[0][0]
