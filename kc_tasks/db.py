@@ -90,19 +90,24 @@ def translate_errors(url: URL | None = None) -> Iterator[None]:
     try:
         yield
     except sa.exc.DBAPIError as exc:
-        orig = exc.orig
-        sqlstate = getattr(orig, "sqlstate", None)
-        disconnected = bool(exc.connection_invalidated) or isinstance(orig, psycopg.InterfaceError)
-        where = f" ({describe_database(url)})" if url is not None else ""
-        message = f"{type(orig).__name__}{where}: {_first_line(orig)}"
-        if sqlstate == "23505":
-            diag = getattr(orig, "diag", None)
-            raise errors.UniqueConflict(message, getattr(diag, "constraint_name", None)) from exc
-        if not isinstance(orig, psycopg.Error):
-            raise errors.DatabaseError(message) from exc
-        raise classify(sqlstate, disconnected)(message) from exc
+        raise _translate(exc.orig, bool(exc.connection_invalidated), url) from exc
+    except psycopg.Error as exc:
+        raise _translate(exc, False, url) from exc
     except sa.exc.TimeoutError as exc:
         raise errors.DatabaseBusy(f"no free database connection in the pool: {exc}") from exc
+
+
+def _translate(orig: BaseException | None, invalidated: bool, url: URL | None) -> errors.KcTasksError:
+    sqlstate = getattr(orig, "sqlstate", None)
+    where = f" ({describe_database(url)})" if url is not None else ""
+    message = f"{type(orig).__name__}{where}: {_first_line(orig)}"
+    if sqlstate == "23505":
+        diag = getattr(orig, "diag", None)
+        return errors.UniqueConflict(message, getattr(diag, "constraint_name", None))
+    if not isinstance(orig, psycopg.Error):
+        return errors.DatabaseError(message)
+    disconnected = invalidated or isinstance(orig, psycopg.InterfaceError)
+    return classify(sqlstate, disconnected)(message)
 
 
 def _first_line(exc: BaseException | None) -> str:

@@ -32,8 +32,9 @@ def create_database_if_missing(url: URL) -> bool:
             return False
         try:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database or "kc_tasks")))
-        except psycopg.errors.DuplicateDatabase:
-            return False  # another `migrate` created it a moment ago
+        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+            # Another `migrate` created it a moment ago (a race on the catalog raises the latter).
+            return False
     logger.info("created database %s", url.database)
     return True
 

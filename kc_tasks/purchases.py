@@ -171,7 +171,9 @@ def _insert_if_new(purchase: Purchase, new_id: str) -> sa.Insert:
     return (
         pg_insert(_t)
         .from_select(list(row), values)
-        .on_conflict_do_nothing(index_elements=[_t.c.student_id, _t.c.course_id], index_where=_t.c.is_active == sa.true())
+        .on_conflict_do_nothing(
+            index_elements=[_t.c.student_id, _t.c.course_id], index_where=_t.c.is_active == sa.true()
+        )
         .returning(_t.c.id)
     )
 

@@ -20,7 +20,7 @@ WITH ranked AS (
                                   ORDER BY created_at NULLS LAST, id) AS n
     FROM student_course_purchases WHERE is_active
 )
-UPDATE student_course_purchases p SET is_active = false, updated_at = now()
+UPDATE student_course_purchases p SET is_active = false
 FROM ranked r WHERE p.id = r.id AND r.n > 1;
 
 -- 4. Build it without blocking writes. If this fails with a duplicate key error, a new

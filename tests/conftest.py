@@ -41,8 +41,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     except psycopg.Error as exc:
         problems.append(f"PostgreSQL at {PG}: {exc}")
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", AMQP_VHOST], capture_output=True, check=False)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", AMQP_VHOST, "guest", ".*", ".*", ".*"],
-                   capture_output=True, check=False)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", AMQP_VHOST, "guest", ".*", ".*", ".*"],
+        capture_output=True,
+        check=False,
+    )
     try:
         with Connection(AMQP, connect_timeout=3) as conn:
             conn.ensure_connection(max_retries=1)
@@ -53,8 +56,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     except redis.RedisError as exc:
         problems.append(f"Redis at {REDIS}: {exc}")
     if problems:
-        pytest.exit("services the tests need are down (start them; see README):\n  " + "\n  ".join(problems),
-                    returncode=3)
+        pytest.exit(
+            "services the tests need are down (start them; see README):\n  " + "\n  ".join(problems), returncode=3
+        )
 
 
 def admin(sql: str) -> None:

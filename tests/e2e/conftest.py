@@ -74,13 +74,30 @@ class Workers:
     def start(self, database_url: str, broker_url: str, concurrency: int = 2, **env: str) -> Worker:
         """Start `celery -A kc_tasks worker` and wait until it says it is ready."""
         log = self.tmp / f"worker{len(self.started)}.log"
-        environment = dict(os.environ, DATABASE_URL=database_url, CELERY_BROKER_URL=broker_url,
-                           PYTHONUNBUFFERED="1", **env)
+        environment = dict(
+            os.environ, DATABASE_URL=database_url, CELERY_BROKER_URL=broker_url, PYTHONUNBUFFERED="1", **env
+        )
         with log.open("w") as out:
             process = subprocess.Popen(
-                [CELERY, "-A", "kc_tasks", "worker", "-c", str(concurrency), "-l", "INFO",
-                 "-n", f"e2e{len(self.started)}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip"],
-                cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    CELERY,
+                    "-A",
+                    "kc_tasks",
+                    "worker",
+                    "-c",
+                    str(concurrency),
+                    "-l",
+                    "INFO",
+                    "-n",
+                    f"e2e{len(self.started)}-{uuid.uuid4().hex[:6]}@%h",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
+                cwd=ROOT,
+                env=environment,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         worker = Worker(process, log)
         self.started.append(worker)
@@ -114,8 +131,9 @@ class Client:
         ids = []
         with self.app.producer_or_acquire() as producer:
             for kwargs in kwargs_list:
-                result = self.app.send_task("kc_tasks.create_purchase", kwargs=kwargs, queue="purchases",
-                                            producer=producer, **options)
+                result = self.app.send_task(
+                    "kc_tasks.create_purchase", kwargs=kwargs, queue="purchases", producer=producer, **options
+                )
                 ids.append(result.id)
         return ids
 

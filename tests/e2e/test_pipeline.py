@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import uuid
 
-from tests.e2e.conftest import Client, Workers, count, purchase, wait_until
 from tests.conftest import run_sql
+from tests.e2e.conftest import Client, Workers, count, purchase, wait_until
 
 
 def _storm(pairs: int, repeats: int, rivals: int) -> tuple[list[tuple[str, str]], list[dict]]:
@@ -24,13 +24,17 @@ def _storm(pairs: int, repeats: int, rivals: int) -> tuple[list[tuple[str, str]]
 
 
 def _active_per_pair(database_url: str) -> dict[tuple[str, str], int]:
-    rows = run_sql(database_url, "SELECT student_id::text, course_id::text, count(*) FROM student_course_purchases "
-                                 "WHERE is_active GROUP BY 1, 2")
+    rows = run_sql(
+        database_url,
+        "SELECT student_id::text, course_id::text, count(*) FROM student_course_purchases "
+        "WHERE is_active GROUP BY 1, 2",
+    )
     return {(s, c): n for s, c, n in rows}
 
 
-def test_duplicate_deliveries_make_one_purchase_per_pair(database_url: str, workers: Workers, client: Client,
-                                                          broker_url: str) -> None:
+def test_duplicate_deliveries_make_one_purchase_per_pair(
+    database_url: str, workers: Workers, client: Client, broker_url: str
+) -> None:
     worker = workers.start(database_url, broker_url, concurrency=4)
     pairs, messages = _storm(pairs=40, repeats=3, rivals=10)
     client.send(messages)
@@ -56,12 +60,15 @@ def _assert_each_rival_pair_split(database_url: str, rivals: int) -> None:
 
 
 def test_without_the_index_the_fallback_still_makes_one_purchase_per_pair(
-        database_url: str, workers: Workers, client: Client, broker_url: str) -> None:
+    database_url: str, workers: Workers, client: Client, broker_url: str
+) -> None:
     run_sql(database_url, "DROP INDEX unique_active_purchase")
     worker = workers.start(database_url, broker_url, concurrency=4)
-    assert "unique_active_purchase index not usable: it does not exist - will use fallback method; " \
-           "fix: kc-tasks ensure-index" in worker.text()
-    pairs, messages = _storm(pairs=40, repeats=4, rivals=10)
+    assert (
+        "unique_active_purchase index not usable: it does not exist - will use fallback method; "
+        "fix: kc-tasks ensure-index" in worker.text()
+    )
+    _pairs, messages = _storm(pairs=40, repeats=4, rivals=10)
     client.send(messages)
     assert wait_until(lambda: len(_active_per_pair(database_url)) == 40)
     wait_until(lambda: run_sql(database_url, "SELECT count(*) FROM duplicate_payments")[0][0] == 10, timeout=20)

@@ -1,0 +1,229 @@
+"""create_purchase's database work on a real PostgreSQL: idempotent under any delivery."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from kc_tasks import db, errors
+from kc_tasks.index_guard import IndexGuard
+from kc_tasks.payload import Purchase, parse_purchase
+from kc_tasks.purchases import Outcome, create_purchase
+from kc_tasks.settings import normalize_database_url
+
+
+def order(
+    student: str | None = None, course: str | None = None, payment: str | None = None, **extra: object
+) -> Purchase:
+    return parse_purchase(
+        {
+            "payment_id": payment or f"pay_{uuid.uuid4().hex}",
+            "student_id": student or str(uuid.uuid4()),
+            "course_id": course or str(uuid.uuid4()),
+            "amount_cents": 4999,
+            "currency": "INR",
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = db.make_engine(normalize_database_url(database_url))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def guard() -> IndexGuard:
+    return IndexGuard(ttl=300)
+
+
+def rows(sql: Callable[..., list[tuple]], p: Purchase) -> list[tuple]:
+    return sql(
+        "SELECT payment_id, is_active FROM student_course_purchases WHERE student_id = %s AND course_id = %s "
+        "ORDER BY created_at",
+        (p.student_id, p.course_id),
+    )
+
+
+def test_a_new_payment_creates_one_purchase_and_a_repeat_finds_it(engine: Engine, guard: IndexGuard, sql) -> None:
+    p = order(metadata={"coupon": "DIWALI", "seats": 2})
+    first = create_purchase(engine, guard, p)
+    again = create_purchase(engine, guard, p)
+    assert first.created and not again.created
+    assert again.purchase_id == first.purchase_id
+    stored = sql(
+        "SELECT id::text, payment_id, amount_cents, currency, metadata, is_active FROM student_course_purchases"
+    )
+    assert stored == [(first.purchase_id, p.payment_id, 4999, "INR", {"coupon": "DIWALI", "seats": 2}, True)]
+
+
+def test_a_rival_payment_for_a_held_course_is_recorded_for_refund_not_purchased(engine, guard, sql) -> None:
+    p = order()
+    rival = order(p.student_id, p.course_id)
+    held = create_purchase(engine, guard, p)
+    outcome = create_purchase(engine, guard, rival)
+    assert outcome == Outcome(held.purchase_id, created=False, duplicate_of=held.purchase_id)
+    assert rows(sql, p) == [(p.payment_id, True)]
+    assert sql("SELECT payment_id, purchase_id::text FROM duplicate_payments") == [(rival.payment_id, held.purchase_id)]
+
+
+def test_a_refunded_rival_payment_never_buys_the_course_later(engine, guard, sql) -> None:
+    p = order()
+    rival = order(p.student_id, p.course_id)
+    create_purchase(engine, guard, p)
+    create_purchase(engine, guard, rival)
+    sql("UPDATE student_course_purchases SET is_active = false")
+    assert not create_purchase(engine, guard, rival).created
+    assert rows(sql, p) == [(p.payment_id, False)]
+
+
+def test_a_stale_replay_of_a_deactivated_purchase_creates_nothing(engine, guard, sql) -> None:
+    p = order()
+    first = create_purchase(engine, guard, p)
+    sql("UPDATE student_course_purchases SET is_active = false WHERE payment_id = %s", (p.payment_id,))
+    for _ in range(3):
+        assert create_purchase(engine, guard, p) == Outcome(first.purchase_id, created=False)
+    fresh = order(p.student_id, p.course_id)
+    assert create_purchase(engine, guard, fresh).created
+    assert rows(sql, p) == [(p.payment_id, False), (fresh.payment_id, True)]
+
+
+def test_a_payment_reused_for_another_course_returns_its_first_purchase(engine, guard, sql) -> None:
+    p = order()
+    first = create_purchase(engine, guard, p)
+    other_course = order(p.student_id, payment=p.payment_id)
+    assert create_purchase(engine, guard, other_course) == Outcome(first.purchase_id, created=False)
+    assert sql("SELECT count(*) FROM student_course_purchases")[0][0] == 1
+
+
+def _race(database_url: str, deliveries: list[Purchase], ttl: float = 300) -> list[Outcome]:
+    """Each delivery from its own engine and thread (as separate worker processes), released at once."""
+    barrier = threading.Barrier(len(deliveries))
+    outcomes: list[Outcome] = []
+    failures: list[BaseException] = []
+
+    def deliver(p: Purchase) -> None:
+        engine = db.make_engine(normalize_database_url(database_url))
+        guard = IndexGuard(ttl)
+        try:
+            guard.status(engine)
+            barrier.wait()
+            outcomes.append(create_purchase(engine, guard, p))
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=deliver, args=(p,)) for p in deliveries]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures, failures
+    return outcomes
+
+
+@pytest.mark.parametrize("index", ["with the index", "without the index"])
+def test_concurrent_deliveries_of_one_payment_and_its_rivals_make_one_purchase(database_url, sql, index) -> None:
+    if index == "without the index":
+        sql("DROP INDEX unique_active_purchase")
+    for _ in range(5):
+        p = order()
+        rivals = [order(p.student_id, p.course_id) for _ in range(3)]
+        outcomes = _race(database_url, [p] * 5 + rivals)
+        assert sum(o.created for o in outcomes) == 1
+        assert len({o.purchase_id for o in outcomes}) == 1, "every delivery names the one purchase"
+        active = sql(
+            "SELECT count(*) FROM student_course_purchases WHERE student_id = %s AND course_id = %s AND is_active",
+            (p.student_id, p.course_id),
+        )
+        assert active == [(1,)]
+        assert sql("SELECT count(*) FROM duplicate_payments WHERE student_id = %s", (p.student_id,)) == [(3,)]
+
+
+def test_without_the_index_the_fallback_is_race_free_even_with_no_unique_constraint_at_all(database_url, sql) -> None:
+    """The old write-up's "check, then insert" lets two deliveries both insert; the locks do not."""
+    sql("DROP INDEX unique_active_purchase")
+    sql("ALTER TABLE student_course_purchases DROP CONSTRAINT student_course_purchases_payment_id_key")
+    for _ in range(5):
+        p = order()
+        _race(database_url, [p] * 6 + [order(p.student_id, p.course_id) for _ in range(2)])
+        assert sql("SELECT count(*) FROM student_course_purchases WHERE student_id = %s", (p.student_id,)) == [(1,)]
+
+
+def test_an_index_dropped_after_the_check_is_met_in_the_same_call(engine, sql, caplog) -> None:
+    guard = IndexGuard(ttl=300)
+    assert create_purchase(engine, guard, order()).created
+    assert guard.cached is not None and guard.cached.usable
+    sql("DROP INDEX unique_active_purchase")
+    p = order()
+    assert create_purchase(engine, guard, p).created, "no error, no retry: the fallback finishes the delivery"
+    assert guard.cached is not None and not guard.cached.usable
+    assert "unique_active_purchase index not usable: it does not exist - will use fallback method" in caplog.text
+    assert not create_purchase(engine, guard, p).created
+
+
+def test_an_invalid_index_left_by_a_failed_concurrent_build_is_not_trusted(engine, guard, sql) -> None:
+    sql("DROP INDEX unique_active_purchase")
+    twin = order()
+    for payment in ("pay_twin_1", "pay_twin_2"):
+        sql(
+            "INSERT INTO student_course_purchases (student_id, course_id, payment_id, amount_cents, currency) "
+            "VALUES (%s, %s, %s, 1, 'INR')",
+            (twin.student_id, twin.course_id, payment),
+        )
+    with pytest.raises(Exception, match="could not create unique index"):
+        sql(
+            "CREATE UNIQUE INDEX CONCURRENTLY unique_active_purchase ON student_course_purchases "
+            "(student_id, course_id) WHERE is_active = true"
+        )
+    assert sql("SELECT indexname FROM pg_indexes WHERE indexname = 'unique_active_purchase'") == [
+        ("unique_active_purchase",)
+    ], "listed in pg_indexes all the same"
+    status = guard.status(engine)
+    assert not status.usable and "INVALID" in status.reason
+    p = order()
+    outcomes = [create_purchase(engine, guard, p) for _ in range(3)]
+    assert [o.created for o in outcomes] == [True, False, False]
+
+
+def test_statements_per_purchase_and_no_index_queries_while_the_check_is_fresh(engine, guard) -> None:
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    guard.status(engine)
+    statements.clear()
+    for _ in range(20):
+        create_purchase(engine, guard, order())
+    assert len(statements) == 20, "one round trip per new purchase"
+    assert not [s for s in statements if "pg_index" in s or "EXPLAIN" in s]
+
+
+def test_a_terminated_connection_is_a_retryable_error_and_the_pool_recovers(engine, guard, sql) -> None:
+    create_purchase(engine, guard, order())
+    sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'kc_tasks' "
+        "AND datname = current_database()"
+    )
+    with pytest.raises(errors.RetryableError):
+        create_purchase(engine, guard, order())
+    for _ in range(3):
+        assert create_purchase(engine, guard, order()).created
+    held = sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'kc_tasks' AND datname = current_database()"
+    )[0][0]
+    assert held <= engine.pool.size()
+
+
+def test_an_unreachable_database_is_retryable_and_named_without_its_password(guard) -> None:
+    engine = db.make_engine(normalize_database_url("postgresql://kc:s3cret@127.0.0.1:1/shop"))
+    with pytest.raises(errors.DatabaseUnavailable) as caught:
+        create_purchase(engine, guard, order())
+    assert "127.0.0.1:1/shop" in str(caught.value)
+    assert "s3cret" not in str(caught.value)

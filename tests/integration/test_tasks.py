@@ -1,0 +1,159 @@
+"""The tasks inside a real worker (celery.contrib.pytest's celery_session_worker) on RabbitMQ and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.signals import task_failure, task_retry, task_success
+
+from tests.conftest import run_sql
+
+
+class Seen:
+    """What the worker reported through Celery's signals, keyed by task id."""
+
+    def __init__(self) -> None:
+        self.retries: list[str] = []
+        self.failures: dict[str, BaseException] = {}
+        self.results: dict[str, Any] = {}
+
+    def on_retry(self, request: Any = None, **_: Any) -> None:
+        self.retries.append(request.id)
+
+    def on_failure(self, task_id: str = "", exception: BaseException | None = None, **_: Any) -> None:
+        self.failures[task_id] = exception  # type: ignore[assignment]
+
+    def on_success(self, sender: Any = None, result: Any = None, **_: Any) -> None:
+        self.results[sender.request.id] = result
+
+    def wait(self, task_id: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while task_id not in self.results and task_id not in self.failures:
+            assert time.monotonic() < deadline, f"task {task_id} did not finish"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def seen() -> Iterator[Seen]:
+    s = Seen()
+    task_retry.connect(s.on_retry, weak=False)
+    task_failure.connect(s.on_failure, weak=False)
+    task_success.connect(s.on_success, weak=False)
+    yield s
+    task_retry.disconnect(s.on_retry)
+    task_failure.disconnect(s.on_failure)
+    task_success.disconnect(s.on_success)
+
+
+def kwargs(**changes: Any) -> dict[str, Any]:
+    base = {
+        "payment_id": f"pay_{uuid.uuid4().hex}",
+        "student_id": str(uuid.uuid4()),
+        "course_id": str(uuid.uuid4()),
+        "amount_cents": 4999,
+        "currency": "INR",
+    }
+    return {**base, **changes}
+
+
+def send(app: Celery, name: str = "kc_tasks.create_purchase", **options: Any) -> str:
+    return app.send_task(name, queue="purchases", **options).id
+
+
+def test_a_purchase_and_its_repeat_return_the_contract_result(
+    celery_app: Celery, seen: Seen, app_database: str
+) -> None:
+    order = kwargs(metadata={"source": "app"})
+    first, second = send(celery_app, kwargs=order), send(celery_app, kwargs=order)
+    seen.wait(first)
+    seen.wait(second)
+    results = [seen.results[first], seen.results[second]]
+    assert sorted(r["created"] for r in results) == [False, True]
+    assert results[0]["purchase_id"] == results[1]["purchase_id"]
+    assert run_sql(app_database, "SELECT id::text FROM student_course_purchases") == [(results[0]["purchase_id"],)]
+
+
+def test_a_dropped_connection_is_retried_with_backoff_and_the_purchase_made(
+    celery_app: Celery, seen: Seen, app_database: str
+) -> None:
+    warm = send(celery_app, kwargs=kwargs())
+    seen.wait(warm)
+    run_sql(
+        app_database,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'kc_tasks' AND datname = current_database()",
+    )
+    task_id = send(celery_app, kwargs=kwargs(payment_id="pay_after_outage"))
+    seen.wait(task_id)
+    assert seen.retries == [task_id]
+    assert seen.results[task_id]["created"] is True
+    assert run_sql(
+        app_database, "SELECT count(*) FROM student_course_purchases WHERE payment_id = 'pay_after_outage'"
+    ) == [(1,)]
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        (kwargs(student_id="not-a-uuid"), "student_id: must be a UUID string"),
+        (kwargs(amount_cents=-1), "amount_cents"),
+        (kwargs(surprise=True), "surprise: is not a create_purchase kwarg"),
+    ],
+)
+def test_a_bad_purchase_fails_at_once_without_retries(
+    celery_app: Celery, seen: Seen, app_database: str, bad: dict, named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    task_id = send(celery_app, kwargs=bad)
+    seen.wait(task_id)
+    assert named in str(seen.failures[task_id])
+    assert type(seen.failures[task_id]).__name__ == "InvalidPurchase"
+    assert seen.retries == []
+    assert f"create_purchase {task_id} gave up on payment {bad['payment_id']} after 1 attempt(s)" in caplog.text
+    assert run_sql(app_database, "SELECT count(*) FROM student_course_purchases") == [(0,)]
+
+
+def test_positional_arguments_are_refused(celery_app: Celery, seen: Seen) -> None:
+    order = kwargs()
+    task_id = send(celery_app, args=list(order.values()))
+    seen.wait(task_id)
+    assert "keyword arguments only" in str(seen.failures[task_id])
+
+
+def test_verify_purchase_index_reports_a_missing_index_with_the_fix(
+    celery_app: Celery, seen: Seen, app_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="kc_tasks")
+    run_sql(app_database, "DROP INDEX unique_active_purchase")
+    try:
+        task_id = send(celery_app, name="kc_tasks.verify_purchase_index")
+        seen.wait(task_id)
+    finally:
+        run_sql(
+            app_database,
+            "CREATE UNIQUE INDEX unique_active_purchase ON student_course_purchases "
+            "(student_id, course_id) WHERE is_active = true",
+        )
+    assert seen.results[task_id] == {
+        "index": "unique_active_purchase",
+        "usable": False,
+        "reason": "it does not exist",
+        "fix": "kc-tasks ensure-index",
+    }
+    assert (
+        "unique_active_purchase index not usable: it does not exist - purchases use the fallback method; "
+        "fix: kc-tasks ensure-index" in caplog.text
+    )
+    task_id = send(celery_app, name="kc_tasks.verify_purchase_index")
+    seen.wait(task_id)
+    assert seen.results[task_id]["usable"] is True
+
+
+def test_beat_schedules_the_index_verification(celery_app: Celery) -> None:
+    entry = celery_app.conf.beat_schedule["verify-purchase-index"]
+    assert entry["task"] == "kc_tasks.verify_purchase_index"
+    assert entry["schedule"] == 300.0
