@@ -1,0 +1,31 @@
+# kc_tasks: `make run` sets up and runs the service, `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test setup services migrate lint
+
+$(BIN)/kc-tasks: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/kc-tasks
+
+services:
+	scripts/services.sh
+
+migrate: setup services
+	$(BIN)/kc-tasks migrate
+
+run: migrate
+	$(BIN)/celery -A kc_tasks worker --beat --loglevel INFO
+
+lint: setup
+	$(BIN)/ruff check kc_tasks migrations tests
+	$(BIN)/ruff format --check kc_tasks migrations tests
+	$(BIN)/mypy
+
+test: setup services lint
+	$(BIN)/pytest
