@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from kc_tasks.errors import InvalidPurchase
 
 METADATA_MAX_BYTES = 16 * 1024
+METADATA_MAX_DEPTH = 64
 AMOUNT_MAX = 2**63 - 1  # bigint
 CURRENCY = re.compile(r"[A-Z]{3}")
 
@@ -58,15 +60,38 @@ class Purchase(BaseModel):
             return None
         if not isinstance(value, dict):
             raise ValueError("must be a JSON object")
-        try:
-            encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"must be plain JSON ({exc})") from None
-        if "\\u0000" in encoded:
-            raise ValueError("must not contain a NUL character")
-        if len(encoded.encode()) > METADATA_MAX_BYTES:
+        _check_storable(value, depth=0)
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        if len(encoded.encode("utf-8", "surrogatepass")) > METADATA_MAX_BYTES:
             raise ValueError(f"must be at most {METADATA_MAX_BYTES} bytes as JSON")
         return value
+
+
+def _check_storable(value: Any, depth: int) -> None:
+    """Plain JSON that PostgreSQL's jsonb can store: no NUL, no lone surrogate, not too deep."""
+    if depth > METADATA_MAX_DEPTH:
+        raise ValueError(f"must not nest deeper than {METADATA_MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError("must have string keys")
+            _check_storable(key, depth + 1)
+            _check_storable(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_storable(item, depth + 1)
+    elif isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("must be plain JSON (NaN and Infinity are not)")
+    elif value is not None and not isinstance(value, (bool, int)):
+        raise ValueError(f"must be plain JSON (a {type(value).__name__} is not)")
 
 
 def parse_purchase(kwargs: Mapping[str, Any]) -> Purchase:
@@ -93,6 +118,10 @@ def describe(exc: ValidationError) -> str:
     return "invalid create_purchase kwargs: " + "; ".join(parts)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxdict, _REPR.maxlist = 2, 40, 40, 4, 4
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy.engine import URL, make_url
@@ -20,8 +20,9 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 class Settings:
     # PostgreSQL, as a SQLAlchemy URL for the psycopg 3 driver.
     database_url: URL
-    # Where tasks are published and consumed: amqp:// (RabbitMQ) or redis://.
-    broker_url: str
+    # Where tasks are published and consumed: amqp:// (RabbitMQ) or redis://. Not in repr:
+    # it may hold a password.
+    broker_url: str = field(repr=False)
     # Retries of a transient failure before the task is given up.
     max_retries: int = 8
     # Cap of the exponential backoff between retries, in seconds.
@@ -56,9 +57,9 @@ class Settings:
 
 def database_url_from_env(env: Mapping[str, str]) -> URL:
     """DATABASE_URL, else the old worker's POSTGRES_URL, else POSTGRES_HOST & co."""
-    raw = env.get("DATABASE_URL") or env.get("POSTGRES_URL")
-    if raw:
-        return normalize_database_url(raw)
+    for name in ("DATABASE_URL", "POSTGRES_URL"):
+        if env.get(name):
+            return normalize_database_url(env[name], name)
     if env.get("POSTGRES_HOST"):
         query = {"sslmode": "require"} if env.get("POSTGRES_SSL", "").lower() == "true" else {}
         return URL.create(
@@ -73,16 +74,18 @@ def database_url_from_env(env: Mapping[str, str]) -> URL:
     return normalize_database_url(DEFAULT_DATABASE_URL)
 
 
-def normalize_database_url(raw: str) -> URL:
+def normalize_database_url(raw: str, name: str = "DATABASE_URL") -> URL:
     """Accept postgresql://, postgres:// and postgresql+psycopg://; use psycopg 3."""
     try:
         url = make_url(raw)
-    except ArgumentError as exc:
-        raise ConfigError(f"DATABASE_URL is not a valid URL: {exc}") from None
-    if url.get_backend_name() not in ("postgresql", "postgres"):
-        raise ConfigError(f"DATABASE_URL must be a postgresql:// URL, not {url.drivername}://")
-    if url.get_driver_name() not in ("", "psycopg", "psycopg2"):
-        raise ConfigError(f"DATABASE_URL driver {url.get_driver_name()} is not supported; use psycopg")
+        _ = url.port  # a non-numeric port raises here
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(f"{name} is not a valid URL: {exc}") from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend not in ("postgresql", "postgres"):
+        raise ConfigError(f"{name} must be a postgresql:// URL, not {url.drivername}://")
+    if driver not in ("", "psycopg", "psycopg2"):
+        raise ConfigError(f"{name} driver {driver} is not supported; use postgresql:// or postgresql+psycopg://")
     return url.set(drivername="postgresql+psycopg")
 
 
@@ -92,8 +95,14 @@ def describe_database(url: URL) -> str:
 
 
 def redact_url(url: str) -> str:
-    """A broker URL with its password masked, for log lines and messages."""
-    return str(maybe_sanitize_url(url))
+    """A broker URL (or a ;-separated failover list) with every password masked."""
+    masked = []
+    for part in url.split(";"):
+        try:
+            masked.append(str(maybe_sanitize_url(part.strip())))
+        except ValueError:
+            masked.append(part.strip().rsplit("@", 1)[-1])
+    return ";".join(masked)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:

@@ -1,0 +1,52 @@
+"""How long a transiently failed delivery waits before its next attempt."""
+
+from __future__ import annotations
+
+import pytest
+
+from kc_tasks.retry import compute_backoff
+
+
+@pytest.mark.parametrize(
+    ("retries", "cap", "base", "shortest", "longest"),
+    [
+        (0, 300, 1.0, 0.5, 1.0),
+        (1, 300, 1.0, 1.0, 2.0),
+        (2, 300, 1.0, 2.0, 4.0),
+        (5, 300, 1.0, 16.0, 32.0),
+        (8, 300, 1.0, 128.0, 256.0),
+        (9, 300, 1.0, 150.0, 300.0),
+        (12, 300, 1.0, 150.0, 300.0),
+        (3, 300, 0.5, 2.0, 4.0),
+        (3, 300, 10.0, 40.0, 80.0),
+        (4, 2, 1.0, 1.0, 2.0),
+        (0, 2.5, 10.0, 1.25, 2.5),
+        (62, 300, 1.0, 150.0, 300.0),
+        (63, 300, 1.0, 150.0, 300.0),
+        (10_000, 300, 1.0, 150.0, 300.0),
+        (10**18, 300, 1.0, 150.0, 300.0),
+    ],
+)
+def test_backoff_doubles_per_retry_keeps_half_and_stops_at_the_cap(
+    retries: int, cap: float, base: float, shortest: float, longest: float
+) -> None:
+    assert compute_backoff(retries, cap, base, rng=lambda: 0.0) == shortest
+    assert compute_backoff(retries, cap, base, rng=lambda: 1.0) == longest
+
+
+@pytest.mark.parametrize("retries", [0, 1, 4, 8, 9, 30, 10_000])
+def test_random_backoff_lies_between_half_and_all_of_the_ceiling(retries: int) -> None:
+    ceiling = min(300.0, 2.0**retries) if retries < 64 else 300.0
+
+    waits = [compute_backoff(retries, 300) for _ in range(200)]
+
+    assert all(ceiling / 2 <= wait <= ceiling for wait in waits)
+    assert len(set(waits)) > 1
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.5, 1.0])
+def test_backoff_never_shrinks_as_retries_grow(jitter: float) -> None:
+    waits = [compute_backoff(retries, 300, rng=lambda: jitter) for retries in range(100)]
+
+    assert waits == sorted(waits)
+    assert waits[-1] == 150.0 + jitter * 150.0

@@ -1,0 +1,217 @@
+"""Settings read from the environment: the contract's defaults, the accepted forms, the refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from kc_tasks.errors import ConfigError
+from kc_tasks.settings import Settings, describe_database, redact_url
+
+SECRET = "s3cr3t-pw"
+
+
+def url_of(env: dict[str, str]) -> str:
+    return Settings.from_env(env).database_url.render_as_string(hide_password=False)
+
+
+def test_defaults_are_those_of_the_contract() -> None:
+    settings = Settings.from_env({})
+
+    assert url_of({}) == "postgresql+psycopg://postgres@localhost:5432/kc_tasks"
+    assert settings.broker_url == "amqp://guest:guest@localhost:5672//"
+    assert not settings.uses_redis
+    assert settings.max_retries == 8
+    assert settings.retry_backoff_max == 300
+    assert settings.index_check_ttl == 300
+    assert settings.index_verify_interval == 300
+    assert settings.queue_type == "classic"
+    assert settings.log_format == "text"
+
+
+def test_empty_variables_count_as_unset() -> None:
+    empty = dict.fromkeys(
+        (
+            "DATABASE_URL",
+            "CELERY_BROKER_URL",
+            "KC_MAX_RETRIES",
+            "KC_RETRY_BACKOFF_MAX",
+            "KC_QUEUE_TYPE",
+            "KC_LOG_FORMAT",
+        ),
+        "",
+    )
+
+    assert Settings.from_env(empty) == Settings.from_env({})
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param(
+            {"DATABASE_URL": "postgresql://kc@db:5433/shop"}, "postgresql+psycopg://kc@db:5433/shop", id="postgresql"
+        ),
+        pytest.param(
+            {"DATABASE_URL": "postgresql+psycopg://kc@db/shop"}, "postgresql+psycopg://kc@db/shop", id="psycopg"
+        ),
+        pytest.param(
+            {"DATABASE_URL": "postgres://kc@db/shop"},
+            "postgresql+psycopg://kc@db/shop",
+            id="postgres",
+        ),
+        pytest.param(
+            {"DATABASE_URL": "postgresql+psycopg2://kc@db/shop"}, "postgresql+psycopg://kc@db/shop", id="psycopg2"
+        ),
+        pytest.param(
+            {"POSTGRES_URL": "postgresql://legacy@old-db/shop"},
+            "postgresql+psycopg://legacy@old-db/shop",
+            id="legacy-POSTGRES_URL",
+        ),
+        pytest.param(
+            {"DATABASE_URL": "", "POSTGRES_URL": "postgresql://legacy@old-db/shop"},
+            "postgresql+psycopg://legacy@old-db/shop",
+            id="legacy-POSTGRES_URL-when-DATABASE_URL-empty",
+        ),
+        pytest.param(
+            {
+                "POSTGRES_HOST": "db.internal",
+                "POSTGRES_PORT": "6543",
+                "POSTGRES_USER": "kc",
+                "POSTGRES_PASSWORD": SECRET,
+                "POSTGRES_DB": "shop",
+            },
+            f"postgresql+psycopg://kc:{SECRET}@db.internal:6543/shop",
+            id="POSTGRES_parts",
+        ),
+        pytest.param(
+            {"POSTGRES_HOST": "db.internal"}, "postgresql+psycopg://postgres@db.internal:5432/kc_tasks", id="host-only"
+        ),
+        pytest.param(
+            {"POSTGRES_HOST": "db.internal", "POSTGRES_SSL": "true"},
+            "postgresql+psycopg://postgres@db.internal:5432/kc_tasks?sslmode=require",
+            id="POSTGRES_SSL-true",
+        ),
+        pytest.param(
+            {"POSTGRES_HOST": "db.internal", "POSTGRES_SSL": "false"},
+            "postgresql+psycopg://postgres@db.internal:5432/kc_tasks",
+            id="POSTGRES_SSL-false",
+        ),
+        pytest.param(
+            {
+                "DATABASE_URL": "postgresql://new@new-db/shop",
+                "POSTGRES_URL": "postgresql://legacy@old-db/shop",
+                "POSTGRES_HOST": "parts-db",
+            },
+            "postgresql+psycopg://new@new-db/shop",
+            id="DATABASE_URL-wins",
+        ),
+        pytest.param(
+            {"POSTGRES_URL": "postgresql://legacy@old-db/shop", "POSTGRES_HOST": "parts-db"},
+            "postgresql+psycopg://legacy@old-db/shop",
+            id="POSTGRES_URL-wins-over-parts",
+        ),
+    ],
+)
+def test_database_url_forms_all_use_psycopg_3(env: dict[str, str], expected: str) -> None:
+    assert url_of(env) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "attribute", "expected"),
+    [
+        ({"CELERY_BROKER_URL": "redis://cache:6379/0"}, "uses_redis", True),
+        ({"CELERY_BROKER_URL": "rediss://cache:6380/0"}, "uses_redis", True),
+        ({"CELERY_BROKER_URL": "amqp://kc@rabbit//"}, "uses_redis", False),
+        ({"KC_MAX_RETRIES": "0"}, "max_retries", 0),
+        ({"KC_MAX_RETRIES": "20"}, "max_retries", 20),
+        ({"KC_RETRY_BACKOFF_MAX": "2"}, "retry_backoff_max", 2),
+        ({"KC_INDEX_CHECK_TTL": "0"}, "index_check_ttl", 0),
+        ({"KC_INDEX_VERIFY_INTERVAL": "60"}, "index_verify_interval", 60),
+        ({"KC_QUEUE_TYPE": "quorum"}, "queue_type", "quorum"),
+        ({"KC_QUEUE_TYPE": " Quorum "}, "queue_type", "quorum"),
+        ({"KC_LOG_FORMAT": "json"}, "log_format", "json"),
+    ],
+)
+def test_accepted_values(env: dict[str, str], attribute: str, expected: object) -> None:
+    assert getattr(Settings.from_env(env), attribute) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"KC_MAX_RETRIES": "abc"}, "KC_MAX_RETRIES"),
+        ({"KC_MAX_RETRIES": "-1"}, "KC_MAX_RETRIES"),
+        ({"KC_MAX_RETRIES": "2.5"}, "KC_MAX_RETRIES"),
+        ({"KC_RETRY_BACKOFF_MAX": "0"}, "KC_RETRY_BACKOFF_MAX"),
+        ({"KC_INDEX_CHECK_TTL": "-5"}, "KC_INDEX_CHECK_TTL"),
+        ({"KC_INDEX_VERIFY_INTERVAL": "0"}, "KC_INDEX_VERIFY_INTERVAL"),
+        ({"KC_QUEUE_TYPE": "stream"}, "KC_QUEUE_TYPE"),
+        ({"KC_LOG_FORMAT": "xml"}, "KC_LOG_FORMAT"),
+        ({"POSTGRES_HOST": "db", "POSTGRES_PORT": "abc"}, "POSTGRES_PORT"),
+        ({"DATABASE_URL": f"mysql://kc:{SECRET}@db/shop"}, "DATABASE_URL"),
+        ({"DATABASE_URL": f"postgresql+asyncpg://kc:{SECRET}@db/shop"}, "DATABASE_URL"),
+        ({"DATABASE_URL": f"not a url {SECRET}"}, "DATABASE_URL"),
+        pytest.param(
+            {"DATABASE_URL": f"postgresql://kc:{SECRET}@db:abc/shop"},
+            "DATABASE_URL",
+            id="DATABASE_URL-bad-port",
+        ),
+        pytest.param(
+            {"POSTGRES_URL": f"mysql://kc:{SECRET}@db/shop"},
+            "POSTGRES_URL",
+            id="POSTGRES_URL-mysql",
+        ),
+    ],
+)
+def test_bad_value_is_refused_naming_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+
+    assert str(caught.value).startswith(variable + " ")
+    assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "described"),
+    [
+        ({"DATABASE_URL": f"postgresql://kc:{SECRET}@db.internal:6543/shop"}, "db.internal:6543/shop"),
+        ({"DATABASE_URL": f"postgresql://kc:{SECRET}@db.internal/shop"}, "db.internal:5432/shop"),
+        ({"DATABASE_URL": f"postgresql://kc:{SECRET}@/shop"}, "localhost:5432/shop"),
+        ({"POSTGRES_HOST": "db.internal", "POSTGRES_PASSWORD": SECRET}, "db.internal:5432/kc_tasks"),
+    ],
+)
+def test_describe_database_names_where_and_never_the_password(env: dict[str, str], described: str) -> None:
+    settings = Settings.from_env(env)
+
+    assert describe_database(settings.database_url) == described
+    assert SECRET not in str(settings.database_url)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"amqp://guest:{SECRET}@rabbit:5672//", "amqp://guest:**@rabbit:5672//"),
+        (f"redis://:{SECRET}@cache:6379/0", "redis://:**@cache:6379/0"),
+        (f"redis://kc:{SECRET}@cache/0", "redis://kc:**@cache/0"),
+        (f"rediss://:{SECRET}@cache:6380/0", "rediss://:**@cache:6380/0"),
+        ("amqp://guest@rabbit//", "amqp://guest@rabbit//"),
+    ],
+)
+def test_redact_url_masks_the_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param(
+            f"amqp://kc:{SECRET}@rabbit-1//;amqp://kc:{SECRET}@rabbit-2//",
+            id="amqp-failover-list",
+        ),
+        pytest.param(
+            f"sentinel://:{SECRET}@sentinel-1:26379;sentinel://:{SECRET}@sentinel-2:26379",
+            id="redis-sentinel-list",
+        ),
+    ],
+)
+def test_redact_url_hides_every_password_of_a_failover_list(url: str) -> None:
+    assert SECRET not in redact_url(url)
