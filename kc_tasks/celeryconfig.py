@@ -52,4 +52,10 @@ beat_schedule = {
         "schedule": float(settings.index_verify_interval),
         "options": {"expires": float(settings.index_verify_interval)},
     },
+    "relay-events": {
+        "task": "kc_tasks.relay_events",
+        "schedule": float(settings.event_relay_interval),
+        "options": {"expires": float(settings.event_relay_interval)},
+    },
+    "prune-events": {"task": "kc_tasks.prune_events", "schedule": 3600.0, "options": {"expires": 3600.0}},
 }

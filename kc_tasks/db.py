@@ -42,11 +42,24 @@ duplicate_payments = sa.Table(
     metadata,
     sa.Column("payment_id", sa.Text, primary_key=True),
     sa.Column("purchase_id", UUID(as_uuid=False), nullable=False),
+    # The payment of the purchase already held: a refund names both.
+    sa.Column("held_payment_id", sa.Text, nullable=False),
     sa.Column("student_id", UUID(as_uuid=False), nullable=False),
     sa.Column("course_id", UUID(as_uuid=False), nullable=False),
     sa.Column("amount_cents", sa.BigInteger, nullable=False),
     sa.Column("currency", sa.CHAR(3), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+# Events written in the transaction of the row they describe; see events.py.
+event_outbox = sa.Table(
+    "event_outbox",
+    metadata,
+    sa.Column("id", UUID(as_uuid=False), primary_key=True),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("data", JSONB, nullable=False),
+    sa.Column("published_at", sa.DateTime(timezone=True)),
 )
 
 PAYMENT_ID_CONSTRAINT = "student_course_purchases_payment_id_key"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from kc_tasks import db, errors
+from kc_tasks.events import DUPLICATE_PAYMENT, PURCHASE_CREATED, Event, from_rows
 from kc_tasks.index_guard import IndexGuard
 from kc_tasks.payload import Purchase
 
@@ -29,6 +30,7 @@ RESOLVE_ATTEMPTS = 5
 _t = db.purchases
 _paid = _t.alias("paid")
 _dup = db.duplicate_payments
+_outbox = db.event_outbox
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class Outcome:
     created: bool
     # Set when this payment arrived for a course the student already held: refund it.
     duplicate_of: str | None = None
+    # Events committed with this outcome, still to be published.
+    events: tuple[Event, ...] = field(default=(), compare=False)
 
     def as_result(self) -> dict[str, Any]:
         return {"purchase_id": self.purchase_id, "created": self.created}
@@ -58,21 +62,19 @@ def create_purchase(engine: Engine, guard: IndexGuard, purchase: Purchase) -> Ou
 
 def _with_index(engine: Engine, guard: IndexGuard, purchase: Purchase) -> Outcome | None:
     """The fast path. None means: use the locked path (the index is gone, or a row moved)."""
-    new_id = str(uuid.uuid4())
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         try:
             with db.translate_errors(engine.url):
-                inserted = conn.execute(_insert_if_new(purchase, new_id)).scalar()
+                created = from_rows(conn.execute(_insert_with_event(purchase, on_conflict=True)))
         except errors.ConflictTargetMissing:
             # The index vanished or broke since the last check: trust it no longer, and
             # let the caller finish this delivery by the locked path, in this attempt.
             guard.refresh(engine)
             return None
         except errors.UniqueConflict:
-            inserted = None  # the same payment is being inserted for another course right now
-        if inserted is not None:
-            logger.info("purchase %s created for payment %s", inserted, purchase.payment_id)
-            return Outcome(str(inserted), created=True)
+            created = ()  # the same payment is being inserted for another course right now
+        if created:
+            return _created(purchase, created)
         return _existing(conn, purchase)
 
 
@@ -83,15 +85,21 @@ def _with_locks(engine: Engine, purchase: Purchase) -> Outcome | None:
         outcome = _existing(conn, purchase)
         if outcome is not None:
             return outcome
-        new_id = str(uuid.uuid4())
         try:
             # A worker that still trusts a just-recreated index may insert beside us.
             with conn.begin_nested(), db.translate_errors(engine.url):
-                conn.execute(_plain_insert(purchase, new_id))
+                created = from_rows(conn.execute(_insert_with_event(purchase, on_conflict=False)))
         except errors.UniqueConflict:
             return _existing(conn, purchase)
-    logger.info("purchase %s created for payment %s (fallback path)", new_id, purchase.payment_id)
-    return Outcome(new_id, created=True)
+        if not created:  # a fast-path worker that trusts a just-recreated index got here first
+            return _existing(conn, purchase)
+    return _created(purchase, created, path=" (fallback path)")
+
+
+def _created(purchase: Purchase, events: tuple[Event, ...], path: str = "") -> Outcome:
+    purchase_id = str(events[0].data["id"])
+    logger.info("purchase %s created for payment %s%s", purchase_id, purchase.payment_id, path)
+    return Outcome(purchase_id, created=True, events=events)
 
 
 def _existing(conn: Connection, purchase: Purchase) -> Outcome | None:
@@ -113,7 +121,7 @@ def _existing(conn: Connection, purchase: Purchase) -> Outcome | None:
     held = next((r for r in rows if r.is_active), None)
     if held is None:
         return None
-    _record_duplicate_payment(conn, purchase, str(held.id))
+    events = from_rows(conn.execute(_record_duplicate_payment(purchase, str(held.id), held.payment_id)))
     logger.warning(
         "payment %s is a duplicate: student %s already holds course %s by payment %s (purchase %s); refund it",
         purchase.payment_id,
@@ -122,27 +130,39 @@ def _existing(conn: Connection, purchase: Purchase) -> Outcome | None:
         held.payment_id,
         held.id,
     )
-    return Outcome(str(held.id), created=False, duplicate_of=str(held.id))
+    return Outcome(str(held.id), created=False, duplicate_of=str(held.id), events=events)
 
 
-def _record_duplicate_payment(conn: Connection, purchase: Purchase, purchase_id: str) -> None:
-    conn.execute(
+def _record_duplicate_payment(purchase: Purchase, purchase_id: str, held_payment_id: str) -> sa.Insert:
+    """Record the payment for a refund, with its purchase.duplicate_payment event, once."""
+    recorded = (
         pg_insert(_dup)
         .values(
             payment_id=purchase.payment_id,
             purchase_id=purchase_id,
+            held_payment_id=held_payment_id,
             student_id=purchase.student_id,
             course_id=purchase.course_id,
             amount_cents=purchase.amount_cents,
             currency=purchase.currency,
         )
         .on_conflict_do_nothing(index_elements=[_dup.c.payment_id])
+        .returning(*_dup.c)
+        .cte("recorded")
     )
+    return _event_from(recorded, DUPLICATE_PAYMENT)
 
 
-def _row(purchase: Purchase, new_id: str) -> dict[str, Any]:
-    return {
-        "id": new_id,
+def _insert_with_event(purchase: Purchase, on_conflict: bool) -> sa.Insert:
+    """INSERT ... SELECT unless the payment was ever used, with its purchase.created event.
+
+    With `on_conflict`, ON CONFLICT (student_id, course_id) WHERE is_active = true DO
+    NOTHING: the WHERE is required, without it PostgreSQL cannot infer a partial unique
+    index and raises "there is no unique or exclusion constraint matching the ON CONFLICT
+    specification". One statement, so the row and its event commit together or not at all.
+    """
+    row = {
+        "id": str(uuid.uuid4()),
         "student_id": purchase.student_id,
         "course_id": purchase.course_id,
         "payment_id": purchase.payment_id,
@@ -150,31 +170,29 @@ def _row(purchase: Purchase, new_id: str) -> dict[str, Any]:
         "currency": purchase.currency,
         "metadata": purchase.metadata,
     }
-
-
-def _plain_insert(purchase: Purchase, new_id: str) -> sa.Insert:
-    return sa.insert(_t).values(**_row(purchase, new_id))
-
-
-def _insert_if_new(purchase: Purchase, new_id: str) -> sa.Insert:
-    """INSERT ... SELECT unless the payment was ever used, ON CONFLICT on the partial index.
-
-    The `WHERE is_active = true` of the conflict target is required: without it PostgreSQL
-    cannot infer a partial unique index and raises "there is no unique or exclusion
-    constraint matching the ON CONFLICT specification".
-    """
-    row = _row(purchase, new_id)
     values = sa.select(*(sa.literal(value, _t.c[name].type) for name, value in row.items())).where(
         ~sa.exists().where(_paid.c.payment_id == purchase.payment_id),
         ~sa.exists().where(_dup.c.payment_id == purchase.payment_id),
     )
-    return (
-        pg_insert(_t)
-        .from_select(list(row), values)
-        .on_conflict_do_nothing(
+    insert = pg_insert(_t).from_select(list(row), values)
+    if on_conflict:
+        insert = insert.on_conflict_do_nothing(
             index_elements=[_t.c.student_id, _t.c.course_id], index_where=_t.c.is_active == sa.true()
         )
-        .returning(_t.c.id)
+    return _event_from(insert.returning(*_t.c).cte("purchase"), PURCHASE_CREATED)
+
+
+def _event_from(rows: sa.CTE, event_type: str) -> sa.Insert:
+    """An outbox event for each row the CTE wrote, its data the row itself."""
+    return (
+        sa.insert(_outbox)
+        .from_select(
+            ["id", "type", "data"],
+            sa.select(
+                sa.func.gen_random_uuid(), sa.literal(event_type), sa.func.to_jsonb(rows.table_valued())
+            ).select_from(rows),
+        )
+        .returning(_outbox.c.id, _outbox.c.type, _outbox.c.occurred_at, _outbox.c.data)
     )
 
 

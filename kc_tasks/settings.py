@@ -31,10 +31,14 @@ class Settings:
     index_check_ttl: int = 300
     # Beat period of kc_tasks.verify_purchase_index, seconds.
     index_verify_interval: int = 300
+    # Beat period of kc_tasks.relay_events, which publishes events left unpublished, seconds.
+    event_relay_interval: int = 10
     # RabbitMQ queue type of `purchases`: classic or quorum.
     queue_type: str = "classic"
     # Log line format: text, or json (one object per line).
     log_format: str = "text"
+    # HMAC secret of the payment webhook; the web process refuses to start without it.
+    webhook_secret: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -46,8 +50,10 @@ class Settings:
             retry_backoff_max=_int(env, "KC_RETRY_BACKOFF_MAX", 300, minimum=1),
             index_check_ttl=_int(env, "KC_INDEX_CHECK_TTL", 300, minimum=0),
             index_verify_interval=_int(env, "KC_INDEX_VERIFY_INTERVAL", 300, minimum=1),
+            event_relay_interval=_int(env, "KC_EVENT_RELAY_INTERVAL", 10, minimum=1),
             queue_type=_choice(env, "KC_QUEUE_TYPE", "classic", ("classic", "quorum")),
             log_format=_choice(env, "KC_LOG_FORMAT", "text", ("text", "json")),
+            webhook_secret=env.get("KC_WEBHOOK_SECRET", ""),
         )
 
     @property

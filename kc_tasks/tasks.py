@@ -11,7 +11,7 @@ from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from kc_tasks import db, purchases
+from kc_tasks import db, events, purchases
 from kc_tasks.celery import app
 from kc_tasks.errors import InvalidPurchase, KcTasksError, PermanentError, RetryableError
 from kc_tasks.index_guard import FIX_COMMAND, IndexGuard
@@ -98,7 +98,7 @@ def create_purchase(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     purchase = parse_purchase(kwargs)
     engine, guard = resources()
     try:
-        return purchases.create_purchase(engine, guard, purchase).as_result()
+        outcome = purchases.create_purchase(engine, guard, purchase)
     except RetryableError as exc:
         if self.request.retries >= self.max_retries:
             raise
@@ -113,6 +113,13 @@ def create_purchase(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             countdown,
         )
         raise self.retry(exc=exc, countdown=countdown) from None
+    # The outcome is committed; its events are in the outbox. Publishing them is best
+    # effort here: if the broker or the database fails now, the relay publishes them later.
+    try:
+        events.publish_now(engine, app, outcome.events)
+    except KcTasksError as exc:
+        logger.warning("create_purchase %s: events left for the relay: %s", self.request.id, exc)
+    return outcome.as_result()
 
 
 @app.task(name="kc_tasks.verify_purchase_index")
@@ -130,3 +137,17 @@ def verify_purchase_index() -> dict[str, Any]:
         "reason": status.reason,
         "fix": None if status.usable else FIX_COMMAND,
     }
+
+
+@app.task(name="kc_tasks.relay_events")
+def relay_events() -> dict[str, int]:
+    """Publish the events that were committed but not published (broker down, worker killed)."""
+    engine, _ = resources()
+    return {"published": events.relay(engine, app)}
+
+
+@app.task(name="kc_tasks.prune_events")
+def prune_events() -> dict[str, int]:
+    """Delete events published long ago; unpublished events are never pruned."""
+    engine, _ = resources()
+    return {"pruned": events.prune(engine)}

@@ -20,8 +20,10 @@ PG = os.environ.get("KC_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 AMQP = os.environ.get("KC_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/kc_test")
 AMQP_VHOST = AMQP.rsplit("/", 1)[1] or "/"
 REDIS = os.environ.get("KC_TEST_REDIS", "redis://127.0.0.1:6379/15")
-APP_DB = "kc_tasks_test_app"
-TEMPLATE_DB = "kc_tasks_test_template"
+# Per run, so that two runs on one server (a developer's and CI's) never share a database.
+RUN_ID = uuid.uuid4().hex[:8]
+APP_DB = f"kc_app_{RUN_ID}"
+TEMPLATE_DB = f"kc_template_{RUN_ID}"
 
 # The in-process Celery app (kc_tasks.app) reads these at import: set them first.
 os.environ["DATABASE_URL"] = f"{PG}/{APP_DB}"
@@ -81,11 +83,11 @@ def _migrate(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def template_db() -> str:
+def template_db() -> Iterator[str]:
     """A database with every migration applied, copied by each test that needs one."""
-    admin(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
     _migrate(f"{PG}/{TEMPLATE_DB}")
-    return TEMPLATE_DB
+    yield TEMPLATE_DB
+    admin(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
 
 
 @pytest.fixture
@@ -111,11 +113,11 @@ def sql(database_url: str) -> Callable[..., list[tuple]]:
 
 
 @pytest.fixture(scope="session")
-def app_database() -> str:
+def app_database() -> Iterator[str]:
     """The database of the in-process kc_tasks.app (DATABASE_URL at import): migrated once."""
-    admin(f"DROP DATABASE IF EXISTS {APP_DB} WITH (FORCE)")
     _migrate(os.environ["DATABASE_URL"])
-    return os.environ["DATABASE_URL"]
+    yield os.environ["DATABASE_URL"]
+    admin(f"DROP DATABASE IF EXISTS {APP_DB} WITH (FORCE)")
 
 
 def purge_amqp(queues: tuple[str, ...] = ("purchases", "purchases.dlq")) -> None:

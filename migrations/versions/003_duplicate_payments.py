@@ -15,6 +15,7 @@ def upgrade() -> None:
         CREATE TABLE IF NOT EXISTS duplicate_payments (
             payment_id   text PRIMARY KEY,
             purchase_id  uuid NOT NULL,
+            held_payment_id text NOT NULL,
             student_id   uuid NOT NULL,
             course_id    uuid NOT NULL,
             amount_cents bigint NOT NULL,

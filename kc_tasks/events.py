@@ -1,0 +1,117 @@
+"""Purchase events: written to the outbox in the transaction of the row they describe,
+published to the `kc.events` topic exchange right after commit, and relayed later when
+that failed. At least once: consumers dedupe by the event id."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from celery import Celery
+from kombu import Exchange
+from sqlalchemy.engine import Connection, Engine
+
+from kc_tasks import db
+
+logger = logging.getLogger(__name__)
+
+EXCHANGE = Exchange("kc.events", type="topic", durable=True)
+PURCHASE_CREATED = "purchase.created"
+DUPLICATE_PAYMENT = "purchase.duplicate_payment"
+# The relay leaves younger events to the task that wrote them, which publishes at once.
+RELAY_GRACE_SECONDS = 10
+RELAY_BATCH = 500
+# Published events are kept this long, for inspection, then pruned. Unpublished: never.
+PRUNE_AFTER_HOURS = 24
+_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
+
+_outbox = db.event_outbox
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    type: str
+    occurred_at: datetime
+    data: dict[str, Any]
+
+    def body(self) -> dict[str, Any]:
+        return {"id": self.id, "type": self.type, "occurred_at": self.occurred_at.isoformat(), "data": self.data}
+
+
+def from_rows(rows: Iterable[Any]) -> tuple[Event, ...]:
+    return tuple(Event(str(r.id), r.type, r.occurred_at, r.data) for r in rows)
+
+
+def publish(app: Celery, events: Sequence[Event]) -> None:
+    """Publish to kc.events; returns once the broker confirmed each (RabbitMQ confirms)."""
+    with app.producer_pool.acquire(block=True, timeout=10) as producer:
+        for event in events:
+            producer.publish(
+                event.body(),
+                exchange=EXCHANGE,
+                routing_key=event.type,
+                declare=[EXCHANGE],
+                serializer="json",
+                delivery_mode=2,
+                message_id=event.id,
+                retry=True,
+                retry_policy=_PUBLISH_RETRY,
+            )
+
+
+def mark_published(conn: Connection, ids: Sequence[str]) -> None:
+    conn.execute(sa.update(_outbox).where(_outbox.c.id.in_(ids)).values(published_at=sa.func.now()))
+
+
+def publish_now(engine: Engine, app: Celery, events: Sequence[Event]) -> bool:
+    """Right after commit: publish and mark. On failure the relay publishes them later."""
+    if not events:
+        return True
+    try:
+        publish(app, events)
+    except Exception as exc:  # noqa: BLE001  (any broker failure: the outbox keeps the events)
+        logger.warning("events %s left for the relay: %s: %s", [e.id for e in events], type(exc).__name__, exc)
+        return False
+    with db.translate_errors(engine.url), engine.begin() as conn:
+        mark_published(conn, [e.id for e in events])
+    return True
+
+
+def relay(engine: Engine, app: Celery) -> int:
+    """Publish every event left unpublished past the grace period; the number published."""
+    published = 0
+    while True:
+        with db.translate_errors(engine.url), engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(_outbox.c.id, _outbox.c.type, _outbox.c.occurred_at, _outbox.c.data)
+                .where(
+                    _outbox.c.published_at.is_(None),
+                    _outbox.c.occurred_at < sa.func.now() - sa.text(f"interval '{RELAY_GRACE_SECONDS} seconds'"),
+                )
+                .order_by(_outbox.c.occurred_at)
+                .limit(RELAY_BATCH)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not rows:
+                return published
+            events = from_rows(rows)
+            publish(app, events)
+            mark_published(conn, [e.id for e in events])
+        published += len(events)
+        logger.info("relayed %d events left unpublished", len(events))
+
+
+def prune(engine: Engine) -> int:
+    """Delete events published more than PRUNE_AFTER_HOURS ago; never an unpublished one."""
+    with db.translate_errors(engine.url), engine.begin() as conn:
+        return conn.execute(
+            sa.delete(_outbox).where(
+                _outbox.c.published_at.is_not(None),
+                _outbox.c.published_at < sa.func.now() - sa.text(f"interval '{PRUNE_AFTER_HOURS} hours'"),
+            )
+        ).rowcount
