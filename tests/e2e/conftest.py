@@ -71,7 +71,9 @@ class Workers:
     tmp: Path
     started: list[Worker] = field(default_factory=list)
 
-    def start(self, database_url: str, broker_url: str, concurrency: int = 2, **env: str) -> Worker:
+    def start(
+        self, database_url: str, broker_url: str, concurrency: int = 2, args: tuple[str, ...] = (), **env: str
+    ) -> Worker:
         """Start `celery -A kc_tasks worker` and wait until it says it is ready."""
         log = self.tmp / f"worker{len(self.started)}.log"
         environment = dict(
@@ -92,6 +94,7 @@ class Workers:
                     f"e2e{len(self.started)}-{uuid.uuid4().hex[:6]}@%h",
                     "--without-mingle",
                     "--without-gossip",
+                    *args,
                 ],
                 cwd=ROOT,
                 env=environment,
@@ -164,3 +167,70 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0, interval: f
 
 def count(database_url: str, where: str = "true", params: tuple | None = None) -> int:
     return run_sql(database_url, f"SELECT count(*) FROM student_course_purchases WHERE {where}", params)[0][0]
+
+
+UVICORN = str(Path(sys.executable).with_name("uvicorn"))
+WEBHOOK_SECRET = "e2e-webhook-secret"
+
+
+@dataclass
+class Web:
+    process: subprocess.Popen
+    log: Path
+    base: str
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_web(tmp: Path, database_url: str, broker_url: str, **env: str) -> Web:
+    """The Procfile's web process: uvicorn serving kc_tasks.web on a free port."""
+    port = free_port()
+    log = tmp / f"web-{port}.log"
+    environment = dict(
+        os.environ,
+        DATABASE_URL=database_url,
+        CELERY_BROKER_URL=broker_url,
+        KC_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        PORT=str(port),
+        **env,
+    )
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [UVICORN, "--factory", "kc_tasks.web:create_app", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    web = Web(process, log, f"http://127.0.0.1:{port}")
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(web.base + "/healthz", timeout=1).status_code == 200:
+                return web
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            web.stop()
+            raise AssertionError(f"web did not start:\n{web.text()[-3000:]}")
+        time.sleep(0.2)

@@ -1,0 +1,234 @@
+"""The web process: the payment webhook, a student's courses, health and readiness.
+
+Served by uvicorn: `uvicorn --factory kc_tasks.web:create_app --port $PORT`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from celery import Celery
+from fastapi import FastAPI, HTTPException, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerError
+from pydantic import BaseModel
+from sqlalchemy.engine import Engine
+
+from kc_tasks import db, signature
+from kc_tasks.errors import ConfigError, InvalidPurchase, KcTasksError
+from kc_tasks.payload import parse_purchase
+from kc_tasks.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+PAYMENT_SUCCEEDED = "payment.succeeded"
+# Task ids derive from payment ids: a provider's repeated webhook maps to the same task.
+TASK_ID_NAMESPACE = uuid.UUID("6f1d7c56-2b8e-4c4e-9a55-5d0f7f3c8a21")
+_ENQUEUE_RETRY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
+
+
+class Accepted(BaseModel):
+    task_id: str
+
+
+class Ignored(BaseModel):
+    status: str = "ignored"
+    type: str
+
+
+class Course(BaseModel):
+    purchase_id: str
+    course_id: str
+    payment_id: str
+    amount_cents: int
+    currency: str
+    purchased_at: str
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+WEBHOOK_BODY_SCHEMA = {
+    "type": "object",
+    "required": ["id", "type", "data"],
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"type": "string", "example": PAYMENT_SUCCEEDED},
+        "data": {
+            "type": "object",
+            "description": "create_purchase's kwargs",
+            "required": ["payment_id", "student_id", "course_id", "amount_cents", "currency"],
+            "properties": {
+                "payment_id": {"type": "string", "minLength": 1, "maxLength": 255},
+                "student_id": {"type": "string", "format": "uuid"},
+                "course_id": {"type": "string", "format": "uuid"},
+                "amount_cents": {"type": "integer", "minimum": 0},
+                "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                "metadata": {"type": "object"},
+            },
+        },
+    },
+}
+
+
+def task_id_for(payment_id: str) -> str:
+    return str(uuid.uuid5(TASK_ID_NAMESPACE, payment_id))
+
+
+def create_app(settings: Settings | None = None, celery_app: Celery | None = None) -> FastAPI:
+    """The ASGI app. Refuses to start without KC_WEBHOOK_SECRET."""
+    try:
+        settings = settings or Settings.from_env()
+        if not settings.webhook_secret:
+            raise ConfigError("KC_WEBHOOK_SECRET is not set: the webhook cannot verify signatures")
+    except ConfigError as exc:
+        print(f"kc_tasks web: refusing to start: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if celery_app is None:
+        from kc_tasks.celery import app as default_app
+
+        celery_app = default_app
+    engine = db.make_engine(settings.database_url, pool_size=5)
+    api = FastAPI(title="kc_tasks", version="1", description="Payment webhook and purchases of kc_tasks")
+    secret = settings.webhook_secret.encode()
+    broker: Celery = celery_app
+
+    responses: dict[int | str, dict[str, Any]] = {
+        401: {"model": Problem, "description": "missing, wrong or stale signature"},
+        413: {"model": Problem, "description": f"body over {MAX_BODY_BYTES} bytes"},
+        422: {"model": Problem, "description": "invalid JSON or field"},
+        503: {"model": Problem, "description": "the broker is unreachable: retry later"},
+    }
+
+    @api.post(
+        "/webhooks/payments",
+        status_code=202,
+        response_model=Accepted,
+        responses={200: {"model": Ignored, "description": "not a payment.succeeded event"}, **responses},
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": WEBHOOK_BODY_SCHEMA}}}
+        },
+    )
+    async def payment_webhook(request: Request) -> Any:
+        """A signed payment event; payment.succeeded becomes a create_purchase task."""
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            raise HTTPException(413, f"body over {MAX_BODY_BYTES} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise HTTPException(413, f"body over {MAX_BODY_BYTES} bytes")
+        problem = signature.verify(secret, bytes(body), request.headers.get(signature.HEADER))
+        if problem:
+            logger.warning("webhook refused: %s", problem)
+            raise HTTPException(401, problem)
+        event = _parse_event(bytes(body))
+        if event["type"] != PAYMENT_SUCCEEDED:
+            return JSONResponse({"status": "ignored", "type": event["type"]}, status_code=200)
+        try:
+            purchase = parse_purchase(event["data"])
+        except InvalidPurchase as exc:
+            raise HTTPException(422, str(exc)) from None
+        kwargs = purchase.model_dump(exclude_none=True)
+        task_id = task_id_for(purchase.payment_id)
+        try:
+            await run_in_threadpool(
+                broker.send_task,
+                "kc_tasks.create_purchase",
+                kwargs=kwargs,
+                queue="purchases",
+                task_id=task_id,
+                retry_policy=_ENQUEUE_RETRY,
+            )
+        except (BrokerError, OSError) as exc:
+            logger.error("webhook %s: broker unreachable, answered 503: %s", event["id"], exc)
+            raise HTTPException(503, "the broker is unreachable; retry later") from None
+        logger.info("webhook %s: payment %s enqueued as task %s", event["id"], purchase.payment_id, task_id)
+        return {"task_id": task_id}
+
+    @api.get("/students/{student_id}/courses", response_model=list[Course], responses={503: {"model": Problem}})
+    def student_courses(student_id: Annotated[uuid.UUID, Path()]) -> list[dict[str, Any]]:
+        """The student's active purchases, newest first."""
+        return _courses(engine, str(student_id))
+
+    @api.get("/healthz")
+    def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", responses={503: {"description": "PostgreSQL or the broker is unreachable"}})
+    def readyz() -> JSONResponse:
+        """PostgreSQL and the broker are reachable."""
+        checks = {"database": _database_ok(engine), "broker": _broker_ok(broker)}
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    @api.exception_handler(KcTasksError)
+    async def database_trouble(request: Request, exc: KcTasksError) -> JSONResponse:
+        logger.error("%s %s failed: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": "the database is unavailable; retry later"}, status_code=503)
+
+    api.router.on_shutdown.append(engine.dispose)
+    return api
+
+
+def _parse_event(body: bytes) -> dict[str, Any]:
+    import json
+
+    try:
+        event = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPException(422, f"body is not valid JSON: {exc}") from None
+    if not isinstance(event, dict):
+        raise HTTPException(422, "body must be a JSON object")
+    for field, kind in (("id", str), ("type", str), ("data", dict)):
+        if not isinstance(event.get(field), kind):
+            raise HTTPException(422, f"{field}: is required and must be a {'string' if kind is str else 'object'}")
+    return event
+
+
+def _courses(engine: Engine, student_id: str) -> list[dict[str, Any]]:
+    t = db.purchases
+    with db.translate_errors(engine.url), engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(t.c.id, t.c.course_id, t.c.payment_id, t.c.amount_cents, t.c.currency, t.c.created_at)
+            .where(t.c.student_id == student_id, t.c.is_active)
+            .order_by(t.c.created_at.desc())
+        ).all()
+    return [
+        {
+            "purchase_id": str(r.id),
+            "course_id": str(r.course_id),
+            "payment_id": r.payment_id,
+            "amount_cents": r.amount_cents,
+            "currency": r.currency,
+            "purchased_at": r.created_at.isoformat(),
+        }
+        for r in rows
+    ]
+
+
+def _database_ok(engine: Engine) -> str:
+    try:
+        with db.translate_errors(engine.url), engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except KcTasksError as exc:
+        return f"unreachable: {exc}"
+    return "ok"
+
+
+def _broker_ok(app: Celery) -> str:
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+    except Exception as exc:  # noqa: BLE001  (any transport failure means "not ready")
+        return f"unreachable: {type(exc).__name__}"
+    return "ok"

@@ -1,0 +1,133 @@
+"""From a signed HTTP call to a committed purchase, through real uvicorn and a real worker."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import AMQP
+from tests.e2e.conftest import WEBHOOK_SECRET, Workers, count, purchase, start_web, wait_until
+from tests.e2e.proxy import Proxy
+
+
+def signed(body: bytes, secret: str = WEBHOOK_SECRET, t: int | None = None) -> dict[str, str]:
+    t = int(time.time()) if t is None else t
+    digest = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return {"Content-Type": "application/json", "X-KC-Signature": f"t={t},v1={digest}"}
+
+
+def event(data: dict, type_: str = "payment.succeeded") -> bytes:
+    return json.dumps({"id": f"evt_{uuid.uuid4().hex}", "type": type_, "data": data}).encode()
+
+
+def test_a_signed_payment_becomes_a_course_the_student_sees(
+    database_url: str, workers: Workers, broker_url: str, tmp_path: Path
+) -> None:
+    workers.start(database_url, broker_url)
+    web = start_web(tmp_path, database_url, broker_url)
+    data = purchase()
+    body = event(data)
+    posted = httpx.post(web.base + "/webhooks/payments", content=body, headers=signed(body))
+    assert posted.status_code == 202
+    task_id = posted.json()["task_id"]
+    courses_url = f"{web.base}/students/{data['student_id']}/courses"
+    assert wait_until(lambda: httpx.get(courses_url).json() != [], timeout=20)
+    [course] = httpx.get(courses_url).json()
+    assert course["course_id"] == data["course_id"] and course["payment_id"] == data["payment_id"]
+    replay = httpx.post(web.base + "/webhooks/payments", content=body, headers=signed(body))
+    assert replay.status_code == 202 and replay.json()["task_id"] == task_id, "the same payment maps to one task id"
+    time.sleep(2)
+    assert count(database_url) == 1
+    log = web.text()
+    assert WEBHOOK_SECRET not in log and signed(body)["X-KC-Signature"].split("v1=")[1] not in log
+    web.stop()
+
+
+def test_bad_requests_are_refused_with_the_right_status(database_url: str, rabbitmq_url: str, tmp_path: Path) -> None:
+    web = start_web(tmp_path, database_url, rabbitmq_url)
+    url = web.base + "/webhooks/payments"
+    data = purchase()
+    body = event(data)
+
+    def post(content: bytes, headers: dict[str, str]) -> httpx.Response:
+        return httpx.post(url, content=content, headers=headers)
+
+    tampered = body.replace(b"4999", b"0001")
+    assert post(tampered, signed(body)).status_code == 401
+    assert post(body, {"Content-Type": "application/json"}).status_code == 401
+    assert post(body, signed(body, secret="not the secret")).status_code == 401
+    assert post(body, signed(body, t=int(time.time()) - 301)).status_code == 401
+    assert post(body, signed(body, t=int(time.time()) + 600)).status_code == 401
+    garbage = b"{not json"
+    assert post(garbage, {"Content-Type": "application/json"}).status_code == 401, "unsigned: not even parsed"
+    assert post(garbage, signed(garbage)).status_code == 422
+    missing = event({k: v for k, v in data.items() if k != "course_id"})
+    refused = post(missing, signed(missing))
+    assert refused.status_code == 422 and "course_id" in refused.json()["detail"]
+    wrong = event(dict(data, amount_cents=-5))
+    assert "amount_cents" in post(wrong, signed(wrong)).json()["detail"]
+    big = event(dict(data, metadata={"x": "y" * 70_000}))
+    assert post(big, signed(big)).status_code == 413
+    other = event(data, type_="payment.refunded")
+    ignored = post(other, signed(other))
+    assert ignored.status_code == 200 and ignored.json() == {"status": "ignored", "type": "payment.refunded"}
+    assert httpx.get(f"{web.base}/students/not-a-uuid/courses").status_code == 422
+    assert httpx.get(web.base + "/readyz").json() == {"ready": True, "database": "ok", "broker": "ok"}
+    assert count(database_url) == 0
+    web.stop()
+
+
+def test_a_broker_outage_answers_503_and_loses_nothing(
+    database_url: str, workers: Workers, rabbitmq_url: str, tmp_path: Path
+) -> None:
+    proxy = Proxy("127.0.0.1", 5672)
+    proxy.restore()
+    vhost = AMQP.rsplit("/", 1)[1]
+    web = start_web(tmp_path, database_url, f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}")
+    sent: list[tuple[dict, int]] = []
+    for i in range(30):
+        if i == 10:
+            proxy.cut()
+        if i == 20:
+            proxy.restore()
+        data = purchase()
+        body = event(data)
+        status = httpx.post(web.base + "/webhooks/payments", content=body, headers=signed(body), timeout=30).status_code
+        sent.append((data, status))
+    statuses = [s for _, s in sent]
+    assert statuses[:10] == [202] * 10
+    assert set(statuses[10:20]) == {503}, statuses
+    assert httpx.get(web.base + "/readyz").status_code == 200
+    workers.start(database_url, rabbitmq_url)
+    accepted = [d for d, s in sent if s == 202]
+    assert wait_until(lambda: count(database_url) == len(accepted), timeout=30)
+    assert statuses[20:] == [202] * 10, "the web process reconnects by itself"
+    web.stop()
+    proxy.cut()
+
+
+def test_the_web_process_refuses_to_start_without_a_secret(database_url: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.e2e.conftest import ROOT, UVICORN
+
+    env = {k: v for k, v in os.environ.items() if k != "KC_WEBHOOK_SECRET"}
+    env["DATABASE_URL"] = database_url
+    result = subprocess.run(
+        [UVICORN, "--factory", "kc_tasks.web:create_app", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "refusing to start: KC_WEBHOOK_SECRET is not set" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+
+from kc_tasks.signature import sign, verify
+
+SECRET = b"whsec_test"
+BODY = b'{"id":"evt_1","type":"payment.succeeded","data":{}}'
+NOW = 1_800_000_000
+
+
+def test_a_signature_made_with_the_secret_verifies() -> None:
+    assert verify(SECRET, BODY, sign(SECRET, BODY, NOW), now=NOW) is None
+
+
+def test_one_of_several_v1_signatures_may_match_during_secret_rotation() -> None:
+    good = sign(SECRET, BODY, NOW).split("v1=")[1]
+    assert verify(SECRET, BODY, f"t={NOW},v1={'0' * 64},v1={good}", now=NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "now", "reason"),
+    [
+        (None, NOW, "missing X-KC-Signature header"),
+        ("", NOW, "missing X-KC-Signature header"),
+        ("v1=abc", NOW, "malformed"),
+        (f"t={NOW}", NOW, "malformed"),
+        (f"t=soon,v1={'0' * 64}", NOW, "malformed"),
+        (sign(b"another secret", BODY, NOW), NOW, "does not match"),
+        (sign(SECRET, BODY + b" ", NOW), NOW, "does not match"),
+        (sign(SECRET, BODY, NOW - 301), NOW, "more than 300 s old"),
+        (sign(SECRET, BODY, NOW + 31), NOW, "in the future"),
+    ],
+)
+def test_a_bad_signature_is_refused_with_the_reason(header: str | None, now: int, reason: str) -> None:
+    problem = verify(SECRET, BODY, header, now=now)
+    assert problem is not None and reason in problem
+
+
+@pytest.mark.parametrize("skew", [-300, -1, 0, 30])
+def test_timestamps_within_the_tolerance_are_accepted(skew: int) -> None:
+    assert verify(SECRET, BODY, sign(SECRET, BODY, NOW + skew), now=NOW) is None
+
+
+def test_the_reason_never_echoes_the_signature() -> None:
+    header = sign(b"another secret", BODY, NOW)
+    problem = verify(SECRET, BODY, header, now=NOW)
+    assert problem is not None and header.split("v1=")[1] not in problem
