@@ -21,7 +21,11 @@ def upgrade() -> None:
         )
     """)
     # The relay reads the unpublished ones, oldest first; pruning reads the published ones.
-    op.execute("CREATE INDEX IF NOT EXISTS event_outbox_unpublished_idx ON event_outbox (occurred_at) "
-               "WHERE published_at IS NULL")
-    op.execute("CREATE INDEX IF NOT EXISTS event_outbox_published_idx ON event_outbox (published_at) "
-               "WHERE published_at IS NOT NULL")
+    op.execute(
+        "CREATE INDEX IF NOT EXISTS event_outbox_unpublished_idx ON event_outbox (occurred_at) "
+        "WHERE published_at IS NULL"
+    )
+    op.execute(
+        "CREATE INDEX IF NOT EXISTS event_outbox_published_idx ON event_outbox (published_at) "
+        "WHERE published_at IS NOT NULL"
+    )
