@@ -103,12 +103,12 @@ def _definition_problem(row: dict[str, object]) -> str | None:
 def _arbiters(conn: Connection) -> list[str]:
     autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
     # In a transaction, the failing EXPLAIN runs in a savepoint so the transaction survives.
-    with contextlib.nullcontext() if autocommit else conn.begin_nested():
-        try:
-            with db.translate_errors():
-                plan = conn.execute(_EXPLAIN_ARBITER).scalar()
-        except errors.ConflictTargetMissing:
-            return []
+    # The except stands outside the savepoint, so that a failure rolls the savepoint back.
+    try:
+        with contextlib.nullcontext() if autocommit else conn.begin_nested(), db.translate_errors():
+            plan = conn.execute(_EXPLAIN_ARBITER).scalar()
+    except errors.ConflictTargetMissing:
+        return []
     if isinstance(plan, str):
         plan = json.loads(plan)
     return list(plan[0]["Plan"].get("Conflict Arbiter Indexes", []))  # type: ignore[index]

@@ -13,9 +13,9 @@ from sqlalchemy.pool import NullPool
 
 from kc_tasks import db, events, purchases
 from kc_tasks.celery import app
-from kc_tasks.errors import InvalidPurchase, KcTasksError, PermanentError, RetryableError
+from kc_tasks.errors import DatabaseUnavailable, InvalidPurchase, KcTasksError, PermanentError, RetryableError
 from kc_tasks.index_guard import FIX_COMMAND, IndexGuard
-from kc_tasks.payload import parse_purchase
+from kc_tasks.payload import Purchase, parse_purchase
 from kc_tasks.retry import compute_backoff
 from kc_tasks.settings import Settings, describe_database
 
@@ -98,7 +98,7 @@ def create_purchase(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     purchase = parse_purchase(kwargs)
     engine, guard = resources()
     try:
-        outcome = purchases.create_purchase(engine, guard, purchase)
+        outcome = _create(engine, guard, purchase)
     except RetryableError as exc:
         if self.request.retries >= self.max_retries:
             raise
@@ -120,6 +120,16 @@ def create_purchase(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     except KcTasksError as exc:
         logger.warning("create_purchase %s: events left for the relay: %s", self.request.id, exc)
     return outcome.as_result()
+
+
+def _create(engine: Engine, guard: IndexGuard, purchase: Purchase) -> purchases.Outcome:
+    try:
+        return purchases.create_purchase(engine, guard, purchase)
+    except DatabaseUnavailable:
+        # A pooled connection may have died since its last use (server restart, terminated
+        # backend); the pool has been renewed since, so one immediate second try is free.
+        # If the server is really down, this fails at once too and the task retries later.
+        return purchases.create_purchase(engine, guard, purchase)
 
 
 @app.task(name="kc_tasks.verify_purchase_index")
