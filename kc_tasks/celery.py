@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from celery import Celery
 
-app = Celery("kc_tasks")
+app = Celery("kc_tasks", task_cls="kc_tasks.worker:KcTask")
 app.config_from_object("kc_tasks.celeryconfig")
 app.autodiscover_tasks(["kc_tasks"], related_name="tasks", force=True)

@@ -33,6 +33,9 @@ worker_prefetch_multiplier = 4
 # A child process connects to PostgreSQL at start-up (connect timeout 5 s).
 worker_proc_alive_timeout = 30
 
+# Undecodable, unknown and invalid messages become dead letters (kc_tasks/worker.py).
+worker_consumer = "kc_tasks.worker:Consumer"
+
 # Flower and `celery events` see every task without remembering -E.
 worker_send_task_events = True
 task_send_sent_event = True

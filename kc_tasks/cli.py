@@ -1,11 +1,13 @@
-"""The `kc-tasks` command: migrate, ensure-index, enqueue."""
+"""The `kc-tasks` command: migrate, ensure-index, enqueue, dlq."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.pool import NullPool
@@ -68,6 +70,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--amount", required=True, type=int, help="amount in cents")
     p.add_argument("--currency", required=True, help="ISO 4217 code, e.g. INR")
     p.set_defaults(run=_enqueue)
+
+    dlq = sub.add_parser("dlq", help="the dead-letter queue, purchases.dlq").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    p = dlq.add_parser("list", help="list dead letters, oldest first")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(run=_dlq_list)
+    p = dlq.add_parser("show", help="one dead letter in full, with its traceback")
+    p.add_argument("id", help="dead letter id or task id")
+    p.set_defaults(run=_dlq_show)
+    p = dlq.add_parser("replay", help="send the original kwargs back to purchases, then remove the dead letter")
+    p.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids or task ids")
+    p.add_argument("--all", action="store_true", help="every dead letter")
+    p.set_defaults(run=_dlq_replay)
+    p = dlq.add_parser("policy", help="apply RabbitMQ's dead-letter policy to the purchases queue (rabbitmqctl)")
+    p.set_defaults(run=_dlq_policy)
+    p = dlq.add_parser("purge", help="delete dead letters")
+    p.add_argument(
+        "--older-than", type=_duration, metavar="DURATION", help="only those older than this: 90s, 30m, 12h, 7d"
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(run=_dlq_purge)
     return parser
 
 
@@ -135,6 +159,146 @@ def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
         retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_step": 1},
     )
     print(result.id)
+    return 0
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.replace(".", "", 1).isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 30m, 12h or 7d")
+    return float(number) * units[unit]
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _dlq_list(settings: Settings, args: argparse.Namespace) -> int:
+    from kc_tasks import dead_letters
+    from kc_tasks.celery import app
+
+    with dead_letters.hold(app) as held:
+        letters = [letter for letter, _ in held]
+    for letter in letters:
+        if args.json:
+            print(json.dumps({**asdict(letter), "age_seconds": round(letter.age_seconds(), 3)}, ensure_ascii=False))
+        else:
+            print(
+                f"{letter.id}  {_age(letter.age_seconds()):>6}  {letter.reason:<24}  task {letter.task_id}  "
+                f"payment {letter.payment_id}  {letter.error_type}: {letter.error_message[:100]}"
+            )
+    if not args.json:
+        print(f"{len(letters)} dead letter(s) in purchases.dlq", file=sys.stderr)
+    return 0
+
+
+def _dlq_show(settings: Settings, args: argparse.Namespace) -> int:
+    from kc_tasks import dead_letters
+    from kc_tasks.celery import app
+
+    with dead_letters.hold(app) as held:
+        found = [letter for letter, _ in held if args.id in (letter.id, letter.task_id)]
+    if not found:
+        print(f"kc-tasks: no dead letter {args.id} in purchases.dlq", file=sys.stderr)
+        return EXIT_FAILED
+    for key, value in asdict(found[0]).items():
+        if key != "traceback":
+            print(f"{key:>14}: {json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value}")
+    print(f"{'age':>14}: {_age(found[0].age_seconds())}")
+    print(found[0].traceback or "(no traceback)")
+    return 0
+
+
+def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from kc_tasks import dead_letters
+    from kc_tasks.celery import app
+
+    if not args.ids and not args.all:
+        print("kc-tasks: name dead letters to replay, or --all", file=sys.stderr)
+        return EXIT_FAILED
+    wanted = set(args.ids)
+    replayed, failed = 0, 0
+    with dead_letters.hold(app) as held:
+        chosen = [(dl, m) for dl, m in held if args.all or wanted & {dl.id, dl.task_id}]
+        for letter, message in chosen:
+            problem = dead_letters.replay(app, letter)
+            if problem:
+                failed += 1
+                print(f"not replayed {letter.id}: {problem}", file=sys.stderr)
+                continue
+            message.ack()  # only now: the broker confirmed the replay
+            replayed += 1
+            if replayed % 100 == 0:
+                print(f"replayed {replayed}/{len(chosen)}", file=sys.stderr)
+    missing = wanted - {x for dl, _ in chosen for x in (dl.id, dl.task_id)}
+    for name in sorted(missing):
+        print(f"kc-tasks: no dead letter {name} in purchases.dlq", file=sys.stderr)
+    print(f"replayed {replayed} dead letter(s) to purchases" + (f"; {failed} could not be" if failed else ""))
+    return EXIT_FAILED if failed or missing else 0
+
+
+def _dlq_policy(settings: Settings, args: argparse.Namespace) -> int:
+    """A policy, not queue arguments: clients declare `purchases` without arguments, and
+    RabbitMQ refuses a redeclaration whose arguments differ; a policy changes nothing there."""
+    import shutil
+    import subprocess
+    from urllib.parse import unquote, urlsplit
+
+    if settings.uses_redis:
+        print("kc-tasks: Redis has no dead-letter exchange; kc_tasks dead-letters in the worker instead")
+        return 0
+    vhost = unquote(urlsplit(settings.broker_url).path[1:]) or "/"
+    definition = json.dumps({"dead-letter-exchange": "", "dead-letter-routing-key": "purchases.dlq"})
+    command = [
+        "rabbitmqctl",
+        "set_policy",
+        "-p",
+        vhost,
+        "--apply-to",
+        "queues",
+        "kc-purchases-dlx",
+        "^purchases$",
+        definition,
+    ]
+    shown = " ".join(command[:-1]) + f" '{definition}'"
+    if shutil.which("rabbitmqctl") is None:
+        print(f"kc-tasks: rabbitmqctl is not on this machine; on a RabbitMQ node run:\n  {shown}", file=sys.stderr)
+        return EXIT_FAILED
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        print(f"kc-tasks: {shown} failed: {(result.stderr or result.stdout).strip()}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"policy kc-purchases-dlx set on vhost {vhost}: rejected purchases messages go to purchases.dlq")
+    return 0
+
+
+def _dlq_purge(settings: Settings, args: argparse.Namespace) -> int:
+    from kc_tasks import dead_letters
+    from kc_tasks.celery import app
+
+    with dead_letters.hold(app) as held:
+        doomed = [(dl, m) for dl, m in held if args.older_than is None or dl.age_seconds() > args.older_than]
+        if not doomed:
+            print("nothing to purge")
+            return 0
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print(f"kc-tasks: {len(doomed)} dead letter(s) would be deleted; add --yes to confirm", file=sys.stderr)
+                return EXIT_FAILED
+            answer = input(
+                f"delete {len(doomed)} dead letter(s) for good? Each may be a payment without a course. [y/N] "
+            )
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing purged")
+                return EXIT_FAILED
+        for letter, message in doomed:
+            message.ack()
+            logger.warning("purged dead letter %s (task %s, payment %s)", letter.id, letter.task_id, letter.payment_id)
+    print(f"purged {len(doomed)} dead letter(s)")
     return 0
 
 

@@ -33,6 +33,8 @@ class Settings:
     index_verify_interval: int = 300
     # Beat period of kc_tasks.relay_events, which publishes events left unpublished, seconds.
     event_relay_interval: int = 10
+    # How many times a task may kill its worker process before it is dead-lettered.
+    worker_lost_limit: int = 3
     # RabbitMQ queue type of `purchases`: classic or quorum.
     queue_type: str = "classic"
     # Log line format: text, or json (one object per line).
@@ -51,6 +53,7 @@ class Settings:
             index_check_ttl=_int(env, "KC_INDEX_CHECK_TTL", 300, minimum=0),
             index_verify_interval=_int(env, "KC_INDEX_VERIFY_INTERVAL", 300, minimum=1),
             event_relay_interval=_int(env, "KC_EVENT_RELAY_INTERVAL", 10, minimum=1),
+            worker_lost_limit=_int(env, "KC_WORKER_LOST_LIMIT", 3, minimum=1),
             queue_type=_choice(env, "KC_QUEUE_TYPE", "classic", ("classic", "quorum")),
             log_format=_choice(env, "KC_LOG_FORMAT", "text", ("text", "json")),
             webhook_secret=env.get("KC_WEBHOOK_SECRET", ""),

@@ -7,17 +7,19 @@ import os
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject, Retry
 from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from kc_tasks import db, events, purchases
+from kc_tasks import db, dead_letters, events, purchases
 from kc_tasks.celery import app
 from kc_tasks.errors import DatabaseUnavailable, InvalidPurchase, KcTasksError, PermanentError, RetryableError
 from kc_tasks.index_guard import FIX_COMMAND, IndexGuard
 from kc_tasks.payload import Purchase, parse_purchase
 from kc_tasks.retry import compute_backoff
 from kc_tasks.settings import Settings, describe_database
+from kc_tasks.worker import KcTask
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def _report_index(**_: Any) -> None:
         logger.warning("%s - will use fallback method; fix: %s", status.describe(), FIX_COMMAND)
 
 
-class PurchaseTask(Task):
+class PurchaseTask(KcTask):
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         payment_id = kwargs.get("payment_id") if isinstance(kwargs, dict) else None
         logger.error(
@@ -89,10 +91,26 @@ class PurchaseTask(Task):
     max_retries=settings.max_retries,
     acks_late=True,
     reject_on_worker_lost=True,
-    throws=(PermanentError,),  # logged once by on_failure, without Celery's traceback
+    throws=(PermanentError, RetryableError),  # logged once by on_failure, without Celery's traceback
 )
 def create_purchase(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Make the purchase of one paid order; see CONTRACT.md for the kwargs and the result."""
+    """Make the purchase of one paid order; see CONTRACT.md for the kwargs and the result.
+
+    A failure that retries cannot fix, or that outlived KC_MAX_RETRIES, is dead-lettered
+    (purchases.dlq) before the message is acknowledged."""
+    try:
+        return _make_purchase(self, args, kwargs)
+    except Retry:
+        raise
+    except RetryableError as exc:  # only when the retries are used up
+        _dead_letter(self, exc, dead_letters.EXHAUSTED)
+        raise
+    except Exception as exc:
+        _dead_letter(self, exc, dead_letters.PERMANENT)
+        raise
+
+
+def _make_purchase(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     if args:
         raise InvalidPurchase(f"create_purchase takes keyword arguments only, got {len(args)} positional")
     purchase = parse_purchase(kwargs)
@@ -100,26 +118,35 @@ def create_purchase(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     try:
         outcome = _create(engine, guard, purchase)
     except RetryableError as exc:
-        if self.request.retries >= self.max_retries:
+        if task.request.retries >= task.max_retries:
             raise
-        countdown = compute_backoff(self.request.retries, settings.retry_backoff_max)
+        countdown = compute_backoff(task.request.retries, settings.retry_backoff_max)
         logger.warning(
             "create_purchase %s payment %s: %s; retry %d of %d in %.1f s",
-            self.request.id,
+            task.request.id,
             purchase.payment_id,
             exc,
-            self.request.retries + 1,
-            self.max_retries,
+            task.request.retries + 1,
+            task.max_retries,
             countdown,
         )
-        raise self.retry(exc=exc, countdown=countdown) from None
+        raise task.retry(exc=exc, countdown=countdown) from None
     # The outcome is committed; its events are in the outbox. Publishing them is best
     # effort here: if the broker or the database fails now, the relay publishes them later.
     try:
         events.publish_now(engine, app, outcome.events)
     except KcTasksError as exc:
-        logger.warning("create_purchase %s: events left for the relay: %s", self.request.id, exc)
+        logger.warning("create_purchase %s: events left for the relay: %s", task.request.id, exc)
     return outcome.as_result()
+
+
+def _dead_letter(task: Task, exc: BaseException, reason: str) -> None:
+    """Publish the dead letter; if that fails, the message goes back to the queue, unacked."""
+    try:
+        dead_letters.publish(app, dead_letters.DeadLetter.from_failure(task.request, exc, reason))
+    except Exception as error:
+        logger.critical("create_purchase %s: could not dead-letter it (%s); requeueing it", task.request.id, error)
+        raise Reject(error, requeue=True) from error
 
 
 def _create(engine: Engine, guard: IndexGuard, purchase: Purchase) -> purchases.Outcome:
@@ -134,18 +161,23 @@ def _create(engine: Engine, guard: IndexGuard, purchase: Purchase) -> purchases.
 
 @app.task(name="kc_tasks.verify_purchase_index")
 def verify_purchase_index() -> dict[str, Any]:
-    """Check unique_active_purchase now; warn, with the fix, when it is not usable."""
+    """Check unique_active_purchase now; warn, with the fix, when it is not usable. Warn too
+    while dead letters wait in purchases.dlq."""
     engine, guard = resources()
     status = guard.refresh(engine)
     if status.usable:
         logger.info("%s", status.describe())
     else:
         logger.warning("%s - purchases use the fallback method; fix: %s", status.describe(), FIX_COMMAND)
+    waiting = dead_letters.depth(app)
+    if waiting:
+        logger.warning("%s holds %d dead letter(s); inspect with kc-tasks dlq list", dead_letters.DLQ, waiting)
     return {
         "index": "unique_active_purchase",
         "usable": status.usable,
         "reason": status.reason,
         "fix": None if status.usable else FIX_COMMAND,
+        "dead_letters": waiting,
     }
 
 

@@ -1,0 +1,203 @@
+"""Dead letters: every purchase that cannot be made is kept in `purchases.dlq`, explained.
+
+A dead letter is a JSON message: the original task name, args, kwargs and task id, the
+error type and message, the traceback, the attempts, the time of death and the reason. It
+is published with publisher confirms before the original message is acknowledged, so a
+crash in between gives at worst a duplicate dead letter, never a lost purchase. The queue
+has no TTL: dead letters never expire.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import traceback
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery
+from kombu import Message, Queue
+
+logger = logging.getLogger(__name__)
+
+DLQ = "purchases.dlq"
+QUEUE = Queue(DLQ, routing_key=DLQ, durable=True)
+PERMANENT = "permanent error"
+EXHAUSTED = "retries exhausted"
+UNDECODABLE = "undecodable message"
+UNKNOWN_TASK = "unknown task"
+INVALID_MESSAGE = "invalid message"
+WORKER_LOST = "worker lost repeatedly"
+BROKER_REJECTED = "rejected to the dead-letter exchange"
+# What a dead letter may be: ours (JSON), or a raw message the broker dead-lettered.
+# Only JSON is ever decoded; anything else is shown as raw text or base64, never unpickled.
+ACCEPT = ["application/json"]
+_CONFIRMED = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
+
+
+@dataclass
+class DeadLetter:
+    task: str | None
+    task_id: str | None
+    kwargs: dict[str, Any] | None
+    error_type: str
+    error_message: str
+    reason: str
+    attempts: int = 1
+    args: list[Any] = field(default_factory=list)
+    traceback: str | None = None
+    died_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # For a message that could not be decoded: what arrived, as text or base64.
+    content_type: str | None = None
+    raw_body: str | None = None
+
+    @property
+    def payment_id(self) -> str | None:
+        return (self.kwargs or {}).get("payment_id") if isinstance(self.kwargs, dict) else None
+
+    def age_seconds(self, now: datetime | None = None) -> float:
+        now = now or datetime.now(UTC)
+        return (now - datetime.fromisoformat(self.died_at)).total_seconds()
+
+    @classmethod
+    def from_failure(cls, request: Any, exc: BaseException, reason: str) -> DeadLetter:
+        """A task that failed: its request, its error and the traceback being handled."""
+        return cls(
+            task=request.task,
+            task_id=request.id,
+            args=list(request.args or []),
+            kwargs=dict(request.kwargs or {}),
+            error_type=type(exc).__name__,
+            error_message=str(exc),
+            traceback="".join(traceback.format_exception(exc)),
+            attempts=(request.retries or 0) + 1,
+            reason=reason,
+        )
+
+    @classmethod
+    def from_message(cls, message: Message, reason: str, exc: BaseException | None, attempts: int = 1) -> DeadLetter:
+        """A message the worker could not run: what it carried, as far as it can be read."""
+        headers = message.headers or {}
+        args: list[Any] = []
+        kwargs: dict[str, Any] | None = None
+        try:
+            decoded = message.decode() if message.content_type == "application/json" else None
+            if isinstance(decoded, list) and len(decoded) >= 2:
+                args, kwargs = list(decoded[0] or []), decoded[1]
+        except Exception:  # noqa: BLE001  (undecodable is exactly the case at hand)
+            decoded = None
+        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+        try:
+            raw = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raw = "base64:" + base64.b64encode(body).decode()
+        return cls(
+            task=headers.get("task"),
+            task_id=headers.get("id"),
+            args=args,
+            kwargs=kwargs if isinstance(kwargs, dict) else None,
+            error_type=type(exc).__name__ if exc else reason,
+            error_message=str(exc) if exc else reason,
+            traceback="".join(traceback.format_exception(exc)) if exc else None,
+            attempts=attempts,
+            reason=reason,
+            content_type=message.content_type,
+            raw_body=raw[:65536] if kwargs is None else None,
+        )
+
+    @classmethod
+    def from_dlq_message(cls, message: Message) -> DeadLetter:
+        """A message in purchases.dlq: one of ours, or one the broker dead-lettered itself."""
+        if (message.headers or {}).get("kc-dead-letter"):
+            data = message.decode()
+            known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+            return cls(**known)
+        death = ((message.headers or {}).get("x-death") or [{}])[0]
+        letter = cls.from_message(message, BROKER_REJECTED, None, attempts=int(death.get("count", 1)))
+        letter.error_type = "Rejected"
+        source = death.get("queue", "purchases")
+        letter.error_message = f"RabbitMQ dead-lettered it from {source}: {death.get('reason')}"
+        letter.id = message.properties.get("message_id") or (message.headers or {}).get("id") or letter.id
+        when = death.get("time")
+        if isinstance(when, datetime):
+            letter.died_at = when.astimezone(UTC).isoformat()
+        return letter
+
+
+def publish(app: Celery, letter: DeadLetter) -> None:
+    """Publish to purchases.dlq; returns once the broker holds it (RabbitMQ confirms)."""
+    with app.producer_pool.acquire(block=True, timeout=10) as producer:
+        producer.publish(
+            asdict(letter),
+            exchange="",
+            routing_key=DLQ,
+            declare=[QUEUE],
+            serializer="json",
+            delivery_mode=2,
+            message_id=letter.id,
+            headers={"kc-dead-letter": 1},
+            retry=True,
+            retry_policy=_CONFIRMED,
+        )
+    logger.info(
+        "dead-lettered %s %s (payment %s) to %s: %s: %s: %s",
+        letter.task,
+        letter.task_id,
+        letter.payment_id,
+        DLQ,
+        letter.reason,
+        letter.error_type,
+        letter.error_message,
+    )
+
+
+def replay(app: Celery, letter: DeadLetter) -> str | None:
+    """Send the original kwargs back to purchases, confirmed; None, or why it cannot be."""
+    if letter.task != "kc_tasks.create_purchase" or not isinstance(letter.kwargs, dict):
+        return f"it holds no create_purchase kwargs ({letter.reason})"
+    try:
+        app.send_task(
+            "kc_tasks.create_purchase",
+            kwargs=letter.kwargs,
+            queue="purchases",
+            task_id=letter.task_id or None,
+            retry_policy=_CONFIRMED,
+        )
+    except Exception as exc:  # noqa: BLE001  (reported; the dead letter stays)
+        return f"the broker did not take it: {exc}"
+    return None
+
+
+def depth(app: Celery) -> int:
+    """How many dead letters wait in purchases.dlq."""
+    with app.connection_for_read() as conn:
+        QUEUE(conn.default_channel).declare()
+        return int(conn.default_channel.queue_declare(DLQ, passive=True).message_count)
+
+
+@contextmanager
+def hold(app: Celery) -> Iterator[list[tuple[DeadLetter, Message]]]:
+    """Every dead letter, held unacknowledged, in queue order. Those the caller acks leave
+    the DLQ; the others go back in their order when the block ends. If this process dies
+    meanwhile, the broker gives them back too (RabbitMQ at once, Redis after its visibility
+    timeout): reading the DLQ never loses anything."""
+    with app.connection_for_read() as conn:
+        channel = conn.channel()
+        queue = QUEUE(channel)
+        queue.declare()
+        held: list[tuple[DeadLetter, Message]] = []
+        try:
+            while (message := queue.get(no_ack=False, accept=ACCEPT)) is not None:
+                held.append((DeadLetter.from_dlq_message(message), message))
+            yield held
+        finally:
+            # Requeued one by one in their order, they keep it, on RabbitMQ and on Redis.
+            for _, message in held:
+                if not message.acknowledged:
+                    message.requeue()
+            channel.close()

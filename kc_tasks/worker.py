@@ -1,0 +1,118 @@
+"""Worker-side hooks that keep every message accounted for.
+
+- `Consumer`: a message the worker cannot decode, whose task it does not know, or that is
+  not a valid task message becomes a dead letter with its reason (Celery would log it and
+  drop it, or reject it without requeue).
+- `KcRequest`: a task whose worker process died under it (SIGKILL, OOM) is redelivered at
+  most `KC_WORKER_LOST_LIMIT` times, then dead-lettered, instead of looping forever.
+
+If publishing the dead letter fails, the message is not acknowledged: it is rejected, and
+on RabbitMQ the dead-letter exchange policy of `purchases` (kc-tasks dlq policy) keeps it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from celery.worker.consumer import Consumer as CeleryConsumer
+from celery.worker.request import Request
+from kombu import Message
+
+from kc_tasks import dead_letters
+from kc_tasks.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LOST_HEADER = "kc-worker-lost"
+PURCHASE_QUEUE = "purchases"
+_settings = Settings.from_env()
+
+
+def dead_letter_message(app: Any, message: Message, reason: str, exc: BaseException | None, attempts: int = 1) -> None:
+    """Dead-letter a message, then acknowledge it; if the dead letter cannot be published,
+    reject it without acknowledging (RabbitMQ's dead-letter exchange, or a requeue on Redis)."""
+    letter = dead_letters.DeadLetter.from_message(message, reason, exc, attempts=attempts)
+    try:
+        dead_letters.publish(app, letter)
+    except Exception as error:  # noqa: BLE001  (the message must not be lost, whatever failed)
+        logger.critical("could not dead-letter message %s (%s): %s; rejecting it", letter.task_id, reason, error)
+        message.reject(requeue=_settings.uses_redis)
+        return
+    message.ack()
+
+
+class Consumer(CeleryConsumer):
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        logger.error("undecodable message (content type %s): %s", message.content_type, exc)
+        dead_letter_message(self.app, message, dead_letters.UNDECODABLE, exc)
+
+    def on_unknown_message(self, body: Any, message: Message) -> None:
+        logger.error("a message that is not a task message arrived on %s", PURCHASE_QUEUE)
+        dead_letter_message(self.app, message, dead_letters.INVALID_MESSAGE, None)
+
+    def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
+        logger.error("unknown task %s", (message.headers or {}).get("task"))
+        dead_letter_message(self.app, message, dead_letters.UNKNOWN_TASK, exc)
+
+    def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
+        logger.error("invalid task message %s: %s", (message.headers or {}).get("id"), exc)
+        dead_letter_message(self.app, message, dead_letters.INVALID_MESSAGE, exc)
+
+
+class KcRequest(Request):
+    _lost_worker = False
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        from billiard.exceptions import WorkerLostError
+
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        self._lost_worker = isinstance(exc, (WorkerLostError, SystemExit, KeyboardInterrupt))
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def reject(self, requeue: bool = False) -> None:
+        if not (requeue and self._lost_worker) or self.acknowledged:
+            return super().reject(requeue=requeue)
+        message = self._message
+        losses = int((message.headers or {}).get(LOST_HEADER, 0)) + 1
+        try:
+            if losses >= _settings.worker_lost_limit:
+                letter = dead_letters.DeadLetter.from_message(message, dead_letters.WORKER_LOST, None, attempts=losses)
+                letter.error_type = "WorkerLostError"
+                letter.error_message = f"the worker process running it died {losses} times"
+                dead_letters.publish(self.task.app, letter)
+            else:
+                self._redeliver(message, losses)
+        except Exception as error:  # noqa: BLE001  (fall back to the broker's requeue: nothing lost)
+            logger.critical("task %s: could not count its lost worker (%s); requeueing it", self.id, error)
+            return super().reject(requeue=True)
+        self.acknowledge()
+        return None
+
+    def _redeliver(self, message: Message, losses: int) -> None:
+        """Publish a copy that counts the losses, then the caller acks the original."""
+        logger.warning(
+            "task %s: its worker process died (%d of %d); redelivering it", self.id, losses, _settings.worker_lost_limit
+        )
+        properties = message.properties or {}
+        with self.task.app.producer_pool.acquire(block=True, timeout=10) as producer:
+            producer.publish(
+                message.body,
+                exchange="",
+                routing_key=PURCHASE_QUEUE,
+                headers={**(message.headers or {}), LOST_HEADER: losses},
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                correlation_id=properties.get("correlation_id"),
+                reply_to=properties.get("reply_to"),
+                delivery_mode=2,
+                retry=True,
+                retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+            )
+
+
+class KcTask(Task):
+    """The base of every task of the app: its requests count lost workers."""
+
+    Request = "kc_tasks.worker:KcRequest"
