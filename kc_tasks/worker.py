@@ -58,7 +58,12 @@ class Consumer(CeleryConsumer):
 
     def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
         logger.error("invalid task message %s: %s", (message.headers or {}).get("id"), exc)
-        dead_letter_message(self.app, message, dead_letters.INVALID_MESSAGE, exc)
+        try:
+            message.decode()  # JSON only (the consumer accepts nothing else): never unpickles
+            reason = dead_letters.INVALID_MESSAGE
+        except Exception:  # noqa: BLE001  (a body that does not decode, whatever the codec says)
+            reason = dead_letters.UNDECODABLE
+        dead_letter_message(self.app, message, reason, exc)
 
 
 class KcRequest(Request):
