@@ -17,11 +17,12 @@ import redis
 from kombu import Connection
 
 PG = os.environ.get("KC_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-AMQP = os.environ.get("KC_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/kc_test")
+# Per run, so that two runs on one machine never share a queue: a vhost of its own.
+RUN_ID = uuid.uuid4().hex[:8]
+AMQP = os.environ.get("KC_TEST_AMQP", f"amqp://guest:guest@127.0.0.1:5672/kc_test_{RUN_ID}")
 AMQP_VHOST = AMQP.rsplit("/", 1)[1] or "/"
 REDIS = os.environ.get("KC_TEST_REDIS", "redis://127.0.0.1:6379/15")
-# Per run, so that two runs on one server (a developer's and CI's) never share a database.
-RUN_ID = uuid.uuid4().hex[:8]
+# Per run too, so that two runs on one server never share a database.
 APP_DB = f"kc_app_{RUN_ID}"
 TEMPLATE_DB = f"kc_template_{RUN_ID}"
 
@@ -61,6 +62,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit(
             "services the tests need are down (start them; see README):\n  " + "\n  ".join(problems), returncode=3
         )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if AMQP_VHOST.startswith("kc_test_") and "KC_TEST_AMQP" not in os.environ:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", AMQP_VHOST], capture_output=True, check=False)
 
 
 def admin(sql: str) -> None:

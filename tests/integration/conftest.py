@@ -34,4 +34,5 @@ def celery_worker_parameters() -> dict[str, Any]:
 def celery_app(celery_session_app: Celery, celery_session_worker: Any, app_database: str) -> Iterator[Celery]:
     """The app, with its worker running, empty tables and an empty queue."""
     run_sql(app_database, "TRUNCATE student_course_purchases, duplicate_payments, event_outbox")
+    purge_amqp()
     yield celery_session_app
