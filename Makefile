@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test setup services migrate lint
+.PHONY: run test setup browser services migrate lint
 
 $(BIN)/kc-tasks: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,10 @@ $(BIN)/kc-tasks: pyproject.toml
 	touch $@
 
 setup: $(BIN)/kc-tasks
+
+# Debian's Chromium, for the browser tests (Playwright drives /usr/bin/chromium; no `playwright install`).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 services:
 	scripts/services.sh
@@ -27,5 +31,5 @@ lint: setup
 	$(BIN)/ruff format --check kc_tasks migrations tests
 	$(BIN)/mypy
 
-test: setup services lint
+test: setup browser services lint
 	$(BIN)/pytest

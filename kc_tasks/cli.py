@@ -170,13 +170,6 @@ def _duration(text: str) -> float:
     return float(number) * units[unit]
 
 
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
-
-
 def _dlq_list(settings: Settings, args: argparse.Namespace) -> int:
     from kc_tasks import dead_letters
     from kc_tasks.celery import app
@@ -188,7 +181,7 @@ def _dlq_list(settings: Settings, args: argparse.Namespace) -> int:
             print(json.dumps({**asdict(letter), "age_seconds": round(letter.age_seconds(), 3)}, ensure_ascii=False))
         else:
             print(
-                f"{letter.id}  {_age(letter.age_seconds()):>6}  {letter.reason:<24}  task {letter.task_id}  "
+                f"{letter.id}  {letter.age():>6}  {letter.reason:<24}  task {letter.task_id}  "
                 f"payment {letter.payment_id}  {letter.error_type}: {letter.error_message[:100]}"
             )
     if not args.json:
@@ -208,7 +201,7 @@ def _dlq_show(settings: Settings, args: argparse.Namespace) -> int:
     for key, value in asdict(found[0]).items():
         if key != "traceback":
             print(f"{key:>14}: {json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value}")
-    print(f"{'age':>14}: {_age(found[0].age_seconds())}")
+    print(f"{'age':>14}: {found[0].age()}")
     print(found[0].traceback or "(no traceback)")
     return 0
 

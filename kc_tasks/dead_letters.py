@@ -64,6 +64,14 @@ class DeadLetter:
         now = now or datetime.now(UTC)
         return (now - datetime.fromisoformat(self.died_at)).total_seconds()
 
+    def age(self) -> str:
+        """How long ago it died, for people: 42s, 7.5m, 3.0h, 2.1d."""
+        seconds = self.age_seconds()
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+            if seconds >= size:
+                return f"{seconds / size:.1f}{unit}"
+        return f"{seconds:.0f}s"
+
     @classmethod
     def from_failure(cls, request: Any, exc: BaseException, reason: str) -> DeadLetter:
         """A task that failed: its request, its error and the traceback being handled."""

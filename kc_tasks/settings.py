@@ -41,6 +41,9 @@ class Settings:
     log_format: str = "text"
     # HMAC secret of the payment webhook; the web process refuses to start without it.
     webhook_secret: str = field(default="", repr=False)
+    # Basic auth of the dead-letters page; the page is off while either is empty.
+    admin_user: str = field(default="", repr=False)
+    admin_password: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -57,6 +60,8 @@ class Settings:
             queue_type=_choice(env, "KC_QUEUE_TYPE", "classic", ("classic", "quorum")),
             log_format=_choice(env, "KC_LOG_FORMAT", "text", ("text", "json")),
             webhook_secret=env.get("KC_WEBHOOK_SECRET", ""),
+            admin_user=env.get("KC_ADMIN_USER", ""),
+            admin_password=env.get("KC_ADMIN_PASSWORD", ""),
         )
 
     @property

@@ -19,7 +19,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, signature
+from kc_tasks import admin, db, signature
 from kc_tasks.errors import ConfigError, InvalidPurchase, KcTasksError
 from kc_tasks.payload import parse_purchase
 from kc_tasks.settings import Settings
@@ -170,6 +170,10 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         checks = {"database": _database_ok(engine), "broker": _broker_ok(broker)}
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    admin_routes = admin.router(settings, celery_app)
+    if admin_routes is not None:
+        api.include_router(admin_routes)
 
     @api.exception_handler(KcTasksError)
     async def database_trouble(request: Request, exc: KcTasksError) -> JSONResponse:

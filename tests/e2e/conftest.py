@@ -234,3 +234,17 @@ def start_web(tmp: Path, database_url: str, broker_url: str, **env: str) -> Web:
             web.stop()
             raise AssertionError(f"web did not start:\n{web.text()[-3000:]}")
         time.sleep(0.2)
+
+
+@pytest.fixture
+def webs(tmp_path: Path) -> Iterator[Callable[..., Web]]:
+    """start_web(), with every process it started stopped at the end, whatever happened."""
+    started: list[Web] = []
+
+    def start(database_url: str, broker_url: str, **env: str) -> Web:
+        started.append(start_web(tmp_path, database_url, broker_url, **env))
+        return started[-1]
+
+    yield start
+    for web in started:
+        web.stop()

@@ -7,12 +7,13 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import AMQP
-from tests.e2e.conftest import WEBHOOK_SECRET, Workers, count, purchase, start_web, wait_until
+from tests.e2e.conftest import WEBHOOK_SECRET, Web, Workers, count, purchase, wait_until
 from tests.e2e.proxy import Proxy
 
 
@@ -27,10 +28,10 @@ def event(data: dict, type_: str = "payment.succeeded") -> bytes:
 
 
 def test_a_signed_payment_becomes_a_course_the_student_sees(
-    database_url: str, workers: Workers, broker_url: str, tmp_path: Path
+    database_url: str, workers: Workers, broker_url: str, webs: Callable[..., Web]
 ) -> None:
     workers.start(database_url, broker_url)
-    web = start_web(tmp_path, database_url, broker_url)
+    web = webs(database_url, broker_url)
     data = purchase()
     body = event(data)
     posted = httpx.post(web.base + "/webhooks/payments", content=body, headers=signed(body))
@@ -46,11 +47,12 @@ def test_a_signed_payment_becomes_a_course_the_student_sees(
     assert count(database_url) == 1
     log = web.text()
     assert WEBHOOK_SECRET not in log and signed(body)["X-KC-Signature"].split("v1=")[1] not in log
-    web.stop()
 
 
-def test_bad_requests_are_refused_with_the_right_status(database_url: str, rabbitmq_url: str, tmp_path: Path) -> None:
-    web = start_web(tmp_path, database_url, rabbitmq_url)
+def test_bad_requests_are_refused_with_the_right_status(
+    database_url: str, rabbitmq_url: str, webs: Callable[..., Web]
+) -> None:
+    web = webs(database_url, rabbitmq_url)
     url = web.base + "/webhooks/payments"
     data = purchase()
     body = event(data)
@@ -80,16 +82,15 @@ def test_bad_requests_are_refused_with_the_right_status(database_url: str, rabbi
     assert httpx.get(f"{web.base}/students/not-a-uuid/courses").status_code == 422
     assert httpx.get(web.base + "/readyz").json() == {"ready": True, "database": "ok", "broker": "ok"}
     assert count(database_url) == 0
-    web.stop()
 
 
 def test_a_broker_outage_answers_503_and_loses_nothing(
-    database_url: str, workers: Workers, rabbitmq_url: str, tmp_path: Path
+    database_url: str, workers: Workers, rabbitmq_url: str, webs: Callable[..., Web]
 ) -> None:
     proxy = Proxy("127.0.0.1", 5672)
     proxy.restore()
     vhost = AMQP.rsplit("/", 1)[1]
-    web = start_web(tmp_path, database_url, f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}")
+    web = webs(database_url, f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}")
     sent: list[tuple[dict, int]] = []
     for i in range(30):
         if i == 10:
@@ -108,7 +109,6 @@ def test_a_broker_outage_answers_503_and_loses_nothing(
     accepted = [d for d, s in sent if s == 202]
     assert wait_until(lambda: count(database_url) == len(accepted), timeout=30)
     assert statuses[20:] == [202] * 10, "the web process reconnects by itself"
-    web.stop()
     proxy.cut()
 
 
