@@ -1,33 +1,88 @@
-"""Logging set-up for the kc-tasks commands: text, or one JSON object per line."""
+"""Logging, configured once per process: one line per event, as text or as JSON.
+
+Every line written while a task runs carries its task id and payment id (a context set by
+Celery's task_prerun/task_postrun signals). Celery's own logging set-up is replaced
+(setup_logging signal), so worker, beat and the kc-tasks commands share one format.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
+
+from celery.signals import setup_logging, task_postrun, task_prerun
+
+_task: contextvars.ContextVar[dict[str, str | None] | None] = contextvars.ContextVar("kc_task", default=None)
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+
+
+class TaskContext(logging.Filter):
+    """Puts the running task's id and payment id on every record (None outside a task)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = _task.get() or {}
+        record.task_id = context.get("task_id")
+        record.payment_id = context.get("payment_id")
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        task_id = getattr(record, "task_id", None)
+        if task_id:
+            line += f" [task_id={task_id} payment_id={getattr(record, 'payment_id', None)}]"
+        return line
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
+            "process": record.processName,
             "message": record.getMessage(),
         }
+        for key in ("task_id", "payment_id"):
+            if getattr(record, key, None):
+                entry[key] = getattr(record, key)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def configure(log_format: str = "text", level: int = logging.INFO) -> None:
+def configure(log_format: str = "text", level: int | str = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(TaskContext())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+@setup_logging.connect
+def _celery_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    from kc_tasks.settings import Settings
+
+    configure(Settings.from_env().log_format, loglevel or logging.INFO)
+
+
+@task_prerun.connect
+def _enter_task(task_id: str | None = None, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+    payment_id = kwargs.get("payment_id") if isinstance(kwargs, dict) else None
+    _task.set({"task_id": task_id, "payment_id": payment_id if isinstance(payment_id, str) else None})
+
+
+@task_postrun.connect
+def _leave_task(**_: Any) -> None:
+    _task.set(None)

@@ -19,7 +19,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 
-from kc_tasks import admin, db, signature
+from kc_tasks import admin, db, logs, signature
 from kc_tasks.errors import ConfigError, InvalidPurchase, KcTasksError
 from kc_tasks.payload import parse_purchase
 from kc_tasks.settings import Settings
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
     except ConfigError as exc:
         print(f"kc_tasks web: refusing to start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    logs.configure(settings.log_format)
     if celery_app is None:
         from kc_tasks.celery import app as default_app
 
