@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from kombu import Exchange, Queue
 
 from kc_tasks.settings import Settings
@@ -40,7 +42,15 @@ worker_consumer = "kc_tasks.worker:Consumer"
 worker_send_task_events = True
 task_send_sent_event = True
 
-if settings.uses_redis:
+if settings.broker_url.startswith("filesystem://"):
+    # `kc-tasks dev` without a broker: messages are files in one folder (development only).
+    _folder = os.environ.get("KC_FILESYSTEM_BROKER_DIR", ".kc-dev/broker")
+    broker_transport_options: dict[str, object] = {
+        "data_folder_in": _folder,
+        "data_folder_out": _folder,
+        "control_folder": _folder,
+    }
+elif settings.uses_redis:
     # Redis redelivers a message that stays unacknowledged longer than the visibility
     # timeout. Retries wait in the worker, unacknowledged, for up to KC_RETRY_BACKOFF_MAX
     # seconds: the timeout must outlast that plus the longest task, or a retry would run twice.

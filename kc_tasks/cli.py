@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--currency", required=True, help="ISO 4217 code, e.g. INR")
     p.set_defaults(run=_enqueue)
 
+    p = sub.add_parser("dev", help="development mode: the four processes, with stand-ins for missing services")
+    p.add_argument("--port", type=int, default=8000, help="web port (8000)")
+    p.add_argument("--flower-port", type=int, default=5555, help="Flower port (5555)")
+    p.add_argument("--embedded-db", action="store_true", help="use the embedded PostgreSQL even if one answers")
+    p.add_argument("--filesystem-broker", action="store_true", help="use the filesystem broker even if one answers")
+    p.set_defaults(run=_dev)
+
     dlq = sub.add_parser("dlq", help="the dead-letter queue, purchases.dlq").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -93,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(run=_dlq_purge)
     return parser
+
+
+def _dev(settings: Settings, args: argparse.Namespace) -> int:
+    from kc_tasks import dev
+
+    return dev.run(args.port, args.flower_port, args.embedded_db, args.filesystem_broker)
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:

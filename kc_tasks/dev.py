@@ -1,0 +1,113 @@
+"""`kc-tasks dev`: the four processes of the Procfile for a newcomer who has only Python.
+
+When DATABASE_URL is unset and nothing answers on localhost:5432, an embedded PostgreSQL
+(the pgserver package) keeps its data in .kc-dev/pgdata. When no broker answers on
+localhost:5672, kombu's filesystem transport stands in for RabbitMQ (.kc-dev/broker): one
+machine only, no publisher confirms. Nothing outside this module depends on either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEV_DIR = Path(".kc-dev")
+
+
+def answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def run(web_port: int, flower_port: int, embedded_db: bool, filesystem_broker: bool) -> int:
+    from honcho.environ import parse_procfile
+    from honcho.manager import Manager
+    from honcho.printer import Printer
+
+    procfile = Path("Procfile")
+    if not procfile.exists():
+        logger.error("kc-tasks dev runs the Procfile's processes: start it from the project's folder")
+        return 1
+    DEV_DIR.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    # The Procfile's commands (celery, uvicorn) live beside this Python, venv or not.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    logger.warning("DEVELOPMENT MODE: one machine, throwaway data in %s; never use this in production", DEV_DIR)
+    server = _database(env, embedded_db)
+    try:
+        _broker(env, filesystem_broker)
+        env.setdefault("KC_WEBHOOK_SECRET", _dev_secret())
+        env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")  # on one machine, for a newcomer
+        env.update(
+            PORT=str(web_port),
+            FLOWER_PORT=str(flower_port),
+            KC_BEAT_SCHEDULE=str(DEV_DIR / "beat-schedule"),
+            FLOWER_DB=str(DEV_DIR / "flower.db"),
+        )
+        migrate = subprocess.run([sys.executable, "-m", "kc_tasks.cli", "migrate"], env=env, check=False)
+        if migrate.returncode != 0:
+            return migrate.returncode
+        logger.warning(
+            "development mode: webhook on http://127.0.0.1:%d/webhooks/payments (secret in %s), "
+            "Flower on http://127.0.0.1:%d, dead letters on http://127.0.0.1:%d/admin/dead-letters",
+            web_port,
+            DEV_DIR / "webhook-secret",
+            flower_port,
+            web_port,
+        )
+        manager = Manager(Printer(sys.stdout))
+        for name, process in parse_procfile(procfile.read_text()).processes.items():
+            manager.add_process(name, process, env=env)
+        manager.loop()
+        return int(manager.returncode or 0)
+    finally:
+        if server is not None:
+            server.cleanup()
+
+
+def _database(env: dict[str, str], forced: bool) -> Any:
+    configured = any(env.get(k) for k in ("DATABASE_URL", "POSTGRES_URL", "POSTGRES_HOST"))
+    if not forced and (configured or answers("127.0.0.1", 5432)):
+        return None
+    import pgserver  # only here: production never needs it
+
+    data = (DEV_DIR / "pgdata").resolve()
+    server = pgserver.get_server(data, cleanup_mode="stop")
+    env["DATABASE_URL"] = f"postgresql://postgres@/kc_tasks?host={data}"
+    for key in ("POSTGRES_URL", "POSTGRES_HOST"):
+        env.pop(key, None)
+    logger.warning("development mode: no PostgreSQL on localhost:5432, so an embedded one runs in %s", data)
+    return server
+
+
+def _broker(env: dict[str, str], forced: bool) -> None:
+    if not forced and (env.get("CELERY_BROKER_URL") or answers("127.0.0.1", 5672)):
+        return
+    folder = (DEV_DIR / "broker").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    env["CELERY_BROKER_URL"] = "filesystem://"
+    env["KC_FILESYSTEM_BROKER_DIR"] = str(folder)
+    logger.warning(
+        "development mode: no broker on localhost:5672, so kombu's filesystem transport stands in (%s): one "
+        "machine only, no publisher confirms; Flower's live view and remote control do not work with it",
+        folder,
+    )
+
+
+def _dev_secret() -> str:
+    path = DEV_DIR / "webhook-secret"
+    if not path.exists():
+        path.write_text(secrets.token_hex(16))
+    return path.read_text().strip()
