@@ -22,7 +22,16 @@ event_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 
-task_queues = (Queue(PURCHASE_QUEUE, Exchange(PURCHASE_QUEUE, type="direct"), routing_key=PURCHASE_QUEUE),)
+# KC_QUEUE_TYPE=quorum: replicated queues for a RabbitMQ cluster (see README, Scaling out).
+QUEUE_ARGUMENTS = {"x-queue-type": "quorum"} if settings.queue_type == "quorum" else None
+task_queues = (
+    Queue(
+        PURCHASE_QUEUE,
+        Exchange(PURCHASE_QUEUE, type="direct"),
+        routing_key=PURCHASE_QUEUE,
+        queue_arguments=QUEUE_ARGUMENTS,
+    ),
+)
 task_default_queue = PURCHASE_QUEUE
 task_default_exchange = PURCHASE_QUEUE
 task_default_routing_key = PURCHASE_QUEUE

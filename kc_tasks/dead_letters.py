@@ -22,10 +22,13 @@ from typing import Any
 from celery import Celery
 from kombu import Message, Queue
 
+from kc_tasks.celeryconfig import QUEUE_ARGUMENTS
+
 logger = logging.getLogger(__name__)
 
 DLQ = "purchases.dlq"
-QUEUE = Queue(DLQ, routing_key=DLQ, durable=True)
+# Of the same type as `purchases` (KC_QUEUE_TYPE); never a TTL: dead letters do not expire.
+QUEUE = Queue(DLQ, routing_key=DLQ, durable=True, queue_arguments=QUEUE_ARGUMENTS)
 PERMANENT = "permanent error"
 EXHAUSTED = "retries exhausted"
 UNDECODABLE = "undecodable message"

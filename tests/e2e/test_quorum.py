@@ -1,0 +1,59 @@
+"""KC_QUEUE_TYPE=quorum on RabbitMQ: replicated queues, retries with backoff still delivered."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from tests.e2e.conftest import Workers, count, purchase, wait_until
+from tests.e2e.proxy import Proxy
+
+
+def test_quorum_queues_serve_purchases_and_their_retries(
+    database_url: str, workers: Workers, rabbitmq_url: str
+) -> None:
+    vhost = f"kc_quorum_{uuid.uuid4().hex[:8]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True)
+    broker = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    proxy = Proxy("127.0.0.1", 5432)
+    proxy.restore()
+    try:
+        worker = workers.start(
+            database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"),
+            broker,
+            KC_QUEUE_TYPE="quorum",
+            KC_RETRY_BACKOFF_MAX="2",
+        )
+        queues = subprocess.run(
+            ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "type"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "purchases\tquorum" in queues
+        # A client of a quorum queue declares it as such (or the vhost's default type is quorum).
+        client = Celery(broker=broker)
+        queue = Queue(
+            "purchases",
+            Exchange("purchases", type="direct"),
+            routing_key="purchases",
+            queue_arguments={"x-queue-type": "quorum"},
+        )
+        orders = [purchase() for _ in range(20)]
+        for order in orders[:10]:
+            client.send_task("kc_tasks.create_purchase", kwargs=order, queue=queue)
+        assert wait_until(lambda: count(database_url) == 10, timeout=30)
+        proxy.cut()  # PostgreSQL unreachable: the next purchases are retried with a countdown
+        for order in orders[10:]:
+            client.send_task("kc_tasks.create_purchase", kwargs=order, queue=queue)
+        assert wait_until(lambda: "retry 1 of" in worker.text(), timeout=30)
+        proxy.restore()
+        assert wait_until(lambda: count(database_url) == 20, timeout=60), worker.text()[-3000:]
+        assert "gave up" not in worker.text()
+    finally:
+        proxy.cut()
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
