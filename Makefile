@@ -23,8 +23,10 @@ services:
 migrate: setup services
 	$(BIN)/kc-tasks migrate
 
-run: migrate
-	$(BIN)/celery -A kc_tasks worker --beat --loglevel INFO
+# The four Procfile processes on the local PostgreSQL and RabbitMQ, or stand-ins for them.
+run: setup
+	scripts/services.sh --optional
+	$(BIN)/kc-tasks dev
 
 lint: setup
 	$(BIN)/ruff check kc_tasks migrations tests
