@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
 from celery import Celery
+from playwright.sync_api import Browser, sync_playwright
 
 from tests.conftest import AMQP, REDIS, purge_amqp, purge_redis, run_sql
 
@@ -248,3 +250,38 @@ def webs(tmp_path: Path) -> Iterator[Callable[..., Web]]:
     yield start
     for web in started:
         web.stop()
+
+
+# Debian's Chromium, headless, driven by Playwright (never a downloaded browser); without the
+# background-networking flags it tries hosts this machine cannot reach.
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def hold_pairs(database_url: str, pairs: list[dict]) -> psycopg.Connection:
+    """An open transaction holding an uncommitted active purchase of each pair: a worker that
+    inserts a purchase of one of these pairs waits, mid-task, until the transaction ends."""
+    conn = psycopg.connect(database_url)
+    for p in pairs:
+        conn.execute(
+            "INSERT INTO student_course_purchases (id, student_id, course_id, payment_id, amount_cents, currency) "
+            "VALUES (gen_random_uuid(), %s, %s, %s, 1, 'INR')",
+            (p["student_id"], p["course_id"], f"blocker_{uuid.uuid4().hex}"),
+        )
+    return conn

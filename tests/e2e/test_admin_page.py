@@ -7,12 +7,11 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from tests.e2e.conftest import ROOT, Client, Web, Workers, count, purchase, wait_until
 
@@ -22,24 +21,6 @@ PAGE = "/admin/dead-letters"
 SCRIPT = "<script>window.__pwned=1</script>"
 BROKEN_DATABASE = "postgresql://postgres@127.0.0.1:1/nowhere"
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def dead_letters(broker_url: str, database_url: str) -> list[dict]:

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from tests.conftest import run_sql
-from tests.e2e.conftest import Client, Worker, Workers, count, purchase, wait_until
+from tests.e2e.conftest import Client, Worker, Workers, count, hold_pairs, purchase, wait_until
 from tests.e2e.proxy import Proxy
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
@@ -89,19 +89,6 @@ def _blocked_backends(database_url: str) -> list[int]:
     return _worker_backends(database_url, "wait_event_type = 'Lock'")
 
 
-def _hold_pairs(database_url: str, pairs: list[dict]) -> psycopg.Connection:
-    """An open transaction holding an uncommitted active purchase of each pair: a worker that
-    inserts a purchase of one of these pairs waits, mid-task, until the transaction ends."""
-    conn = psycopg.connect(database_url)
-    for p in pairs:
-        conn.execute(
-            "INSERT INTO student_course_purchases (id, student_id, course_id, payment_id, amount_cents, currency) "
-            "VALUES (gen_random_uuid(), %s, %s, %s, 1, 'INR')",
-            (p["student_id"], p["course_id"], f"blocker_{uuid.uuid4().hex}"),
-        )
-    return conn
-
-
 def _wait_all_children_stuck(database_url: str, worker: Worker) -> None:
     stuck = wait_until(lambda: len(_blocked_backends(database_url)) >= CONCURRENCY, timeout=30)
     assert stuck, f"the worker's {CONCURRENCY} processes never all waited mid-task:\n{worker.text()[-3000:]}"
@@ -154,8 +141,8 @@ def test_worker_killed_mid_batch_loses_nothing(
         keyed.append((i + rnd.uniform(0.5, 30), payments[i]))
     messages = [p for _, p in sorted(keyed, key=lambda kp: kp[0])]
 
-    hold_first = _hold_pairs(database_url, first_stop)
-    hold_second = _hold_pairs(database_url, second_stop) if not on_redis else None
+    hold_first = hold_pairs(database_url, first_stop)
+    hold_second = hold_pairs(database_url, second_stop) if not on_redis else None
     try:
         first = workers.start(database_url, broker_url, concurrency=CONCURRENCY, KC_RETRY_BACKOFF_MAX="2")
         ids = client.send(messages)

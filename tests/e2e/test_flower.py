@@ -15,11 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 from playwright.sync_api import Error as PlaywrightError
 
 from tests.e2e.conftest import ROOT, Client, Workers, count, free_port, purchase, wait_until
-from tests.e2e.test_admin_page import CHROMIUM_ARGS
 
 TASK = "kc_tasks.create_purchase"
 USER = "kc"
@@ -116,14 +115,6 @@ def flower(tmp_path: Path, database_url: str, rabbitmq_url: str) -> Iterator[Cal
     yield start
     for flower in started:
         flower.stop()
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def test_flower_shows_the_purchases_behind_basic_auth_and_keeps_them_across_a_restart(

@@ -10,7 +10,7 @@ import uuid
 
 import psycopg
 
-from tests.e2e.conftest import Client, Workers, count, purchase, wait_until
+from tests.e2e.conftest import Client, Workers, count, hold_pairs, purchase, wait_until
 
 
 def test_json_logs_carry_the_task_and_payment_ids_and_no_secret(
@@ -47,13 +47,7 @@ def test_sigterm_lets_the_tasks_in_progress_finish(database_url: str, workers: W
     moment later. A warm shutdown finishes them, acknowledges them and exits cleanly."""
     worker = workers.start(database_url, rabbitmq_url, concurrency=2)
     blocked = [purchase() for _ in range(2)]
-    holder = psycopg.connect(database_url)
-    for order in blocked:
-        holder.execute(
-            "INSERT INTO student_course_purchases (student_id, course_id, payment_id, amount_cents, "
-            "currency) VALUES (%s, %s, %s, 1, 'INR')",
-            (order["student_id"], order["course_id"], f"blocker_{uuid.uuid4().hex}"),
-        )
+    holder = hold_pairs(database_url, blocked)
     try:
         Client(rabbitmq_url).send(blocked)
         assert wait_until(lambda: "received" in worker.text() and worker.text().count("received") == 2)
