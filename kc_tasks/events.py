@@ -5,6 +5,10 @@ that failed. At least once: consumers dedupe by the event id."""
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +29,8 @@ DUPLICATE_PAYMENT = "purchase.duplicate_payment"
 # The relay leaves younger events to the task that wrote them, which publishes at once.
 RELAY_GRACE_SECONDS = 10
 RELAY_BATCH = 500
+# How long a process's publisher gathers events into one batch, seconds.
+PUBLISH_DELAY = 0.05
 # Published events are kept this long, for inspection, then pruned. Unpublished: never.
 PRUNE_AFTER_HOURS = 24
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
@@ -68,18 +74,52 @@ def mark_published(conn: Connection, ids: Sequence[str]) -> None:
     conn.execute(sa.update(_outbox).where(_outbox.c.id.in_(ids)).values(published_at=sa.func.now()))
 
 
-def publish_now(engine: Engine, app: Celery, events: Sequence[Event]) -> bool:
-    """Right after commit: publish and mark. On failure the relay publishes them later."""
-    if not events:
-        return True
-    try:
-        publish(app, events)
-    except Exception as exc:  # noqa: BLE001  (any broker failure: the outbox keeps the events)
-        logger.warning("events %s left for the relay: %s: %s", [e.id for e in events], type(exc).__name__, exc)
-        return False
-    with db.translate_errors(engine.url), engine.begin() as conn:
-        mark_published(conn, [e.id for e in events])
-    return True
+class Publisher:
+    """One per process: publishes committed events soon after commit (within PUBLISH_DELAY),
+    in batches, from a thread of its own, and marks each batch published in one statement.
+    The task that committed them does not wait for the broker. Whatever this does not get to
+    publish (broker down, process killed) stays in the outbox for the relay."""
+
+    def __init__(self, engine: Engine, app: Celery) -> None:
+        self.engine, self.app = engine, app
+        self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="kc-events", daemon=True)
+        self._thread.start()
+
+    def submit(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self._queue.put(event)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            deadline = time.monotonic() + PUBLISH_DELAY
+            while len(batch) < RELAY_BATCH and (left := deadline - time.monotonic()) > 0:
+                try:
+                    batch.append(self._queue.get(timeout=left))
+                except queue.Empty:
+                    break
+            self._publish(batch)
+
+    def _publish(self, batch: list[Event]) -> None:
+        try:
+            publish(self.app, batch)
+            with db.translate_errors(self.engine.url), self.engine.begin() as conn:
+                mark_published(conn, [e.id for e in batch])
+        except Exception as exc:  # noqa: BLE001  (any failure: the outbox keeps them for the relay)
+            logger.warning("%d event(s) left for the relay: %s: %s", len(batch), type(exc).__name__, exc)
+
+
+_publishers: dict[int, Publisher] = {}
+
+
+def publisher(engine: Engine, app: Celery) -> Publisher:
+    """This process's publisher, started on first use (after the fork, never inherited)."""
+    pid = os.getpid()
+    if pid not in _publishers:
+        _publishers.clear()
+        _publishers[pid] = Publisher(engine, app)
+    return _publishers[pid]
 
 
 def relay(engine: Engine, app: Celery) -> int:

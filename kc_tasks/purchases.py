@@ -10,12 +10,14 @@ Two paths, both race-free:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
@@ -31,6 +33,7 @@ _t = db.purchases
 _paid = _t.alias("paid")
 _dup = db.duplicate_payments
 _outbox = db.event_outbox
+_INSERTED = ("id", "student_id", "course_id", "payment_id", "amount_cents", "currency", "metadata")
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def _with_index(engine: Engine, guard: IndexGuard, purchase: Purchase) -> Outcom
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         try:
             with db.translate_errors(engine.url):
-                created = from_rows(conn.execute(_insert_with_event(purchase, on_conflict=True)))
+                created = from_rows(conn.exec_driver_sql(_INSERT_ON_CONFLICT, _params(purchase)))
         except errors.ConflictTargetMissing:
             # The index vanished or broke since the last check: trust it no longer, and
             # let the caller finish this delivery by the locked path, in this attempt.
@@ -88,7 +91,7 @@ def _with_locks(engine: Engine, purchase: Purchase) -> Outcome | None:
         try:
             # A worker that still trusts a just-recreated index may insert beside us.
             with conn.begin_nested(), db.translate_errors(engine.url):
-                created = from_rows(conn.execute(_insert_with_event(purchase, on_conflict=False)))
+                created = from_rows(conn.exec_driver_sql(_INSERT_PLAIN, _params(purchase)))
         except errors.UniqueConflict:
             return _existing(conn, purchase)
         if not created:  # a fast-path worker that trusts a just-recreated index got here first
@@ -98,7 +101,9 @@ def _with_locks(engine: Engine, purchase: Purchase) -> Outcome | None:
 
 def _created(purchase: Purchase, events: tuple[Event, ...], path: str = "") -> Outcome:
     purchase_id = str(events[0].data["id"])
-    logger.info("purchase %s created for payment %s%s", purchase_id, purchase.payment_id, path)
+    # Celery's "succeeded" line already reports each purchase; only the fallback is worth INFO.
+    level = logging.INFO if path else logging.DEBUG
+    logger.log(level, "purchase %s created for payment %s%s", purchase_id, purchase.payment_id, path)
     return Outcome(purchase_id, created=True, events=events)
 
 
@@ -153,43 +158,49 @@ def _record_duplicate_payment(purchase: Purchase, purchase_id: str, held_payment
     return _event_from(recorded, DUPLICATE_PAYMENT)
 
 
-def _insert_with_event(purchase: Purchase, on_conflict: bool) -> sa.Insert:
+def _insert_with_event(on_conflict: bool) -> str:
     """INSERT ... SELECT unless the payment was ever used, with its purchase.created event.
 
     With `on_conflict`, ON CONFLICT (student_id, course_id) WHERE is_active = true DO
     NOTHING: the WHERE is required, without it PostgreSQL cannot infer a partial unique
     index and raises "there is no unique or exclusion constraint matching the ON CONFLICT
     specification". One statement, so the row and its event commit together or not at all.
+    Built and compiled once: the hot path only binds values.
     """
-    row = {
+    values = sa.select(*(sa.bindparam(name, type_=_t.c[name].type) for name in _INSERTED)).where(
+        ~sa.exists().where(_paid.c.payment_id == sa.bindparam("payment_id")),
+        ~sa.exists().where(_dup.c.payment_id == sa.bindparam("payment_id")),
+    )
+    insert = pg_insert(_t).from_select(list(_INSERTED), values)
+    if on_conflict:
+        insert = insert.on_conflict_do_nothing(
+            index_elements=[_t.c.student_id, _t.c.course_id], index_where=_t.c.is_active == sa.true()
+        )
+    statement = _event_from(insert.returning(*_t.c).cte("purchase"), PURCHASE_CREATED)
+    return str(statement.compile(dialect=postgresql.psycopg.dialect()))
+
+
+def _params(purchase: Purchase) -> dict[str, Any]:
+    return {
         "id": str(uuid.uuid4()),
         "student_id": purchase.student_id,
         "course_id": purchase.course_id,
         "payment_id": purchase.payment_id,
         "amount_cents": purchase.amount_cents,
         "currency": purchase.currency,
-        "metadata": purchase.metadata,
+        "metadata": None if purchase.metadata is None else json.dumps(purchase.metadata),
     }
-    values = sa.select(*(sa.literal(value, _t.c[name].type) for name, value in row.items())).where(
-        ~sa.exists().where(_paid.c.payment_id == purchase.payment_id),
-        ~sa.exists().where(_dup.c.payment_id == purchase.payment_id),
-    )
-    insert = pg_insert(_t).from_select(list(row), values)
-    if on_conflict:
-        insert = insert.on_conflict_do_nothing(
-            index_elements=[_t.c.student_id, _t.c.course_id], index_where=_t.c.is_active == sa.true()
-        )
-    return _event_from(insert.returning(*_t.c).cte("purchase"), PURCHASE_CREATED)
 
 
 def _event_from(rows: sa.CTE, event_type: str) -> sa.Insert:
     """An outbox event for each row the CTE wrote, its data the row itself."""
+    assert event_type in (PURCHASE_CREATED, DUPLICATE_PAYMENT)  # a constant, rendered into the SQL
     return (
         sa.insert(_outbox)
         .from_select(
             ["id", "type", "data"],
             sa.select(
-                sa.func.gen_random_uuid(), sa.literal(event_type), sa.func.to_jsonb(rows.table_valued())
+                sa.func.gen_random_uuid(), sa.literal_column(f"'{event_type}'"), sa.func.to_jsonb(rows.table_valued())
             ).select_from(rows),
         )
         .returning(_outbox.c.id, _outbox.c.type, _outbox.c.occurred_at, _outbox.c.data)
@@ -204,3 +215,7 @@ def lock_keys(purchase: Purchase) -> list[int]:
 
 def _key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"kc_tasks:{name}".encode(), digest_size=8).digest(), "big", signed=True)
+
+
+_INSERT_ON_CONFLICT = _insert_with_event(on_conflict=True)
+_INSERT_PLAIN = _insert_with_event(on_conflict=False)

@@ -131,12 +131,10 @@ def _make_purchase(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
             countdown,
         )
         raise task.retry(exc=exc, countdown=countdown) from None
-    # The outcome is committed; its events are in the outbox. Publishing them is best
-    # effort here: if the broker or the database fails now, the relay publishes them later.
-    try:
-        events.publish_now(engine, app, outcome.events)
-    except KcTasksError as exc:
-        logger.warning("create_purchase %s: events left for the relay: %s", task.request.id, exc)
+    # The outcome is committed with its events in the outbox: this process's publisher sends
+    # them within moments; if it cannot, the relay does.
+    if outcome.events:
+        events.publisher(engine, app).submit(outcome.events)
     return outcome.as_result()
 
 
