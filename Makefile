@@ -29,8 +29,8 @@ run: setup
 	$(BIN)/kc-tasks dev
 
 lint: setup
-	$(BIN)/ruff check kc_tasks migrations tests
-	$(BIN)/ruff format --check kc_tasks migrations tests
+	$(BIN)/ruff check kc_tasks migrations tests bench
+	$(BIN)/ruff format --check kc_tasks migrations tests bench
 	$(BIN)/mypy
 
 test: setup browser services lint

@@ -43,7 +43,42 @@ def dead_letter_message(app: Any, message: Message, reason: str, exc: BaseExcept
     message.ack()
 
 
+def is_task_body(body: Any) -> bool:
+    """Celery's message protocol 2: [args, kwargs, embed], embed's callbacks lists or None."""
+    if not (isinstance(body, (list, tuple)) and len(body) == 3):
+        return False
+    args, kwargs, embed = body
+    if not (isinstance(args, (list, tuple)) and isinstance(kwargs, dict) and isinstance(embed, dict)):
+        return False
+    return all(
+        embed.get(key) is None or isinstance(embed.get(key), (list, dict))
+        for key in ("callbacks", "errbacks", "chain", "chord")
+    )
+
+
 class Consumer(CeleryConsumer):
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's handler, behind a check of the body's shape: a well-formed JSON body that is
+        not a task body would otherwise stop the worker, or vanish without a dead letter."""
+        handle = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Message) -> Any:
+            if message.content_type == "application/json" and (message.headers or {}).get("task"):
+                try:
+                    body = message.decode()
+                except Exception:  # noqa: BLE001  (Celery's own path reports undecodable bodies)
+                    return handle(message)
+                if not is_task_body(body):
+                    logger.error(
+                        "task message %s has a body that is not [args, kwargs, embed]",
+                        (message.headers or {}).get("id"),
+                    )
+                    dead_letter_message(self.app, message, dead_letters.INVALID_MESSAGE, None)
+                    return None
+            return handle(message)
+
+        return on_task_received
+
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         logger.error("undecodable message (content type %s): %s", message.content_type, exc)
         dead_letter_message(self.app, message, dead_letters.UNDECODABLE, exc)

@@ -1,0 +1,205 @@
+"""A Jepsen-style checker: what the client was told, against what the system ended with.
+
+The history is the client's side: every create_purchase it published, and whether the broker
+confirmed it (RabbitMQ publisher confirms; on Redis, the LPUSH returned). The final state is
+the purchase rows, the refunds recorded for a second payment of a course already held
+(duplicate_payments) and the dead letters (`kc-tasks dlq list --json`). Every accepted
+payment must end as exactly one of them:
+
+- lost: accepted, and neither a row, a refund nor a dead letter;
+- duplicated: more than one outcome (two rows, a row and a dead letter, two dead letters...);
+- unexpected: a row, refund or dead letter of a payment that was never published.
+
+A publish that raised may or may not have reached the broker: its payment is "uncertain",
+and any single outcome, or none, is fine for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+from tests.conftest import AMQP_VHOST, run_sql
+
+KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
+ROOT = Path(__file__).resolve().parents[2]
+# A publish that meets a dropped connection is retried this long before it counts as failed.
+PUBLISH_RETRY = {"max_retries": 20, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 1.0}
+
+
+@dataclass
+class History:
+    """The client's side: payments published, and how many copies of each the broker took."""
+
+    accepted: Counter[str] = field(default_factory=Counter)
+    uncertain: set[str] = field(default_factory=set)
+    publishes: int = 0
+
+    @property
+    def published(self) -> set[str]:
+        return set(self.accepted) | self.uncertain
+
+
+class Publisher:
+    """The payment service: send_task by name, each publish confirmed before it counts."""
+
+    def __init__(self, broker_url: str) -> None:
+        self.app = Celery(broker=broker_url)
+        if broker_url.startswith("amqp"):
+            self.app.conf.broker_transport_options = {"confirm_publish": True}
+        self.history = History()
+
+    def send(self, messages: Iterable[dict[str, Any]]) -> History:
+        with self.app.producer_or_acquire() as producer:
+            for kwargs in messages:
+                self.history.publishes += 1
+                try:
+                    self.app.send_task(
+                        "kc_tasks.create_purchase",
+                        kwargs=kwargs,
+                        queue="purchases",
+                        producer=producer,
+                        retry=True,
+                        retry_policy=PUBLISH_RETRY,
+                    )
+                except Exception:
+                    self.history.uncertain.add(kwargs["payment_id"])
+                else:
+                    self.history.accepted[kwargs["payment_id"]] += 1
+        return self.history
+
+
+def dead_letters(broker_url: str) -> list[dict[str, Any]]:
+    """Every dead letter in purchases.dlq, read with the operators' command."""
+    env = dict(os.environ, CELERY_BROKER_URL=broker_url)
+    result = subprocess.run(
+        [KC_TASKS, "dlq", "list", "--json"], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@dataclass
+class Outcomes:
+    rows: Counter[str]
+    refunds: Counter[str]
+    dead: Counter[str]
+
+    @classmethod
+    def read(cls, database_url: str, broker_url: str, with_dead_letters: bool = True) -> Outcomes:
+        rows = run_sql(database_url, "SELECT payment_id, count(*) FROM student_course_purchases GROUP BY 1")
+        refunds = run_sql(database_url, "SELECT payment_id, count(*) FROM duplicate_payments GROUP BY 1")
+        letters = dead_letters(broker_url) if with_dead_letters else []
+        return cls(
+            Counter(dict(rows)),
+            Counter(dict(refunds)),
+            Counter(str((d.get("kwargs") or {}).get("payment_id")) for d in letters),
+        )
+
+    def of(self, payment: str) -> int:
+        return self.rows[payment] + self.refunds[payment] + self.dead[payment]
+
+
+@dataclass
+class Verdict:
+    fault: str
+    broker: str
+    faults_injected: int
+    publishes: int
+    accepted: int
+    uncertain: int
+    rows: int
+    refunds: int
+    dead_letters: int
+    lost: int
+    duplicated: int
+    unexpected: int
+    seconds: float
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def line(self) -> str:
+        figures = {k: v for k, v in asdict(self).items() if k != "examples"}
+        return "FAULTS " + json.dumps(figures)
+
+
+def check(
+    history: History,
+    outcomes: Outcomes,
+    fault: str,
+    broker_url: str,
+    faults_injected: int,
+    seconds: float,
+) -> Verdict:
+    accepted = set(history.accepted)
+    lost = sorted(p for p in accepted if outcomes.of(p) == 0)
+    duplicated = sorted(p for p in history.published if outcomes.of(p) > 1)
+    seen = set(outcomes.rows) | set(outcomes.refunds) | set(outcomes.dead)
+    unexpected = sorted(seen - history.published)
+    verdict = Verdict(
+        fault=fault,
+        broker="redis" if broker_url.startswith("redis") else "rabbitmq",
+        faults_injected=faults_injected,
+        publishes=history.publishes,
+        accepted=len(accepted),
+        uncertain=len(history.uncertain - accepted),
+        rows=sum(outcomes.rows.values()),
+        refunds=sum(outcomes.refunds.values()),
+        dead_letters=sum(outcomes.dead.values()),
+        lost=len(lost),
+        duplicated=len(duplicated),
+        unexpected=len(unexpected),
+        seconds=round(seconds, 1),
+        examples={"lost": lost[:5], "duplicated": duplicated[:5], "unexpected": unexpected[:5]},
+    )
+    return verdict
+
+
+def broker_idle(broker_url: str) -> bool:
+    """Nothing left in `purchases`, ready or held unacknowledged by a worker."""
+    if broker_url.startswith("redis"):
+        client = redis.Redis.from_url(broker_url)
+        return client.llen("purchases") == 0 and client.hlen("unacked") == 0
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", AMQP_VHOST, "name", "messages"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    for line in out.splitlines():
+        name, _, messages = line.partition("\t")
+        if name == "purchases":
+            return messages.strip() == "0"
+    return True
+
+
+def settle(
+    history: History, database_url: str, broker_url: str, timeout: float = 120.0, stall: float = 25.0
+) -> Outcomes:
+    """Wait until every accepted payment has an outcome and the queue is drained, or until
+    nothing changes for `stall` seconds (longer than any retry backoff here); then the final
+    outcomes, dead letters included."""
+    deadline = time.monotonic() + timeout
+    last, progress = -1, time.monotonic()
+    while time.monotonic() < min(deadline, progress + stall):
+        outcomes = Outcomes.read(database_url, broker_url, with_dead_letters=False)
+        done = sum(1 for p in history.accepted if outcomes.rows[p] or outcomes.refunds[p])
+        if done != last:
+            last, progress = done, time.monotonic()
+        if done == len(history.accepted) and broker_idle(broker_url):
+            break
+        if done < len(history.accepted) and time.monotonic() - progress > 5 and broker_idle(broker_url):
+            break  # the rest may be dead letters: the queue is empty and nothing moves
+        time.sleep(0.5)
+    time.sleep(1.0)  # a late redelivery, if any, would show now
+    return Outcomes.read(database_url, broker_url)

@@ -1,0 +1,318 @@
+"""The fault suite: batches of about 2000 deliveries (duplicates mixed in) under killed workers,
+a restarted or cut-off database, closed broker connections, a dropped index and delivery
+storms. After each, the checker (checker.py) compares what the client was told with what is
+in the database and the DLQ: nothing lost, nothing duplicated, nothing unexpected. Each test
+prints its figures as one `FAULTS {...}` JSON line (docs/faults.md quotes them).
+
+Tests marked `disruptive` disturb a service every test run on this machine shares (they
+restart PostgreSQL or close RabbitMQ connections); they run by default and in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from tests.conftest import AMQP_VHOST, PG, REDIS, purge_redis, run_sql
+from tests.e2e.conftest import Worker, Workers, count, purchase, wait_until
+from tests.faults.checker import Publisher, Verdict, check, settle
+
+KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
+CONCURRENCY = 4
+BATCH = 2000  # deliveries per test
+COPIES = 0.15  # share of the deliveries that repeat an earlier payment
+TERMINATE_WORKER_BACKENDS = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'kc_tasks' "
+    "AND datname = current_database() AND pid <> pg_backend_pid()"
+)
+
+
+def batch(size: int = BATCH, copies: float = COPIES, seed: int = 1) -> list[dict]:
+    """`size` deliveries of distinct payments, `copies` of them second deliveries of an earlier
+    payment, each a little later than its first."""
+    rnd = random.Random(seed)
+    payments = [purchase() for _ in range(round(size / (1 + copies)))]
+    keyed = [(float(i), p) for i, p in enumerate(payments)]
+    for i in rnd.sample(range(len(payments)), size - len(payments)):
+        keyed.append((i + rnd.uniform(1, 300), payments[i]))
+    return [p for _, p in sorted(keyed, key=lambda kp: kp[0])]
+
+
+class Run:
+    """One batch under one fault: published in the background while faults are injected."""
+
+    def __init__(self, fault: str, database_url: str, broker_url: str, messages: list[dict]) -> None:
+        self.fault, self.database_url, self.broker_url = fault, database_url, broker_url
+        self.payments = len({m["payment_id"] for m in messages})
+        self.publisher = Publisher(broker_url)
+        self.sending = threading.Thread(target=self.publisher.send, args=(messages,), daemon=True)
+        self.faults = 0
+        self.started = time.monotonic()
+        self.sending.start()
+
+    def rows(self) -> int:
+        return count(self.database_url)
+
+    def at(self, fraction: float, timeout: float = 90) -> int:
+        """Wait until `fraction` of the payments have their purchase; the row count then, which
+        must be short of the whole batch (the fault comes mid-batch)."""
+        target = int(fraction * self.payments)
+        assert wait_until(lambda: self.rows() >= target, timeout=timeout, interval=0.05), (
+            f"{self.fault}: only {self.rows()} of {target} purchases after {timeout} s"
+        )
+        rows = self.rows()
+        assert rows < self.payments, f"{self.fault}: the batch was done before the fault"
+        return rows
+
+    def finish(self) -> Verdict:
+        self.sending.join(120)
+        assert not self.sending.is_alive(), "publishing never finished"
+        history = self.publisher.history
+        outcomes = settle(history, self.database_url, self.broker_url)
+        verdict = check(history, outcomes, self.fault, self.broker_url, self.faults, time.monotonic() - self.started)
+        print(verdict.line(), flush=True)
+        return verdict
+
+
+def assert_nothing_lost_or_duplicated(verdict: Verdict) -> None:
+    assert verdict.accepted > 0
+    assert (verdict.lost, verdict.duplicated, verdict.unexpected) == (0, 0, 0), (
+        f"every accepted purchase ends as one row or one dead letter: {verdict}"
+    )
+
+
+def pairs_with_several_active(database_url: str) -> list[tuple]:
+    return run_sql(
+        database_url,
+        "SELECT student_id, course_id, count(*) FROM student_course_purchases WHERE is_active "
+        "GROUP BY 1, 2 HAVING count(*) > 1",
+    )
+
+
+def start(workers: Workers, database_url: str, broker_url: str, **env: str) -> Worker:
+    return workers.start(database_url, broker_url, concurrency=CONCURRENCY, KC_RETRY_BACKOFF_MAX="2", **env)
+
+
+# --- killed workers --------------------------------------------------------------------------
+
+
+def test_worker_children_sigkilled_repeatedly(database_url: str, workers: Workers, broker_url: str) -> None:
+    """Every pool process SIGKILLed four times mid-batch: the main process sees WorkerLostError
+    and redelivers what they were running."""
+    worker = start(workers, database_url, broker_url)
+    run = Run("worker children SIGKILLed", database_url, broker_url, batch(seed=11))
+    for fraction in (0.1, 0.3, 0.5, 0.7):
+        run.at(fraction)
+        children = worker.child_pids()
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+        run.faults += len(children)
+    verdict = run.finish()
+    assert_nothing_lost_or_duplicated(verdict)
+    assert "WorkerLostError" in worker.text() or "its worker process died" in worker.text()
+    assert worker.process.poll() is None, "the main process outlived its children"
+
+
+def test_worker_main_process_sigkilled_repeatedly(database_url: str, workers: Workers, rabbitmq_url: str) -> None:
+    """The whole worker (main process and children) SIGKILLed twice mid-batch, a new one started
+    each time: RabbitMQ requeues what the dead one held unacknowledged.
+
+    RabbitMQ only: on Redis an unacknowledged message comes back after the visibility timeout,
+    which kc_tasks sets to over an hour (a killed child, above, is covered on both)."""
+    worker = start(workers, database_url, rabbitmq_url)
+    run = Run("worker main process SIGKILLed", database_url, rabbitmq_url, batch(seed=12))
+    for fraction in (0.15, 0.45):
+        run.at(fraction)
+        worker.kill()
+        run.faults += 1
+        worker = start(workers, database_url, rabbitmq_url)
+    assert_nothing_lost_or_duplicated(run.finish())
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+def postgresql_answers() -> bool:
+    try:
+        psycopg.connect(f"{PG}/postgres", connect_timeout=2).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
+@pytest.fixture
+def restart_postgresql() -> Iterator[Callable[[], None]]:
+    """Restarts PostgreSQL when called; whatever happens, PostgreSQL answers again at the end."""
+
+    def restart() -> None:
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        assert wait_until(postgresql_answers, timeout=60), "PostgreSQL did not come back"
+
+    yield restart
+    if not postgresql_answers():
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "start"], check=False, timeout=120)
+        assert wait_until(postgresql_answers, timeout=60), "PostgreSQL did not come back"
+
+
+@pytest.mark.disruptive
+def test_postgresql_restarted_mid_batch(
+    database_url: str, workers: Workers, rabbitmq_url: str, restart_postgresql: Callable[[], None]
+) -> None:
+    """`pg_ctlcluster ... restart` while the batch is processed: every pooled connection dies,
+    deliveries retry with backoff until the server is back."""
+    worker = start(workers, database_url, rabbitmq_url)
+    run = Run("PostgreSQL restarted", database_url, rabbitmq_url, batch(seed=13))
+    run.at(0.3)
+    restart_postgresql()
+    run.faults += 1
+    verdict = run.finish()
+    assert_nothing_lost_or_duplicated(verdict)
+    assert verdict.dead_letters == 0, "a restart is a transient failure: nothing is given up"
+    assert worker.process.poll() is None
+
+
+def test_worker_database_connections_terminated_repeatedly(
+    database_url: str, workers: Workers, broker_url: str
+) -> None:
+    """pg_terminate_backend on every worker connection, every 0.3 s, for the whole batch."""
+    start(workers, database_url, broker_url)
+    run = Run("worker PostgreSQL connections terminated", database_url, broker_url, batch(seed=14))
+    run.at(0.05)
+    deadline = time.monotonic() + 90
+    while run.rows() < 0.9 * run.payments and time.monotonic() < deadline:
+        run.faults += sum(1 for (ok,) in run_sql(database_url, TERMINATE_WORKER_BACKENDS) if ok)
+        time.sleep(0.3)
+    assert run.faults >= 10, f"only {run.faults} connections terminated"
+    verdict = run.finish()
+    assert_nothing_lost_or_duplicated(verdict)
+    assert verdict.dead_letters == 0, "a terminated connection is a transient failure"
+
+
+# --- broker connections ----------------------------------------------------------------------
+
+
+def rabbitmq_connections() -> int:
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "-p", AMQP_VHOST, "name"], capture_output=True, text=True, check=False
+    ).stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+@pytest.mark.disruptive
+def test_rabbitmq_connections_closed_mid_batch(database_url: str, workers: Workers, rabbitmq_url: str) -> None:
+    """`rabbitmqctl close_all_connections` (this run's vhost) three times mid-batch: the
+    worker's and the publisher's connections drop; both reconnect."""
+    worker = start(workers, database_url, rabbitmq_url)
+    run = Run("RabbitMQ connections closed", database_url, rabbitmq_url, batch(seed=15))
+    for fraction in (0.1, 0.35, 0.6):
+        run.at(fraction)
+        run.faults += rabbitmq_connections()
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_all_connections", "-p", AMQP_VHOST, "kc_tasks fault suite"],
+            check=True,
+            capture_output=True,
+        )
+    verdict = run.finish()
+    assert_nothing_lost_or_duplicated(verdict)
+    assert worker.process.poll() is None
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """Redis only, with empty queues."""
+    purge_redis()
+    yield REDIS
+    purge_redis()
+
+
+def kill_redis_clients(url: str) -> int:
+    """CLIENT KILL every client of this run's Redis database (`redis-cli client kill type
+    normal`, narrowed to the database the tests own)."""
+    client = redis.Redis.from_url(url)
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    me = client.client_id()
+    killed = 0
+    for entry in client.client_list():
+        if int(entry["db"]) == db and int(entry["id"]) != me and "P" not in entry["flags"]:
+            killed += client.client_kill_filter(_id=entry["id"])
+    return killed
+
+
+def test_redis_clients_killed_mid_batch(database_url: str, workers: Workers, redis_url: str) -> None:
+    """Every Redis connection of the worker and the publisher killed three times mid-batch."""
+    worker = start(workers, database_url, redis_url)
+    run = Run("Redis clients killed", database_url, redis_url, batch(seed=16))
+    for fraction in (0.1, 0.35, 0.6):
+        run.at(fraction)
+        run.faults += kill_redis_clients(redis_url)
+    verdict = run.finish()
+    assert_nothing_lost_or_duplicated(verdict)
+    assert worker.process.poll() is None
+
+
+# --- the index -------------------------------------------------------------------------------
+
+
+def test_unique_active_purchase_dropped_and_recreated_mid_batch(
+    database_url: str, workers: Workers, rabbitmq_url: str
+) -> None:
+    """DROP INDEX unique_active_purchase, then `kc-tasks ensure-index`, twice, while a batch with
+    rival payments (a second payment of a course the student holds) is processed: each payment
+    still ends once, and no student ever holds a course twice."""
+    messages = batch(seed=17)
+    rnd = random.Random(17)
+    firsts = {m["payment_id"]: m for m in messages}
+    for i, p in enumerate(rnd.sample(sorted(firsts.values(), key=lambda m: m["payment_id"]), 150)):
+        rival = purchase(p["student_id"], p["course_id"])
+        messages.insert(min(len(messages), messages.index(p) + rnd.randint(-20, 20) + 20), rival)
+        if i % 3 == 0:
+            messages.append(rival)  # and delivered twice
+    start(workers, database_url, rabbitmq_url, KC_INDEX_CHECK_TTL="1")
+    run = Run("unique_active_purchase dropped and recreated", database_url, rabbitmq_url, messages)
+    env = dict(os.environ, DATABASE_URL=database_url)
+    for drop_at, create_at in ((0.1, 0.3), (0.5, 0.7)):
+        run.at(drop_at)
+        run_sql(database_url, "DROP INDEX unique_active_purchase")
+        run.at(create_at)
+        fixed = subprocess.run([KC_TASKS, "ensure-index"], env=env, capture_output=True, text=True, timeout=120)
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        assert "deactivated" not in fixed.stdout, "no duplicate got through while the index was gone"
+        run.faults += 2
+    verdict = run.finish()
+    assert_nothing_lost_or_duplicated(verdict)
+    assert verdict.refunds > 0, "the rivals were recorded for a refund"
+    assert pairs_with_several_active(database_url) == []
+
+
+# --- delivery storms -------------------------------------------------------------------------
+
+
+def test_ten_concurrent_deliveries_of_every_payment(database_url: str, workers: Workers, broker_url: str) -> None:
+    """200 payments, each delivered ten times back to back to two workers of four processes:
+    the copies of a payment run at the same moment."""
+    payments = [purchase() for _ in range(200)]
+    start(workers, database_url, broker_url)
+    start(workers, database_url, broker_url)
+    run = Run(
+        "ten concurrent deliveries of every payment", database_url, broker_url, [p for p in payments for _ in range(10)]
+    )
+    run.faults = 9 * len(payments)  # the extra deliveries
+    verdict = run.finish()
+    assert_nothing_lost_or_duplicated(verdict)
+    assert verdict.rows == len(payments) and verdict.dead_letters == 0
