@@ -41,6 +41,17 @@ def rabbitmq_url() -> Iterator[str]:
     purge_amqp()
 
 
+def stop_group(process: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM to the process group (a warm shutdown), SIGKILL if it outlasts `grace`."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
 @dataclass
 class Worker:
     process: subprocess.Popen
@@ -60,12 +71,7 @@ class Worker:
             self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_group(self.process)
 
 
 @dataclass
@@ -185,12 +191,7 @@ class Web:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        stop_group(self.process)
 
 
 def free_port() -> int:

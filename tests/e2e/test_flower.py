@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser
 from playwright.sync_api import Error as PlaywrightError
 
-from tests.e2e.conftest import ROOT, Client, Workers, count, free_port, purchase, wait_until
+from tests.e2e.conftest import ROOT, Client, Workers, count, free_port, purchase, stop_group, wait_until
 
 TASK = "kc_tasks.create_purchase"
 USER = "kc"
@@ -61,13 +60,7 @@ class Flower:
 
     def stop(self) -> None:
         """SIGTERM to the process group: Flower saves its state (--db) on the way out."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_group(self.process)
 
 
 @pytest.fixture
