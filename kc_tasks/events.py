@@ -1,7 +1,7 @@
 """Purchase events: written to the outbox in the transaction of the row they describe,
 published to the `kc.events` topic exchange within moments of the commit by a publisher
-thread of the worker process, and relayed later when
-that failed. At least once: consumers dedupe by the event id."""
+thread of the worker process, and relayed later when that failed. At least once: consumers
+dedupe by the event id."""
 
 from __future__ import annotations
 
