@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kc-tasks: configuration error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except DatabaseUnavailable as exc:
-        where = describe_database(Settings.from_env().database_url)
+        where = describe_database(settings.database_url)
         print(
             f"kc-tasks: cannot reach PostgreSQL at {where}: {exc}. Check that the server is running and that "
             "DATABASE_URL (or POSTGRES_URL / POSTGRES_HOST...) points at it.",
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNREACHABLE
     except BrokerError as exc:
         print(
-            f"kc-tasks: cannot reach the broker at {redact_url(Settings.from_env().broker_url)}: {exc}. "
+            f"kc-tasks: cannot reach the broker at {redact_url(settings.broker_url)}: {exc}. "
             "Check that RabbitMQ (or Redis) is running and that CELERY_BROKER_URL points at it.",
             file=sys.stderr,
         )

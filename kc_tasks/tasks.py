@@ -14,16 +14,16 @@ from sqlalchemy.pool import NullPool
 
 from kc_tasks import db, dead_letters, events, purchases
 from kc_tasks.celery import app
+from kc_tasks.celeryconfig import settings
 from kc_tasks.errors import DatabaseUnavailable, InvalidPurchase, KcTasksError, PermanentError, RetryableError
 from kc_tasks.index_guard import FIX_COMMAND, IndexGuard
 from kc_tasks.payload import Purchase, parse_purchase
 from kc_tasks.retry import compute_backoff
-from kc_tasks.settings import Settings, describe_database
+from kc_tasks.settings import describe_database
 from kc_tasks.worker import KcTask
 
 logger = logging.getLogger(__name__)
 
-settings = Settings.from_env()
 _process: dict[int, tuple[Engine, IndexGuard]] = {}
 
 

@@ -21,13 +21,12 @@ from celery.worker.request import Request
 from kombu import Message
 
 from kc_tasks import dead_letters
-from kc_tasks.settings import Settings
+from kc_tasks.celeryconfig import settings as _settings
 
 logger = logging.getLogger(__name__)
 
 LOST_HEADER = "kc-worker-lost"
 PURCHASE_QUEUE = "purchases"
-_settings = Settings.from_env()
 
 
 def dead_letter_message(app: Any, message: Message, reason: str, exc: BaseException | None, attempts: int = 1) -> None:
