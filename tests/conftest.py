@@ -126,8 +126,8 @@ def app_database() -> Iterator[str]:
     admin(f"DROP DATABASE IF EXISTS {APP_DB} WITH (FORCE)")
 
 
-def purge_amqp(queues: tuple[str, ...] = ("purchases", "purchases.dlq")) -> None:
-    with Connection(AMQP) as conn:
+def purge_amqp(queues: tuple[str, ...] = ("purchases", "purchases.dlq"), url: str = AMQP) -> None:
+    with Connection(url) as conn:
         for name in queues:
             try:
                 conn.default_channel.queue_purge(name)

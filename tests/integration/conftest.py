@@ -1,28 +1,40 @@
 """Integration fixtures: kc_tasks.app run by celery.contrib.pytest's in-process worker.
 
 One worker serves the whole session (celery_session_worker): starting and stopping one per
-test costs ten seconds each. Each test starts with empty tables and an empty queue.
+test costs ten seconds each. It has a RabbitMQ vhost of its own, so that it never takes the
+messages of the end-to-end tests' workers. Each test starts with empty tables and an empty queue.
 """
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
 
-from tests.conftest import AMQP, purge_amqp, run_sql
+from tests.conftest import AMQP, AMQP_VHOST, purge_amqp, run_sql
+
+APP_VHOST = f"{AMQP_VHOST}_app"
+APP_AMQP = AMQP.rsplit("/", 1)[0] + "/" + APP_VHOST
 
 
 @pytest.fixture(scope="session")
-def celery_session_app(app_database: str) -> Celery:
-    """The real kc_tasks app, on the test vhost and the app database."""
+def celery_session_app(app_database: str) -> Iterator[Celery]:
+    """The real kc_tasks app, on a vhost of its own and the app database."""
     from kc_tasks import app
 
-    app.conf.broker_url = AMQP
-    purge_amqp()
-    return app
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", APP_VHOST], capture_output=True, check=False)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", APP_VHOST, "guest", ".*", ".*", ".*"],
+        capture_output=True,
+        check=False,
+    )
+    app.conf.broker_url = APP_AMQP
+    purge_amqp(url=APP_AMQP)
+    yield app
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", APP_VHOST], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="session")
@@ -34,5 +46,5 @@ def celery_worker_parameters() -> dict[str, Any]:
 def celery_app(celery_session_app: Celery, celery_session_worker: Any, app_database: str) -> Iterator[Celery]:
     """The app, with its worker running, empty tables and an empty queue."""
     run_sql(app_database, "TRUNCATE student_course_purchases, duplicate_payments, event_outbox")
-    purge_amqp()
+    purge_amqp(url=APP_AMQP)
     yield celery_session_app
