@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from celery import Celery
-from kombu import Exchange
+from kombu import Exchange, Producer
 from sqlalchemy.engine import Connection, Engine
 
 from kc_tasks import db
@@ -34,7 +34,10 @@ RELAY_BATCH = 500
 PUBLISH_DELAY = 0.05
 # Published events are kept this long, for inspection, then pruned. Unpublished: never.
 PRUNE_AFTER_HOURS = 24
-_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
+# Connecting to the broker for events: a few quick tries, then the outbox keeps them.
+_CONNECT_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
+# How long a batch waits for RabbitMQ's publisher confirms, seconds.
+CONFIRM_TIMEOUT = 10
 
 _outbox = db.event_outbox
 
@@ -54,21 +57,61 @@ def from_rows(rows: Iterable[Any]) -> tuple[Event, ...]:
     return tuple(Event(str(r.id), r.type, r.occurred_at, r.data) for r in rows)
 
 
-def publish(app: Celery, events: Sequence[Event]) -> None:
-    """Publish to kc.events; returns once the broker confirmed each (RabbitMQ confirms)."""
-    with app.producer_pool.acquire(block=True, timeout=10) as producer:
+class EventChannel:
+    """A channel of its own connection to kc.events. On RabbitMQ it is in confirm mode, and a
+    batch is sent whole before its confirms are awaited, once: waiting after each event costs
+    a broker round trip and a wake-up per event. Used by one thread at a time."""
+
+    def __init__(self, app: Celery) -> None:
+        # Without kombu's confirm_publish, which would wait after every message.
+        self.connection = app.connection_for_write(transport_options={"confirm_publish": False})
+        try:
+            self.connection.ensure_connection(**_CONNECT_RETRY)
+            channel = self.connection.channel()
+            EXCHANGE(channel).declare()
+            self.producer = Producer(channel, exchange=EXCHANGE, auto_declare=False)
+            self.confirms = self.connection.transport.driver_type == "amqp"
+            self._sent = self._confirmed = 0
+            self._refused: int | None = None
+            if self.confirms:
+                channel.confirm_select()
+                channel.events["basic_ack"].add(self._on_ack)
+                channel.events["basic_nack"].add(self._on_nack)
+        except BaseException:
+            self.connection.release()
+            raise
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """Returns once the broker holds every event; raises if it refused or did not answer."""
         for event in events:
-            producer.publish(
+            self.producer.publish(
                 event.body(),
-                exchange=EXCHANGE,
                 routing_key=event.type,
-                declare=[EXCHANGE],
                 serializer="json",
                 delivery_mode=2,
                 message_id=event.id,
-                retry=True,
-                retry_policy=_PUBLISH_RETRY,
             )
+        self._sent += len(events)
+        if not self.confirms:
+            return  # Redis: the publish itself was the round trip
+        deadline = time.monotonic() + CONFIRM_TIMEOUT
+        while self._confirmed < self._sent and self._refused is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"RabbitMQ confirmed {self._confirmed} of {self._sent} events in time")
+            self.connection.drain_events(timeout=left)
+        if self._refused is not None:
+            raise RuntimeError(f"RabbitMQ refused event delivery tag {self._refused} (basic.nack)")
+
+    def close(self) -> None:
+        self.connection.release()
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        # Tags count up from 1 on this channel; a `multiple` ack confirms every tag up to it.
+        self._confirmed = max(self._confirmed, delivery_tag)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        self._refused = delivery_tag
 
 
 def mark_published(conn: Connection, ids: Sequence[str]) -> None:
@@ -84,6 +127,7 @@ class Publisher:
     def __init__(self, engine: Engine, app: Celery) -> None:
         self.engine, self.app = engine, app
         self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._channel: EventChannel | None = None  # opened on first use, kept between batches
         self._thread = threading.Thread(target=self._run, name="kc-events", daemon=True)
         self._thread.start()
 
@@ -104,11 +148,33 @@ class Publisher:
 
     def _publish(self, batch: list[Event]) -> None:
         try:
-            publish(self.app, batch)
+            self._send(batch)
             with db.translate_errors(self.engine.url), self.engine.begin() as conn:
                 mark_published(conn, [e.id for e in batch])
         except Exception as exc:  # noqa: BLE001  (any failure: the outbox keeps them for the relay)
             logger.warning("%d event(s) left for the relay: %s: %s", len(batch), type(exc).__name__, exc)
+
+    def _send(self, batch: list[Event]) -> None:
+        """On a kept channel; if that fails (the broker restarted, or closed an idle
+        connection), once more on a new one. Publishing twice is harmless: at least once."""
+        for attempt in (1, 2):
+            try:
+                if self._channel is None:
+                    self._channel = EventChannel(self.app)
+                self._channel.publish(batch)
+                return
+            except Exception:
+                self._drop_channel()
+                if attempt == 2:
+                    raise
+
+    def _drop_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            try:
+                channel.close()
+            except Exception:  # it is broken already; a new one replaces it
+                logger.debug("closing a broken event channel failed", exc_info=True)
 
 
 _publishers: dict[int, Publisher] = {}
@@ -126,25 +192,31 @@ def publisher(engine: Engine, app: Celery) -> Publisher:
 def relay(engine: Engine, app: Celery) -> int:
     """Publish every event left unpublished past the grace period; the number published."""
     published = 0
-    while True:
-        with db.translate_errors(engine.url), engine.begin() as conn:
-            rows = conn.execute(
-                sa.select(_outbox.c.id, _outbox.c.type, _outbox.c.occurred_at, _outbox.c.data)
-                .where(
-                    _outbox.c.published_at.is_(None),
-                    _outbox.c.occurred_at < sa.func.now() - sa.text(f"interval '{RELAY_GRACE_SECONDS} seconds'"),
-                )
-                .order_by(_outbox.c.occurred_at)
-                .limit(RELAY_BATCH)
-                .with_for_update(skip_locked=True)
-            ).all()
-            if not rows:
-                return published
-            events = from_rows(rows)
-            publish(app, events)
-            mark_published(conn, [e.id for e in events])
-        published += len(events)
-        logger.info("relayed %d events left unpublished", len(events))
+    channel: EventChannel | None = None
+    try:
+        while True:
+            with db.translate_errors(engine.url), engine.begin() as conn:
+                rows = conn.execute(
+                    sa.select(_outbox.c.id, _outbox.c.type, _outbox.c.occurred_at, _outbox.c.data)
+                    .where(
+                        _outbox.c.published_at.is_(None),
+                        _outbox.c.occurred_at < sa.func.now() - sa.text(f"interval '{RELAY_GRACE_SECONDS} seconds'"),
+                    )
+                    .order_by(_outbox.c.occurred_at)
+                    .limit(RELAY_BATCH)
+                    .with_for_update(skip_locked=True)
+                ).all()
+                if not rows:
+                    return published
+                events = from_rows(rows)
+                channel = channel or EventChannel(app)
+                channel.publish(events)
+                mark_published(conn, [e.id for e in events])
+            published += len(events)
+            logger.info("relayed %d events left unpublished", len(events))
+    finally:
+        if channel is not None:
+            channel.close()
 
 
 def prune(engine: Engine) -> int:
