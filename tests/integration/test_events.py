@@ -1,0 +1,152 @@
+"""Publishing purchase events on a real RabbitMQ and PostgreSQL: a batch is confirmed whole,
+every event arrives once, and a connection the broker closed costs no event."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import pytest
+from celery import Celery
+from kombu import Connection, Queue
+from sqlalchemy.engine import Engine
+
+from kc_tasks import db
+from kc_tasks.events import EXCHANGE, PURCHASE_CREATED, Event, EventChannel, Publisher
+from kc_tasks.settings import normalize_database_url
+from tests.conftest import AMQP, AMQP_VHOST
+
+
+@pytest.fixture
+def app() -> Celery:
+    """A Celery app configured as kc_tasks' is for RabbitMQ: publisher confirms on."""
+    app = Celery(broker=AMQP)
+    app.conf.broker_transport_options = {"confirm_publish": True}
+    return app
+
+
+@pytest.fixture
+def consumer_queue() -> Iterator[str]:
+    """A queue bound to every event, as a consumer of kc.events would have."""
+    name = f"test-events-{uuid.uuid4().hex[:8]}"
+    with Connection(AMQP) as conn:
+        Queue(name, EXCHANGE, routing_key="#", durable=False)(conn.default_channel).declare()
+    yield name
+    with Connection(AMQP) as conn:
+        conn.default_channel.queue_delete(name)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = db.make_engine(normalize_database_url(database_url))
+    yield engine
+    engine.dispose()
+
+
+def received(queue: str, expected: int, timeout: float = 10) -> list[dict]:
+    """The bodies in `queue`, once it holds `expected` messages (or the timeout passed)."""
+    bodies: list[dict] = []
+    deadline = time.monotonic() + timeout
+    with Connection(AMQP) as conn:
+        channel = conn.default_channel
+        while len(bodies) < expected and time.monotonic() < deadline:
+            message = channel.basic_get(queue, no_ack=True)
+            if message is None:
+                time.sleep(0.05)
+                continue
+            assert message.properties["delivery_mode"] == 2, "events are persistent"
+            bodies.append(json.loads(message.body))
+    return bodies
+
+
+def outbox_events(sql: Callable[..., list[tuple]], n: int) -> list[Event]:
+    """n purchase.created events committed to the outbox, not yet published."""
+    events = [
+        Event(str(uuid.uuid4()), PURCHASE_CREATED, datetime.now(UTC), {"id": str(uuid.uuid4()), "n": i})
+        for i in range(n)
+    ]
+    for e in events:
+        sql(
+            "INSERT INTO event_outbox (id, type, occurred_at, data) VALUES (%s, %s, %s, %s)",
+            (e.id, e.type, e.occurred_at, json.dumps(e.data)),
+        )
+    return events
+
+
+def wait_published(sql: Callable[..., list[tuple]], n: int, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while (done := sql("SELECT count(*) FROM event_outbox WHERE published_at IS NOT NULL")[0][0]) < n:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return done
+
+
+def close_broker_side(channel: EventChannel) -> None:
+    """RabbitMQ closes this channel's connection, as when it restarts or drops a client."""
+    port = channel.connection.connection.sock.getsockname()[1]
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "-p", AMQP_VHOST, "pid", "peer_port"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pids = [line.split()[0] for line in listed.splitlines() if line.split()[-1:] == [str(port)]]
+    assert len(pids) == 1, f"RabbitMQ lists the event connection once: {listed!r}"
+    subprocess.run(["rabbitmqctl", "-q", "close_connection", pids[0], "kc_tasks test"], check=True)
+
+
+def test_a_batch_is_sent_whole_and_every_event_arrives_once(app: Celery, consumer_queue: str) -> None:
+    events = [
+        Event(str(uuid.uuid4()), PURCHASE_CREATED, datetime.now(UTC), {"id": str(uuid.uuid4()), "n": i})
+        for i in range(300)
+    ]
+    channel = EventChannel(app)
+    try:
+        channel.publish(events[:100])
+        channel.publish(events[100:])  # the second batch waits for its own confirms, not the first's
+    finally:
+        channel.close()
+    bodies = received(consumer_queue, len(events))
+    assert sorted(b["id"] for b in bodies) == sorted(e.id for e in events)
+    first = next(b for b in bodies if b["id"] == events[0].id)
+    assert first == {
+        "id": events[0].id,
+        "type": "purchase.created",
+        "occurred_at": events[0].occurred_at.isoformat(),
+        "data": events[0].data,
+    }
+
+
+def test_a_publisher_whose_connection_the_broker_closed_publishes_the_next_batch(
+    app: Celery, consumer_queue: str, engine: Engine, sql: Callable[..., list[tuple]]
+) -> None:
+    publisher = Publisher(engine, app)
+    first = outbox_events(sql, 20)
+    publisher.submit(first)
+    assert wait_published(sql, 20) == 20
+    assert publisher._channel is not None
+    close_broker_side(publisher._channel)
+
+    second = outbox_events(sql, 20)
+    publisher.submit(second)
+    assert wait_published(sql, 40) == 40, "the batch after the close is published and marked"
+    ids = [b["id"] for b in received(consumer_queue, 40)]
+    assert sorted(ids) == sorted(e.id for e in first + second)
+
+
+def test_events_the_broker_did_not_take_stay_unpublished_for_the_relay(
+    engine: Engine, sql: Callable[..., list[tuple]], caplog: pytest.LogCaptureFixture
+) -> None:
+    nowhere = Celery(broker="amqp://guest:guest@127.0.0.1:1/")  # nothing listens on port 1
+    publisher = Publisher(engine, nowhere)
+    publisher.submit(outbox_events(sql, 5))
+    deadline = time.monotonic() + 20
+    while "5 event(s) left for the relay" not in caplog.text:
+        assert time.monotonic() < deadline, "the publisher did not give the batch up"
+        time.sleep(0.1)
+    assert sql("SELECT count(*) FROM event_outbox WHERE published_at IS NULL")[0][0] == 5
