@@ -175,6 +175,28 @@ def cpu_snapshot(worker: Worker) -> dict[str, float]:
     }
 
 
+class MachineCpu:
+    """How busy the machine's CPUs were over a span of time: /proc/stat, sampled every 50 ms
+    by a thread. A drain that keeps them near 100 % is bound by CPU; one that leaves them idle
+    is bound by waiting (round trips, the worker's main loop)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int, int]] = []
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while True:
+            ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            self.samples.append((time.time(), sum(ticks), ticks[3] + ticks[4]))  # all, idle + iowait
+            time.sleep(0.05)
+
+    def busy(self, start: float, end: float) -> float:
+        span = [s for s in self.samples if start <= s[0] <= end]
+        if len(span) < 2 or span[-1][1] == span[0][1]:
+            return float("nan")
+        return 1 - (span[-1][2] - span[0][2]) / (span[-1][1] - span[0][1])
+
+
 # --- workers and events ----------------------------------------------------------------------
 
 
@@ -293,10 +315,14 @@ class Events:
         if failed:
             raise SystemExit(f"{len(failed)} tasks failed, e.g. {failed[0]}")
 
+    def span(self, ids: Iterable[str]) -> tuple[float, float]:
+        """First task-received to last task-succeeded, worker timestamps (this machine's clock)."""
+        ids = list(ids)
+        return min(self.received[i] for i in ids), max(self.succeeded[i] for i in ids)
+
     def rate(self, ids: Iterable[str]) -> float:
         ids = list(ids)
-        first = min(self.received[i] for i in ids)
-        last = max(self.succeeded[i] for i in ids)
+        first, last = self.span(ids)
         return len(ids) / (last - first)
 
 
@@ -343,6 +369,7 @@ class Drain:
     n: int
     rate: float
     cpu_ms_per_task: dict[str, float] = field(default_factory=dict)
+    machine_busy: float = float("nan")  # share of both CPUs busy during the drain
 
 
 class Bench:
@@ -351,6 +378,7 @@ class Bench:
         self.confirmed = Celery(broker=AMQP)
         self.confirmed.conf.broker_transport_options = {"confirm_publish": True}
         self.events = Events(self.client)
+        self.cpu = MachineCpu()
         self.rnd = random.Random(20240601)
 
     def drain(self, worker: Worker, kind: str, n: int, truncate: bool = True) -> Drain:
@@ -363,6 +391,9 @@ class Bench:
         wait_for("the worker to stop consuming", lambda: queue_state(self.client)[1] == 0)  # the reply comes first
         if kind == "purchase" and truncate:
             sql(f"TRUNCATE {TABLE}, duplicate_payments, event_outbox")
+        # Each drain starts right after a checkpoint, so that none pays for one the others did
+        # not (the first change to a page after a checkpoint writes the whole page to the WAL).
+        sql("CHECKPOINT")
         rows_before = sql(f"SELECT count(*) FROM {TABLE}")[0][0] if kind == "purchase" else 0
         ids = []
         with self.client.producer_or_acquire() as producer:
@@ -391,8 +422,15 @@ class Bench:
         if kind == "purchase":
             made = sql(f"SELECT count(*) FROM {TABLE}")[0][0] - rows_before
             assert made == n, f"{made} purchases made of {n}"
-        drain = Drain(kind, n, self.events.rate(ids), {k: 1000 * (after[k] - before[k]) / n for k in before})
-        log(f"  {worker.settings.label}: {n} {kind} tasks at {drain.rate:.0f}/s")
+        drain = Drain(
+            kind,
+            n,
+            self.events.rate(ids),
+            {k: 1000 * (after[k] - before[k]) / n for k in before},
+            self.cpu.busy(*self.events.span(ids)),
+        )
+        busy = f"CPUs {100 * drain.machine_busy:.0f} % busy"
+        log(f"  {worker.settings.label}: {n} {kind} tasks at {drain.rate:.0f}/s, {busy}")
         return drain
 
     def ratio(self, worker: Worker, n: int, rounds: int, truncate: bool = True) -> dict[str, Any]:
@@ -409,6 +447,7 @@ class Bench:
             "purchases_per_s": best["purchase"].rate,
             "ratio": best["purchase"].rate / best["noop"].rate,
             "cpu_ms_per_task": {kind: d.cpu_ms_per_task for kind, d in best.items()},
+            "machine_busy": {kind: d.machine_busy for kind, d in best.items()},
             "all_rates": {kind: [round(d.rate, 1) for d in drains] for kind, drains in runs.items()},
         }
 
@@ -562,12 +601,18 @@ def seed_purchases(rows: int) -> float:
 # --- report ----------------------------------------------------------------------------------
 
 
+def busy(measure: dict[str, Any]) -> str:
+    shares = measure.get("machine_busy", {})
+    return " / ".join(f"{100 * shares[k]:.0f} %" for k in ("purchase", "noop")) if shares else "-"
+
+
 def table(results: dict[str, Any]) -> str:
     main, lat, cost, growth = results["throughput"], results["latency"], results["cost"], results["growth"]
     rows = [
         ("purchases/s (empty table)", f"{main['purchases_per_s']:.0f}", ""),
         ("no-op tasks/s", f"{main['noop_per_s']:.0f}", ""),
         ("ratio purchases / no-op", f"{main['ratio']:.2f}", f">= {RATIO_TARGET}"),
+        ("CPUs busy: purchases / no-op", busy(main), "(both cores; 100 % = CPU-bound)"),
         ("offered rate for latency", f"{lat['offered_rate_per_s']:.0f}/s", "half the purchase rate"),
         ("enqueue-to-commit p50", f"{lat['p50_ms']:.1f} ms", ""),
         ("enqueue-to-commit p99", f"{lat['p99_ms']:.1f} ms", f"< {P99_TARGET_MS:.0f} ms"),
@@ -666,6 +711,28 @@ SWEEP = [
 QUICK_SWEEP = [Settings("prefork", 2, 4), Settings("prefork", 4, 4)]
 
 
+def ratio_only(settings: Settings, n: int, path: Path) -> int:
+    """The throughput measurement alone, for comparing two versions of kc_tasks."""
+    setup()
+    try:
+        bench = Bench()
+        worker = start_worker(settings)
+        try:
+            results = {"kc_tasks": code_state(), "throughput": bench.ratio(worker, n, rounds=2)}
+        finally:
+            worker.stop()
+    finally:
+        teardown()
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    main = results["throughput"]
+    print(
+        f"{main['label']}, N={n}: purchases {main['purchases_per_s']:.0f}/s, no-op {main['noop_per_s']:.0f}/s, "
+        f"ratio {main['ratio']:.2f}; CPUs busy (purchases / no-op): {busy(main)}; "
+        f"all rates {main['all_rates']}; wrote {path}"
+    )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=5000, help="tasks per throughput measurement (default 5000)")
@@ -676,11 +743,16 @@ def main() -> int:
     parser.add_argument("--no-sweep", action="store_true", help="skip the settings sweep")
     parser.add_argument("--quick", action="store_true", help="N=1000, 100k seeded rows, a short sweep: a smoke run")
     parser.add_argument("--replot", action="store_true", help="only redraw the chart and table from results.json")
-    parser.add_argument("--results", type=Path, default=RESULTS, help=f"where to write the figures ({RESULTS.name})")
+    parser.add_argument(
+        "--ratio-only",
+        action="store_true",
+        help="only the throughput ratio (best of 2 rounds): to compare two versions; no chart",
+    )
+    parser.add_argument("--results", type=Path, help=f"where to write the figures (default {RESULTS.name})")
     parser.add_argument("--chart", type=Path, default=CHART, help="where to draw the chart (docs/benchmark.png)")
     args = parser.parse_args()
     if args.replot:
-        results = json.loads(args.results.read_text())
+        results = json.loads((args.results or RESULTS).read_text())
         chart(results, args.chart)
         print(table(results))
         return 0
@@ -688,6 +760,9 @@ def main() -> int:
         args.n, args.seed_rows = min(args.n, 1000), min(args.seed_rows, 100_000)
     main_settings = Settings(args.pool, args.concurrency, args.prefetch)
     os.environ.update(DATABASE_URL=DB_URL, CELERY_BROKER_URL=AMQP)
+    if args.ratio_only:
+        return ratio_only(main_settings, args.n, args.results or LOGS / "results.json")
+    args.results = args.results or RESULTS
 
     started = time.monotonic()
     results: dict[str, Any] = {
@@ -734,7 +809,7 @@ def main() -> int:
             sql(f"TRUNCATE {TABLE}, duplicate_payments, event_outbox")
             seconds = seed_purchases(args.seed_rows)
             log(f"  seeded in {seconds:.0f} s")
-            grown = bench.ratio(worker, args.n, rounds=1, truncate=False)
+            grown = bench.ratio(worker, args.n, rounds=2, truncate=False)  # best of 2, as the empty table
             empty_rate = results["throughput"]["purchases_per_s"]
             results["growth"] = {
                 "seeded_rows": args.seed_rows,
