@@ -70,14 +70,17 @@ _UNAVAILABLE = {"57P01", "57P02", "57P03"}  # admin/crash shutdown, cannot conne
 _BUSY = {"40001", "40P01", "55P03", "53300", "53000", "57014"}
 
 
-def make_engine(url: URL, pool_size: int = 2, poolclass: type[Pool] | None = None) -> Engine:
+def make_engine(url: URL, pool_size: int = 2, max_overflow: int = 0, poolclass: type[Pool] | None = None) -> Engine:
     """The engine of one process: call it after the fork, never share it across processes.
 
-    A worker process runs one task at a time: two connections are enough (the task's, and
-    the index check's when the task finds the index broken). NullPool suits one-off commands.
+    `pool_size` connections are kept, up to `max_overflow` more are opened when needed and
+    closed after use; a checkout waits at most 10 s. kc_tasks.tasks sizes a worker's for the
+    tasks it runs at once. NullPool suits one-off commands.
     """
     pooling: dict[str, Any] = (
-        {"poolclass": poolclass} if poolclass else {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": 10}
+        {"poolclass": poolclass}
+        if poolclass
+        else {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": 10}
     )
     return sa.create_engine(
         url,

@@ -178,15 +178,17 @@ class Publisher:
 
 
 _publishers: dict[int, Publisher] = {}
+_publishers_lock = threading.Lock()
 
 
 def publisher(engine: Engine, app: Celery) -> Publisher:
     """This process's publisher, started on first use (after the fork, never inherited)."""
     pid = os.getpid()
-    if pid not in _publishers:
-        _publishers.clear()
-        _publishers[pid] = Publisher(engine, app)
-    return _publishers[pid]
+    with _publishers_lock:  # one per process, also when a threads pool's tasks ask at once
+        if pid not in _publishers:
+            _publishers.clear()
+            _publishers[pid] = Publisher(engine, app)
+        return _publishers[pid]
 
 
 def relay(engine: Engine, app: Celery) -> int:

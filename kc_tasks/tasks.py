@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from celery import Task
+from celery.concurrency import get_implementation
 from celery.exceptions import Reject, Retry
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
@@ -25,17 +27,34 @@ from kc_tasks.worker import KcTask
 logger = logging.getLogger(__name__)
 
 _process: dict[int, tuple[Engine, IndexGuard]] = {}
+_process_lock = threading.Lock()
+# Tasks that run at the same time in one process: one in a prefork or solo pool, the
+# concurrency in a threads pool.
+_tasks_per_process = 1
+
+
+@worker_init.connect
+def _count_tasks_per_process(sender: Any = None, **_: Any) -> None:
+    global _tasks_per_process
+    if get_implementation(sender.pool_cls).__module__ == "celery.concurrency.thread":  # -P threads
+        concurrency = sender.concurrency
+        _tasks_per_process = concurrency if isinstance(concurrency, int) and concurrency > 0 else os.cpu_count() or 1
 
 
 def resources() -> tuple[Engine, IndexGuard]:
     """This process's engine and index guard, made after the fork, never inherited."""
     pid = os.getpid()
-    if pid not in _process:
-        for engine, _ in _process.values():
-            engine.dispose(close=False)  # the parent's connections are not ours to use or close
-        _process.clear()
-        _process[pid] = (db.make_engine(settings.database_url), IndexGuard(settings.index_check_ttl))
-    return _process[pid]
+    with _process_lock:  # a threads pool's first tasks arrive together
+        if pid not in _process:
+            for engine, _ in _process.values():
+                engine.dispose(close=False)  # the parent's connections are not ours to use or close
+            _process.clear()
+            # A connection per task running at once and one for the event publisher, kept; one
+            # more per task for the index check it makes, holding its own, if the index broke.
+            tasks = _tasks_per_process
+            engine = db.make_engine(settings.database_url, pool_size=tasks + 1, max_overflow=tasks)
+            _process[pid] = (engine, IndexGuard(settings.index_check_ttl))
+        return _process[pid]
 
 
 @worker_process_init.connect

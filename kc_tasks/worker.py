@@ -78,6 +78,17 @@ class Consumer(CeleryConsumer):
 
         return on_task_received
 
+    def connection_for_write(self, url: str | None = None, heartbeat: float | None = None) -> Any:
+        """The connection of the task events (Flower's feed; its only user in Celery's
+        consumer), without publisher confirms. Celery's event sender shares it between the
+        main loop and, with `-P threads`, every pool thread: a thread waiting for its confirm
+        could read another's and leave it waiting forever, which stopped the worker. Task
+        events are monitoring notices on transient queues; tasks, retries, dead letters and
+        purchase events keep their confirms."""
+        return self.ensure_connected(
+            self.app.connection_for_write(url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False})
+        )
+
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         logger.error("undecodable message (content type %s): %s", message.content_type, exc)
         dead_letter_message(self.app, message, dead_letters.UNDECODABLE, exc)

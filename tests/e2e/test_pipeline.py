@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 import uuid
 
 from tests.conftest import run_sql
@@ -78,3 +79,26 @@ def test_without_the_index_the_fallback_still_makes_one_purchase_per_pair(
     _assert_each_rival_pair_split(database_url, 10)
     assert "current transaction is aborted" not in worker.text()
     assert "no unique or exclusion constraint" not in worker.text()
+
+
+def test_a_threads_pool_worker_drains_a_storm_with_task_events_on(
+    database_url: str, workers: Workers, client: Client, broker_url: str
+) -> None:
+    """`-P threads`: task events are on (Flower), and eight threads send them at once. With a
+    confirm awaited after each event, one thread read another's confirm and both waited
+    forever: the worker stopped within a few hundred tasks."""
+    worker = workers.start(database_url, broker_url, concurrency=8, args=("-P", "threads"))
+    payments = [purchase() for _ in range(1500)]
+    client.send(payments + payments[:300])  # 300 of them delivered twice
+    made, progress = 0, time.monotonic()
+    while made < 1500:
+        assert time.monotonic() - progress < 20, f"the worker stopped: {made} of 1500 purchases made in 20 s"
+        time.sleep(0.25)
+        if (now := count(database_url)) > made:
+            made, progress = now, time.monotonic()
+    assert count(database_url) == 1500
+    assert wait_until(
+        lambda: run_sql(database_url, "SELECT count(*) FROM event_outbox WHERE published_at IS NULL")[0][0] == 0,
+        timeout=30,
+    ), "every purchase.created event is published"
+    assert "Traceback" not in worker.text()
