@@ -37,18 +37,19 @@ for _name in ("CELERY_BROKER_URL", "POSTGRES_URL", "POSTGRES_HOST"):
 pytest_plugins = ("celery.contrib.pytest",)
 
 
+def rabbitmqctl(*args: str, check: bool = True) -> str:
+    """`rabbitmqctl -q ARGS...` on this machine's RabbitMQ; its output."""
+    return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=check).stdout
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     problems = []
     try:
         psycopg.connect(f"{PG}/postgres", connect_timeout=3).close()
     except psycopg.Error as exc:
         problems.append(f"PostgreSQL at {PG}: {exc}")
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", AMQP_VHOST], capture_output=True, check=False)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", AMQP_VHOST, "guest", ".*", ".*", ".*"],
-        capture_output=True,
-        check=False,
-    )
+    rabbitmqctl("add_vhost", AMQP_VHOST, check=False)
+    rabbitmqctl("set_permissions", "-p", AMQP_VHOST, "guest", ".*", ".*", ".*", check=False)
     try:
         with Connection(AMQP, connect_timeout=3) as conn:
             conn.ensure_connection(max_retries=1)
@@ -66,7 +67,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if AMQP_VHOST.startswith("kc_test_") and "KC_TEST_AMQP" not in os.environ:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", AMQP_VHOST], capture_output=True, check=False)
+        rabbitmqctl("delete_vhost", AMQP_VHOST, check=False)
 
 
 def admin(sql: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kombu import Connection, Message, Producer, Queue
 
-from tests.conftest import AMQP
+from tests.conftest import AMQP, rabbitmqctl
 from tests.e2e.conftest import ROOT, Client, Workers, count, purchase, wait_until
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
@@ -206,4 +206,4 @@ def test_the_rabbitmq_policy_dead_letters_what_a_consumer_rejects(rabbitmq_url: 
         assert letter["reason"] == "rejected to the dead-letter exchange"
         assert "rejected" in letter["error_message"] and letter["task_id"] == "rejected-1"
     finally:
-        subprocess.run(["rabbitmqctl", "-q", "clear_policy", "-p", vhost, "kc-purchases-dlx"], check=False)
+        rabbitmqctl("clear_policy", "-p", vhost, "kc-purchases-dlx", check=False)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 
 from celery import Celery
 from kombu import Exchange, Queue
 
+from tests.conftest import rabbitmqctl
 from tests.e2e.conftest import Workers, count, purchase, wait_until
 from tests.e2e.proxy import Proxy
 
@@ -16,8 +16,8 @@ def test_quorum_queues_serve_purchases_and_their_retries(
     database_url: str, workers: Workers, rabbitmq_url: str
 ) -> None:
     vhost = f"kc_quorum_{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True)
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     broker = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     proxy = Proxy("127.0.0.1", 5432)
     proxy.restore()
@@ -28,12 +28,7 @@ def test_quorum_queues_serve_purchases_and_their_retries(
             KC_QUEUE_TYPE="quorum",
             KC_RETRY_BACKOFF_MAX="2",
         )
-        queues = subprocess.run(
-            ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "type"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        queues = rabbitmqctl("list_queues", "-p", vhost, "name", "type")
         assert "purchases\tquorum" in queues
         # A client of a quorum queue declares it as such (or the vhost's default type is quorum).
         client = Celery(broker=broker)
@@ -56,4 +51,4 @@ def test_quorum_queues_serve_purchases_and_their_retries(
         assert "gave up" not in worker.text()
     finally:
         proxy.cut()
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
+        rabbitmqctl("delete_vhost", vhost, check=False)

@@ -30,7 +30,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from tests.conftest import AMQP_VHOST, run_sql
+from tests.conftest import AMQP_VHOST, rabbitmqctl, run_sql
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,12 +170,7 @@ def broker_idle(broker_url: str) -> bool:
     if broker_url.startswith("redis"):
         client = redis.Redis.from_url(broker_url)
         return client.llen("purchases") == 0 and client.hlen("unacked") == 0
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "-p", AMQP_VHOST, "name", "messages"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
+    out = rabbitmqctl("list_queues", "-p", AMQP_VHOST, "name", "messages", check=False)
     for line in out.splitlines():
         name, _, messages = line.partition("\t")
         if name == "purchases":

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import AMQP_VHOST, PG, REDIS, purge_redis, run_sql
+from tests.conftest import AMQP_VHOST, PG, REDIS, purge_redis, rabbitmqctl, run_sql
 from tests.e2e.conftest import Worker, Workers, count, purchase, wait_until
 from tests.faults.checker import Publisher, Verdict, check, settle
 
@@ -208,9 +208,7 @@ def test_worker_database_connections_terminated_repeatedly(
 
 
 def rabbitmq_connections() -> int:
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "-p", AMQP_VHOST, "name"], capture_output=True, text=True, check=False
-    ).stdout
+    out = rabbitmqctl("list_connections", "-p", AMQP_VHOST, "name", check=False)
     return len([line for line in out.splitlines() if line.strip()])
 
 
@@ -223,11 +221,7 @@ def test_rabbitmq_connections_closed_mid_batch(database_url: str, workers: Worke
     for fraction in (0.1, 0.35, 0.6):
         run.at(fraction)
         run.faults += rabbitmq_connections()
-        subprocess.run(
-            ["rabbitmqctl", "-q", "close_all_connections", "-p", AMQP_VHOST, "kc_tasks fault suite"],
-            check=True,
-            capture_output=True,
-        )
+        rabbitmqctl("close_all_connections", "-p", AMQP_VHOST, "kc_tasks fault suite")
     verdict = run.finish()
     assert_nothing_lost_or_duplicated(verdict)
     assert worker.process.poll() is None

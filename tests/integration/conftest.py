@@ -7,14 +7,13 @@ messages of the end-to-end tests' workers. Each test starts with empty tables an
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
 
-from tests.conftest import AMQP, AMQP_VHOST, purge_amqp, run_sql
+from tests.conftest import AMQP, AMQP_VHOST, purge_amqp, rabbitmqctl, run_sql
 
 APP_VHOST = f"{AMQP_VHOST}_app"
 APP_AMQP = AMQP.rsplit("/", 1)[0] + "/" + APP_VHOST
@@ -25,16 +24,12 @@ def celery_session_app(app_database: str) -> Iterator[Celery]:
     """The real kc_tasks app, on a vhost of its own and the app database."""
     from kc_tasks import app
 
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", APP_VHOST], capture_output=True, check=False)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", APP_VHOST, "guest", ".*", ".*", ".*"],
-        capture_output=True,
-        check=False,
-    )
+    rabbitmqctl("add_vhost", APP_VHOST, check=False)
+    rabbitmqctl("set_permissions", "-p", APP_VHOST, "guest", ".*", ".*", ".*", check=False)
     app.conf.broker_url = APP_AMQP
     purge_amqp(url=APP_AMQP)
     yield app
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", APP_VHOST], capture_output=True, check=False)
+    rabbitmqctl("delete_vhost", APP_VHOST, check=False)
 
 
 @pytest.fixture(scope="session")

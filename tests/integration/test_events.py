@@ -4,7 +4,6 @@ every event arrives once, and a connection the broker closed costs no event."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from sqlalchemy.engine import Engine
 from kc_tasks import db
 from kc_tasks.events import EXCHANGE, PURCHASE_CREATED, Event, EventChannel, Publisher
 from kc_tasks.settings import normalize_database_url
-from tests.conftest import AMQP, AMQP_VHOST
+from tests.conftest import AMQP, AMQP_VHOST, rabbitmqctl
 
 
 @pytest.fixture
@@ -89,15 +88,10 @@ def wait_published(sql: Callable[..., list[tuple]], n: int, timeout: float = 10)
 def close_broker_side(channel: EventChannel) -> None:
     """RabbitMQ closes this channel's connection, as when it restarts or drops a client."""
     port = channel.connection.connection.sock.getsockname()[1]
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "-p", AMQP_VHOST, "pid", "peer_port"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    listed = rabbitmqctl("list_connections", "-p", AMQP_VHOST, "pid", "peer_port")
     pids = [line.split()[0] for line in listed.splitlines() if line.split()[-1:] == [str(port)]]
     assert len(pids) == 1, f"RabbitMQ lists the event connection once: {listed!r}"
-    subprocess.run(["rabbitmqctl", "-q", "close_connection", pids[0], "kc_tasks test"], check=True)
+    rabbitmqctl("close_connection", pids[0], "kc_tasks test")
 
 
 def test_a_batch_is_sent_whole_and_every_event_arrives_once(app: Celery, consumer_queue: str) -> None:
