@@ -45,6 +45,8 @@ class History:
     accepted: Counter[str] = field(default_factory=Counter)
     uncertain: set[str] = field(default_factory=set)
     publishes: int = 0
+    # The task id of each accepted delivery, by payment: to find a lost one in worker logs.
+    task_ids: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def published(self) -> set[str]:
@@ -65,7 +67,7 @@ class Publisher:
             for kwargs in messages:
                 self.history.publishes += 1
                 try:
-                    self.app.send_task(
+                    sent = self.app.send_task(
                         "kc_tasks.create_purchase",
                         kwargs=kwargs,
                         queue="purchases",
@@ -77,6 +79,7 @@ class Publisher:
                     self.history.uncertain.add(kwargs["payment_id"])
                 else:
                     self.history.accepted[kwargs["payment_id"]] += 1
+                    self.history.task_ids.setdefault(kwargs["payment_id"], []).append(sent.id)
         return self.history
 
 
@@ -126,6 +129,9 @@ class Verdict:
     duplicated: int
     unexpected: int
     seconds: float
+    # Of the lost: payments no worker ever received (no "Task ...[id] received" line for any
+    # of their deliveries), i.e. lost by the broker before delivery. -1: not looked for.
+    lost_undelivered: int = -1
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -140,9 +146,21 @@ def check(
     broker_url: str,
     faults_injected: int,
     seconds: float,
+    worker_logs: str | None = None,
 ) -> Verdict:
+    """The verdict of a run; given the workers' logs, the lost payments that no worker ever
+    received are counted apart (lost_undelivered)."""
     accepted = set(history.accepted)
     lost = sorted(p for p in accepted if outcomes.of(p) == 0)
+    undelivered = (
+        -1
+        if worker_logs is None
+        else sum(
+            1
+            for p in lost
+            if not any(f"[{task_id}] received" in worker_logs for task_id in history.task_ids.get(p, []))
+        )
+    )
     duplicated = sorted(p for p in history.published if outcomes.of(p) > 1)
     seen = set(outcomes.rows) | set(outcomes.refunds) | set(outcomes.dead)
     unexpected = sorted(seen - history.published)
@@ -160,6 +178,7 @@ def check(
         duplicated=len(duplicated),
         unexpected=len(unexpected),
         seconds=round(seconds, 1),
+        lost_undelivered=undelivered,
         examples={"lost": lost[:5], "duplicated": duplicated[:5], "unexpected": unexpected[:5]},
     )
     return verdict

@@ -39,3 +39,11 @@ def test_an_uncertain_publish_may_end_either_way_but_never_twice() -> None:
     assert verdict({}, uncertain=["u"]).lost == 0
     assert verdict({}, rows=["u"], uncertain=["u"]).unexpected == 0
     assert verdict({}, rows=["u", "u"], uncertain=["u"]).duplicated == 1
+
+
+def test_a_lost_payment_no_worker_received_is_counted_apart() -> None:
+    history = History(accepted=Counter({"a": 1, "b": 1}), publishes=2, task_ids={"a": ["t-a"], "b": ["t-b1", "t-b2"]})
+    logs = "Task kc_tasks.create_purchase[t-b2] received\n"
+    v = check(history, Outcomes(Counter(), Counter(), Counter()), "made up", "redis://", 0, 0, worker_logs=logs)
+    assert (v.lost, v.lost_undelivered) == (2, 1), "b reached a worker (its second delivery); a never did"
+    assert verdict({"a": 1}).lost_undelivered == -1, "not looked for without the logs"

@@ -75,12 +75,16 @@ class Run:
         assert rows < self.payments, f"{self.fault}: the batch was done before the fault"
         return rows
 
-    def finish(self) -> Verdict:
+    def finish(self, workers: Workers) -> Verdict:
+        """Wait for the outcomes; the verdict, with the lost counted apart that no worker of
+        `workers` ever received."""
         self.sending.join(120)
         assert not self.sending.is_alive(), "publishing never finished"
         history = self.publisher.history
         outcomes = settle(history, self.database_url, self.broker_url)
-        verdict = check(history, outcomes, self.fault, self.broker_url, self.faults, time.monotonic() - self.started)
+        logs = "\n".join(w.text() for w in workers.started)
+        seconds = time.monotonic() - self.started
+        verdict = check(history, outcomes, self.fault, self.broker_url, self.faults, seconds, worker_logs=logs)
         print(verdict.line(), flush=True)
         return verdict
 
@@ -118,7 +122,7 @@ def test_worker_children_sigkilled_repeatedly(database_url: str, workers: Worker
         for pid in children:
             os.kill(pid, signal.SIGKILL)
         run.faults += len(children)
-    verdict = run.finish()
+    verdict = run.finish(workers)
     assert_nothing_lost_or_duplicated(verdict)
     assert "WorkerLostError" in worker.text() or "its worker process died" in worker.text()
     assert worker.process.poll() is None, "the main process outlived its children"
@@ -137,7 +141,7 @@ def test_worker_main_process_sigkilled_repeatedly(database_url: str, workers: Wo
         worker.kill()
         run.faults += 1
         worker = start(workers, database_url, rabbitmq_url)
-    assert_nothing_lost_or_duplicated(run.finish())
+    assert_nothing_lost_or_duplicated(run.finish(workers))
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -181,7 +185,7 @@ def test_postgresql_restarted_mid_batch(
     run.at(0.3)
     restart_postgresql()
     run.faults += 1
-    verdict = run.finish()
+    verdict = run.finish(workers)
     assert_nothing_lost_or_duplicated(verdict)
     assert verdict.dead_letters == 0, "a restart is a transient failure: nothing is given up"
     assert worker.process.poll() is None
@@ -199,7 +203,7 @@ def test_worker_database_connections_terminated_repeatedly(
         run.faults += sum(1 for (ok,) in run_sql(database_url, TERMINATE_WORKER_BACKENDS) if ok)
         time.sleep(0.3)
     assert run.faults >= 10, f"only {run.faults} connections terminated"
-    verdict = run.finish()
+    verdict = run.finish(workers)
     assert_nothing_lost_or_duplicated(verdict)
     assert verdict.dead_letters == 0, "a terminated connection is a transient failure"
 
@@ -222,7 +226,7 @@ def test_rabbitmq_connections_closed_mid_batch(database_url: str, workers: Worke
         run.at(fraction)
         run.faults += rabbitmq_connections()
         rabbitmqctl("close_all_connections", "-p", AMQP_VHOST, "kc_tasks fault suite")
-    verdict = run.finish()
+    verdict = run.finish(workers)
     assert_nothing_lost_or_duplicated(verdict)
     assert worker.process.poll() is None
 
@@ -255,8 +259,13 @@ def test_redis_clients_killed_mid_batch(database_url: str, workers: Workers, red
     for fraction in (0.1, 0.35, 0.6):
         run.at(fraction)
         run.faults += kill_redis_clients(redis_url)
-    verdict = run.finish()
-    assert_nothing_lost_or_duplicated(verdict)
+    verdict = run.finish(workers)
+    # kombu's Redis transport pops a message (BRPOP) before it records it as unacknowledged:
+    # a connection killed in between loses that message before any worker sees it (kombu
+    # issues 305, 1733; RabbitMQ has no such window). What kc_tasks received, it must not lose.
+    assert (verdict.lost - verdict.lost_undelivered, verdict.duplicated, verdict.unexpected) == (0, 0, 0), (
+        f"every purchase a worker received ends as one row or one dead letter: {verdict}"
+    )
     assert worker.process.poll() is None
 
 
@@ -288,7 +297,7 @@ def test_unique_active_purchase_dropped_and_recreated_mid_batch(
         assert fixed.returncode == 0, fixed.stdout + fixed.stderr
         assert "deactivated" not in fixed.stdout, "no duplicate got through while the index was gone"
         run.faults += 2
-    verdict = run.finish()
+    verdict = run.finish(workers)
     assert_nothing_lost_or_duplicated(verdict)
     assert verdict.refunds > 0, "the rivals were recorded for a refund"
     assert pairs_with_several_active(database_url) == []
@@ -307,6 +316,6 @@ def test_ten_concurrent_deliveries_of_every_payment(database_url: str, workers: 
         "ten concurrent deliveries of every payment", database_url, broker_url, [p for p in payments for _ in range(10)]
     )
     run.faults = 9 * len(payments)  # the extra deliveries
-    verdict = run.finish()
+    verdict = run.finish(workers)
     assert_nothing_lost_or_duplicated(verdict)
     assert verdict.rows == len(payments) and verdict.dead_letters == 0
