@@ -229,4 +229,6 @@ def test_json_bodies_that_are_not_task_bodies_are_dead_lettered(
     missing = [raw.kind for raw in bad if not letter_of(raw, letters)]
     assert worker.process.poll() is None, f"the worker stopped:\n{worker.text()[-2000:]}"
     assert not missing, f"not in the DLQ: {missing}"
+    reasons = {raw.kind: [d["reason"] for d in letter_of(raw, letters)] for raw in bad}
+    assert all(found == ["invalid message"] for found in reasons.values()), reasons
     assert Outcomes.read(database_url, rabbitmq_url, with_dead_letters=False).rows.total() == len(good)
