@@ -429,8 +429,8 @@ class Bench:
             {k: 1000 * (after[k] - before[k]) / n for k in before},
             self.cpu.busy(*self.events.span(ids)),
         )
-        busy = f"CPUs {100 * drain.machine_busy:.0f} % busy"
-        log(f"  {worker.settings.label}: {n} {kind} tasks at {drain.rate:.0f}/s, {busy}")
+        cpus = f"CPUs {100 * drain.machine_busy:.0f} % busy"
+        log(f"  {worker.settings.label}: {n} {kind} tasks at {drain.rate:.0f}/s, {cpus}")
         return drain
 
     def ratio(self, worker: Worker, n: int, rounds: int, truncate: bool = True) -> dict[str, Any]:

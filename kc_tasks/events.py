@@ -184,6 +184,8 @@ _publishers_lock = threading.Lock()
 def publisher(engine: Engine, app: Celery) -> Publisher:
     """This process's publisher, started on first use (after the fork, never inherited)."""
     pid = os.getpid()
+    if pid in _publishers:
+        return _publishers[pid]
     with _publishers_lock:  # one per process, also when a threads pool's tasks ask at once
         if pid not in _publishers:
             _publishers.clear()

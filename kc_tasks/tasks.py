@@ -44,6 +44,8 @@ def _count_tasks_per_process(sender: Any = None, **_: Any) -> None:
 def resources() -> tuple[Engine, IndexGuard]:
     """This process's engine and index guard, made after the fork, never inherited."""
     pid = os.getpid()
+    if pid in _process:
+        return _process[pid]
     with _process_lock:  # a threads pool's first tasks arrive together
         if pid not in _process:
             for engine, _ in _process.values():

@@ -62,12 +62,16 @@ def received(queue: str, expected: int, timeout: float = 10) -> list[dict]:
     return bodies
 
 
-def outbox_events(sql: Callable[..., list[tuple]], n: int) -> list[Event]:
-    """n purchase.created events committed to the outbox, not yet published."""
-    events = [
+def made_up_events(n: int) -> list[Event]:
+    return [
         Event(str(uuid.uuid4()), PURCHASE_CREATED, datetime.now(UTC), {"id": str(uuid.uuid4()), "n": i})
         for i in range(n)
     ]
+
+
+def outbox_events(sql: Callable[..., list[tuple]], n: int) -> list[Event]:
+    """n purchase.created events committed to the outbox, not yet published."""
+    events = made_up_events(n)
     for e in events:
         sql(
             "INSERT INTO event_outbox (id, type, occurred_at, data) VALUES (%s, %s, %s, %s)",
@@ -95,10 +99,7 @@ def close_broker_side(channel: EventChannel) -> None:
 
 
 def test_a_batch_is_sent_whole_and_every_event_arrives_once(app: Celery, consumer_queue: str) -> None:
-    events = [
-        Event(str(uuid.uuid4()), PURCHASE_CREATED, datetime.now(UTC), {"id": str(uuid.uuid4()), "n": i})
-        for i in range(300)
-    ]
+    events = made_up_events(300)
     channel = EventChannel(app)
     try:
         channel.publish(events[:100])
