@@ -40,7 +40,10 @@ task_routes = {"kc_tasks.*": {"queue": PURCHASE_QUEUE}}
 # Acknowledge after the outcome is durable; a worker killed mid-task gets its message back.
 task_acks_late = True
 task_reject_on_worker_lost = True
-worker_prefetch_multiplier = 4
+# Messages each pool process may hold, unacknowledged: enough that create_purchase requests
+# wait together for a free process and are inserted in one statement (kc_tasks/worker.py,
+# PurchaseBatcher); docs/benchmark.md shows what 4 and 16 drain.
+worker_prefetch_multiplier = 16
 # A child process connects to PostgreSQL at start-up (connect timeout 5 s).
 worker_proc_alive_timeout = 30
 

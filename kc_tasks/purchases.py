@@ -5,6 +5,9 @@ Two paths, both race-free:
   WHERE is_active = true DO NOTHING, in autocommit: one round trip for a new purchase;
 - without it, a transaction that takes advisory locks on the student/course pair and on the
   payment before it looks and inserts, so concurrent deliveries queue instead of racing.
+
+`create_many` is the first path for several purchases at once, in one statement: what it
+does not create is left to `create_purchase`, which finds what stands in its way.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +65,35 @@ def create_purchase(engine: Engine, guard: IndexGuard, purchase: Purchase) -> Ou
                 return outcome
     # Only reachable if the existing purchase kept changing under us: try again later.
     raise errors.DatabaseBusy(f"payment {purchase.payment_id}: purchases of this course kept changing")
+
+
+def create_many(engine: Engine, guard: IndexGuard, batch: Sequence[Purchase]) -> dict[str, Outcome]:
+    """The new purchases of a batch, by payment id, inserted with their events in one
+    autocommit statement; those it did not create are not in the answer. Each payment and
+    each student/course pair must appear once: the statement sees only what was committed
+    before it. Empty when the index is not usable. Raises what the statement raised; nothing
+    is committed then."""
+    payments = {p.payment_id for p in batch}
+    pairs = {(p.student_id, p.course_id) for p in batch}
+    if len(payments) < len(batch) or len(pairs) < len(batch):
+        raise ValueError("a batch holds each payment and each student/course pair once")
+    if not batch or not guard.status(engine).usable:
+        return {}
+    # Rows go in by pair: two batches that share pairs wait for each other in one order,
+    # instead of each holding one the other needs.
+    ordered = sorted(batch, key=lambda p: (p.student_id, p.course_id))
+    columns: dict[str, list[Any]] = {name: [] for name in _INSERTED}
+    for purchase in ordered:
+        for name, value in _params(purchase).items():
+            columns[name].append(value)
+    try:
+        with db.translate_errors(engine.url), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            created = from_rows(conn.exec_driver_sql(_INSERT_MANY, columns))
+    except errors.ConflictTargetMissing:
+        guard.refresh(engine)  # broke since the last check: each purchase takes its own path
+        return {}
+    by_payment = {p.payment_id: p for p in ordered}
+    return {event.data["payment_id"]: _created(by_payment[event.data["payment_id"]], (event,)) for event in created}
 
 
 def _with_index(engine: Engine, guard: IndexGuard, purchase: Purchase) -> Outcome | None:
@@ -180,6 +213,34 @@ def _insert_with_event(on_conflict: bool) -> str:
     return str(statement.compile(dialect=postgresql.psycopg.dialect()))
 
 
+def _insert_many() -> str:
+    """_insert_with_event's statement for many purchases: the values come as one array per
+    column, so one prepared statement serves a batch of any size."""
+    rows = (
+        sa.func.unnest(*(sa.bindparam(name, type_=postgresql.ARRAY(_t.c[name].type)) for name in _INSERTED))
+        .table_valued(*_INSERTED, with_ordinality="n")
+        .render_derived(with_types=False)
+        .alias("batch")
+    )
+    values = (
+        sa.select(*(rows.c[name] for name in _INSERTED))
+        .where(
+            ~sa.exists().where(_paid.c.payment_id == rows.c.payment_id),
+            ~sa.exists().where(_dup.c.payment_id == rows.c.payment_id),
+        )
+        .order_by(rows.c.n)
+    )
+    insert = (
+        pg_insert(_t)
+        .from_select(list(_INSERTED), values)
+        .on_conflict_do_nothing(
+            index_elements=[_t.c.student_id, _t.c.course_id], index_where=_t.c.is_active == sa.true()
+        )
+    )
+    statement = _event_from(insert.returning(*_t.c).cte("purchase"), PURCHASE_CREATED)
+    return str(statement.compile(dialect=postgresql.psycopg.dialect()))
+
+
 def _params(purchase: Purchase) -> dict[str, Any]:
     return {
         "id": str(uuid.uuid4()),
@@ -219,3 +280,4 @@ def _key(name: str) -> int:
 
 _INSERT_ON_CONFLICT = _insert_with_event(on_conflict=True)
 _INSERT_PLAIN = _insert_with_event(on_conflict=False)
+_INSERT_MANY = _insert_many()

@@ -8,9 +8,12 @@ import threading
 from typing import Any
 
 from celery import Task
+from celery.app.trace import fast_trace_task, trace_task_ret
 from celery.concurrency import get_implementation
 from celery.exceptions import Reject, Retry
 from celery.signals import worker_init, worker_process_init, worker_ready
+from kombu.serialization import loads as loads_message
+from kombu.serialization import prepare_accept_content
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
@@ -22,7 +25,7 @@ from kc_tasks.index_guard import FIX_COMMAND, IndexGuard
 from kc_tasks.payload import Purchase, parse_purchase
 from kc_tasks.retry import compute_backoff
 from kc_tasks.settings import describe_database
-from kc_tasks.worker import KcTask
+from kc_tasks.worker import KcTask, is_task_body
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +138,21 @@ def _make_purchase(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     if args:
         raise InvalidPurchase(f"create_purchase takes keyword arguments only, got {len(args)} positional")
     purchase = parse_purchase(kwargs)
+    outcome = _take_prepared(task.request.id, purchase)
+    if outcome is None:
+        outcome = _create_or_retry(task, purchase)
+    # The outcome is committed with its events in the outbox: this process's publisher sends
+    # them within moments; if it cannot, the relay does.
+    if outcome.events:
+        engine, _ = resources()
+        events.publisher(engine, app).submit(outcome.events)
+    return outcome.as_result()
+
+
+def _create_or_retry(task: Task, purchase: Purchase) -> purchases.Outcome:
     engine, guard = resources()
     try:
-        outcome = _create(engine, guard, purchase)
+        return _create(engine, guard, purchase)
     except RetryableError as exc:
         if task.request.retries >= task.max_retries:
             raise
@@ -152,11 +167,80 @@ def _make_purchase(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
             countdown,
         )
         raise task.retry(exc=exc, countdown=countdown) from None
-    # The outcome is committed with its events in the outbox: this process's publisher sends
-    # them within moments; if it cannot, the relay does.
-    if outcome.events:
-        events.publisher(engine, app).submit(outcome.events)
-    return outcome.as_result()
+
+
+# Outcomes of a batch's purchases, inserted together before its tasks run, by task id.
+_prepared: dict[str, tuple[Purchase, purchases.Outcome]] = {}
+
+
+def run_batch(jobs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Run in a pool process: several create_purchase requests that arrived together
+    (kc_tasks.worker.PurchaseBatcher). Their new purchases are inserted in one statement
+    first; then each request runs as a task of its own, with its own result, retries and
+    dead letter, and finds its outcome ready or makes it as a lone task would.
+
+    Each job is what Celery's tracer takes for one request; the answer is its (failed,
+    result, runtime) for each, in order."""
+    trace = fast_trace_task if app.use_fast_trace_task else trace_task_ret
+    accept = prepare_accept_content(app.conf.accept_content)
+    bodies = [_decode(job, accept) for job in jobs]
+    try:
+        _prepare([(job[1], body) for job, body in zip(jobs, bodies, strict=True) if body is not None])
+        return [
+            trace(*job) if body is None else trace(*job[:3], body, None, None)  # decoded: no content type
+            for job, body in zip(jobs, bodies, strict=True)
+        ]
+    finally:
+        _prepared.clear()
+
+
+def _decode(job: tuple[Any, ...], accept: set[str]) -> tuple[Any, ...] | None:
+    """The job's [args, kwargs, embed]; None if it does not decode (its task reports that)."""
+    body, content_type, content_encoding = job[3:]
+    try:
+        decoded = loads_message(body, content_type, content_encoding, accept=accept)
+    except Exception:  # noqa: BLE001  (Celery's tracer raises it again, for this request alone)
+        return None
+    return tuple(decoded) if is_task_body(decoded) else None
+
+
+def _prepare(requests: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """Insert the batch's new purchases at once: the first request of each payment and each
+    student/course pair; the others, and any the statement did not create, go their own way."""
+    chosen: dict[str, Purchase] = {}
+    payments: set[str] = set()
+    pairs: set[tuple[str, str]] = set()
+    for task_id, (args, kwargs, _) in requests:
+        try:
+            purchase = parse_purchase(kwargs)
+        except InvalidPurchase:
+            continue
+        pair = (purchase.student_id, purchase.course_id)
+        if args or task_id in chosen or purchase.payment_id in payments or pair in pairs:
+            continue
+        chosen[task_id] = purchase
+        payments.add(purchase.payment_id)
+        pairs.add(pair)
+    if len(chosen) < 2:
+        return
+    engine, guard = resources()
+    try:
+        created = purchases.create_many(engine, guard, list(chosen.values()))
+    except KcTasksError as exc:  # each request tries again alone, and retries or dead-letters
+        logger.debug("a batch of %d purchases went one by one: %s", len(chosen), exc)
+        return
+    for task_id, purchase in chosen.items():
+        if purchase.payment_id in created:
+            _prepared[task_id] = (purchase, created[purchase.payment_id])
+
+
+def _take_prepared(task_id: str | None, purchase: Purchase) -> purchases.Outcome | None:
+    """The outcome made for this request by its batch, once (a task id can come twice)."""
+    prepared = _prepared.get(task_id) if task_id else None
+    if task_id is None or prepared is None or prepared[0] != purchase:
+        return None
+    del _prepared[task_id]
+    return prepared[1]
 
 
 def _dead_letter(task: Task, exc: BaseException, reason: str) -> None:

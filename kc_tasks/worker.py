@@ -5,6 +5,8 @@
   drop it, or reject it without requeue).
 - `KcRequest`: a task whose worker process died under it (SIGKILL, OOM) is redelivered at
   most `KC_WORKER_LOST_LIMIT` times, then dead-lettered, instead of looping forever.
+- `PurchaseBatcher`: create_purchase requests that wait for a free pool process go to it
+  together, and their purchases are inserted in one statement (kc_tasks.tasks.run_batch).
 
 If publishing the dead letter fails, the message is not acknowledged: it is rejected, and
 on RabbitMQ the dead-letter exchange policy of `purchases` (kc-tasks dlq policy) keeps it.
@@ -13,6 +15,9 @@ on RabbitMQ the dead-letter exchange policy of `purchases` (kc-tasks dlq policy)
 from __future__ import annotations
 
 import logging
+import weakref
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task
@@ -27,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 LOST_HEADER = "kc-worker-lost"
 PURCHASE_QUEUE = "purchases"
+PURCHASE_TASK = "kc_tasks.create_purchase"
+# The most create_purchase requests one pool process takes at once.
+BATCH_MAX = 32
 
 
 def dead_letter_message(app: Any, message: Message, reason: str, exc: BaseException | None, attempts: int = 1) -> None:
@@ -55,7 +63,109 @@ def is_task_body(body: Any) -> bool:
     )
 
 
+class PurchaseBatcher:
+    """Stands between the consumer and the prefork pool for create_purchase requests.
+
+    Celery hands a request to the pool once a pool process is free (its semaphore): until
+    then, the requests that arrive wait here, and the free process gets all of them (up to
+    BATCH_MAX) as one job. A lone request goes its usual way; under load, the batches grow
+    by themselves. Each request keeps everything it has alone: its task-started and
+    task-succeeded events, its result, its retries, its dead letter, and its message is
+    acknowledged only after its own outcome is committed.
+
+    Pools without Celery's semaphore (threads, solo) and tasks with time limits get every
+    request alone, as without this."""
+
+    def __init__(self, controller: Any, process_task: Callable[[Request], Any], run_batch: Callable[..., Any]) -> None:
+        self.controller = controller
+        self.process_task = process_task
+        self.run_batch = run_batch
+        self.pending: deque[Request] = deque()
+        self.waiting = False
+        self.enabled = process_task == getattr(controller, "_process_task_sem", None)
+
+    def __call__(self, request: Request) -> Any:
+        if not self.enabled or request.name != PURCHASE_TASK or _has_time_limit(request):
+            return self.process_task(request)
+        self.pending.append(request)
+        if not self.waiting:
+            self.waiting = True
+            self.controller._quick_acquire(self._dispatch)
+        return None
+
+    def clear(self) -> None:
+        """The connection is gone, and with it Celery's semaphore and the waiting requests'
+        channel: they cannot be acknowledged now, and the broker delivers them again."""
+        self.pending.clear()
+        self.waiting = False
+
+    def _dispatch(self) -> None:
+        """A pool process is free (its slot is ours): give it what is waiting."""
+        self.waiting = False
+        batch = [self.pending.popleft() for _ in range(min(BATCH_MAX, len(self.pending)))]
+        if self.pending:
+            self.waiting = True
+            self.controller._quick_acquire(self._dispatch)
+        if len(batch) == 1:
+            self.controller._process_task(batch[0])  # releases the slot if it was revoked
+            return
+        batch = [request for request in batch if not request.revoked()]  # revoked: acked, announced
+        if not batch:
+            self.controller._quick_release()
+            return
+        result = self.controller.pool.apply_async(
+            self.run_batch,
+            args=([_trace_args(request) for request in batch],),
+            accept_callback=lambda pid, time_accepted: _each(batch, "on_accepted", pid, time_accepted),
+            callback=lambda outcomes: _each_outcome(batch, outcomes),
+            error_callback=lambda exc_info: _each(batch, "on_failure", exc_info),
+            correlation_id=batch[0].id,
+        )
+        if result is not None:
+            for request in batch:
+                request._apply_result = weakref.ref(result)  # what revoke --terminate looks for
+
+
+def _has_time_limit(request: Request) -> bool:
+    task = request.task
+    return any(request.time_limits) or bool(task.time_limit or task.soft_time_limit)
+
+
+def _trace_args(request: Request) -> tuple[Any, ...]:
+    """What Celery's tracer takes for one request (celery.worker.request.create_request_cls)."""
+    r = request
+    return (r.type, r.id, r.request_dict, r.body, r.content_type, r.content_encoding)
+
+
+def _each(batch: list[Request], method: str, *args: Any) -> None:
+    for request in batch:
+        try:
+            getattr(request, method)(*args)
+        except Exception:  # one request's failure must not keep the others from their ack
+            logger.exception("task %s: %s failed", request.id, method)
+
+
+def _each_outcome(batch: list[Request], outcomes: list[Any]) -> None:
+    for request, outcome in zip(batch, outcomes, strict=True):
+        try:
+            request.on_success(outcome)
+        except Exception:
+            logger.exception("task %s: on_success failed", request.id)
+
+
 class Consumer(CeleryConsumer):
+    def __init__(self, on_task_request: Callable[[Request], Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(on_task_request, *args, **kwargs)
+        from kc_tasks.tasks import run_batch  # the tasks module imports this one
+
+        if self.controller is not None:
+            self.on_task_request = PurchaseBatcher(self.controller, on_task_request, run_batch)
+
+    def on_close(self) -> None:
+        super().on_close()
+        if isinstance(self.on_task_request, PurchaseBatcher):
+            self.on_task_request.clear()
+
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's handler, behind a check of the body's shape: a well-formed JSON body that is
         not a task body would otherwise stop the worker, or vanish without a dead letter."""

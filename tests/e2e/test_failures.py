@@ -116,9 +116,10 @@ def test_worker_killed_mid_batch_loses_nothing(
 
     To kill *during* the batch, and not before or after it, the test holds an uncommitted
     purchase of a few pairs in the middle of the batch: the worker's processes stop there,
-    mid-INSERT, with some but not all rows committed. Their server connections are then
-    terminated too, as a crashed host's would be, so nothing of those tasks survives but
-    the broker's message.
+    mid-INSERT, with some but not all rows committed. The held pairs are spread out, so that
+    each pool process, which takes the purchases waiting for it together, meets one. Their
+    server connections are then terminated too, as a crashed host's would be, so nothing of
+    those tasks survives but the broker's message.
 
     - RabbitMQ: the whole worker (main process and children) is SIGKILLed; its connection
       drops and RabbitMQ requeues every unacknowledged message at once. Done twice: kill,
@@ -131,13 +132,14 @@ def test_worker_killed_mid_batch_loses_nothing(
     """
     on_redis = broker_url.startswith("redis")
     rnd = random.Random(11)
-    payments = [purchase() for _ in range(300)]
-    first_stop, second_stop = payments[120:128], payments[240:248]
+    total = 600
+    payments = [purchase() for _ in range(total)]
+    first_stop, second_stop = payments[100:260:10], payments[400:560:10]
     blockers = {p["payment_id"] for p in first_stop + second_stop}
     keyed = [(float(i), p) for i, p in enumerate(payments)]
-    # 60 payments are delivered twice, the copy a little later; never a blocker's, so that a
+    # 120 payments are delivered twice, the copy a little later; never a blocker's, so that a
     # task killed mid-INSERT is saved by its own redelivery or not at all.
-    for i in rnd.sample([i for i, p in enumerate(payments) if p["payment_id"] not in blockers], 60):
+    for i in rnd.sample([i for i, p in enumerate(payments) if p["payment_id"] not in blockers], 120):
         keyed.append((i + rnd.uniform(0.5, 30), payments[i]))
     messages = [p for _, p in sorted(keyed, key=lambda kp: kp[0])]
 
@@ -149,7 +151,7 @@ def test_worker_killed_mid_batch_loses_nothing(
 
         _wait_all_children_stuck(database_url, first)
         done = count(database_url)
-        assert 0 < done < 300, f"the kill must come mid-batch, {done} of 300 rows exist"
+        assert 0 < done < total, f"the kill must come mid-batch, {done} of {total} rows exist"
         in_flight = _blocked_backends(database_url)
         if on_redis:
             children = first.child_pids()
@@ -165,7 +167,7 @@ def test_worker_killed_mid_batch_loses_nothing(
             second = workers.start(database_url, broker_url, concurrency=CONCURRENCY, KC_RETRY_BACKOFF_MAX="2")
             _wait_all_children_stuck(database_url, second)
             again = count(database_url)
-            assert done < again < 300, f"the second kill must come mid-batch, {again} of 300 rows exist"
+            assert done < again < total, f"the second kill must come mid-batch, {again} of {total} rows exist"
             in_flight = _blocked_backends(database_url)
             second.kill()
             # The dead worker's waiting INSERTs go through now, after its death.

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import random
+import threading
 import time
 import uuid
+from typing import Any
+
+from celery import Celery
 
 from tests.conftest import run_sql
 from tests.e2e.conftest import Client, Workers, count, purchase, wait_until
@@ -101,4 +106,73 @@ def test_a_threads_pool_worker_drains_a_storm_with_task_events_on(
         lambda: run_sql(database_url, "SELECT count(*) FROM event_outbox WHERE published_at IS NULL")[0][0] == 0,
         timeout=30,
     ), "every purchase.created event is published"
+    assert "Traceback" not in worker.text()
+
+
+class TaskEvents:
+    """What Flower sees: the task-succeeded and task-failed events of every task, by id."""
+
+    def __init__(self, broker_url: str) -> None:
+        self.app = Celery(broker=broker_url)
+        self.results: dict[str, dict] = {}
+        self.failed: set[str] = set()
+        self.receiver: Any = None
+        threading.Thread(target=self._listen, daemon=True).start()
+        assert wait_until(lambda: self.receiver is not None, timeout=10)
+        time.sleep(1)  # its queue is bound before any worker sends
+
+    def _listen(self) -> None:
+        with self.app.connection_for_read() as connection:
+            self.receiver = self.app.events.Receiver(
+                connection,
+                handlers={
+                    "task-succeeded": lambda e: self.results.__setitem__(e["uuid"], ast.literal_eval(e["result"])),
+                    "task-failed": lambda e: self.failed.add(e["uuid"]),
+                },
+            )
+            self.receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def stop(self) -> None:
+        self.receiver.should_stop = True
+
+
+def test_queued_deliveries_are_inserted_together_and_each_reports_its_own_outcome(
+    database_url: str, workers: Workers, client: Client, broker_url: str
+) -> None:
+    """A queue that waited for the worker drains in batches, one statement per batch; each
+    delivery still ends alone: its own result, exactly one `created: true` per payment, its
+    own failure for a bad one, and a rival payment recorded for a refund."""
+    held = purchase()
+    client.send([held])
+    events = TaskEvents(broker_url)
+    try:
+        first = workers.start(database_url, broker_url, concurrency=1)
+        assert wait_until(lambda: count(database_url) == 1)
+        first.stop()
+        new = [purchase() for _ in range(300)]
+        rival = purchase(held["student_id"], held["course_id"])
+        bad = [dict(purchase(), currency="rupees") for _ in range(5)]
+        sent = [*new, *new, held, rival, *bad]  # every new payment delivered twice
+        random.Random(11).shuffle(sent)
+        ids = client.send(sent)
+        worker = workers.start(database_url, broker_url, concurrency=2)
+        assert wait_until(lambda: len(events.results) + len(events.failed) >= len(sent) + 1, timeout=90)
+    finally:
+        events.stop()
+    assert count(database_url) == 301
+    stored = dict(run_sql(database_url, "SELECT payment_id, id::text FROM student_course_purchases"))
+    statements = run_sql(database_url, "SELECT count(DISTINCT created_at) FROM student_course_purchases")[0][0]
+    assert statements <= 225, f"300 new purchases in {statements} transactions: they were not batched"
+    outcomes: dict[str, list[dict]] = {}
+    for task_id, kwargs in zip(ids, sent, strict=True):
+        if kwargs["currency"] == "rupees":
+            assert task_id in events.failed and task_id not in events.results
+        else:
+            outcomes.setdefault(kwargs["payment_id"], []).append(events.results[task_id])
+    for p in new:
+        assert sorted(r["created"] for r in outcomes[p["payment_id"]]) == [False, True], p["payment_id"]
+        assert {r["purchase_id"] for r in outcomes[p["payment_id"]]} == {stored[p["payment_id"]]}
+    assert outcomes[held["payment_id"]] == [{"purchase_id": stored[held["payment_id"]], "created": False}]
+    assert outcomes[rival["payment_id"]] == [{"purchase_id": stored[held["payment_id"]], "created": False}]
+    assert run_sql(database_url, "SELECT payment_id FROM duplicate_payments") == [(rival["payment_id"],)]
     assert "Traceback" not in worker.text()

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from kc_tasks import db, errors
 from kc_tasks.index_guard import IndexGuard
 from kc_tasks.payload import Purchase, parse_purchase
-from kc_tasks.purchases import Outcome, create_purchase
+from kc_tasks.purchases import Outcome, create_many, create_purchase
 from kc_tasks.settings import normalize_database_url
 
 
@@ -227,3 +227,81 @@ def test_an_unreachable_database_is_retryable_and_named_without_its_password(gua
         create_purchase(engine, guard, order())
     assert "127.0.0.1:1/shop" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+def test_a_batch_creates_its_new_purchases_with_their_events_in_one_statement(engine, guard, sql) -> None:
+    held, other = order(), order()
+    assert create_purchase(engine, guard, held).created and create_purchase(engine, guard, other).created
+    batch = [order(metadata={"n": i}) for i in range(20)]
+    rival = order(other.student_id, other.course_id)  # the student already holds that course
+    created = create_many(engine, guard, [*batch, held, rival])
+    assert sorted(created) == sorted(p.payment_id for p in batch), "what stands in the way is left out"
+    assert all(o.created and len(o.events) == 1 for o in created.values())
+    stored = dict(sql("SELECT payment_id, id::text FROM student_course_purchases"))
+    assert {p: o.purchase_id for p, o in created.items()} == {p.payment_id: stored[p.payment_id] for p in batch}
+    assert sql(
+        "SELECT count(DISTINCT created_at) FROM student_course_purchases WHERE payment_id = ANY(%s)",
+        ([p.payment_id for p in batch],),
+    ) == [(1,)], "one statement, one transaction"
+    events = sql("SELECT data->>'payment_id', data->'metadata' FROM event_outbox WHERE type = 'purchase.created'")
+    expected = [(held.payment_id, None), (other.payment_id, None)] + [(p.payment_id, p.metadata) for p in batch]
+    assert sorted(events) == sorted(expected), "one purchase.created event per new purchase, none for the others"
+    # What was left out takes the one-by-one path and finds what stands there.
+    assert not create_purchase(engine, guard, rival).created
+    assert sql("SELECT payment_id FROM duplicate_payments") == [(rival.payment_id,)]
+    assert create_many(engine, guard, [rival, *batch[:3]]) == {}, "a refunded or used payment buys nothing"
+    assert sql("SELECT count(*) FROM student_course_purchases") == [(22,)]
+
+
+def test_a_batch_must_name_each_payment_and_each_pair_once(engine, guard, sql) -> None:
+    p = order()
+    with pytest.raises(ValueError, match="each payment and each student/course pair once"):
+        create_many(engine, guard, [p, order(payment=p.payment_id)])
+    with pytest.raises(ValueError, match="each payment and each student/course pair once"):
+        create_many(engine, guard, [p, order(p.student_id, p.course_id)])
+    assert sql("SELECT count(*) FROM student_course_purchases") == [(0,)]
+
+
+def test_without_a_usable_index_a_batch_creates_nothing_and_leaves_it_to_the_fallback(engine, sql) -> None:
+    guard = IndexGuard(ttl=300)
+    assert create_many(engine, guard, [order(), order()])  # the check is now cached as usable
+    sql("DROP INDEX unique_active_purchase")
+    assert create_many(engine, guard, [order(), order()]) == {}, "the broken index is met, not trusted"
+    assert guard.cached is not None and not guard.cached.usable
+    assert create_many(engine, guard, [order(), order()]) == {}
+    assert sql("SELECT count(*) FROM student_course_purchases") == [(2,)]
+
+
+def _batches_at_once(database_url: str, batches: list[list[Purchase]]) -> list[dict[str, Outcome]]:
+    results: list[dict[str, Outcome]] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(len(batches))
+
+    def run(batch: list[Purchase]) -> None:
+        engine = db.make_engine(normalize_database_url(database_url))
+        try:
+            start.wait()
+            results.append(create_many(engine, IndexGuard(ttl=300), batch))
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures, failures
+    return results
+
+
+def test_concurrent_batches_of_the_same_pairs_in_opposite_orders_do_not_deadlock(database_url, sql) -> None:
+    """Each batch inserts in the order of its pairs: two batches that share pairs wait for
+    each other instead of each holding a row the other needs."""
+    for _ in range(5):
+        shared = [order() for _ in range(30)]
+        rivals = [order(p.student_id, p.course_id) for p in reversed(shared)]
+        results = _batches_at_once(database_url, [shared, rivals])
+        assert sum(len(r) for r in results) == 30, "each pair bought once, by one batch or the other"
+    assert sql("SELECT count(*) FROM student_course_purchases") == [(150,)]
