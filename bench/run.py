@@ -481,6 +481,7 @@ class Bench:
                     ).id
                 )
         offered = count / (time.time() - start)
+        busy = self.cpu.busy(start, time.time())
         self.events.wait(ids)
         rows = sql(f"SELECT payment_id, extract(epoch FROM created_at)::float8 FROM {TABLE}")
         latencies = sorted(1000 * (created - sent[payment]) for payment, created in rows if payment in sent)
@@ -495,8 +496,12 @@ class Bench:
             "p99_ms": percentile(latencies, 99),
             "max_ms": latencies[-1],
             "mean_ms": statistics.fmean(latencies),
+            "machine_busy": busy,
         }
-        log(f"  latency at {offered:.0f}/s: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")
+        log(
+            f"  latency at {offered:.0f}/s: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+            f"CPUs {100 * busy:.0f} % busy"
+        )
         return result
 
 
@@ -744,6 +749,29 @@ def ratio_only(settings: Settings, n: int, path: Path) -> int:
     return 0
 
 
+def latency_only(settings: Settings, rate: float, n: int, path: Path) -> int:
+    """The latency measurement alone, at a rate given, for comparing two versions at the
+    same offered load."""
+    setup()
+    try:
+        bench = Bench()
+        worker = start_worker(settings)
+        try:
+            results = {"kc_tasks": code_state(), "latency": bench.latency(worker, rate, n)}
+        finally:
+            worker.stop()
+    finally:
+        teardown()
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    lat = results["latency"]
+    print(
+        f"{settings.label}, {n} purchases at {lat['offered_rate_per_s']:.0f}/s: p50 {lat['p50_ms']:.1f} ms, "
+        f"p90 {lat['p90_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms; "
+        f"CPUs {100 * lat['machine_busy']:.0f} % busy; wrote {path}"
+    )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=5000, help="tasks per throughput measurement (default 5000)")
@@ -759,6 +787,12 @@ def main() -> int:
         action="store_true",
         help="only the throughput ratio (best of 2 rounds): to compare two versions; no chart",
     )
+    parser.add_argument(
+        "--latency-only",
+        type=float,
+        metavar="RATE",
+        help="only the latency, --n purchases offered at RATE per second: to compare two versions at one load",
+    )
     parser.add_argument("--results", type=Path, help=f"where to write the figures (default {RESULTS.name})")
     parser.add_argument("--chart", type=Path, default=CHART, help="where to draw the chart (docs/benchmark.png)")
     args = parser.parse_args()
@@ -773,6 +807,8 @@ def main() -> int:
     os.environ.update(DATABASE_URL=DB_URL, CELERY_BROKER_URL=AMQP)
     if args.ratio_only:
         return ratio_only(main_settings, args.n, args.results or LOGS / "results.json")
+    if args.latency_only:
+        return latency_only(main_settings, args.latency_only, args.n, args.results or LOGS / "results.json")
     args.results = args.results or RESULTS
 
     started = time.monotonic()
