@@ -7,6 +7,7 @@ import os
 import threading
 from typing import Any
 
+from billiard.einfo import ExceptionInfo
 from celery import Task
 from celery.app.trace import fast_trace_task, trace_task_ret
 from celery.concurrency import get_implementation
@@ -25,7 +26,7 @@ from kc_tasks.index_guard import FIX_COMMAND, IndexGuard
 from kc_tasks.payload import Purchase, parse_purchase
 from kc_tasks.retry import compute_backoff
 from kc_tasks.settings import describe_database
-from kc_tasks.worker import KcTask, is_task_body
+from kc_tasks.worker import KcTask, Raised, is_task_body
 
 logger = logging.getLogger(__name__)
 
@@ -173,23 +174,27 @@ def _create_or_retry(task: Task, purchase: Purchase) -> purchases.Outcome:
 _prepared: dict[str, tuple[Purchase, purchases.Outcome]] = {}
 
 
-def run_batch(jobs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+def run_batch(jobs: list[tuple[Any, ...]]) -> list[Any]:
     """Run in a pool process: several create_purchase requests that arrived together
     (kc_tasks.worker.PurchaseBatcher). Their new purchases are inserted in one statement
     first; then each request runs as a task of its own, with its own result, retries and
     dead letter, and finds its outcome ready or makes it as a lone task would.
 
-    Each job is what Celery's tracer takes for one request; the answer is its (failed,
-    result, runtime) for each, in order."""
+    Each job is what Celery's tracer takes for one request; the answer is, in order, its
+    (failed, result, runtime), or Raised if the tracer itself raised: what the pool reports
+    of a lone request whose tracer raised, without failing the rest of the batch."""
     trace = fast_trace_task if app.use_fast_trace_task else trace_task_ret
     accept = prepare_accept_content(app.conf.accept_content)
     bodies = [_decode(job, accept) for job in jobs]
     try:
         _prepare([(job[1], body) for job, body in zip(jobs, bodies, strict=True) if body is not None])
-        return [
-            trace(*job) if body is None else trace(*job[:3], body, None, None)  # decoded: no content type
-            for job, body in zip(jobs, bodies, strict=True)
-        ]
+        outcomes: list[Any] = []
+        for job, body in zip(jobs, bodies, strict=True):
+            try:
+                outcomes.append(trace(*job) if body is None else trace(*job[:3], body, None, None))
+            except Exception:  # noqa: BLE001  (reported for this request alone, as the pool would)
+                outcomes.append(Raised(ExceptionInfo()))
+        return outcomes
     finally:
         _prepared.clear()
 
@@ -223,11 +228,14 @@ def _prepare(requests: list[tuple[str, tuple[Any, ...]]]) -> None:
         pairs.add(pair)
     if len(chosen) < 2:
         return
-    engine, guard = resources()
     try:
+        engine, guard = resources()
         created = purchases.create_many(engine, guard, list(chosen.values()))
     except KcTasksError as exc:  # each request tries again alone, and retries or dead-letters
         logger.debug("a batch of %d purchases went one by one: %s", len(chosen), exc)
+        return
+    except Exception:  # only an optimisation failed: each request still makes its own outcome
+        logger.exception("inserting a batch of %d purchases failed; they go one by one", len(chosen))
         return
     for task_id, purchase in chosen.items():
         if purchase.payment_id in created:

@@ -18,6 +18,7 @@ import logging
 import weakref
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
@@ -126,6 +127,13 @@ class PurchaseBatcher:
                 request._apply_result = weakref.ref(result)  # what revoke --terminate looks for
 
 
+@dataclass(frozen=True)
+class Raised:
+    """A batch's answer for a request whose tracer raised (kc_tasks.tasks.run_batch)."""
+
+    exc_info: Any
+
+
 def _has_time_limit(request: Request) -> bool:
     task = request.task
     return any(request.time_limits) or bool(task.time_limit or task.soft_time_limit)
@@ -148,9 +156,12 @@ def _each(batch: list[Request], method: str, *args: Any) -> None:
 def _each_outcome(batch: list[Request], outcomes: list[Any]) -> None:
     for request, outcome in zip(batch, outcomes, strict=True):
         try:
-            request.on_success(outcome)
+            if isinstance(outcome, Raised):
+                request.on_failure(outcome.exc_info)
+            else:
+                request.on_success(outcome)
         except Exception:
-            logger.exception("task %s: on_success failed", request.id)
+            logger.exception("task %s: reporting its outcome failed", request.id)
 
 
 class Consumer(CeleryConsumer):
