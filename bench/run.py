@@ -726,20 +726,26 @@ SWEEP = [
 QUICK_SWEEP = [Settings("prefork", 4, 4), Settings("prefork", 4, 16)]
 
 
-def ratio_only(settings: Settings, n: int, path: Path) -> int:
-    """The throughput measurement alone, for comparing two versions of kc_tasks."""
+def measure_alone(settings: Settings, path: Path, name: str, measure: Callable[[Bench, Worker], Any]) -> Any:
+    """One measurement on a worker of its own, written to `path` with the code's state: for
+    comparing two versions of kc_tasks."""
     setup()
     try:
         bench = Bench()
         worker = start_worker(settings)
         try:
-            results = {"kc_tasks": code_state(), "throughput": bench.ratio(worker, n, rounds=2)}
+            results = {"kc_tasks": code_state(), name: measure(bench, worker)}
         finally:
             worker.stop()
     finally:
         teardown()
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    main = results["throughput"]
+    return results[name]
+
+
+def ratio_only(settings: Settings, n: int, path: Path) -> int:
+    """The throughput measurement alone."""
+    main = measure_alone(settings, path, "throughput", lambda bench, worker: bench.ratio(worker, n, rounds=2))
     print(
         f"{main['label']}, N={n}: purchases {main['purchases_per_s']:.0f}/s, no-op {main['noop_per_s']:.0f}/s, "
         f"ratio {main['ratio']:.2f}; CPUs busy (purchases / no-op): {busy(main)}; "
@@ -750,20 +756,8 @@ def ratio_only(settings: Settings, n: int, path: Path) -> int:
 
 
 def latency_only(settings: Settings, rate: float, n: int, path: Path) -> int:
-    """The latency measurement alone, at a rate given, for comparing two versions at the
-    same offered load."""
-    setup()
-    try:
-        bench = Bench()
-        worker = start_worker(settings)
-        try:
-            results = {"kc_tasks": code_state(), "latency": bench.latency(worker, rate, n)}
-        finally:
-            worker.stop()
-    finally:
-        teardown()
-    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    lat = results["latency"]
+    """The latency measurement alone, at a rate given: two versions at the same offered load."""
+    lat = measure_alone(settings, path, "latency", lambda bench, worker: bench.latency(worker, rate, n))
     print(
         f"{settings.label}, {n} purchases at {lat['offered_rate_per_s']:.0f}/s: p50 {lat['p50_ms']:.1f} ms, "
         f"p90 {lat['p90_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms; "

@@ -200,43 +200,35 @@ def _insert_with_event(on_conflict: bool) -> str:
     specification". One statement, so the row and its event commit together or not at all.
     Built and compiled once: the hot path only binds values.
     """
-    values = sa.select(*(sa.bindparam(name, type_=_t.c[name].type) for name in _INSERTED)).where(
-        ~sa.exists().where(_paid.c.payment_id == sa.bindparam("payment_id")),
-        ~sa.exists().where(_dup.c.payment_id == sa.bindparam("payment_id")),
-    )
-    insert = pg_insert(_t).from_select(list(_INSERTED), values)
-    if on_conflict:
-        insert = insert.on_conflict_do_nothing(
-            index_elements=[_t.c.student_id, _t.c.course_id], index_where=_t.c.is_active == sa.true()
-        )
-    statement = _event_from(insert.returning(*_t.c).cte("purchase"), PURCHASE_CREATED)
-    return str(statement.compile(dialect=postgresql.psycopg.dialect()))
+    values = sa.select(*(sa.bindparam(name, type_=_t.c[name].type) for name in _INSERTED))
+    return _insert_from(values, sa.bindparam("payment_id"), on_conflict)
 
 
 def _insert_many() -> str:
-    """_insert_with_event's statement for many purchases: the values come as one array per
-    column, so one prepared statement serves a batch of any size."""
+    """_insert_with_event's statement (with ON CONFLICT) for many purchases: the values come
+    as one array per column, so one prepared statement serves a batch of any size."""
     rows = (
         sa.func.unnest(*(sa.bindparam(name, type_=postgresql.ARRAY(_t.c[name].type)) for name in _INSERTED))
         .table_valued(*_INSERTED, with_ordinality="n")
         .render_derived(with_types=False)
         .alias("batch")
     )
-    values = (
-        sa.select(*(rows.c[name] for name in _INSERTED))
-        .where(
-            ~sa.exists().where(_paid.c.payment_id == rows.c.payment_id),
-            ~sa.exists().where(_dup.c.payment_id == rows.c.payment_id),
-        )
-        .order_by(rows.c.n)
+    values = sa.select(*(rows.c[name] for name in _INSERTED)).order_by(rows.c.n)
+    return _insert_from(values, rows.c.payment_id, on_conflict=True)
+
+
+def _insert_from(values: sa.Select, payment_id: Any, on_conflict: bool) -> str:
+    """Insert `values` whose payment was never used (`payment_id`: its expression in them),
+    with a purchase.created event per row inserted; compiled for psycopg."""
+    values = values.where(
+        ~sa.exists().where(_paid.c.payment_id == payment_id),
+        ~sa.exists().where(_dup.c.payment_id == payment_id),
     )
-    insert = (
-        pg_insert(_t)
-        .from_select(list(_INSERTED), values)
-        .on_conflict_do_nothing(
+    insert = pg_insert(_t).from_select(list(_INSERTED), values)
+    if on_conflict:
+        insert = insert.on_conflict_do_nothing(
             index_elements=[_t.c.student_id, _t.c.course_id], index_where=_t.c.is_active == sa.true()
         )
-    )
     statement = _event_from(insert.returning(*_t.c).cte("purchase"), PURCHASE_CREATED)
     return str(statement.compile(dialect=postgresql.psycopg.dialect()))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -103,31 +104,41 @@ def test_a_payment_reused_for_another_course_returns_its_first_purchase(engine, 
     assert sql("SELECT count(*) FROM student_course_purchases")[0][0] == 1
 
 
-def _race(database_url: str, deliveries: list[Purchase], ttl: float = 300) -> list[Outcome]:
-    """Each delivery from its own engine and thread (as separate worker processes), released at once."""
-    barrier = threading.Barrier(len(deliveries))
-    outcomes: list[Outcome] = []
+def _at_once(database_url: str, items: list[Any], act: Callable[[Engine, Any, Callable[[], Any]], Any]) -> list[Any]:
+    """act(engine, item, go) for each item in a thread of its own, with an engine of its own (as
+    separate worker processes); go() waits until every thread is ready, then all run at once."""
+    barrier = threading.Barrier(len(items))
+    results: list[Any] = []
     failures: list[BaseException] = []
 
-    def deliver(p: Purchase) -> None:
+    def run(item: Any) -> None:
         engine = db.make_engine(normalize_database_url(database_url))
-        guard = IndexGuard(ttl)
         try:
-            guard.status(engine)
-            barrier.wait()
-            outcomes.append(create_purchase(engine, guard, p))
+            results.append(act(engine, item, barrier.wait))
         except BaseException as exc:
             failures.append(exc)
         finally:
             engine.dispose()
 
-    threads = [threading.Thread(target=deliver, args=(p,)) for p in deliveries]
+    threads = [threading.Thread(target=run, args=(item,)) for item in items]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
     assert not failures, failures
-    return outcomes
+    return results
+
+
+def _race(database_url: str, deliveries: list[Purchase], ttl: float = 300) -> list[Outcome]:
+    """Each delivery from its own engine and thread, its index check made, released at once."""
+
+    def deliver(engine: Engine, p: Purchase, go: Callable[[], Any]) -> Outcome:
+        guard = IndexGuard(ttl)
+        guard.status(engine)
+        go()
+        return create_purchase(engine, guard, p)
+
+    return _at_once(database_url, deliveries, deliver)
 
 
 @pytest.mark.parametrize("index", ["with the index", "without the index"])
@@ -273,27 +284,11 @@ def test_without_a_usable_index_a_batch_creates_nothing_and_leaves_it_to_the_fal
 
 
 def _batches_at_once(database_url: str, batches: list[list[Purchase]]) -> list[dict[str, Outcome]]:
-    results: list[dict[str, Outcome]] = []
-    failures: list[BaseException] = []
-    start = threading.Barrier(len(batches))
+    def insert(engine: Engine, batch: list[Purchase], go: Callable[[], Any]) -> dict[str, Outcome]:
+        go()
+        return create_many(engine, IndexGuard(ttl=300), batch)
 
-    def run(batch: list[Purchase]) -> None:
-        engine = db.make_engine(normalize_database_url(database_url))
-        try:
-            start.wait()
-            results.append(create_many(engine, IndexGuard(ttl=300), batch))
-        except BaseException as exc:
-            failures.append(exc)
-        finally:
-            engine.dispose()
-
-    threads = [threading.Thread(target=run, args=(b,)) for b in batches]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not failures, failures
-    return results
+    return _at_once(database_url, batches, insert)
 
 
 def test_concurrent_batches_of_the_same_pairs_in_opposite_orders_do_not_deadlock(database_url, sql) -> None:
