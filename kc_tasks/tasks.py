@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -72,6 +73,18 @@ def _seed_index_cache(**_: Any) -> None:
         logger.debug("worker process %d: index check failed: %s", os.getpid(), exc)
         return
     logger.debug("worker process %d: %s", os.getpid(), status.describe())
+
+
+@worker_init.connect
+@worker_process_init.connect
+@worker_ready.connect
+def _freeze_start_up_objects(**_: Any) -> None:
+    """Moves what start-up made (modules, Celery's and SQLAlchemy's objects) out of the
+    garbage collector's sight: they live as long as the process. A full collection then
+    looks at what tasks made only; over all of it, it stalled the consumer for 30-80 ms,
+    every purchase received meanwhile waiting. Before the fork, it also keeps the pool
+    processes from touching, hence copying, the pages they share with the main process."""
+    gc.freeze()
 
 
 @worker_ready.connect
