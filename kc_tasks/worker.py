@@ -36,6 +36,8 @@ PURCHASE_QUEUE = "purchases"
 PURCHASE_TASK = "kc_tasks.create_purchase"
 # The most create_purchase requests one pool process takes at once.
 BATCH_MAX = 32
+# Task events (Flower's feed) are gathered this long, seconds, into one message.
+EVENT_FLUSH_DELAY = 0.01
 
 
 def dead_letter_message(app: Any, message: Message, reason: str, exc: BaseException | None, attempts: int = 1) -> None:
@@ -172,10 +174,25 @@ class Consumer(CeleryConsumer):
         if self.controller is not None:
             self.on_task_request = PurchaseBatcher(self.controller, on_task_request, run_batch)
 
+    _events_flush_due = False
+
     def on_close(self) -> None:
         super().on_close()
+        self._events_flush_due = False
         if isinstance(self.on_task_request, PurchaseBatcher):
             self.on_task_request.clear()
+
+    def on_send_event_buffered(self) -> None:
+        """Celery sends the buffered task events at the loop's next turn: under load, a message
+        for every task or two. Gathered for EVENT_FLUSH_DELAY, they cost the worker and the
+        broker one message per interval; a full buffer (24 events) still goes at once."""
+        if self.hub is not None and not self._events_flush_due:
+            self._events_flush_due = True
+            self.hub.call_later(EVENT_FLUSH_DELAY, self._flush_gathered_events)
+
+    def _flush_gathered_events(self) -> None:
+        self._events_flush_due = False
+        self._flush_events()
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's handler, behind a check of the body's shape: a well-formed JSON body that is

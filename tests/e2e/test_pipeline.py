@@ -10,6 +10,8 @@ import uuid
 from typing import Any
 
 from celery import Celery
+from celery.events.event import get_exchange
+from kombu import Queue
 
 from tests.conftest import run_sql
 from tests.e2e.conftest import Client, Workers, count, purchase, wait_until
@@ -176,3 +178,61 @@ def test_queued_deliveries_are_inserted_together_and_each_reports_its_own_outcom
     assert outcomes[rival["payment_id"]] == [{"purchase_id": stored[held["payment_id"]], "created": False}]
     assert run_sql(database_url, "SELECT payment_id FROM duplicate_payments") == [(rival["payment_id"],)]
     assert "Traceback" not in worker.text()
+
+
+class EventMessages:
+    """The task events the workers send, as messages: how many messages carried how many
+    events, and when each task's task-succeeded arrived."""
+
+    def __init__(self, broker_url: str) -> None:
+        self.app = Celery(broker=broker_url)
+        self.messages = 0
+        self.events = 0
+        self.succeeded: dict[str, float] = {}
+        self.ready = threading.Event()
+        self.stopped = False
+        threading.Thread(target=self._listen, daemon=True).start()
+        assert self.ready.wait(10)
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        events = body if isinstance(body, list) else [body]
+        self.messages += 1
+        self.events += len(events)
+        for event in events:
+            if event["type"] == "task-succeeded":
+                self.succeeded[event["uuid"]] = time.monotonic()
+        message.ack()
+
+    def _listen(self) -> None:
+        with self.app.connection_for_read() as connection:
+            exchange = get_exchange(connection, name="celeryev")
+            queue = Queue(f"test-events-{uuid.uuid4().hex}", exchange, routing_key="task.#", auto_delete=True)
+            with connection.Consumer(queue, callbacks=[self._on_message], accept=["json"]):
+                self.ready.set()
+                while not self.stopped:
+                    try:
+                        connection.drain_events(timeout=0.5)
+                    except TimeoutError:
+                        pass
+
+
+def test_task_events_are_gathered_into_few_messages_and_a_lone_tasks_events_are_not_held(
+    database_url: str, workers: Workers, client: Client, broker_url: str
+) -> None:
+    """Flower's feed costs the worker and the broker one message per interval, not one or more
+    per task; every task's events still arrive, a lone task's within moments."""
+    feed = EventMessages(broker_url)
+    try:
+        workers.start(database_url, broker_url, concurrency=2)
+        ids = client.send([purchase() for _ in range(300)])
+        assert wait_until(lambda: set(ids) <= set(feed.succeeded), timeout=60)
+        assert feed.events >= 3 * 300, "task-received, task-started and task-succeeded of each"
+        assert feed.messages <= feed.events / 4, f"{feed.events} events in {feed.messages} messages"
+
+        time.sleep(0.5)
+        sent = time.monotonic()
+        (lone,) = client.send([purchase()])
+        assert wait_until(lambda: lone in feed.succeeded, timeout=10)
+        assert feed.succeeded[lone] - sent < 1.0, "a lone task's events waited for others to fill a message"
+    finally:
+        feed.stopped = True
