@@ -35,6 +35,9 @@ class Settings:
     event_relay_interval: int = 10
     # How many times a task may kill its worker process before it is dead-lettered.
     worker_lost_limit: int = 3
+    # How long the last free pool process waits for more purchases to insert with the first,
+    # while the others are busy, milliseconds; 0: never.
+    batch_hold_ms: int = 2
     # RabbitMQ queue type of `purchases`: classic or quorum.
     queue_type: str = "classic"
     # Log line format: text, or json (one object per line).
@@ -57,6 +60,7 @@ class Settings:
             index_verify_interval=_int(env, "KC_INDEX_VERIFY_INTERVAL", 300, minimum=1),
             event_relay_interval=_int(env, "KC_EVENT_RELAY_INTERVAL", 10, minimum=1),
             worker_lost_limit=_int(env, "KC_WORKER_LOST_LIMIT", 3, minimum=1),
+            batch_hold_ms=_int(env, "KC_BATCH_HOLD_MS", 2, minimum=0, maximum=100),
             queue_type=_choice(env, "KC_QUEUE_TYPE", "classic", ("classic", "quorum")),
             log_format=_choice(env, "KC_LOG_FORMAT", "text", ("text", "json")),
             webhook_secret=env.get("KC_WEBHOOK_SECRET", ""),
@@ -119,7 +123,7 @@ def redact_url(url: str) -> str:
     return ";".join(masked)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -129,6 +133,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 

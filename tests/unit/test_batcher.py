@@ -9,7 +9,7 @@ from typing import Any
 
 from kombu.asynchronous.semaphore import LaxBoundedSemaphore
 
-from kc_tasks.worker import BATCH_MAX, PURCHASE_TASK, PurchaseBatcher
+from kc_tasks.worker import BATCH_MAX, HOLD_UNTIL, PURCHASE_TASK, PurchaseBatcher
 
 
 @dataclass
@@ -125,3 +125,98 @@ def test_without_celerys_semaphore_every_request_goes_alone() -> None:
     for i in range(3):
         b(FakeRequest(f"r{i}"))
     assert controller.alone == ["r0", "r1", "r2"]
+
+
+class Timer:
+    """The event loop's call_later, fired by hand."""
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+
+    def call_later(self, delay: float, callback: Any) -> Entry:
+        entry = Entry(delay, callback)
+        self.entries.append(entry)
+        return entry
+
+    def fire(self) -> None:
+        due, self.entries = self.entries, []
+        for entry in due:
+            if not entry.cancelled:
+                entry.callback()
+
+
+@dataclass
+class Entry:
+    delay: float
+    callback: Any
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def holding_batcher(processes: int = 2) -> tuple[PurchaseBatcher, Controller, Timer]:
+    controller, timer = Controller(processes), Timer()
+    b = PurchaseBatcher(
+        controller, controller._process_task_sem, run_batch=lambda jobs: [], call_later=timer.call_later, hold=0.002
+    )
+    return b, controller, timer
+
+
+def test_while_the_other_processes_are_busy_the_last_free_one_waits_for_more_requests() -> None:
+    b, controller, timer = holding_batcher(processes=2)
+    b(FakeRequest("first"))  # the other process is free: goes at once
+    b(FakeRequest("a"))  # the last free process: held back
+    b(FakeRequest("b"))
+    assert controller.alone == ["first"] and controller.pool.jobs == []
+    assert [entry.delay for entry in timer.entries] == [0.002]
+    timer.fire()
+    assert controller.pool.jobs == [["a", "b"]]
+
+
+def test_a_request_held_back_alone_goes_alone_when_the_hold_ends() -> None:
+    b, controller, timer = holding_batcher(processes=1)
+    b(FakeRequest("lonely"))
+    assert controller.alone == []
+    timer.fire()
+    assert controller.alone == ["lonely"]
+
+
+def test_a_held_process_goes_at_once_when_enough_requests_have_arrived() -> None:
+    b, controller, timer = holding_batcher(processes=1)
+    for i in range(HOLD_UNTIL):
+        b(FakeRequest(f"r{i}"))
+    assert controller.pool.jobs == [[f"r{i}" for i in range(HOLD_UNTIL)]]
+    assert all(entry.cancelled for entry in timer.entries)
+    timer.fire()
+    assert len(controller.pool.jobs) == 1 and controller.alone == [], "nothing is sent twice"
+
+
+def test_requests_that_waited_for_a_busy_process_are_not_held_back_further() -> None:
+    b, controller, timer = holding_batcher(processes=1)
+    b(FakeRequest("first"))
+    timer.fire()
+    for i in range(3):
+        b(FakeRequest(f"r{i}"))
+    controller.semaphore.release()  # first's process is done; r0-r2 waited for it
+    assert controller.pool.jobs == [["r0", "r1", "r2"]]
+    assert timer.entries == []
+
+
+def test_a_request_that_finds_several_free_processes_is_not_held_back() -> None:
+    b, controller, timer = holding_batcher(processes=3)
+    b(FakeRequest("a"))
+    b(FakeRequest("b"))
+    assert controller.alone == ["a", "b"] and timer.entries == []
+
+
+def test_after_a_lost_connection_a_held_process_is_not_sent_and_new_requests_go() -> None:
+    b, controller, timer = holding_batcher(processes=1)
+    b(FakeRequest("held"))
+    controller.semaphore.clear()  # Consumer.on_close
+    b.clear()
+    timer.fire()
+    assert controller.alone == [] and controller.pool.jobs == [], "the broker delivers it again"
+    b(FakeRequest("after"))
+    timer.fire()
+    assert controller.alone == ["after"]

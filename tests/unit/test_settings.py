@@ -26,6 +26,7 @@ def test_defaults_are_those_of_the_contract() -> None:
     assert settings.index_verify_interval == 300
     assert settings.queue_type == "classic"
     assert settings.log_format == "text"
+    assert settings.batch_hold_ms == 2
 
 
 def test_empty_variables_count_as_unset() -> None:
@@ -37,6 +38,7 @@ def test_empty_variables_count_as_unset() -> None:
             "KC_RETRY_BACKOFF_MAX",
             "KC_QUEUE_TYPE",
             "KC_LOG_FORMAT",
+            "KC_BATCH_HOLD_MS",
         ),
         "",
     )
@@ -129,6 +131,8 @@ def test_database_url_forms_all_use_psycopg_3(env: dict[str, str], expected: str
         ({"KC_QUEUE_TYPE": "quorum"}, "queue_type", "quorum"),
         ({"KC_QUEUE_TYPE": " Quorum "}, "queue_type", "quorum"),
         ({"KC_LOG_FORMAT": "json"}, "log_format", "json"),
+        ({"KC_BATCH_HOLD_MS": "0"}, "batch_hold_ms", 0),
+        ({"KC_BATCH_HOLD_MS": "100"}, "batch_hold_ms", 100),
     ],
 )
 def test_accepted_values(env: dict[str, str], attribute: str, expected: object) -> None:
@@ -146,6 +150,9 @@ def test_accepted_values(env: dict[str, str], attribute: str, expected: object) 
         ({"KC_INDEX_VERIFY_INTERVAL": "0"}, "KC_INDEX_VERIFY_INTERVAL"),
         ({"KC_QUEUE_TYPE": "stream"}, "KC_QUEUE_TYPE"),
         ({"KC_LOG_FORMAT": "xml"}, "KC_LOG_FORMAT"),
+        ({"KC_BATCH_HOLD_MS": "-1"}, "KC_BATCH_HOLD_MS"),
+        ({"KC_BATCH_HOLD_MS": "101"}, "KC_BATCH_HOLD_MS"),
+        ({"KC_BATCH_HOLD_MS": "0.5"}, "KC_BATCH_HOLD_MS"),
         ({"POSTGRES_HOST": "db", "POSTGRES_PORT": "abc"}, "POSTGRES_PORT"),
         ({"DATABASE_URL": f"mysql://kc:{SECRET}@db/shop"}, "DATABASE_URL"),
         ({"DATABASE_URL": f"postgresql+asyncpg://kc:{SECRET}@db/shop"}, "DATABASE_URL"),
