@@ -46,12 +46,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="py-spy profile of a worker draining tasks")
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--kind", default="purchase", choices=["purchase", "noop"])
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=run.CPUS)
     args = parser.parse_args()
     run.setup()
     try:
         bench = run.Bench()
-        worker = run.start_worker(run.Settings("prefork", args.concurrency, 4))
+        worker = run.start_worker(run.Settings("prefork", args.concurrency, 16))
         try:
             bench.drain(worker, args.kind, 500)  # warm
             raw = run.LOGS / f"profile-{args.kind}.txt"

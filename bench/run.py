@@ -1,6 +1,6 @@
 """The kc_tasks benchmark: throughput, latency, cost per purchase and growth, in one command.
 
-    .venv/bin/python bench/run.py [--n 5000] [--concurrency 4] [--pool prefork] [--prefetch 16] [--quick]
+    .venv/bin/python bench/run.py [--n 5000] [--concurrency CPUS] [--pool prefork] [--prefetch 16] [--quick]
 
 Everything runs against real services on this machine: a database of its own (kc_bench_*,
 made by `kc-tasks migrate`), a RabbitMQ vhost of its own, and real `celery -A kc_tasks
@@ -30,6 +30,7 @@ then run there (docs/benchmark.md shows how).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -50,6 +51,7 @@ from typing import Any
 
 import psycopg
 from celery import Celery
+from kombu.serialization import dumps
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -67,6 +69,8 @@ TABLE = "student_course_purchases"
 RATIO_TARGET = 0.8
 P99_TARGET_MS = 25.0
 GROWTH_TARGET = 0.10
+# `celery -A kc_tasks worker` (the Procfile's) runs one pool process per CPU.
+CPUS = os.cpu_count() or 1
 
 
 def log(message: str) -> None:
@@ -203,7 +207,7 @@ class MachineCpu:
 @dataclass(frozen=True)
 class Settings:
     pool: str = "prefork"
-    concurrency: int = 4
+    concurrency: int = CPUS
     prefetch: int = 16
 
     @property
@@ -434,8 +438,7 @@ class Bench:
             self.cpu.busy(*self.events.span(ids)),
         )
         if kind == "purchase":
-            inserts = sql(f"SELECT count(DISTINCT created_at) FROM {TABLE} WHERE created_at >= %s", (started,))[0][0]
-            drain.purchases_per_insert = n / inserts
+            drain.purchases_per_insert = purchases_per_insert(started)
         cpus = f"CPUs {100 * drain.machine_busy:.0f} % busy"
         log(f"  {worker.settings.label}: {n} {kind} tasks at {drain.rate:.0f}/s, {cpus}")
         return drain
@@ -459,32 +462,80 @@ class Bench:
             "all_rates": {kind: [round(d.rate, 1) for d in drains] for kind, drains in runs.items()},
         }
 
-    def latency(self, worker: Worker, rate: float, count: int) -> dict[str, Any]:
+    def purchase_message(self, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any], bytes, dict[str, Any]]:
+        """A create_purchase message as send_task would publish it: task id, kwargs, serialized
+        body and the rest of the publish arguments."""
+        task_id = str(uuid.uuid4())
+        message = self.confirmed.amqp.as_task_v2(
+            task_id, "kc_tasks.create_purchase", kwargs=kwargs, reply_to=self.confirmed.thread_oid, ignore_result=None
+        )
+        content_type, content_encoding, body = dumps(message.body, serializer="json")
+        options = {
+            "headers": message.headers,
+            "content_type": content_type,
+            "content_encoding": content_encoding,
+            "delivery_mode": 2,
+            **message.properties,
+        }
+        return task_id, kwargs, body, options
+
+    def latency(self, worker: Worker, rate: float, count: int, publisher: str = "prebuilt") -> dict[str, Any]:
         """Purchases offered at `rate` per second, each published with a confirm; enqueue (just
-        before send_task) to commit (the row's created_at), in milliseconds."""
+        before the publish) to commit (the row's created_at), in milliseconds.
+
+        The payment service's publisher shares the two CPUs with the worker, so it is kept lean:
+        with `prebuilt`, each message is built beforehand by Celery's own `as_task_v2` (the same
+        protocol-2 message `send_task` publishes) and published with kombu, a confirm awaited for
+        each. `send_task` builds and publishes each message in the loop, at about twice the CPU
+        per message."""
         sql(f"TRUNCATE {TABLE}, duplicate_payments, event_outbox")
+        started = sql("SELECT now()")[0][0]
         sent: dict[str, float] = {}
+        task_of: dict[str, str] = {}
         ids = []
+        messages = [self.purchase_message(purchase_kwargs(self.rnd)) for _ in range(count)]
         interval = 1.0 / rate
-        start = time.time() + 0.2
-        with self.confirmed.producer_or_acquire() as producer:
-            for i in range(count):
-                due = start + i * interval
-                pause = due - time.time()
-                if pause > 0:
-                    time.sleep(pause)
-                kwargs = purchase_kwargs(self.rnd)
-                sent[kwargs["payment_id"]] = time.time()
-                ids.append(
-                    self.confirmed.send_task(
-                        "kc_tasks.create_purchase", kwargs=kwargs, queue=QUEUE, producer=producer
-                    ).id
-                )
+        before = cpu_snapshot(worker)
+        # The publisher keeps to its schedule: no collection pauses it, then makes it catch up
+        # in a burst (a full collection of this process takes 15-25 ms).
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            start = time.time() + 0.2
+            with self.confirmed.producer_or_acquire() as producer:
+                for i, (task_id, kwargs, body, options) in enumerate(messages):
+                    due = start + i * interval
+                    pause = due - time.time()
+                    if pause > 0:
+                        time.sleep(pause)
+                    sent[kwargs["payment_id"]] = time.time()
+                    task_of[kwargs["payment_id"]] = task_id
+                    if publisher == "send_task":
+                        self.confirmed.send_task(
+                            "kc_tasks.create_purchase", kwargs=kwargs, queue=QUEUE, task_id=task_id, producer=producer
+                        )
+                    else:
+                        producer.publish(body, exchange=QUEUE, routing_key=QUEUE, **options)
+                    ids.append(task_id)
+        finally:
+            gc.enable()
+            gc.unfreeze()
         offered = count / (time.time() - start)
         busy = self.cpu.busy(start, time.time())
         self.events.wait(ids)
+        after = cpu_snapshot(worker)
         rows = sql(f"SELECT payment_id, extract(epoch FROM created_at)::float8 FROM {TABLE}")
-        latencies = sorted(1000 * (created - sent[payment]) for payment, created in rows if payment in sent)
+        timeline = sorted(
+            (sent[p], 1000 * (created - sent[p]), 1000 * (self.events.received[task_of[p]] - sent[p]))
+            for p, created in rows
+            if p in sent
+        )
+        # Per purchase: sent (s from the start), latency and the worker's task-received (ms after
+        # sending): where the slow ones were, and whether they were slow to reach the worker.
+        timeline_file = LOGS / f"latency-{rate:.0f}.json"
+        timeline_file.write_text(json.dumps([[round(v, 4) for v in (t - start, ms, r)] for t, ms, r in timeline]))
+        latencies = sorted(ms for _, ms, _ in timeline)
         assert len(latencies) == count, f"{len(latencies)} purchases of {count}"
         result = {
             "settings": worker.settings.label,
@@ -497,12 +548,22 @@ class Bench:
             "max_ms": latencies[-1],
             "mean_ms": statistics.fmean(latencies),
             "machine_busy": busy,
+            "publisher": publisher,
+            "purchases_per_insert": purchases_per_insert(started),
+            "cpu_ms_per_task": {k: 1000 * (after[k] - before[k]) / count for k in before},
         }
         log(
             f"  latency at {offered:.0f}/s: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
             f"CPUs {100 * busy:.0f} % busy"
         )
         return result
+
+
+def purchases_per_insert(since: Any) -> float:
+    """Purchases created since `since` over the statements that created them: the rows of one
+    statement share its created_at (now() of its transaction)."""
+    rows, inserts = sql(f"SELECT count(*), count(DISTINCT created_at) FROM {TABLE} WHERE created_at >= %s", (since,))[0]
+    return rows / inserts
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -714,16 +775,16 @@ def chart(results: dict[str, Any], path: Path = CHART) -> None:
 
 
 SWEEP = [
-    Settings("prefork", 2, 16),
-    Settings("prefork", 4, 16),
-    Settings("prefork", 8, 16),
-    Settings("prefork", 4, 4),
-    Settings("prefork", 4, 8),
-    Settings("prefork", 4, 32),
-    Settings("threads", 4, 16),
-    Settings("threads", 8, 16),
+    Settings("prefork", CPUS, 16),
+    Settings("prefork", 2 * CPUS, 16),
+    Settings("prefork", 4 * CPUS, 16),
+    Settings("prefork", CPUS, 4),
+    Settings("prefork", CPUS, 8),
+    Settings("prefork", CPUS, 32),
+    Settings("threads", 2 * CPUS, 16),
+    Settings("threads", 4 * CPUS, 16),
 ]
-QUICK_SWEEP = [Settings("prefork", 4, 4), Settings("prefork", 4, 16)]
+QUICK_SWEEP = [Settings("prefork", CPUS, 4), Settings("prefork", CPUS, 16)]
 
 
 def measure_alone(settings: Settings, path: Path, name: str, measure: Callable[[Bench, Worker], Any]) -> Any:
@@ -755,13 +816,15 @@ def ratio_only(settings: Settings, n: int, path: Path) -> int:
     return 0
 
 
-def latency_only(settings: Settings, rate: float, n: int, path: Path) -> int:
+def latency_only(settings: Settings, rate: float, n: int, path: Path, publisher: str) -> int:
     """The latency measurement alone, at a rate given: two versions at the same offered load."""
-    lat = measure_alone(settings, path, "latency", lambda bench, worker: bench.latency(worker, rate, n))
+    lat = measure_alone(settings, path, "latency", lambda bench, worker: bench.latency(worker, rate, n, publisher))
     print(
         f"{settings.label}, {n} purchases at {lat['offered_rate_per_s']:.0f}/s: p50 {lat['p50_ms']:.1f} ms, "
         f"p90 {lat['p90_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms; "
-        f"CPUs {100 * lat['machine_busy']:.0f} % busy; wrote {path}"
+        f"CPUs {100 * lat['machine_busy']:.0f} % busy; {lat['purchases_per_insert']:.2f} purchases per INSERT; "
+        f"CPU ms per purchase "
+        f"{ {k: round(v, 2) for k, v in lat['cpu_ms_per_task'].items()} }; wrote {path}"
     )
     return 0
 
@@ -769,7 +832,12 @@ def latency_only(settings: Settings, rate: float, n: int, path: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=5000, help="tasks per throughput measurement (default 5000)")
-    parser.add_argument("--concurrency", type=int, default=4, help="worker -c of the main measurements")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=CPUS,
+        help=f"worker -c of the main measurements (default: one per CPU, {CPUS}, as `celery -A kc_tasks worker`)",
+    )
     parser.add_argument("--pool", default="prefork", help="worker -P of the main measurements")
     parser.add_argument("--prefetch", type=int, default=16, help="worker --prefetch-multiplier (kc_tasks' default: 16)")
     parser.add_argument("--seed-rows", type=int, default=1_000_000, help="existing purchases for the growth test")
@@ -787,6 +855,12 @@ def main() -> int:
         metavar="RATE",
         help="only the latency, --n purchases offered at RATE per second: to compare two versions at one load",
     )
+    parser.add_argument(
+        "--publisher",
+        choices=("prebuilt", "send_task"),
+        default="prebuilt",
+        help="how the latency run publishes: messages built beforehand (default), or send_task in the loop",
+    )
     parser.add_argument("--results", type=Path, help=f"where to write the figures (default {RESULTS.name})")
     parser.add_argument("--chart", type=Path, default=CHART, help="where to draw the chart (docs/benchmark.png)")
     args = parser.parse_args()
@@ -802,7 +876,8 @@ def main() -> int:
     if args.ratio_only:
         return ratio_only(main_settings, args.n, args.results or LOGS / "results.json")
     if args.latency_only:
-        return latency_only(main_settings, args.latency_only, args.n, args.results or LOGS / "results.json")
+        path = args.results or LOGS / "results.json"
+        return latency_only(main_settings, args.latency_only, args.n, path, args.publisher)
     args.results = args.results or RESULTS
 
     started = time.monotonic()
@@ -844,7 +919,7 @@ def main() -> int:
             rate = results["throughput"]["purchases_per_s"] / 2
             count = int(min(args.n, max(1000, rate * 20)))
             log(f"latency: {count} purchases offered at {rate:.0f}/s")
-            results["latency"] = bench.latency(worker, rate, count)
+            results["latency"] = bench.latency(worker, rate, count, args.publisher)
 
             log(f"growth: seeding {args.seed_rows:,} purchases")
             sql(f"TRUNCATE {TABLE}, duplicate_payments, event_outbox")
