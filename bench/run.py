@@ -95,6 +95,8 @@ def setup() -> None:
     rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
     env = dict(os.environ, DATABASE_URL=DB_URL, CELERY_BROKER_URL=AMQP)
     subprocess.run([str(BIN / "kc-tasks"), "migrate"], env=env, check=True, capture_output=True, cwd=PACKAGE_ROOT)
+    # The purchases queue as the README deploys it: dead-letter policy, version 2 storage.
+    subprocess.run([str(BIN / "kc-tasks"), "dlq", "policy"], env=env, check=True, capture_output=True, cwd=PACKAGE_ROOT)
     LOGS.mkdir(exist_ok=True)
 
 

@@ -21,6 +21,12 @@ logger = logging.getLogger("kc_tasks.cli")
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 2
 
+# RabbitMQ's policy of the purchases queue (kc-tasks dlq policy). The name is kept from when
+# it only dead-lettered: set again, it replaces the old definition instead of competing with it.
+POLICY_NAME = "kc-purchases-dlx"
+POLICY_BEFORE_3_10: dict[str, object] = {"dead-letter-exchange": "", "dead-letter-routing-key": "purchases.dlq"}
+POLICY: dict[str, object] = {**POLICY_BEFORE_3_10, "queue-version": 2}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -91,7 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids or task ids")
     p.add_argument("--all", action="store_true", help="every dead letter")
     p.set_defaults(run=_dlq_replay)
-    p = dlq.add_parser("policy", help="apply RabbitMQ's dead-letter policy to the purchases queue (rabbitmqctl)")
+    p = dlq.add_parser(
+        "policy",
+        help="apply RabbitMQ's policy to the purchases queue: dead-lettering, version 2 storage (rabbitmqctl)",
+    )
     p.set_defaults(run=_dlq_policy)
     p = dlq.add_parser("purge", help="delete dead letters")
     p.add_argument(
@@ -249,7 +258,10 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 def _dlq_policy(settings: Settings, args: argparse.Namespace) -> int:
     """A policy, not queue arguments: clients declare `purchases` without arguments, and
-    RabbitMQ refuses a redeclaration whose arguments differ; a policy changes nothing there."""
+    RabbitMQ refuses a redeclaration whose arguments differ; a policy changes nothing there.
+    It also moves a classic `purchases` queue to RabbitMQ's version 2 storage (3.10 and
+    later): its confirms for persistent messages come sooner, at less CPU (docs/benchmark.md).
+    A broker older than that is given the dead-letter part alone."""
     import shutil
     import subprocess
     from urllib.parse import unquote, urlsplit
@@ -258,28 +270,26 @@ def _dlq_policy(settings: Settings, args: argparse.Namespace) -> int:
         print("kc-tasks: Redis has no dead-letter exchange; kc_tasks dead-letters in the worker instead")
         return 0
     vhost = unquote(urlsplit(settings.broker_url).path[1:]) or "/"
-    definition = json.dumps({"dead-letter-exchange": "", "dead-letter-routing-key": "purchases.dlq"})
-    command = [
-        "rabbitmqctl",
-        "set_policy",
-        "-p",
-        vhost,
-        "--apply-to",
-        "queues",
-        "kc-purchases-dlx",
-        "^purchases$",
-        definition,
-    ]
-    shown = " ".join(command[:-1]) + f" '{definition}'"
     if shutil.which("rabbitmqctl") is None:
+        shown = _policy_command(vhost, POLICY)
         print(f"kc-tasks: rabbitmqctl is not on this machine; on a RabbitMQ node run:\n  {shown}", file=sys.stderr)
         return EXIT_FAILED
-    result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603  (fixed argv)
+    for definition in (POLICY, POLICY_BEFORE_3_10):
+        command = ["rabbitmqctl", "set_policy", "-p", vhost, "--apply-to", "queues", POLICY_NAME, "^purchases$"]
+        result = subprocess.run([*command, json.dumps(definition)], capture_output=True, text=True, check=False)  # noqa: S603
+        output = (result.stderr or result.stdout).strip()
+        if result.returncode == 0 or "queue-version" not in output:
+            break
     if result.returncode != 0:
-        print(f"kc-tasks: {shown} failed: {(result.stderr or result.stdout).strip()}", file=sys.stderr)
+        print(f"kc-tasks: {_policy_command(vhost, definition)} failed: {output}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"policy kc-purchases-dlx set on vhost {vhost}: rejected purchases messages go to purchases.dlq")
+    storage = "" if "queue-version" in definition else " (this RabbitMQ has no queue version 2)"
+    print(f"policy {POLICY_NAME} set on vhost {vhost}: rejected purchases messages go to purchases.dlq{storage}")
     return 0
+
+
+def _policy_command(vhost: str, definition: dict[str, object]) -> str:
+    return f"rabbitmqctl set_policy -p {vhost} --apply-to queues {POLICY_NAME} '^purchases$' '{json.dumps(definition)}'"
 
 
 def _dlq_purge(settings: Settings, args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kombu import Connection, Message, Producer, Queue
 
+from kc_tasks import dead_letters
 from tests.conftest import AMQP, rabbitmqctl
 from tests.e2e.conftest import ROOT, Client, Workers, count, purchase, wait_until
 
@@ -188,8 +189,12 @@ def test_the_rabbitmq_policy_dead_letters_what_a_consumer_rejects(rabbitmq_url: 
     applied = kc(rabbitmq_url, "dlq", "policy")
     assert applied.returncode == 0, applied.stderr
     try:
+        policies = rabbitmqctl("list_policies", "-p", vhost, "--no-table-headers")
+        [definition] = [json.loads(line.split("\t")[4]) for line in policies.splitlines() if "kc-purchases-dlx" in line]
+        assert definition["queue-version"] == 2, "version 2 storage: sooner confirms, less CPU"
         with Connection(rabbitmq_url) as conn:
             channel = conn.default_channel
+            dead_letters.QUEUE(channel).declare()  # where the policy sends them, as a worker declares it
             purchases = Queue("purchases", routing_key="purchases", durable=True)(channel)
             purchases.declare()
             Producer(channel).publish(
@@ -207,3 +212,23 @@ def test_the_rabbitmq_policy_dead_letters_what_a_consumer_rejects(rabbitmq_url: 
         assert "rejected" in letter["error_message"] and letter["task_id"] == "rejected-1"
     finally:
         rabbitmqctl("clear_policy", "-p", vhost, "kc-purchases-dlx", check=False)
+
+
+def test_a_rabbitmq_without_version_2_storage_still_gets_the_dead_letter_policy(tmp_path: Path) -> None:
+    """RabbitMQ before 3.10 refuses the queue-version key, and with it the whole policy."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "rabbitmqctl"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {calls}\n'
+        'case "$*" in *queue-version*) echo "Validation failed'
+        ' [{<<\\"queue-version\\">>,2}] are not recognised policy settings" >&2; exit 69;; esac\n'
+    )
+    fake.chmod(0o755)
+    env = dict(os.environ, CELERY_BROKER_URL=AMQP, PATH=f"{tmp_path}:{os.environ['PATH']}")
+    done = subprocess.run([KC_TASKS, "dlq", "policy"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "this RabbitMQ has no queue version 2" in done.stdout
+    first, second = calls.read_text().splitlines()
+    assert '"queue-version": 2' in first and "queue-version" not in second
+    assert '"dead-letter-routing-key": "purchases.dlq"' in second
