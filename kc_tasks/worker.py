@@ -233,10 +233,16 @@ class Consumer(CeleryConsumer):
     def on_send_event_buffered(self) -> None:
         """Celery sends the buffered task events at the loop's next turn: under load, a message
         for every task or two. Gathered for EVENT_FLUSH_DELAY, they cost the worker and the
-        broker one message per interval; a full buffer (24 events) still goes at once."""
+        broker one message per interval; a full buffer (24 events) still goes at once.
+
+        With -P threads this is called from pool threads: call_soon, as Celery's own, is safe
+        there; the timer is set from the loop's thread."""
         if self.hub is not None and not self._events_flush_due:
             self._events_flush_due = True
-            self.hub.call_later(EVENT_FLUSH_DELAY, self._flush_gathered_events)
+            self.hub.call_soon(self._gather_events)
+
+    def _gather_events(self) -> None:
+        self.hub.call_later(EVENT_FLUSH_DELAY, self._flush_gathered_events)
 
     def _flush_gathered_events(self) -> None:
         self._events_flush_due = False
