@@ -522,12 +522,13 @@ class Bench:
         protocol-2 message `send_task` publishes) and published with kombu, a confirm awaited for
         each. `send_task` builds and publishes each message in the loop, at about twice the CPU
         per message."""
-        sql(f"TRUNCATE {TABLE}, duplicate_payments, event_outbox")
-        started = sql("SELECT now()")[0][0]
-        sent: dict[str, float] = {}
-        task_of: dict[str, str] = {}
-        ids = []
+        db = worker.db_url
+        sql(f"TRUNCATE {TABLE}, duplicate_payments, event_outbox", url=db)
+        started = sql("SELECT now()", url=db)[0][0]
         messages = [self.purchase_message(purchase_kwargs(self.rnd)) for _ in range(count)]
+        ids = [task_id for task_id, *_ in messages]
+        task_of = {kwargs["payment_id"]: task_id for task_id, kwargs, *_ in messages}
+        sent: dict[str, float] = {}
         interval = 1.0 / rate
         before = cpu_snapshot(worker)
         # The publisher keeps to its schedule: no collection pauses it, then makes it catch up
@@ -544,14 +545,12 @@ class Bench:
                     if pause > 0:
                         time.sleep(pause)
                     sent[kwargs["payment_id"]] = time.time()
-                    task_of[kwargs["payment_id"]] = task_id
                     if publisher == "send_task":
                         self.confirmed.send_task(
                             "kc_tasks.create_purchase", kwargs=kwargs, queue=QUEUE, task_id=task_id, producer=producer
                         )
                     else:
                         producer.publish(body, exchange=QUEUE, routing_key=QUEUE, **options)
-                    ids.append(task_id)
         finally:
             gc.enable()
             gc.unfreeze()
@@ -559,7 +558,7 @@ class Bench:
         busy = self.cpu.busy(start, time.time())
         self.events.wait(ids)
         after = cpu_snapshot(worker)
-        rows = sql(f"SELECT payment_id, extract(epoch FROM created_at)::float8 FROM {TABLE}")
+        rows = sql(f"SELECT payment_id, extract(epoch FROM created_at)::float8 FROM {TABLE}", url=db)
         timeline = sorted(
             (sent[p], 1000 * (created - sent[p]), 1000 * (self.events.received[task_of[p]] - sent[p]))
             for p, created in rows
@@ -583,7 +582,7 @@ class Bench:
             "mean_ms": statistics.fmean(latencies),
             "machine_busy": busy,
             "publisher": publisher,
-            "purchases_per_insert": purchases_per_insert(started),
+            "purchases_per_insert": purchases_per_insert(started, db),
             "cpu_ms_per_task": {k: 1000 * (after[k] - before[k]) / count for k in before},
         }
         log(

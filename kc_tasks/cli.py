@@ -262,6 +262,7 @@ def _dlq_policy(settings: Settings, args: argparse.Namespace) -> int:
     It also moves a classic `purchases` queue to RabbitMQ's version 2 storage (3.10 and
     later): its confirms for persistent messages come sooner, at less CPU (docs/benchmark.md).
     A broker older than that is given the dead-letter part alone."""
+    import shlex
     import shutil
     import subprocess
     from urllib.parse import unquote, urlsplit
@@ -270,26 +271,23 @@ def _dlq_policy(settings: Settings, args: argparse.Namespace) -> int:
         print("kc-tasks: Redis has no dead-letter exchange; kc_tasks dead-letters in the worker instead")
         return 0
     vhost = unquote(urlsplit(settings.broker_url).path[1:]) or "/"
+    command = ["rabbitmqctl", "set_policy", "-p", vhost, "--apply-to", "queues", POLICY_NAME, "^purchases$"]
     if shutil.which("rabbitmqctl") is None:
-        shown = _policy_command(vhost, POLICY)
+        shown = shlex.join([*command, json.dumps(POLICY)])
         print(f"kc-tasks: rabbitmqctl is not on this machine; on a RabbitMQ node run:\n  {shown}", file=sys.stderr)
         return EXIT_FAILED
     for definition in (POLICY, POLICY_BEFORE_3_10):
-        command = ["rabbitmqctl", "set_policy", "-p", vhost, "--apply-to", "queues", POLICY_NAME, "^purchases$"]
-        result = subprocess.run([*command, json.dumps(definition)], capture_output=True, text=True, check=False)  # noqa: S603
+        argv = [*command, json.dumps(definition)]
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603  (fixed argv)
         output = (result.stderr or result.stdout).strip()
         if result.returncode == 0 or "queue-version" not in output:
             break
     if result.returncode != 0:
-        print(f"kc-tasks: {_policy_command(vhost, definition)} failed: {output}", file=sys.stderr)
+        print(f"kc-tasks: {shlex.join(argv)} failed: {output}", file=sys.stderr)
         return EXIT_FAILED
     storage = "" if "queue-version" in definition else " (this RabbitMQ has no queue version 2)"
     print(f"policy {POLICY_NAME} set on vhost {vhost}: rejected purchases messages go to purchases.dlq{storage}")
     return 0
-
-
-def _policy_command(vhost: str, definition: dict[str, object]) -> str:
-    return f"rabbitmqctl set_policy -p {vhost} --apply-to queues {POLICY_NAME} '^purchases$' '{json.dumps(definition)}'"
 
 
 def _dlq_purge(settings: Settings, args: argparse.Namespace) -> int:

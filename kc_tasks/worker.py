@@ -79,9 +79,9 @@ class PurchaseBatcher:
     then, the requests that arrive wait here, and the free process gets all of them (up to
     BATCH_MAX) as one job. A lone request goes its usual way, at once if processes are idle,
     after up to KC_BATCH_HOLD_MS if it found the last free one (see _dispatch); under load,
-    the batches grow by themselves. Each request keeps everything it has alone: its task-started and
-    task-succeeded events, its result, its retries, its dead letter, and its message is
-    acknowledged only after its own outcome is committed.
+    the batches grow by themselves. Each request keeps everything it has alone: its
+    task-started and task-succeeded events, its result, its retries, its dead letter, and its
+    message is acknowledged only after its own outcome is committed.
 
     Pools without Celery's semaphore (threads, solo) and tasks with time limits get every
     request alone, as without this."""
