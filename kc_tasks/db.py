@@ -62,6 +62,32 @@ event_outbox = sa.Table(
     sa.Column("published_at", sa.DateTime(timezone=True)),
 )
 
+# Refunds and other revocations, one per payment, kept whether or not its purchase exists yet.
+revocations = sa.Table(
+    "revocations",
+    metadata,
+    sa.Column("payment_id", sa.Text, primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("refund_id", sa.Text),
+    # The purchase it made inactive; null while the payment has made none.
+    sa.Column("purchase_id", UUID(as_uuid=False)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+)
+
+# The inbox: every payment-provider event that passed its signature check; see inbox.py.
+payment_events = sa.Table(
+    "payment_events",
+    metadata,
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("payment_id", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("body", sa.Text, nullable=False),
+)
+
 PAYMENT_ID_CONSTRAINT = "student_course_purchases_payment_id_key"
 CONNECT_TIMEOUT = 5  # seconds; libpq waits forever by default
 

@@ -167,13 +167,17 @@ def publish(app: Celery, letter: DeadLetter) -> None:
     )
 
 
+# The tasks whose dead letters go back to `purchases` as they were sent.
+REPLAYABLE = ("kc_tasks.create_purchase", "kc_tasks.revoke_purchase")
+
+
 def replay(app: Celery, letter: DeadLetter) -> str | None:
     """Send the original kwargs back to purchases, confirmed; None, or why it cannot be."""
-    if letter.task != "kc_tasks.create_purchase" or not isinstance(letter.kwargs, dict):
-        return f"it holds no create_purchase kwargs ({letter.reason})"
+    if letter.task not in REPLAYABLE or not isinstance(letter.kwargs, dict):
+        return f"it holds no create_purchase or revoke_purchase kwargs ({letter.reason})"
     try:
         app.send_task(
-            "kc_tasks.create_purchase",
+            letter.task,
             kwargs=letter.kwargs,
             queue="purchases",
             task_id=letter.task_id or None,

@@ -31,6 +31,10 @@ class InvalidPurchase(PermanentError):
     """Raised when create_purchase's kwargs break the contract's rules."""
 
 
+class InvalidRevocation(PermanentError):
+    """Raised when revoke_purchase's kwargs break the contract's rules."""
+
+
 class DatabaseError(PermanentError):
     """Raised when PostgreSQL rejects a statement for a reason a retry cannot fix."""
 

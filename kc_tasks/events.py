@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 EXCHANGE = Exchange("kc.events", type="topic", durable=True)
 PURCHASE_CREATED = "purchase.created"
 DUPLICATE_PAYMENT = "purchase.duplicate_payment"
+PURCHASE_REVOKED = "purchase.revoked"
 # The relay leaves younger events to the task that wrote them, which publishes at once.
 RELAY_GRACE_SECONDS = 10
 RELAY_BATCH = 500

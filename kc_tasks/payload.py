@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
-from kc_tasks.errors import InvalidPurchase
+from kc_tasks.errors import InvalidPurchase, InvalidRevocation
 
 METADATA_MAX_BYTES = 16 * 1024
 METADATA_MAX_DEPTH = 64
@@ -94,6 +94,32 @@ def _check_storable(value: Any, depth: int) -> None:
         raise ValueError(f"must be plain JSON (a {type(value).__name__} is not)")
 
 
+class Revocation(BaseModel):
+    """A purchase to revoke, as revoke_purchase receives it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    payment_id: Annotated[StrictStr, Field(min_length=1, max_length=255)]
+    # Why: refund, dispute, manual, ...
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    refund_id: Annotated[StrictStr, Field(min_length=1, max_length=255)] | None = None
+
+    @field_validator("payment_id", "reason", "refund_id")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
+
+
+def parse_revocation(kwargs: Mapping[str, Any]) -> Revocation:
+    """The kwargs as a Revocation, or InvalidRevocation naming each field and its rule."""
+    try:
+        return Revocation.model_validate(dict(kwargs))
+    except ValidationError as exc:
+        raise InvalidRevocation(describe(exc, "revoke_purchase")) from None
+
+
 def parse_purchase(kwargs: Mapping[str, Any]) -> Purchase:
     """The kwargs as a Purchase, or InvalidPurchase naming each field and its rule."""
     try:
@@ -102,20 +128,20 @@ def parse_purchase(kwargs: Mapping[str, Any]) -> Purchase:
         raise InvalidPurchase(describe(exc)) from None
 
 
-def describe(exc: ValidationError) -> str:
+def describe(exc: ValidationError, task: str = "create_purchase") -> str:
     """One line per broken rule: `field: rule (got value)`."""
     parts = []
     for error in exc.errors(include_url=False):
         field = ".".join(str(p) for p in error["loc"]) or "kwargs"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "is not a create_purchase kwarg"
+            message = f"is not a {task} kwarg"
         elif error["type"] == "missing":
             message = "is required"
         else:
             message = f"{message} (got {_short(error.get('input'))})"
         parts.append(f"{field}: {message}")
-    return "invalid create_purchase kwargs: " + "; ".join(parts)
+    return f"invalid {task} kwargs: " + "; ".join(parts)
 
 
 _REPR = reprlib.Repr()

@@ -36,6 +36,7 @@ RESOLVE_ATTEMPTS = 5
 _t = db.purchases
 _paid = _t.alias("paid")
 _dup = db.duplicate_payments
+_revoked = db.revocations
 _outbox = db.event_outbox
 _INSERTED = ("id", "student_id", "course_id", "payment_id", "amount_cents", "currency", "metadata")
 
@@ -220,11 +221,13 @@ def _insert_many() -> str:
 def _insert_from(values: sa.Select, payment_id: Any, on_conflict: bool) -> str:
     """Insert `values` whose payment was never used (`payment_id`: its expression in them),
     with a purchase.created event per row inserted; compiled for psycopg."""
-    values = values.where(
+    # A payment revoked before its purchase was made (a refund sent before the capture)
+    # still makes its one row, inactive from the start: it never grants the course.
+    values = values.add_columns((~sa.exists().where(_revoked.c.payment_id == payment_id)).label("is_active")).where(
         ~sa.exists().where(_paid.c.payment_id == payment_id),
         ~sa.exists().where(_dup.c.payment_id == payment_id),
     )
-    insert = pg_insert(_t).from_select(list(_INSERTED), values)
+    insert = pg_insert(_t).from_select([*_INSERTED, "is_active"], values)
     if on_conflict:
         insert = insert.on_conflict_do_nothing(
             index_elements=[_t.c.student_id, _t.c.course_id], index_where=_t.c.is_active == sa.true()

@@ -6,6 +6,7 @@ import gc
 import logging
 import os
 import threading
+from dataclasses import replace
 from typing import Any
 
 from billiard.einfo import ExceptionInfo
@@ -19,12 +20,19 @@ from kombu.serialization import prepare_accept_content
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from kc_tasks import db, dead_letters, events, purchases
+from kc_tasks import db, dead_letters, events, purchases, revocations
 from kc_tasks.celery import app
 from kc_tasks.celeryconfig import settings
-from kc_tasks.errors import DatabaseUnavailable, InvalidPurchase, KcTasksError, PermanentError, RetryableError
+from kc_tasks.errors import (
+    DatabaseUnavailable,
+    InvalidPurchase,
+    InvalidRevocation,
+    KcTasksError,
+    PermanentError,
+    RetryableError,
+)
 from kc_tasks.index_guard import FIX_COMMAND, IndexGuard
-from kc_tasks.payload import Purchase, parse_purchase
+from kc_tasks.payload import Purchase, parse_purchase, parse_revocation
 from kc_tasks.retry import compute_backoff
 from kc_tasks.settings import describe_database
 from kc_tasks.worker import KcTask, Raised, is_task_body
@@ -113,7 +121,8 @@ class PurchaseTask(KcTask):
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         payment_id = kwargs.get("payment_id") if isinstance(kwargs, dict) else None
         logger.error(
-            "create_purchase %s gave up on payment %s after %d attempt(s): %s: %s",
+            "%s %s gave up on payment %s after %d attempt(s): %s: %s",
+            self.name.removeprefix("kc_tasks."),
             task_id,
             payment_id,
             self.request.retries + 1,
@@ -155,6 +164,8 @@ def _make_purchase(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     outcome = _take_prepared(task.request.id, purchase)
     if outcome is None:
         outcome = _create_or_retry(task, purchase)
+        if outcome.created:
+            outcome = _settle(task, purchase.payment_id, outcome)
     # The outcome is committed with its events in the outbox: this process's publisher sends
     # them within moments; if it cannot, the relay does.
     if outcome.events:
@@ -168,19 +179,38 @@ def _create_or_retry(task: Task, purchase: Purchase) -> purchases.Outcome:
     try:
         return _create(engine, guard, purchase)
     except RetryableError as exc:
-        if task.request.retries >= task.max_retries:
-            raise
-        countdown = compute_backoff(task.request.retries, settings.retry_backoff_max)
-        logger.warning(
-            "create_purchase %s payment %s: %s; retry %d of %d in %.1f s",
-            task.request.id,
-            purchase.payment_id,
-            exc,
-            task.request.retries + 1,
-            task.max_retries,
-            countdown,
-        )
-        raise task.retry(exc=exc, countdown=countdown) from None
+        _retry(task, purchase.payment_id, exc)
+        raise
+
+
+def _settle(task: Task, payment_id: str, outcome: purchases.Outcome) -> purchases.Outcome:
+    """A purchase just made whose payment was revoked meanwhile becomes inactive now (see
+    revocations.py). The purchase is committed: a retry finds it and settles again."""
+    engine, _ = resources()
+    try:
+        revoked = revocations.settle_created(engine, [payment_id])
+    except RetryableError as exc:
+        _retry(task, payment_id, exc)
+        raise
+    return replace(outcome, events=outcome.events + revoked) if revoked else outcome
+
+
+def _retry(task: Task, payment_id: str, exc: RetryableError) -> None:
+    """Raise Celery's Retry with backoff; return (to re-raise exc) once the retries are used up."""
+    if task.request.retries >= task.max_retries:
+        return
+    countdown = compute_backoff(task.request.retries, settings.retry_backoff_max)
+    logger.warning(
+        "%s %s payment %s: %s; retry %d of %d in %.1f s",
+        task.name.removeprefix("kc_tasks."),
+        task.request.id,
+        payment_id,
+        exc,
+        task.request.retries + 1,
+        task.max_retries,
+        countdown,
+    )
+    raise task.retry(exc=exc, countdown=countdown) from None
 
 
 # Outcomes of a batch's purchases, inserted together before its tasks run, by task id.
@@ -250,9 +280,17 @@ def _prepare(requests: list[tuple[str, tuple[Any, ...]]]) -> None:
     except Exception:  # only an optimisation failed: each request still makes its own outcome
         logger.exception("inserting a batch of %d purchases failed; they go one by one", len(chosen))
         return
+    try:
+        revoked = {e.data["payment_id"]: e for e in revocations.settle_created(engine, list(created))}
+    except KcTasksError as exc:  # each request settles its own purchase again when it runs
+        logger.debug("settling a batch of %d purchases failed: %s", len(created), exc)
+        return
     for task_id, purchase in chosen.items():
-        if purchase.payment_id in created:
-            _prepared[task_id] = (purchase, created[purchase.payment_id])
+        outcome = created.get(purchase.payment_id)
+        if outcome is not None:
+            if purchase.payment_id in revoked:
+                outcome = replace(outcome, events=(*outcome.events, revoked[purchase.payment_id]))
+            _prepared[task_id] = (purchase, outcome)
 
 
 def _take_prepared(task_id: str | None, purchase: Purchase) -> purchases.Outcome | None:
@@ -269,7 +307,12 @@ def _dead_letter(task: Task, exc: BaseException, reason: str) -> None:
     try:
         dead_letters.publish(app, dead_letters.DeadLetter.from_failure(task.request, exc, reason))
     except Exception as error:
-        logger.critical("create_purchase %s: could not dead-letter it (%s); requeueing it", task.request.id, error)
+        logger.critical(
+            "%s %s: could not dead-letter it (%s); requeueing it",
+            task.name.removeprefix("kc_tasks."),
+            task.request.id,
+            error,
+        )
         raise Reject(error, requeue=True) from error
 
 
@@ -281,6 +324,48 @@ def _create(engine: Engine, guard: IndexGuard, purchase: Purchase) -> purchases.
         # backend); the pool has been renewed since, so one immediate second try is free.
         # If the server is really down, this fails at once too and the task retries later.
         return purchases.create_purchase(engine, guard, purchase)
+
+
+@app.task(
+    bind=True,
+    base=PurchaseTask,
+    name="kc_tasks.revoke_purchase",
+    max_retries=settings.max_retries,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    throws=(PermanentError, RetryableError),
+)
+def revoke_purchase(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Make the purchase of one payment inactive (refund, dispute, manual); see CONTRACT.md.
+    Retried and dead-lettered as create_purchase is."""
+    try:
+        return _revoke(self, args, kwargs)
+    except Retry:
+        raise
+    except RetryableError as exc:  # only when the retries are used up
+        _dead_letter(self, exc, dead_letters.EXHAUSTED)
+        raise
+    except Exception as exc:
+        _dead_letter(self, exc, dead_letters.PERMANENT)
+        raise
+
+
+def _revoke(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    if args:
+        raise InvalidRevocation(f"revoke_purchase takes keyword arguments only, got {len(args)} positional")
+    revocation = parse_revocation(kwargs)
+    engine, _ = resources()
+    try:
+        try:
+            outcome = revocations.revoke(engine, revocation)
+        except DatabaseUnavailable:  # a pooled connection died since its last use: once more, at once
+            outcome = revocations.revoke(engine, revocation)
+    except RetryableError as exc:
+        _retry(task, revocation.payment_id, exc)
+        raise
+    if outcome.events:
+        events.publisher(engine, app).submit(outcome.events)
+    return outcome.as_result()
 
 
 @app.task(name="kc_tasks.verify_purchase_index")

@@ -40,6 +40,9 @@ def celery_worker_parameters() -> dict[str, Any]:
 @pytest.fixture
 def celery_app(celery_session_app: Celery, celery_session_worker: Any, app_database: str) -> Iterator[Celery]:
     """The app, with its worker running, empty tables and an empty queue."""
-    run_sql(app_database, "TRUNCATE student_course_purchases, duplicate_payments, event_outbox")
+    run_sql(
+        app_database,
+        "TRUNCATE student_course_purchases, duplicate_payments, event_outbox, revocations, payment_events",
+    )
     purge_amqp(url=APP_AMQP)
     yield celery_session_app

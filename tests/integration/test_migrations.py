@@ -10,7 +10,13 @@ from kc_tasks.migrate import migrate
 from kc_tasks.settings import normalize_database_url
 from tests.conftest import admin, run_sql
 
-ALL = ["001_create_purchases", "002_add_idempotency_constraints", "003_duplicate_payments", "004_event_outbox"]
+ALL = [
+    "001_create_purchases",
+    "002_add_idempotency_constraints",
+    "003_duplicate_payments",
+    "004_event_outbox",
+    "005_payment_events",
+]
 
 
 def columns(url: str) -> dict[str, tuple[str, str]]:
@@ -54,7 +60,7 @@ def test_from_nothing_it_creates_the_database_and_the_contract_schema(empty_data
         "SELECT contype FROM pg_constraint WHERE conname = 'student_course_purchases_payment_id_key'",
     ) == [("u",)]
     assert migrate(normalize_database_url(empty_database_url)) == [], "a second run does nothing"
-    assert run_sql(empty_database_url, "SELECT version_num FROM alembic_version") == [("004_event_outbox",)]
+    assert run_sql(empty_database_url, "SELECT version_num FROM alembic_version") == [(ALL[-1],)]
 
 
 def test_two_runs_at_once_both_succeed_and_apply_everything_once(empty_database_url: str) -> None:
