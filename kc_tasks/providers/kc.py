@@ -1,0 +1,45 @@
+"""kc_tasks' own webhook format (POST /webhooks/payments), for a payment service that signs
+its calls: `{"id": ..., "type": "payment.succeeded" | "payment.refunded", "data": {...}}`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kc_tasks import signature
+from kc_tasks.providers import REFUND, Event, Ignored, Malformed, Purchase, Revocation, load_object, text
+
+NAME = "kc"
+PAYMENT_SUCCEEDED = "payment.succeeded"
+PAYMENT_REFUNDED = "payment.refunded"
+
+
+def verify(body: bytes, header: str | None, secrets: Sequence[str]) -> str | None:
+    """None when any of the secrets signed the body; else why not (never echoing the signature)."""
+    problem: str | None = f"missing {signature.HEADER} header"
+    for secret in secrets:
+        problem = signature.verify(secret.encode(), body, header)
+        if problem is None:
+            return None
+    return problem
+
+
+def parse(body: bytes) -> Event:
+    event = load_object(body)
+    for field, kind in (("id", str), ("type", str), ("data", dict)):
+        if not isinstance(event.get(field), kind):
+            raise Malformed(f"{field}: is required and must be a {'string' if kind is str else 'object'}")
+    if not event["id"]:
+        raise Malformed("id: must not be empty")
+    data = event["data"]
+    kind = event["type"]
+    if kind == PAYMENT_SUCCEEDED:
+        return Event(NAME, event["id"], kind, Purchase(dict(data)))
+    if kind == PAYMENT_REFUNDED:
+        payment_id = text(data.get("payment_id"))
+        if payment_id is None:
+            raise Malformed("data.payment_id: is required and must be a string")
+        refund_id = data.get("refund_id")
+        if refund_id is not None and not text(refund_id):
+            raise Malformed("data.refund_id: must be a string")
+        return Event(NAME, event["id"], kind, Revocation(payment_id, REFUND, refund_id))
+    return Event(NAME, event["id"], kind, Ignored(f"type {kind} is not acted on", text(data.get("payment_id"))))
