@@ -82,5 +82,10 @@ beat_schedule = {
         "schedule": float(settings.event_relay_interval),
         "options": {"expires": float(settings.event_relay_interval)},
     },
+    "relay-inbox": {
+        "task": "kc_tasks.relay_inbox",
+        "schedule": float(settings.event_relay_interval),
+        "options": {"expires": float(settings.event_relay_interval)},
+    },
     "prune-events": {"task": "kc_tasks.prune_events", "schedule": 3600.0, "options": {"expires": 3600.0}},
 }

@@ -44,6 +44,10 @@ class Settings:
     log_format: str = "text"
     # HMAC secret of the payment webhook; the web process refuses to start without it.
     webhook_secret: str = field(default="", repr=False)
+    # Razorpay's and Stripe's webhook secrets (comma-separated for rotation); each provider's
+    # route is on only while its secret is set.
+    razorpay_webhook_secret: str = field(default="", repr=False)
+    stripe_webhook_secret: str = field(default="", repr=False)
     # Basic auth of the dead-letters page; the page is off while either is empty.
     admin_user: str = field(default="", repr=False)
     admin_password: str = field(default="", repr=False)
@@ -64,6 +68,8 @@ class Settings:
             queue_type=_choice(env, "KC_QUEUE_TYPE", "classic", ("classic", "quorum")),
             log_format=_choice(env, "KC_LOG_FORMAT", "text", ("text", "json")),
             webhook_secret=env.get("KC_WEBHOOK_SECRET", ""),
+            razorpay_webhook_secret=env.get("KC_RAZORPAY_WEBHOOK_SECRET", ""),
+            stripe_webhook_secret=env.get("KC_STRIPE_WEBHOOK_SECRET", ""),
             admin_user=env.get("KC_ADMIN_USER", ""),
             admin_password=env.get("KC_ADMIN_PASSWORD", ""),
         )
@@ -71,6 +77,11 @@ class Settings:
     @property
     def uses_redis(self) -> bool:
         return self.broker_url.startswith(("redis://", "rediss://"))
+
+
+def secrets(value: str) -> tuple[str, ...]:
+    """A *_WEBHOOK_SECRET's secrets: several, comma-separated, while one is being rotated."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 def database_url_from_env(env: Mapping[str, str]) -> URL:

@@ -20,7 +20,7 @@ from kombu.serialization import prepare_accept_content
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from kc_tasks import db, dead_letters, events, purchases, revocations
+from kc_tasks import db, dead_letters, events, inbox, purchases, revocations
 from kc_tasks.celery import app
 from kc_tasks.celeryconfig import settings
 from kc_tasks.errors import (
@@ -371,7 +371,7 @@ def _revoke(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[s
 @app.task(name="kc_tasks.verify_purchase_index")
 def verify_purchase_index() -> dict[str, Any]:
     """Check unique_active_purchase now; warn, with the fix, when it is not usable. Warn too
-    while dead letters wait in purchases.dlq."""
+    while dead letters wait in purchases.dlq, and while paid payments grant nothing (unmapped)."""
     engine, guard = resources()
     status = guard.refresh(engine)
     if status.usable:
@@ -381,12 +381,20 @@ def verify_purchase_index() -> dict[str, Any]:
     waiting = dead_letters.depth(app)
     if waiting:
         logger.warning("%s holds %d dead letter(s); inspect with kc-tasks dlq list", dead_letters.DLQ, waiting)
+    unmapped = inbox.unmapped_count(engine)
+    if unmapped:
+        logger.warning(
+            "%d paid payment(s) grant nothing: their notes/metadata lack student_id or course_id; "
+            "inspect with kc-tasks inbox list --status unmapped",
+            unmapped,
+        )
     return {
         "index": "unique_active_purchase",
         "usable": status.usable,
         "reason": status.reason,
         "fix": None if status.usable else FIX_COMMAND,
         "dead_letters": waiting,
+        "unmapped": unmapped,
     }
 
 
@@ -395,6 +403,13 @@ def relay_events() -> dict[str, int]:
     """Publish the events that were committed but not published (broker down, worker killed)."""
     engine, _ = resources()
     return {"published": events.relay(engine, app)}
+
+
+@app.task(name="kc_tasks.relay_inbox")
+def relay_inbox(older_than: float = inbox.RELAY_GRACE_SECONDS) -> dict[str, int]:
+    """Enqueue the provider events stored while the broker was down (still `received`)."""
+    engine, _ = resources()
+    return {"enqueued": inbox.relay(engine, app, older_than)}
 
 
 @app.task(name="kc_tasks.prune_events")

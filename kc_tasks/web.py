@@ -15,22 +15,26 @@ from celery import Celery
 from fastapi import FastAPI, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 
-from kc_tasks import admin, db, logs, signature
+from kc_tasks import admin, db, inbox, logs, signature
 from kc_tasks.errors import ConfigError, InvalidPurchase, KcTasksError
 from kc_tasks.payload import parse_purchase
-from kc_tasks.settings import Settings
+from kc_tasks.providers import Malformed, Purchase
+from kc_tasks.providers import kc as kc_provider
+from kc_tasks.providers import razorpay as razorpay_provider
+from kc_tasks.providers import stripe as stripe_provider
+from kc_tasks.settings import Settings, secrets
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+# Razorpay's and Stripe's events: larger than kc_tasks' own, never this large.
+MAX_PROVIDER_BODY_BYTES = 256 * 1024
 PAYMENT_SUCCEEDED = "payment.succeeded"
 # Task ids derive from payment ids: a provider's repeated webhook maps to the same task.
-TASK_ID_NAMESPACE = uuid.UUID("6f1d7c56-2b8e-4c4e-9a55-5d0f7f3c8a21")
-_ENQUEUE_RETRY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
+TASK_ID_NAMESPACE = inbox.PURCHASE_TASK_IDS
 
 
 class Accepted(BaseModel):
@@ -79,7 +83,7 @@ WEBHOOK_BODY_SCHEMA = {
 
 
 def task_id_for(payment_id: str) -> str:
-    return str(uuid.uuid5(TASK_ID_NAMESPACE, payment_id))
+    return inbox.task_id_for(payment_id)
 
 
 def create_app(settings: Settings | None = None, celery_app: Celery | None = None) -> FastAPI:
@@ -98,14 +102,23 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         celery_app = default_app
     engine = db.make_engine(settings.database_url, pool_size=5)
     api = FastAPI(title="kc_tasks", version="1", description="Payment webhook and purchases of kc_tasks")
-    secret = settings.webhook_secret.encode()
+    kc_secrets = secrets(settings.webhook_secret)
+    razorpay_secrets = secrets(settings.razorpay_webhook_secret)
+    stripe_secrets = secrets(settings.stripe_webhook_secret)
     broker: Celery = celery_app
 
     responses: dict[int | str, dict[str, Any]] = {
         401: {"model": Problem, "description": "missing, wrong or stale signature"},
         413: {"model": Problem, "description": f"body over {MAX_BODY_BYTES} bytes"},
         422: {"model": Problem, "description": "invalid JSON or field"},
-        503: {"model": Problem, "description": "the broker is unreachable: retry later"},
+        503: {"model": Problem, "description": "the database is unreachable: retry later"},
+    }
+    provider_responses: dict[int | str, dict[str, Any]] = {
+        200: {"description": "verified and stored (whatever its type)"},
+        400: {"model": Problem, "description": "not a JSON event"},
+        401: {"model": Problem, "description": "missing or wrong signature; nothing stored"},
+        413: {"model": Problem, "description": f"body over {MAX_PROVIDER_BODY_BYTES} bytes"},
+        503: {"model": Problem, "description": "the database is unreachable: retry later"},
     }
 
     @api.post(
@@ -118,42 +131,70 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         },
     )
     async def payment_webhook(request: Request) -> Any:
-        """A signed payment event; payment.succeeded becomes a create_purchase task."""
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            raise HTTPException(413, f"body over {MAX_BODY_BYTES} bytes")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise HTTPException(413, f"body over {MAX_BODY_BYTES} bytes")
-        problem = signature.verify(secret, bytes(body), request.headers.get(signature.HEADER))
+        """A signed payment event: payment.succeeded becomes a create_purchase task,
+        payment.refunded a revoke_purchase task; stored in the inbox (provider kc) first."""
+        body = await _read_body(request, MAX_BODY_BYTES)
+        problem = kc_provider.verify(body, request.headers.get(signature.HEADER), kc_secrets)
         if problem:
             logger.warning("webhook refused: %s", problem)
             raise HTTPException(401, problem)
-        event = _parse_event(bytes(body))
-        if event["type"] != PAYMENT_SUCCEEDED:
-            return JSONResponse({"status": "ignored", "type": event["type"]}, status_code=200)
         try:
-            purchase = parse_purchase(event["data"])
-        except InvalidPurchase as exc:
+            event = kc_provider.parse(body)
+            if isinstance(event.action, Purchase):
+                parse_purchase(event.action.kwargs)  # kc_tasks' own format: an invalid one is the caller's bug
+        except (Malformed, InvalidPurchase) as exc:
             raise HTTPException(422, str(exc)) from None
-        kwargs = purchase.model_dump(exclude_none=True)
-        task_id = task_id_for(purchase.payment_id)
-        try:
-            await run_in_threadpool(
-                broker.send_task,
-                "kc_tasks.create_purchase",
-                kwargs=kwargs,
-                queue="purchases",
-                task_id=task_id,
-                retry_policy=_ENQUEUE_RETRY,
+        receipt = await run_in_threadpool(inbox.receive, engine, broker, event, body)
+        if receipt.task_id is None:
+            return JSONResponse({"status": "ignored", "type": event.type}, status_code=200)
+        logger.debug(
+            "webhook %s: payment %s: task %s %s", event.event_id, event.payment_id, receipt.task_id, receipt.status
+        )
+        return JSONResponse({"task_id": receipt.task_id}, status_code=202)
+
+    if razorpay_secrets:
+
+        @api.post("/webhooks/razorpay", responses=provider_responses)
+        async def razorpay_webhook(request: Request) -> Any:
+            """Razorpay's webhook, as Razorpay sends it (X-Razorpay-Signature, X-Razorpay-Event-Id)."""
+            body = await _read_body(request, MAX_PROVIDER_BODY_BYTES)
+            problem = razorpay_provider.verify(
+                body, request.headers.get(razorpay_provider.SIGNATURE_HEADER), razorpay_secrets
             )
-        except (BrokerError, OSError) as exc:
-            logger.error("webhook %s: broker unreachable, answered 503: %s", event["id"], exc)
-            raise HTTPException(503, "the broker is unreachable; retry later") from None
-        logger.info("webhook %s: payment %s enqueued as task %s", event["id"], purchase.payment_id, task_id)
-        return {"task_id": task_id}
+            if problem:
+                logger.warning("razorpay webhook refused: %s", problem)
+                raise HTTPException(401, problem)
+            try:
+                event = razorpay_provider.parse(body, request.headers.get(razorpay_provider.EVENT_ID_HEADER))
+            except Malformed as exc:
+                raise HTTPException(400, str(exc)) from None
+            return await _received(event, body)
+
+    if stripe_secrets:
+
+        @api.post("/webhooks/stripe", responses=provider_responses)
+        async def stripe_webhook(request: Request) -> Any:
+            """Stripe's webhook, as Stripe sends it (Stripe-Signature)."""
+            body = await _read_body(request, MAX_PROVIDER_BODY_BYTES)
+            problem = stripe_provider.verify(
+                body, request.headers.get(stripe_provider.SIGNATURE_HEADER), stripe_secrets
+            )
+            if problem:
+                logger.warning("stripe webhook refused: %s", problem)
+                raise HTTPException(401, problem)
+            try:
+                event = stripe_provider.parse(body)
+            except Malformed as exc:
+                raise HTTPException(400, str(exc)) from None
+            return await _received(event, body)
+
+    async def _received(event: Any, body: bytes) -> JSONResponse:
+        """Stored before the answer; 200 whatever it is, broker up or down."""
+        receipt = await run_in_threadpool(inbox.receive, engine, broker, event, body)
+        answer: dict[str, Any] = {"event_id": event.event_id, "status": receipt.status}
+        if receipt.task_id is not None:
+            answer["task_id"] = receipt.task_id
+        return JSONResponse(answer, status_code=200)
 
     @api.get("/students/{student_id}/courses", response_model=list[Course], responses={503: {"model": Problem}})
     def student_courses(student_id: Annotated[uuid.UUID, Path()]) -> list[dict[str, Any]]:
@@ -185,19 +226,17 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
     return api
 
 
-def _parse_event(body: bytes) -> dict[str, Any]:
-    import json
-
-    try:
-        event = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HTTPException(422, f"body is not valid JSON: {exc}") from None
-    if not isinstance(event, dict):
-        raise HTTPException(422, "body must be a JSON object")
-    for field, kind in (("id", str), ("type", str), ("data", dict)):
-        if not isinstance(event.get(field), kind):
-            raise HTTPException(422, f"{field}: is required and must be a {'string' if kind is str else 'object'}")
-    return event
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The raw body, or 413 as soon as it is over `limit` bytes."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise HTTPException(413, f"body over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"body over {limit} bytes")
+    return bytes(body)
 
 
 def _courses(engine: Engine, student_id: str) -> list[dict[str, Any]]:

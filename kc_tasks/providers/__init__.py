@@ -79,7 +79,7 @@ class Event:
 def load_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or Malformed."""
     try:
-        data = json.loads(body)
+        data = json.loads(body.decode("utf-8"))  # stored as text: UTF-8 only
     except (ValueError, UnicodeDecodeError) as exc:
         raise Malformed(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

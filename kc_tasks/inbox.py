@@ -1,0 +1,276 @@
+"""The inbox: every provider event that passed its signature check, stored before it is
+answered, then enqueued.
+
+`receive` writes the raw body to payment_events, deduplicated by (provider, event_id), and
+enqueues the task it asks for with a task id derived from the payment id and the kind of task
+(a provider's repeats map to one task id; a purchase and a revocation never share one). The
+event is then marked `enqueued`. If the broker does not answer, it stays `received` and
+`relay` (beat, worker side) enqueues it once the broker answers. Statuses: see CONTRACT.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Engine
+
+from kc_tasks import db
+from kc_tasks.errors import InvalidPurchase, InvalidRevocation
+from kc_tasks.payload import parse_purchase, parse_revocation
+from kc_tasks.providers import Event, Ignored, Malformed, Purchase, Revocation, Unmapped, kc, razorpay, stripe
+
+logger = logging.getLogger(__name__)
+
+RECEIVED, ENQUEUED, IGNORED, UNMAPPED, INVALID = "received", "enqueued", "ignored", "unmapped", "invalid"
+STATUSES = (RECEIVED, ENQUEUED, IGNORED, UNMAPPED, INVALID)
+PROVIDERS = (kc.NAME, razorpay.NAME, stripe.NAME)
+CREATE_PURCHASE = "kc_tasks.create_purchase"
+REVOKE_PURCHASE = "kc_tasks.revoke_purchase"
+# Task ids derive from payment ids: a provider's repeated webhook maps to the same task.
+# The purchase namespace is the one the webhook has always used.
+PURCHASE_TASK_IDS = uuid.UUID("6f1d7c56-2b8e-4c4e-9a55-5d0f7f3c8a21")
+REVOCATION_TASK_IDS = uuid.UUID("0b5e3f0a-8f61-4d3c-b0a4-3c2f9e1d7a64")
+# How long the web gets to enqueue what it stored before the relay does it instead, seconds.
+RELAY_GRACE_SECONDS = 10
+RELAY_BATCH = 200
+# A broker that does not answer: one quick second try, then the relay's turn.
+_ENQUEUE_RETRY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
+
+_e = db.payment_events
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kwargs: dict[str, Any]
+    task_id: str
+
+
+@dataclass(frozen=True)
+class Receipt:
+    status: str
+    # False when (provider, event_id) was stored before: nothing was done again.
+    new: bool
+    task_id: str | None = None
+    # Why the event is ignored, unmapped or invalid.
+    why: str | None = None
+
+
+def task_id_for(payment_id: str, name: str = CREATE_PURCHASE) -> str:
+    namespace = REVOCATION_TASK_IDS if name == REVOKE_PURCHASE else PURCHASE_TASK_IDS
+    return str(uuid.uuid5(namespace, payment_id))
+
+
+def plan(event: Event) -> tuple[str, Task | None, str | None]:
+    """The status to store, the task to enqueue (if any), and why nothing is (pure)."""
+    action = event.action
+    if isinstance(action, Purchase):
+        try:
+            purchase = parse_purchase(action.kwargs)
+        except InvalidPurchase as exc:
+            return INVALID, None, str(exc)
+        kwargs = purchase.model_dump(exclude_none=True)
+        return RECEIVED, Task(CREATE_PURCHASE, kwargs, task_id_for(purchase.payment_id)), None
+    if isinstance(action, Revocation):
+        try:
+            revocation = parse_revocation(action.kwargs)
+        except InvalidRevocation as exc:
+            return INVALID, None, str(exc)
+        kwargs = revocation.model_dump(exclude_none=True)
+        return RECEIVED, Task(REVOKE_PURCHASE, kwargs, task_id_for(revocation.payment_id, REVOKE_PURCHASE)), None
+    if isinstance(action, Unmapped):
+        return UNMAPPED, None, f"its notes/metadata lack {', '.join(action.missing)}"
+    assert isinstance(action, Ignored)
+    return IGNORED, None, action.why
+
+
+def parse(provider: str, body: bytes, event_id: str | None = None) -> Event:
+    """The provider module's reading of a body (again, for the relay and replays)."""
+    if provider == kc.NAME:
+        return kc.parse(body)
+    if provider == razorpay.NAME:
+        return razorpay.parse(body, event_id)
+    if provider == stripe.NAME:
+        return stripe.parse(body)
+    raise Malformed(f"unknown provider {provider}")
+
+
+def receive(engine: Engine, app: Celery, event: Event, body: bytes) -> Receipt:
+    """Store the event (once), then enqueue its task. Raises KcTasksError only when
+    PostgreSQL fails: then nothing was stored and the provider must be told to retry."""
+    status, task, why = plan(event)
+    with db.translate_errors(engine.url), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        stored = conn.execute(
+            pg_insert(_e)
+            .values(
+                provider=event.provider,
+                event_id=event.event_id,
+                type=event.type,
+                payment_id=event.payment_id,
+                status=status,
+                body=body.decode("utf-8"),
+            )
+            .on_conflict_do_nothing(index_elements=[_e.c.provider, _e.c.event_id])
+            .returning(_e.c.event_id)
+        ).first()
+        if stored is None:
+            logger.debug("%s event %s: a repeat, already stored", event.provider, event.event_id)
+            return Receipt(status, False, task.task_id if task else None, why)
+        _log(event, status, why)
+        if task is None:
+            return Receipt(status, True, None, why)
+        if _enqueue(app, event, task):
+            _mark(conn, event.provider, [event.event_id], ENQUEUED)
+            status = ENQUEUED
+    return Receipt(status, True, task.task_id)
+
+
+def relay(engine: Engine, app: Celery, older_than: float = RELAY_GRACE_SECONDS) -> int:
+    """Enqueue the events left `received` (broker down when they came); the number enqueued."""
+    enqueued = 0
+    with db.translate_errors(engine.url), engine.begin() as conn:
+        rows = conn.execute(
+            sa.select(_e.c.provider, _e.c.event_id, _e.c.body)
+            .where(
+                _e.c.status == RECEIVED,
+                _e.c.received_at <= sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than),
+            )
+            .order_by(_e.c.received_at)
+            .limit(RELAY_BATCH)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for row in rows:
+            event = parse(row.provider, row.body.encode("utf-8"), row.event_id)
+            status, task, _ = plan(event)
+            if task is None:  # stored before a rule changed: keep what it is now
+                _mark(conn, row.provider, [row.event_id], status)
+            elif _enqueue(app, event, task):
+                _mark(conn, row.provider, [row.event_id], ENQUEUED)
+                enqueued += 1
+            else:
+                break  # the broker is still down: the next run tries again
+    if enqueued:
+        logger.info("inbox: enqueued %d event(s) left received", enqueued)
+    return enqueued
+
+
+def replay(engine: Engine, app: Celery, provider: str, event_ids: Sequence[str]) -> dict[str, str]:
+    """Process stored events again, as if just received; by event id: the status, or 'not found'."""
+    done: dict[str, str] = {}
+    with db.translate_errors(engine.url), engine.begin() as conn:
+        rows = {
+            r.event_id: r
+            for r in conn.execute(
+                sa.select(_e.c.event_id, _e.c.body).where(_e.c.provider == provider, _e.c.event_id.in_(event_ids))
+            )
+        }
+        for event_id in event_ids:
+            row = rows.get(event_id)
+            if row is None:
+                done[event_id] = "not found"
+                continue
+            event = parse(provider, row.body.encode("utf-8"), event_id)
+            status, task, why = plan(event)
+            if task is not None and _enqueue(app, event, task):
+                status = ENQUEUED
+            _mark(conn, provider, [event_id], status)
+            done[event_id] = status if why is None else f"{status}: {why}"
+    return done
+
+
+@dataclass(frozen=True)
+class Stored:
+    provider: str
+    event_id: str
+    type: str
+    payment_id: str | None
+    status: str
+    received_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "event_id": self.event_id,
+            "type": self.type,
+            "payment_id": self.payment_id,
+            "status": self.status,
+            "received_at": self.received_at.isoformat(),
+        }
+
+
+def listing(engine: Engine, status: str | None = None, provider: str | None = None, limit: int = 1000) -> list[Stored]:
+    """The stored events, newest first."""
+    query = sa.select(_e.c.provider, _e.c.event_id, _e.c.type, _e.c.payment_id, _e.c.status, _e.c.received_at)
+    if status:
+        query = query.where(_e.c.status == status)
+    if provider:
+        query = query.where(_e.c.provider == provider)
+    with db.translate_errors(engine.url), engine.connect() as conn:
+        rows = conn.execute(query.order_by(_e.c.received_at.desc(), _e.c.event_id).limit(limit)).all()
+    return [Stored(*row) for row in rows]
+
+
+def unmapped_count(engine: Engine) -> int:
+    """Paid payments that granted nothing: unmapped events whose payment has no purchase yet
+    (a sibling event, e.g. Stripe's Checkout Session beside its PaymentIntent, may have made it)."""
+    t, dup = db.purchases, db.duplicate_payments
+    with db.translate_errors(engine.url), engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count(sa.distinct(sa.func.coalesce(_e.c.payment_id, _e.c.event_id)))).where(
+                    _e.c.status == UNMAPPED,
+                    ~sa.exists().where(t.c.payment_id == _e.c.payment_id),
+                    ~sa.exists().where(dup.c.payment_id == _e.c.payment_id),
+                )
+            ).scalar_one()
+        )
+
+
+def _enqueue(app: Celery, event: Event, task: Task) -> bool:
+    """Publish the task (confirmed on RabbitMQ); False if the broker did not take it."""
+    try:
+        app.send_task(
+            task.name, kwargs=task.kwargs, queue="purchases", task_id=task.task_id, retry_policy=_ENQUEUE_RETRY
+        )
+    except Exception as exc:  # noqa: BLE001  (any broker failure: the event stays received, for the relay)
+        logger.warning(
+            "%s event %s: broker unreachable, left for the relay: %s: %s",
+            event.provider,
+            event.event_id,
+            type(exc).__name__,
+            exc,
+        )
+        return False
+    return True
+
+
+def _mark(conn: sa.Connection, provider: str, event_ids: Sequence[str], status: str) -> None:
+    conn.execute(sa.update(_e).where(_e.c.provider == provider, _e.c.event_id.in_(event_ids)).values(status=status))
+
+
+def _log(event: Event, status: str, why: str | None) -> None:
+    if status == UNMAPPED:
+        logger.warning(
+            "%s event %s (%s): payment %s was paid but %s, so it grants nothing; make the checkout set them, "
+            "and grant this one with kc-tasks enqueue --payment %s --student S --course C --amount N --currency X",
+            event.provider,
+            event.event_id,
+            event.type,
+            event.payment_id,
+            why,
+            event.payment_id,
+        )
+    elif status == INVALID:
+        logger.warning(
+            "%s event %s (%s) is invalid, nothing enqueued: %s", event.provider, event.event_id, event.type, why
+        )
+    elif status == IGNORED:
+        logger.info("%s event %s (%s) ignored: %s", event.provider, event.event_id, event.type, why)
