@@ -1,4 +1,4 @@
-"""The `kc-tasks` command: migrate, ensure-index, enqueue, dlq."""
+"""The `kc-tasks` command: migrate, ensure-index, enqueue, revoke, inbox, dlq."""
 
 from __future__ import annotations
 
@@ -76,6 +76,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--amount", required=True, type=int, help="amount in cents")
     p.add_argument("--currency", required=True, help="ISO 4217 code, e.g. INR")
     p.set_defaults(run=_enqueue)
+
+    p = sub.add_parser("revoke", help="send one revoke_purchase: the payment's purchase stops granting the course")
+    p.add_argument("--payment", required=True, help="the payment provider's id")
+    p.add_argument("--reason", required=True, help="refund, dispute, manual, ...")
+    p.add_argument("--refund", help="the provider's refund id, if any")
+    p.set_defaults(run=_revoke)
+
+    box = sub.add_parser("inbox", help="payment-provider events as received (payment_events)").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    p = box.add_parser("list", help="stored events, newest first")
+    p.add_argument("--status", choices=("received", "enqueued", "ignored", "unmapped", "invalid"))
+    p.add_argument("--provider", help="kc, razorpay, stripe, ...")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many (1000)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(run=_inbox_list)
+    p = box.add_parser("replay", help="process stored events again, as if just received")
+    p.add_argument("provider", metavar="PROVIDER")
+    p.add_argument("event_ids", nargs="+", metavar="EVENT_ID")
+    p.set_defaults(run=_inbox_replay)
 
     p = sub.add_parser("dev", help="development mode: the four processes, with stand-ins for missing services")
     p.add_argument("--port", type=int, default=8000, help="web port (8000)")
@@ -182,6 +202,68 @@ def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
     )
     print(result.id)
     return 0
+
+
+def _revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from kc_tasks.errors import InvalidRevocation
+    from kc_tasks.inbox import REVOKE_PURCHASE, task_id_for
+    from kc_tasks.payload import parse_revocation
+
+    kwargs = {"payment_id": args.payment, "reason": args.reason}
+    if args.refund:
+        kwargs["refund_id"] = args.refund
+    try:
+        parse_revocation(kwargs)
+    except InvalidRevocation as exc:
+        print(f"kc-tasks: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    from kc_tasks.celery import app
+
+    result = app.send_task(
+        REVOKE_PURCHASE,
+        kwargs=kwargs,
+        queue="purchases",
+        task_id=task_id_for(args.payment, REVOKE_PURCHASE),
+        retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_step": 1},
+    )
+    print(result.id)
+    return 0
+
+
+def _inbox_list(settings: Settings, args: argparse.Namespace) -> int:
+    from kc_tasks import inbox
+
+    engine = db.make_engine(settings.database_url, poolclass=NullPool)
+    try:
+        stored = inbox.listing(engine, args.status, args.provider, args.limit)
+    finally:
+        engine.dispose()
+    for event in stored:
+        if args.json:
+            print(json.dumps(event.as_json(), ensure_ascii=False))
+        else:
+            print(
+                f"{event.received_at:%Y-%m-%d %H:%M:%S}  {event.provider:<9} {event.status:<9} {event.type:<40} "
+                f"payment {event.payment_id}  event {event.event_id}"
+            )
+    if not args.json:
+        print(f"{len(stored)} event(s)", file=sys.stderr)
+    return 0
+
+
+def _inbox_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from kc_tasks import inbox
+    from kc_tasks.celery import app
+
+    engine = db.make_engine(settings.database_url, poolclass=NullPool)
+    try:
+        done = inbox.replay(engine, app, args.provider, args.event_ids)
+    finally:
+        engine.dispose()
+    for event_id, status in done.items():
+        print(f"{args.provider} {event_id}: {status}")
+    failed = [e for e, status in done.items() if status == "not found" or status == inbox.RECEIVED]
+    return EXIT_FAILED if failed else 0
 
 
 def _duration(text: str) -> float:
