@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test setup browser services migrate lint
+.PHONY: run test setup browser services migrate lint node
 
 $(BIN)/kc-tasks: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ browser:
 services:
 	scripts/services.sh
 
+# The Node.js example (examples/node), run by the end-to-end tests against the real worker.
+node:
+	cd examples/node && npm ci --no-audit --no-fund --loglevel=error
+
 migrate: setup services
 	$(BIN)/kc-tasks migrate
 
@@ -33,5 +37,5 @@ lint: setup
 	$(BIN)/ruff format --check kc_tasks migrations tests bench
 	$(BIN)/mypy
 
-test: setup browser services lint
+test: setup browser services node lint
 	$(BIN)/pytest
