@@ -27,8 +27,7 @@ class Purchase:
 
     @property
     def payment_id(self) -> str | None:
-        value = self.kwargs.get("payment_id")
-        return value if isinstance(value, str) else None
+        return text(self.kwargs.get("payment_id"))
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,14 @@ def dig(value: Any, *keys: str) -> Any:
 
 
 def text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """A non-empty string PostgreSQL can store as text (no NUL, no lone surrogate), or None."""
+    if not isinstance(value, str) or not value or "\x00" in value:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 def purchase_from(payment_id: Any, amount: Any, currency: Any, notes: Any) -> Purchase | Unmapped:

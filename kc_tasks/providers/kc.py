@@ -28,8 +28,8 @@ def parse(body: bytes) -> Event:
     for field, kind in (("id", str), ("type", str), ("data", dict)):
         if not isinstance(event.get(field), kind):
             raise Malformed(f"{field}: is required and must be a {'string' if kind is str else 'object'}")
-    if not event["id"]:
-        raise Malformed("id: must not be empty")
+    if text(event["id"]) is None or text(event["type"]) is None:
+        raise Malformed("id and type: must be non-empty text (no NUL, valid Unicode)")
     data = event["data"]
     kind = event["type"]
     if kind == PAYMENT_SUCCEEDED:

@@ -223,3 +223,14 @@ def test_razorpay_odd_shapes_are_never_a_crash() -> None:
     ):
         event = razorpay.parse(json.dumps(payload).encode(), "e")
         assert isinstance(event.action, (Ignored, Unmapped))
+
+
+@pytest.mark.parametrize("bad", ["a\u0000b", "\ud800"])
+def test_ids_postgresql_cannot_store_are_never_taken_as_ids(bad: str) -> None:
+    with pytest.raises(Malformed):
+        stripe.parse(json.dumps({"id": bad, "type": "payment_intent.succeeded"}).encode())
+    with pytest.raises(Malformed):
+        kc.parse(json.dumps({"id": bad, "type": "payment.succeeded", "data": {}}).encode())
+    intent = s.stripe_intent(PI, STUDENT, COURSE)
+    intent["id"] = bad
+    assert stripe.parse(sevent("payment_intent.succeeded", intent)).payment_id is None
