@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -15,8 +16,9 @@ from kc_tasks import db, inbox
 from kc_tasks.providers import razorpay, stripe
 from kc_tasks.settings import normalize_database_url
 from tests import provider_samples as s
-from tests.conftest import AMQP, PG, purge_amqp
+from tests.conftest import AMQP, PG, purge_amqp, run_sql
 from tests.integration.test_cli import kc
+from tests.integration.test_tasks import seen  # noqa: F401  (the fixture)
 
 
 @pytest.fixture
@@ -143,3 +145,24 @@ def test_revoke_command_sends_one_revoke_purchase() -> None:
     ]
     refused = kc("revoke", "--payment", "p", "--reason", "x" * 65, CELERY_BROKER_URL=AMQP)
     assert refused.returncode == 1 and "reason" in refused.stderr
+
+
+def test_the_beat_check_counts_unmapped_payments_beside_dead_letters(
+    celery_app: Celery,
+    seen: Any,  # noqa: F811
+    app_database: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="kc_tasks")
+    body = s.encode(s.razorpay_event("payment.captured", s.razorpay_payment("pay_beat_unmapped")))
+    run_sql(
+        app_database,
+        "INSERT INTO payment_events (provider, event_id, type, payment_id, status, body) "
+        "VALUES ('razorpay', 'evt_beat', 'payment.captured', 'pay_beat_unmapped', 'unmapped', %s)",
+        (body.decode(),),
+    )
+    task_id = celery_app.send_task("kc_tasks.verify_purchase_index", queue="purchases").id
+    seen.wait(task_id)
+    assert seen.results[task_id]["unmapped"] == 1
+    assert "1 paid payment(s) grant nothing" in caplog.text
+    assert "kc-tasks inbox list --status unmapped" in caplog.text

@@ -142,6 +142,7 @@ def test_verify_purchase_index_reports_a_missing_index_with_the_fix(
         "reason": "it does not exist",
         "fix": "kc-tasks ensure-index",
         "dead_letters": 0,
+        "unmapped": 0,
     }
     assert (
         "unique_active_purchase index not usable: it does not exist - purchases use the fallback method; "

@@ -1,0 +1,36 @@
+"""revoke_purchase fails as create_purchase does: a bad one is dead-lettered at once, one that
+outlived its retries after them, and a replay carries it out once the database is back."""
+
+from __future__ import annotations
+
+from tests.e2e.conftest import Client, Workers, count, purchase, wait_until
+from tests.e2e.test_dead_letters import dead, kc
+
+
+def test_revocations_are_dead_lettered_and_replayed(
+    database_url: str, workers: Workers, client: Client, broker_url: str
+) -> None:
+    worker = workers.start(database_url, broker_url)
+    order = purchase()
+    client.send([order])
+    assert wait_until(lambda: count(database_url, "is_active") == 1, timeout=30)
+    worker.stop()
+
+    workers.start("postgresql://postgres@127.0.0.1:1/nowhere", broker_url, KC_MAX_RETRIES="1", KC_RETRY_BACKOFF_MAX="1")
+    revoke = {"payment_id": order["payment_id"], "reason": "refund"}
+    for kwargs in (revoke, {"payment_id": order["payment_id"], "reason": ""}):
+        client.app.send_task("kc_tasks.revoke_purchase", kwargs=kwargs, queue="purchases")
+    assert wait_until(lambda: len(dead(broker_url)) == 2, timeout=60), dead(broker_url)
+    by_error = {letter["error_type"]: letter for letter in dead(broker_url)}
+    assert (
+        by_error["InvalidRevocation"]["attempts"] == 1 and by_error["InvalidRevocation"]["reason"] == "permanent error"
+    )
+    assert by_error["DatabaseUnavailable"]["attempts"] == 2
+    assert all(letter["task"] == "kc_tasks.revoke_purchase" for letter in dead(broker_url))
+    workers.stop_all()
+
+    workers.start(database_url, broker_url)
+    replay = kc(broker_url, "dlq", "replay", "--all", database_url=database_url)
+    assert replay.returncode == 0 and "replayed 2 dead letter(s) to purchases" in replay.stdout
+    assert wait_until(lambda: count(database_url, "NOT is_active") == 1, timeout=40)
+    assert wait_until(lambda: [d["error_type"] for d in dead(broker_url)] == ["InvalidRevocation"], timeout=30)
