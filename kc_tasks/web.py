@@ -106,6 +106,9 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
     razorpay_secrets = secrets(settings.razorpay_webhook_secret)
     stripe_secrets = secrets(settings.stripe_webhook_secret)
     broker: Celery = celery_app
+    # No task-sent event for what the webhooks enqueue: a second confirmed publish per request,
+    # behind a process-wide lock. Flower still sees each task from the worker's events.
+    broker.conf.task_send_sent_event = False
 
     responses: dict[int | str, dict[str, Any]] = {
         401: {"model": Problem, "description": "missing, wrong or stale signature"},
