@@ -51,6 +51,10 @@ OPTIONAL_WITH_DEFAULTS = {
     # beat's schedule file: /tmp in the container; losing it with the container only restarts
     # the beat periods (every beat task is an interval task).
     "KC_BEAT_SCHEDULE": "beat schedule file, /tmp by default",
+    # A provider's webhook route is on only while its secret is set: a deployment sets the
+    # secret of each provider it takes payments from, and only those.
+    "KC_RAZORPAY_WEBHOOK_SECRET": "POST /webhooks/razorpay is off while unset",
+    "KC_STRIPE_WEBHOOK_SECRET": "POST /webhooks/stripe is off while unset",
 }
 
 # How the code reads a variable: env.get("X"), os.environ.get("X"), os.getenv("X"),
