@@ -14,7 +14,7 @@ half the saturation rate (each connection waits between requests, wrk's `delay()
 routes alternate within a round. Every request is a new event: Razorpay's get a fresh
 `X-Razorpay-Event-Id` (the signature covers the body only); Stripe's and kc's bodies are
 signed beforehand, one per request, with Stripe's library and kc's HMAC. Prints a table and
-writes bench/webhooks-results.json.
+writes bench/webhooks-results-<WEB_CONCURRENCY>-worker(s).json.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ DB_URL = f"{PG}/kc_bench_web_{RUN_ID}"
 VHOST = f"kc_bench_web_{RUN_ID}"
 AMQP = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 WORK = Path(tempfile.gettempdir()) / f"kc_bench_web_{RUN_ID}"
-RESULTS = ROOT / "bench" / "webhooks-results.json"
+WORKERS = os.environ.get("WEB_CONCURRENCY", "1")  # uvicorn's own variable: its worker processes
+RESULTS = ROOT / "bench" / f"webhooks-results-{WORKERS}-worker{'' if WORKERS == '1' else 's'}.json"
 PORT = 8799
 KC_SECRET = "bench-webhook-secret-0123456789abcdef"
 RAZORPAY_SECRET = "bench-razorpay-secret"
@@ -274,7 +275,7 @@ def main() -> None:
         web.wait(20)
         rabbitmqctl("delete_vhost", VHOST)
         sql(f"DROP DATABASE IF EXISTS kc_bench_web_{RUN_ID} WITH (FORCE)")
-    stored = {"web_concurrency": os.environ.get("WEB_CONCURRENCY", "1"), "seconds": args.seconds, "results": results}
+    stored = {"web_concurrency": WORKERS, "seconds": args.seconds, "results": results}
     RESULTS.write_text(json.dumps(stored, indent=2) + "\n")
     bare = max((r["rate"] for r in results if r["route"] == "bare" and not r["delay_ms"]), default=0)
     print(
