@@ -192,6 +192,8 @@ def _parse_event(body: bytes) -> dict[str, Any]:
         event = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPException(422, f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPException(422, "body is not valid JSON: nested too deeply") from None
     if not isinstance(event, dict):
         raise HTTPException(422, "body must be a JSON object")
     for field, kind in (("id", str), ("type", str), ("data", dict)):
