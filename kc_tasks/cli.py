@@ -1,4 +1,4 @@
-"""The `kc-tasks` command: migrate, ensure-index, enqueue, dlq."""
+"""The `kc-tasks` command: migrate, ensure-index, enqueue, token, dlq."""
 
 from __future__ import annotations
 
@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--filesystem-broker", action="store_true", help="use the filesystem broker even if one answers")
     p.set_defaults(run=_dev)
 
+    p = sub.add_parser("token", help="print a bearer token for the read API, signed with KC_JWT_SECRET")
+    p.add_argument("--student", required=True, help="student UUID (the token's sub)")
+    p.add_argument("--ttl", type=_duration, default=3600.0, metavar="DURATION", help="lifetime: 90s, 30m, 1h, 7d (1h)")
+    p.add_argument("--scope", default="", help="e.g. purchases:read, for a service that reads any student")
+    p.set_defaults(run=_token)
+
     dlq = sub.add_parser("dlq", help="the dead-letter queue, purchases.dlq").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -115,6 +121,23 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from kc_tasks import dev
 
     return dev.run(args.port, args.flower_port, args.embedded_db, args.filesystem_broker)
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    import uuid
+
+    from kc_tasks.auth import mint
+
+    if not settings.jwt_secret:
+        print("kc-tasks: KC_JWT_SECRET is not set: there is no key to sign a token with", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        student = str(uuid.UUID(args.student))
+    except ValueError:
+        print(f"kc-tasks: --student must be a UUID, got {args.student!r}", file=sys.stderr)
+        return EXIT_FAILED
+    print(mint(settings.jwt_secret, student, args.ttl, settings.jwt_audience, settings.jwt_issuer, args.scope))
+    return 0
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:

@@ -47,6 +47,13 @@ class Settings:
     # Basic auth of the dead-letters page; the page is off while either is empty.
     admin_user: str = field(default="", repr=False)
     admin_password: str = field(default="", repr=False)
+    # Keys of the read API's bearer tokens: an HS256 secret, and/or the identity provider's
+    # JWKS (RS256/ES256). With neither, GET /students/{id}/courses answers 401 to everyone.
+    jwt_secret: str = field(default="", repr=False)
+    jwt_jwks_url: str = ""
+    # The `aud` a token must carry, and the `iss` when set.
+    jwt_audience: str = "kc_tasks"
+    jwt_issuer: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -66,6 +73,10 @@ class Settings:
             webhook_secret=env.get("KC_WEBHOOK_SECRET", ""),
             admin_user=env.get("KC_ADMIN_USER", ""),
             admin_password=env.get("KC_ADMIN_PASSWORD", ""),
+            jwt_secret=env.get("KC_JWT_SECRET", ""),
+            jwt_jwks_url=env.get("KC_JWT_JWKS_URL", ""),
+            jwt_audience=env.get("KC_JWT_AUDIENCE") or "kc_tasks",
+            jwt_issuer=env.get("KC_JWT_ISSUER", ""),
         )
 
     @property

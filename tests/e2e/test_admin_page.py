@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Browser
 
-from tests.e2e.conftest import ROOT, Client, Web, Workers, count, purchase, wait_until
+from tests.e2e.conftest import ROOT, Client, Web, Workers, count, purchase, reader_headers, wait_until
 
 USER, PASSWORD = "ops", "correct horse battery staple"
 ADMIN = {"KC_ADMIN_USER": USER, "KC_ADMIN_PASSWORD": PASSWORD}
@@ -114,7 +114,7 @@ def test_an_operator_inspects_and_replays_a_dead_letter_in_a_browser(
     page.wait_for_url(re.compile(r"\?replayed=1&failed=0$"))
     assert page.locator(".flash").inner_text() == "replayed 1"
     assert wait_until(lambda: count(database_url) == 1, timeout=30), "the replayed purchase is made"
-    courses = httpx.get(f"{web.base}/students/{data['student_id']}/courses").json()
+    courses = httpx.get(f"{web.base}/students/{data['student_id']}/courses", headers=reader_headers()).json()
     assert [c["payment_id"] for c in courses] == [data["payment_id"]]
     page.reload()
     assert page.locator("#count").inner_text() == "0 dead letters in purchases.dlq"

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import AMQP
-from tests.e2e.conftest import WEBHOOK_SECRET, Web, Workers, count, purchase, wait_until
+from tests.e2e.conftest import WEBHOOK_SECRET, Web, Workers, count, purchase, reader_headers, wait_until
 from tests.e2e.proxy import Proxy
 
 
@@ -38,8 +38,8 @@ def test_a_signed_payment_becomes_a_course_the_student_sees(
     assert posted.status_code == 202
     task_id = posted.json()["task_id"]
     courses_url = f"{web.base}/students/{data['student_id']}/courses"
-    assert wait_until(lambda: httpx.get(courses_url).json() != [], timeout=20)
-    [course] = httpx.get(courses_url).json()
+    assert wait_until(lambda: httpx.get(courses_url, headers=reader_headers()).json() != [], timeout=20)
+    [course] = httpx.get(courses_url, headers=reader_headers()).json()
     assert course["course_id"] == data["course_id"] and course["payment_id"] == data["payment_id"]
     replay = httpx.post(web.base + "/webhooks/payments", content=body, headers=signed(body))
     assert replay.status_code == 202 and replay.json()["task_id"] == task_id, "the same payment maps to one task id"
