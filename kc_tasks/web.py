@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from kc_tasks import admin, auth, db, logs, signature
 from kc_tasks.errors import ConfigError, InvalidPurchase, KcTasksError
 from kc_tasks.payload import parse_purchase
+from kc_tasks.readiness import Readiness
 from kc_tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -208,12 +209,13 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         """The process is alive."""
         return {"status": "ok"}
 
+    readiness = Readiness(engine, broker)
+
     @api.get("/readyz", responses={503: {"description": "PostgreSQL or the broker is unreachable"}})
     def readyz() -> JSONResponse:
-        """PostgreSQL and the broker are reachable."""
-        checks = {"database": _database_ok(engine), "broker": _broker_ok(broker)}
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+        """PostgreSQL and the broker are reachable: each `ok` or `unreachable` (details in the log)."""
+        answer = readiness.answer()
+        return JSONResponse(answer, status_code=200 if answer["ready"] else 503)
 
     admin_routes = admin.router(settings, celery_app)
     if admin_routes is not None:
@@ -305,21 +307,3 @@ def _courses(
         }
         for r in rows
     ]
-
-
-def _database_ok(engine: Engine) -> str:
-    try:
-        with db.translate_errors(engine.url), engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except KcTasksError as exc:
-        return f"unreachable: {exc}"
-    return "ok"
-
-
-def _broker_ok(app: Celery) -> str:
-    try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=3)
-    except Exception as exc:  # noqa: BLE001  (any transport failure means "not ready")
-        return f"unreachable: {type(exc).__name__}"
-    return "ok"
