@@ -43,7 +43,7 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
 }
 MAX_FORM_BYTES = 4096
-# The list shows at most this many rows; the count is always the whole queue's.
+# The list shows (and reads) at most this many rows; the count is always the whole queue's.
 MAX_ROWS = 500
 
 _templates = jinja2.Environment(
@@ -109,15 +109,17 @@ def router(settings: Settings, celery_app: Celery) -> APIRouter | None:
     @api.get("", response_class=HTMLResponse)
     def list_page(user: User, replayed: int | None = None, failed: int = 0) -> Any:
         """Every dead letter, oldest first, each with a Replay button; a flash after a replay."""
-        with _broker_errors(), dead_letters.hold(celery_app) as held:
+        # Only the rows shown are read: each read is a delivery of every letter read.
+        with _broker_errors(), dead_letters.hold(celery_app, limit=MAX_ROWS) as held:
             letters = [letter for letter, _ in held]
+            total = len(letters) + dead_letters.depth(celery_app)  # those held are not counted as ready
         flash = None
         if replayed is not None:
             flash = f"replayed {replayed}" + (f"; {failed} could not be (see the log)" if failed else "")
         return _page(
             "list.html",
-            letters=letters[:MAX_ROWS],
-            total=len(letters),
+            letters=letters,
+            total=total,
             flash=flash,
             csrf=form_token(user),
         )
@@ -125,7 +127,7 @@ def router(settings: Settings, celery_app: Celery) -> APIRouter | None:
     @api.get("/{letter_id:path}", response_class=HTMLResponse)
     def detail_page(letter_id: str, user: User) -> Any:
         """One dead letter in full: every field, its kwargs as JSON and its traceback."""
-        with _broker_errors(), dead_letters.hold(celery_app) as held:
+        with _broker_errors(), dead_letters.hold(celery_app, limit=MAX_ROWS) as held:
             found = [letter for letter, _ in held if letter_id in (letter.id, letter.task_id)]
         if not found:
             raise HTTPException(404, f"no dead letter {letter_id} in {dead_letters.DLQ}")
