@@ -48,9 +48,15 @@ OPTIONAL_WITH_DEFAULTS = {
     "PATH": "the image's",
     # `kc-tasks dev` only: the folder of the filesystem:// broker; compose uses RabbitMQ.
     "KC_FILESYSTEM_BROKER_DIR": "kc-tasks dev only",
-    # beat's schedule file: /tmp in the container; losing it with the container only restarts
-    # the beat periods (every beat task is an interval task).
-    "KC_BEAT_SCHEDULE": "beat schedule file, /tmp by default",
+    # beat's schedule file: .kc-state/ (mode 0700) in the working folder by default; losing it
+    # with the container only restarts the beat periods (every beat task is an interval task).
+    "KC_BEAT_SCHEDULE": "beat schedule file, .kc-state/beat-schedule by default",
+    # Flower's own: its basic auth (compose sets it for flower; kc-tasks dev generates it), and
+    # the switch of an unauthenticated API, which flower refuses on a non-loopback address.
+    "FLOWER_BASIC_AUTH": "Flower's own; set for the flower service",
+    "FLOWER_UNAUTHENTICATED_API": "Flower's own; left unset",
+    # Flower's listening address: the Procfile's default is 127.0.0.1.
+    "FLOWER_ADDRESS": "Flower's address, 127.0.0.1 by default",
 }
 
 # How the code reads a variable: env.get("X"), os.environ.get("X"), os.getenv("X"),
