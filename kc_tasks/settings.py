@@ -105,11 +105,19 @@ def database_url_from_env(env: Mapping[str, str]) -> URL:
 
 def normalize_database_url(raw: str, name: str = "DATABASE_URL") -> URL:
     """Accept postgresql://, postgres:// and postgresql+psycopg://; use psycopg 3."""
+    # "user:p@ss@host" would be read as host "ss@host": a piece of the password in every
+    # connection error. Refused, and never echoed (nor is the parser's message, which would).
+    _, scheme_sep, rest = raw.partition("://")
+    if scheme_sep and rest.split("/", 1)[0].split("?", 1)[0].count("@") > 1:
+        raise ConfigError(f"{name}: the user or password holds an unencoded '@': percent-encode it (%40)")
     try:
         url = make_url(raw)
         _ = url.port  # a non-numeric port raises here
-    except (ArgumentError, ValueError) as exc:
-        raise ConfigError(f"{name} is not a valid URL: {exc}") from None
+    except (ArgumentError, ValueError):
+        raise ConfigError(
+            f"{name} is not a valid URL (postgresql://user:password@host:port/database; "
+            "percent-encode special characters in the password)"
+        ) from None
     backend, _, driver = url.drivername.partition("+")
     if backend not in ("postgresql", "postgres"):
         raise ConfigError(f"{name} must be a postgresql:// URL, not {url.drivername}://")

@@ -38,7 +38,9 @@ TASK_ID_NAMESPACE = uuid.UUID("6f1d7c56-2b8e-4c4e-9a55-5d0f7f3c8a21")
 _ENQUEUE_RETRY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 # A page of a student's courses holds at most this many; the Link header names the next one.
 MAX_PAGE = 100
-MIN_JWT_SECRET_BYTES = 32
+# Shorter secrets can be guessed offline from one signed request or token.
+MIN_SECRET_BYTES = 32
+MIN_ADMIN_PASSWORD_CHARS = 16
 # At module level: FastAPI resolves the route's (string) annotations in this module's globals.
 bearer = HTTPBearer(auto_error=False, description="a JWT: `sub` the student, or `scope` with purchases:read")
 
@@ -90,6 +92,19 @@ WEBHOOK_BODY_SCHEMA = {
 }
 
 
+def _check_secrets(settings: Settings) -> None:
+    """ConfigError (one line, naming the variable, never the value) for a weak secret."""
+    for name, value in (("KC_WEBHOOK_SECRET", settings.webhook_secret), ("KC_JWT_SECRET", settings.jwt_secret)):
+        # Several comma-separated secrets are several secrets (rotation): each must be long.
+        if value and any(len(part.strip().encode()) < MIN_SECRET_BYTES for part in value.split(",")):
+            raise ConfigError(
+                f"{name} is shorter than {MIN_SECRET_BYTES} bytes; generate one with "
+                'python3 -c "import secrets; print(secrets.token_hex(32))"'
+            )
+    if settings.admin_user and settings.admin_password and len(settings.admin_password) < MIN_ADMIN_PASSWORD_CHARS:
+        raise ConfigError(f"KC_ADMIN_PASSWORD is shorter than {MIN_ADMIN_PASSWORD_CHARS} characters")
+
+
 def task_id_for(payment_id: str) -> str:
     return str(uuid.uuid5(TASK_ID_NAMESPACE, payment_id))
 
@@ -100,8 +115,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         settings = settings or Settings.from_env()
         if not settings.webhook_secret:
             raise ConfigError("KC_WEBHOOK_SECRET is not set: the webhook cannot verify signatures")
-        if settings.jwt_secret and len(settings.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
-            raise ConfigError(f"KC_JWT_SECRET is shorter than {MIN_JWT_SECRET_BYTES} bytes: tokens could be forged")
+        _check_secrets(settings)
     except ConfigError as exc:
         print(f"kc_tasks web: refusing to start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -178,7 +178,7 @@ def count(database_url: str, where: str = "true", params: tuple | None = None) -
 
 
 UVICORN = str(Path(sys.executable).with_name("uvicorn"))
-WEBHOOK_SECRET = "e2e-webhook-secret"
+WEBHOOK_SECRET = "e2e-webhook-secret-of-at-least-32-bytes"
 # The read API's HS256 key in every web process these tests start (unless a test sets its own).
 JWT_SECRET = "e2e-jwt-secret-of-at-least-thirty-two-bytes"
 
