@@ -8,6 +8,7 @@ allows no script at all: a dead letter's payload is shown, never run.
 
 # No `from __future__ import annotations` here: FastAPI must see the Depends() of the
 # closures defined in router() at definition time; as strings they would not resolve.
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -38,10 +39,16 @@ logger = logging.getLogger(__name__)
 PREFIX = "/admin/dead-letters"
 REALM = 'Basic realm="kc_tasks dead letters"'
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
     "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+# A wrong password is answered this much later (without holding a thread): guessing is slow.
+FAILED_SIGN_IN_DELAY_SECONDS = 1.0
 MAX_FORM_BYTES = 4096
 # The list shows (and reads) at most this many rows; the count is always the whole queue's.
 MAX_ROWS = 500
@@ -76,12 +83,19 @@ def router(settings: Settings, celery_app: Celery) -> APIRouter | None:
         return None
     key = csrf_key(settings.admin_password, settings.webhook_secret)
 
-    def admin_user(request: Request) -> str:
-        """Dependency of every route: the basic-auth user, or 401."""
-        given = _basic_credentials(request.headers.get("authorization"))
+    async def admin_user(request: Request) -> str:
+        """Dependency of every route: the basic-auth user, or 401 (later, and logged, when
+        credentials were given and are wrong)."""
+        header = request.headers.get("authorization")
+        given = _basic_credentials(header)
         user_ok = secrets.compare_digest(given[0].encode(), settings.admin_user.encode())
         password_ok = secrets.compare_digest(given[1].encode(), settings.admin_password.encode())
         if not (user_ok and password_ok):
+            if header is not None:
+                client = request.client.host if request.client else "?"
+                # %r: a user name from the request cannot forge a log line with a newline.
+                logger.warning("admin: failed sign-in as %r from %s", given[0][:64], client)
+                await asyncio.sleep(FAILED_SIGN_IN_DELAY_SECONDS)
             raise HTTPException(401, "dead letters: sign in", headers={"WWW-Authenticate": REALM})
         return settings.admin_user
 

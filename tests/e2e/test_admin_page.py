@@ -38,6 +38,12 @@ def form_token(html: str) -> str:
     return match.group(1)
 
 
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
 def test_the_page_asks_for_credentials_and_is_off_without_them(
     database_url: str, rabbitmq_url: str, webs: Callable[..., Web]
 ) -> None:
@@ -51,9 +57,16 @@ def test_the_page_asks_for_credentials_and_is_off_without_them(
     page = httpx.get(web.base + PAGE, auth=(USER, PASSWORD))
     assert page.status_code == 200 and "0 dead letters in purchases.dlq" in page.text
     assert page.headers["Content-Security-Policy"] == (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     )
     assert page.headers["X-Frame-Options"] == "DENY"
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+    # Failed sign-ins are logged, the user name quoted so that it cannot forge a line.
+    forged = httpx.get(web.base + PAGE, headers={"Authorization": "Basic " + _b64("ops\nFAKE admin ok:x")})
+    assert forged.status_code == 401
+    assert "admin: failed sign-in as 'ops" in web.text()
+    assert "\nFAKE admin ok" not in web.text()
     assert PAGE not in httpx.get(web.base + "/openapi.json").text, "the page is not in the API schema"
 
     off = webs(database_url, rabbitmq_url)
