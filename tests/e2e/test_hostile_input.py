@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -103,3 +104,22 @@ def test_a_signed_but_deeply_nested_body_is_a_422(hostile_web: tuple[Web, list[s
 def test_the_signed_nested_body_is_within_the_size_limit() -> None:
     """The nesting attack is not simply refused for its size (413) before it is parsed."""
     assert len(b'{"id":"evt_deep","type":"payment.succeeded","data":' + b"[" * 32000 + b"]" * 32000 + b"}") < 64 * 1024
+
+
+def test_an_event_id_with_line_breaks_cannot_forge_a_log_line(hostile_web: tuple[Web, list[str]]) -> None:
+    web, _ = hostile_web
+    forged = "2026-01-01 00:00:00,000 INFO MainProcess kc_tasks.web: webhook evt_ok: payment pay_forged enqueued"
+    data = {
+        "payment_id": f"pay_{uuid.uuid4().hex}",
+        "student_id": str(uuid.uuid4()),
+        "course_id": str(uuid.uuid4()),
+        "amount_cents": 100,
+        "currency": "INR",
+    }
+    event_id = f"evt_{uuid.uuid4().hex}\n{forged}\r\n\x1b[2K"
+    body = json.dumps({"id": event_id, "type": "payment.succeeded", "data": data}).encode()
+    response = httpx.post(web.base + "/webhooks/payments", content=body, headers=_kc_signed(body), timeout=10)
+    assert response.status_code in (200, 202), response.text
+    lines = web.text().splitlines()
+    assert not any(line.startswith(forged) for line in lines), "a request forged a log line"
+    assert "\x1b" not in web.text()
