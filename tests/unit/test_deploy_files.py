@@ -316,13 +316,39 @@ def test_every_kc_service_runs_the_one_image_built_from_docker_dockerfile(name: 
     assert (DOCKER / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE.resolve()
 
 
+# What an operator's docker/.env might hold, to read the compose values as compose would.
+SAMPLE_ENV = {"POSTGRES_PASSWORD": "pg0a1b2c3d", "RABBITMQ_PASSWORD": "mq4e5f6a7b"}
+
+
+def as_compose_interpolates(value: str | None, env: dict[str, str] = SAMPLE_ENV) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, rest = match.group(1) or match.group(3), match.group(2) or ""
+        return env.get(name) or (rest[2:] if rest.startswith(":-") else "")
+
+    return COMPOSE_TOKEN.sub(replace, value or "")
+
+
+def test_compose_holds_no_literal_password() -> None:
+    for name in ("postgres", "rabbitmq", *KC_SERVICES):
+        env = environment(name)
+        for key in ("POSTGRES_PASSWORD", "RABBITMQ_DEFAULT_PASS"):
+            if key in env:
+                assert (env[key] or "").startswith("${"), f"the {name} service's {key} comes from docker/.env"
+        for key in ("DATABASE_URL", "CELERY_BROKER_URL"):
+            if key in env:
+                password = urlsplit(as_compose_interpolates(env[key], {})).password
+                assert not password, f"the {name} service's {key} holds a literal password"
+
+
 @pytest.mark.parametrize("name", KC_SERVICES)
 def test_every_kc_service_reaches_the_compose_database_and_broker(name: str) -> None:
-    env = environment(name)
+    env = {k: as_compose_interpolates(v) for k, v in environment(name).items()}
     database = urlsplit(env.get("DATABASE_URL") or "")
     broker = urlsplit(env.get("CELERY_BROKER_URL") or "")
-    postgres = environment("postgres")
-    rabbitmq = environment("rabbitmq")
+    postgres = {k: as_compose_interpolates(v) for k, v in environment("postgres").items()}
+    rabbitmq = {k: as_compose_interpolates(v) for k, v in environment("rabbitmq").items()}
 
     assert database.scheme == "postgresql" and database.hostname == "postgres" and database.port == 5432
     assert (database.username, database.password) == (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"])
