@@ -44,7 +44,9 @@ PAGE_HEADERS = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Nothing to other sites. Not no-referrer: under it Chromium sends `Origin: null` with the
+    # page's own forms, which the same-origin check below must then refuse.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 # A wrong password is answered this much later (without holding a thread): guessing is slow.

@@ -61,7 +61,7 @@ def test_the_page_asks_for_credentials_and_is_off_without_them(
     )
     assert page.headers["X-Frame-Options"] == "DENY"
     assert page.headers["X-Content-Type-Options"] == "nosniff"
-    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert page.headers["Referrer-Policy"] == "same-origin"
     # Failed sign-ins are logged, the user name quoted so that it cannot forge a line.
     forged = httpx.get(web.base + PAGE, headers={"Authorization": "Basic " + _b64("ops\nFAKE admin ok:x")})
     assert forged.status_code == 401
