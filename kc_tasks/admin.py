@@ -8,6 +8,7 @@ allows no script at all: a dead letter's payload is shown, never run.
 
 # No `from __future__ import annotations` here: FastAPI must see the Depends() of the
 # closures defined in router() at definition time; as strings they would not resolve.
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -38,12 +39,20 @@ logger = logging.getLogger(__name__)
 PREFIX = "/admin/dead-letters"
 REALM = 'Basic realm="kc_tasks dead letters"'
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
     "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    # Nothing to other sites. Not no-referrer: under it Chromium sends `Origin: null` with the
+    # page's own forms, which the same-origin check below must then refuse.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+# A wrong password is answered this much later (without holding a thread): guessing is slow.
+FAILED_SIGN_IN_DELAY_SECONDS = 1.0
 MAX_FORM_BYTES = 4096
-# The list shows at most this many rows; the count is always the whole queue's.
+# The list shows (and reads) at most this many rows; the count is always the whole queue's.
 MAX_ROWS = 500
 
 _templates = jinja2.Environment(
@@ -76,12 +85,19 @@ def router(settings: Settings, celery_app: Celery) -> APIRouter | None:
         return None
     key = csrf_key(settings.admin_password, settings.webhook_secret)
 
-    def admin_user(request: Request) -> str:
-        """Dependency of every route: the basic-auth user, or 401."""
-        given = _basic_credentials(request.headers.get("authorization"))
+    async def admin_user(request: Request) -> str:
+        """Dependency of every route: the basic-auth user, or 401 (later, and logged, when
+        credentials were given and are wrong)."""
+        header = request.headers.get("authorization")
+        given = _basic_credentials(header)
         user_ok = secrets.compare_digest(given[0].encode(), settings.admin_user.encode())
         password_ok = secrets.compare_digest(given[1].encode(), settings.admin_password.encode())
         if not (user_ok and password_ok):
+            if header is not None:
+                client = request.client.host if request.client else "?"
+                # %r: a user name from the request cannot forge a log line with a newline.
+                logger.warning("admin: failed sign-in as %r from %s", given[0][:64], client)
+                await asyncio.sleep(FAILED_SIGN_IN_DELAY_SECONDS)
             raise HTTPException(401, "dead letters: sign in", headers={"WWW-Authenticate": REALM})
         return settings.admin_user
 
@@ -109,15 +125,17 @@ def router(settings: Settings, celery_app: Celery) -> APIRouter | None:
     @api.get("", response_class=HTMLResponse)
     def list_page(user: User, replayed: int | None = None, failed: int = 0) -> Any:
         """Every dead letter, oldest first, each with a Replay button; a flash after a replay."""
-        with _broker_errors(), dead_letters.hold(celery_app) as held:
+        # Only the rows shown are read: each read is a delivery of every letter read.
+        with _broker_errors(), dead_letters.hold(celery_app, limit=MAX_ROWS) as held:
             letters = [letter for letter, _ in held]
+            total = len(letters) + dead_letters.depth(celery_app)  # those held are not counted as ready
         flash = None
         if replayed is not None:
             flash = f"replayed {replayed}" + (f"; {failed} could not be (see the log)" if failed else "")
         return _page(
             "list.html",
-            letters=letters[:MAX_ROWS],
-            total=len(letters),
+            letters=letters,
+            total=total,
             flash=flash,
             csrf=form_token(user),
         )
@@ -125,7 +143,7 @@ def router(settings: Settings, celery_app: Celery) -> APIRouter | None:
     @api.get("/{letter_id:path}", response_class=HTMLResponse)
     def detail_page(letter_id: str, user: User) -> Any:
         """One dead letter in full: every field, its kwargs as JSON and its traceback."""
-        with _broker_errors(), dead_letters.hold(celery_app) as held:
+        with _broker_errors(), dead_letters.hold(celery_app, limit=MAX_ROWS) as held:
             found = [letter for letter, _ in held if letter_id in (letter.id, letter.task_id)]
         if not found:
             raise HTTPException(404, f"no dead letter {letter_id} in {dead_letters.DLQ}")

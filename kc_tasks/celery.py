@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-from kc_tasks import logs  # noqa: F401  (connects the logging set-up to Celery's signals)
+# Imported for what they connect to Celery's signals: the logging set-up, and the start-up
+# checks of flower and beat.
+from kc_tasks import logs, process_guard  # noqa: F401
 
 app = Celery("kc_tasks", task_cls="kc_tasks.worker:KcTask")
 app.config_from_object("kc_tasks.celeryconfig")

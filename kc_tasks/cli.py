@@ -1,4 +1,4 @@
-"""The `kc-tasks` command: migrate, ensure-index, enqueue, revoke, inbox, dlq."""
+"""The `kc-tasks` command: migrate, ensure-index, enqueue, revoke, inbox, token, dlq."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ EXIT_UNREACHABLE = 2
 POLICY_NAME = "kc-purchases-dlx"
 POLICY_BEFORE_3_10: dict[str, object] = {"dead-letter-exchange": "", "dead-letter-routing-key": "purchases.dlq"}
 POLICY: dict[str, object] = {**POLICY_BEFORE_3_10, "queue-version": 2}
+# And of purchases.dlq: no delivery limit, so that reading dead letters (each read is a
+# delivery) never drops one from a quorum DLQ. RabbitMQ 4 gives quorum queues a limit of 20
+# and writes "none" as -1; RabbitMQ 3 has no default limit and refuses -1, so there the
+# policy (which replaces any broader one with a limit) sets the largest limit it takes.
+DLQ_POLICY_NAME = "kc-purchases-dlq"
+DLQ_POLICY_PRIORITY = "10"
+DLQ_POLICIES: tuple[dict[str, object], ...] = ({"delivery-limit": -1}, {"delivery-limit": 2**31 - 1})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--filesystem-broker", action="store_true", help="use the filesystem broker even if one answers")
     p.set_defaults(run=_dev)
 
+    p = sub.add_parser("token", help="print a bearer token for the read API, signed with KC_JWT_SECRET")
+    p.add_argument("--student", required=True, help="student UUID (the token's sub)")
+    p.add_argument("--ttl", type=_duration, default=3600.0, metavar="DURATION", help="lifetime: 90s, 30m, 1h, 7d (1h)")
+    p.add_argument("--scope", default="", help="e.g. purchases:read, for a service that reads any student")
+    p.set_defaults(run=_token)
+
     dlq = sub.add_parser("dlq", help="the dead-letter queue, purchases.dlq").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -119,7 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_dlq_replay)
     p = dlq.add_parser(
         "policy",
-        help="apply RabbitMQ's policy to the purchases queue: dead-lettering, version 2 storage (rabbitmqctl)",
+        help="apply RabbitMQ's policies (rabbitmqctl): purchases dead-letters to purchases.dlq, version 2 "
+        "storage; purchases.dlq has no delivery limit",
     )
     p.set_defaults(run=_dlq_policy)
     p = dlq.add_parser("purge", help="delete dead letters")
@@ -135,6 +149,23 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from kc_tasks import dev
 
     return dev.run(args.port, args.flower_port, args.embedded_db, args.filesystem_broker)
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    import uuid
+
+    from kc_tasks.auth import mint
+
+    if not settings.jwt_secret:
+        print("kc-tasks: KC_JWT_SECRET is not set: there is no key to sign a token with", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        student = str(uuid.UUID(args.student))
+    except ValueError:
+        print(f"kc-tasks: --student must be a UUID, got {args.student!r}", file=sys.stderr)
+        return EXIT_FAILED
+    print(mint(settings.jwt_secret, student, args.ttl, settings.jwt_audience, settings.jwt_issuer, args.scope))
+    return 0
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -339,14 +370,14 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _dlq_policy(settings: Settings, args: argparse.Namespace) -> int:
-    """A policy, not queue arguments: clients declare `purchases` without arguments, and
+    """Policies, not queue arguments: clients declare `purchases` without arguments, and
     RabbitMQ refuses a redeclaration whose arguments differ; a policy changes nothing there.
-    It also moves a classic `purchases` queue to RabbitMQ's version 2 storage (3.10 and
-    later): its confirms for persistent messages come sooner, at less CPU (docs/benchmark.md).
-    A broker older than that is given the dead-letter part alone."""
+    `purchases`: dead-lettering, and RabbitMQ's version 2 storage (3.10 and later) for a
+    classic queue, whose confirms for persistent messages come sooner, at less CPU
+    (docs/benchmark.md); a broker older than that is given the dead-letter part alone.
+    `purchases.dlq`: no delivery limit (DLQ_POLICIES)."""
     import shlex
     import shutil
-    import subprocess
     from urllib.parse import unquote, urlsplit
 
     if settings.uses_redis:
@@ -354,22 +385,46 @@ def _dlq_policy(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     vhost = unquote(urlsplit(settings.broker_url).path[1:]) or "/"
     command = ["rabbitmqctl", "set_policy", "-p", vhost, "--apply-to", "queues", POLICY_NAME, "^purchases$"]
+    dlq_command = [
+        "rabbitmqctl", "set_policy", "-p", vhost, "--apply-to", "queues", "--priority", DLQ_POLICY_PRIORITY,
+        DLQ_POLICY_NAME, r"^purchases\.dlq$",
+    ]  # fmt: skip
     if shutil.which("rabbitmqctl") is None:
-        shown = shlex.join([*command, json.dumps(POLICY)])
+        shown = "\n  ".join(
+            shlex.join([*c, json.dumps(d)]) for c, d in ((command, POLICY), (dlq_command, DLQ_POLICIES[0]))
+        )
         print(f"kc-tasks: rabbitmqctl is not on this machine; on a RabbitMQ node run:\n  {shown}", file=sys.stderr)
         return EXIT_FAILED
-    for definition in (POLICY, POLICY_BEFORE_3_10):
-        argv = [*command, json.dumps(definition)]
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603  (fixed argv)
-        output = (result.stderr or result.stdout).strip()
-        if result.returncode == 0 or "queue-version" not in output:
-            break
-    if result.returncode != 0:
-        print(f"kc-tasks: {shlex.join(argv)} failed: {output}", file=sys.stderr)
+    definition = _set_policy(command, (POLICY, POLICY_BEFORE_3_10), "queue-version")
+    if definition is None:
         return EXIT_FAILED
     storage = "" if "queue-version" in definition else " (this RabbitMQ has no queue version 2)"
     print(f"policy {POLICY_NAME} set on vhost {vhost}: rejected purchases messages go to purchases.dlq{storage}")
+    limit = _set_policy(dlq_command, DLQ_POLICIES, "delivery limit")
+    if limit is None:
+        return EXIT_FAILED
+    print(f"policy {DLQ_POLICY_NAME} set on vhost {vhost}: purchases.dlq delivery limit {limit['delivery-limit']} "
+          "(-1: none): reading dead letters never drops one")  # fmt: skip
     return 0
+
+
+def _set_policy(
+    command: list[str], definitions: Sequence[dict[str, object]], older_broker_hint: str
+) -> dict[str, object] | None:
+    """The first definition this RabbitMQ accepts, set; None (reported) when none is."""
+    import shlex
+    import subprocess
+
+    for definition in definitions:
+        argv = [*command, json.dumps(definition)]
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603  (fixed argv)
+        output = (result.stderr or result.stdout).strip()
+        if result.returncode == 0:
+            return definition
+        if older_broker_hint not in output:
+            break
+    print(f"kc-tasks: {shlex.join(argv)} failed: {output}", file=sys.stderr)
+    return None
 
 
 def _dlq_purge(settings: Settings, args: argparse.Namespace) -> int:

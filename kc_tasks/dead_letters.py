@@ -36,6 +36,7 @@ UNKNOWN_TASK = "unknown task"
 INVALID_MESSAGE = "invalid message"
 WORKER_LOST = "worker lost repeatedly"
 BROKER_REJECTED = "rejected to the dead-letter exchange"
+UNPARSEABLE = "unparseable dead letter"
 # What a dead letter may be: ours (JSON), or a raw message the broker dead-lettered.
 # Only JSON is ever decoded; anything else is shown as raw text or base64, never unpickled.
 ACCEPT = ["application/json"]
@@ -65,7 +66,10 @@ class DeadLetter:
 
     def age_seconds(self, now: datetime | None = None) -> float:
         now = now or datetime.now(UTC)
-        return (now - datetime.fromisoformat(self.died_at)).total_seconds()
+        try:
+            return (now - datetime.fromisoformat(self.died_at)).total_seconds()
+        except (TypeError, ValueError):  # a letter that says nothing usable about its death
+            return 0.0
 
     def age(self) -> str:
         """How long ago it died, for people: 42s, 7.5m, 3.0h, 2.1d."""
@@ -102,11 +106,7 @@ class DeadLetter:
                 args, kwargs = list(decoded[0] or []), decoded[1]
         except Exception:  # noqa: BLE001  (undecodable is exactly the case at hand)
             decoded = None
-        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
-        try:
-            raw = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raw = "base64:" + base64.b64encode(body).decode()
+        raw = _raw(message)
         return cls(
             task=headers.get("task"),
             task_id=headers.get("id"),
@@ -123,11 +123,34 @@ class DeadLetter:
 
     @classmethod
     def from_dlq_message(cls, message: Message) -> DeadLetter:
-        """A message in purchases.dlq: one of ours, or one the broker dead-lettered itself."""
+        """A message in purchases.dlq: one of ours, one the broker dead-lettered itself, or,
+        whatever else it holds, an unparseable one shown as its raw body."""
+        try:
+            return cls._from_dlq_message(message)
+        except Exception as exc:  # noqa: BLE001  (a broken message must not hide the others)
+            letter = cls.from_message(message, UNPARSEABLE, None)
+            letter.error_type = "Unparseable"
+            letter.error_message = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if letter.raw_body is None:
+                letter.raw_body = _raw(message)
+            letter.id = str(message.properties.get("message_id") or letter.id)
+            return letter
+
+    @classmethod
+    def _from_dlq_message(cls, message: Message) -> DeadLetter:
         if (message.headers or {}).get("kc-dead-letter"):
             data = message.decode()
             known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-            return cls(**known)
+            letter = cls(**known)
+            for name in ("id", "error_type", "error_message", "reason", "died_at"):
+                if not isinstance(getattr(letter, name), str):
+                    raise ValueError(f"{name} is not a string")
+            datetime.fromisoformat(letter.died_at)
+            if not isinstance(letter.attempts, int) or not isinstance(letter.args, list):
+                raise ValueError("attempts or args of the wrong type")
+            if letter.kwargs is not None and not isinstance(letter.kwargs, dict):
+                raise ValueError("kwargs is not an object")
+            return letter
         death = ((message.headers or {}).get("x-death") or [{}])[0]
         letter = cls.from_message(message, BROKER_REJECTED, None, attempts=int(death.get("count", 1)))
         letter.error_type = "Rejected"
@@ -138,6 +161,15 @@ class DeadLetter:
         if isinstance(when, datetime):
             letter.died_at = when.astimezone(UTC).isoformat()
         return letter
+
+
+def _raw(message: Message) -> str:
+    """The body as text, or as base64 when it is not UTF-8."""
+    body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(body).decode()
 
 
 def publish(app: Celery, letter: DeadLetter) -> None:
@@ -196,18 +228,24 @@ def depth(app: Celery) -> int:
 
 
 @contextmanager
-def hold(app: Celery) -> Iterator[list[tuple[DeadLetter, Message]]]:
-    """Every dead letter, held unacknowledged, in queue order. Those the caller acks leave
-    the DLQ; the others go back in their order when the block ends. If this process dies
-    meanwhile, the broker gives them back too (RabbitMQ at once, Redis after its visibility
-    timeout): reading the DLQ never loses anything."""
+def hold(app: Celery, limit: int | None = None) -> Iterator[list[tuple[DeadLetter, Message]]]:
+    """The first `limit` dead letters (all of them by default), held unacknowledged, in queue
+    order. Those the caller acks leave the DLQ; the others go back in their order when the
+    block ends. If this process dies meanwhile, the broker gives them back too (RabbitMQ at
+    once, Redis after its visibility timeout).
+
+    Each read counts as a delivery: a quorum purchases.dlq with a delivery limit (RabbitMQ 4
+    sets 20 by default) would drop a letter read that often. `kc-tasks dlq policy` lifts the
+    limit of purchases.dlq (DLQ_POLICY); with it, reading the DLQ never loses anything."""
     with app.connection_for_read() as conn:
         channel = conn.channel()
         queue = QUEUE(channel)
         queue.declare()
         held: list[tuple[DeadLetter, Message]] = []
         try:
-            while (message := queue.get(no_ack=False, accept=ACCEPT)) is not None:
+            while (limit is None or len(held) < limit) and (
+                message := queue.get(no_ack=False, accept=ACCEPT)
+            ) is not None:
                 held.append((DeadLetter.from_dlq_message(message), message))
             yield held
         finally:

@@ -20,6 +20,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 DEV_DIR = Path(".kc-dev")
+# The student of README's curl examples: development mode prints a read-API token for them.
+EXAMPLE_STUDENT = "0b6c5a4e-8d1e-4a49-9d1e-1b2c3d4e5f60"
 
 
 def answers(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -39,7 +41,7 @@ def run(web_port: int, flower_port: int, embedded_db: bool, filesystem_broker: b
     if not procfile.exists():
         logger.error("kc-tasks dev runs the Procfile's processes: start it from the project's folder")
         return 1
-    DEV_DIR.mkdir(exist_ok=True)
+    DEV_DIR.mkdir(mode=0o700, exist_ok=True)
     env = dict(os.environ)
     # The Procfile's commands (celery, uvicorn) live beside this Python, venv or not.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -48,8 +50,13 @@ def run(web_port: int, flower_port: int, embedded_db: bool, filesystem_broker: b
     server = _database(env, embedded_db)
     try:
         _broker(env, filesystem_broker)
-        env.setdefault("KC_WEBHOOK_SECRET", _dev_secret())
-        env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")  # on one machine, for a newcomer
+        env.setdefault("KC_WEBHOOK_SECRET", _dev_secret("webhook-secret"))
+        # Flower and the dead-letters page are never open, not even here: generated credentials.
+        env.setdefault("FLOWER_BASIC_AUTH", "kc:" + _dev_secret("flower-password"))
+        env.setdefault("KC_ADMIN_USER", "kc")
+        env.setdefault("KC_ADMIN_PASSWORD", _dev_secret("admin-password"))
+        env.setdefault("KC_JWT_SECRET", _dev_secret("jwt-secret", 32))
+        env.pop("FLOWER_UNAUTHENTICATED_API", None)
         env.update(
             PORT=str(web_port),
             FLOWER_PORT=str(flower_port),
@@ -67,6 +74,7 @@ def run(web_port: int, flower_port: int, embedded_db: bool, filesystem_broker: b
             flower_port,
             web_port,
         )
+        print(_credentials(env, web_port), flush=True)
         manager = Manager(Printer(sys.stdout))
         for name, process in parse_procfile(procfile.read_text()).processes.items():
             manager.add_process(name, process, env=env)
@@ -106,8 +114,27 @@ def _broker(env: dict[str, str], forced: bool) -> None:
     )
 
 
-def _dev_secret() -> str:
-    path = DEV_DIR / "webhook-secret"
+def _dev_secret(name: str, size: int = 16) -> str:
+    """A random secret kept in .kc-dev/<name> (mode 0600), the same at every start."""
+    path = DEV_DIR / name
     if not path.exists():
-        path.write_text(secrets.token_hex(16))
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(size))
     return path.read_text().strip()
+
+
+def _credentials(env: dict[str, str], web_port: int) -> str:
+    """What a newcomer needs to get in, printed once to the terminal (never logged)."""
+    from kc_tasks.auth import mint
+
+    token = mint(env["KC_JWT_SECRET"], EXAMPLE_STUDENT, 24 * 3600, env.get("KC_JWT_AUDIENCE") or "kc_tasks")
+    flower_user, _, flower_password = env["FLOWER_BASIC_AUTH"].partition(":")
+    return (
+        "development mode credentials (kept in .kc-dev/):\n"
+        f"  Flower:       user {flower_user}  password {flower_password}\n"
+        f"  dead letters: user {env['KC_ADMIN_USER']}  password {env['KC_ADMIN_PASSWORD']}\n"
+        f"  courses of the example student {EXAMPLE_STUDENT} (token valid 24 h):\n"
+        f"    curl -H 'Authorization: Bearer {token}' "
+        f"http://127.0.0.1:{web_port}/students/{EXAMPLE_STUDENT}/courses\n"
+        "  another student's token: kc-tasks token --student <uuid> (with KC_JWT_SECRET=$(cat .kc-dev/jwt-secret))"
+    )

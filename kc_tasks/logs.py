@@ -19,6 +19,20 @@ from celery.signals import setup_logging, task_postrun, task_prerun
 _task: contextvars.ContextVar[dict[str, str | None] | None] = contextvars.ContextVar("kc_task", default=None)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+# In text logs, a line is an event: control characters in a message (an event id or payment
+# id from a request may hold a newline) are escaped, so that no one can forge a line.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c != 0x09} | {
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x85: "\\x85",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def one_line(text: str) -> str:
+    """The text with line breaks and other control characters escaped."""
+    return text.translate(_ESCAPES)
 
 
 class TaskContext(logging.Filter):
@@ -35,11 +49,15 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        line = super().format(record)  # a traceback (exc_info) follows on its own lines
         task_id = getattr(record, "task_id", None)
         if task_id:
-            line += f" [task_id={task_id} payment_id={getattr(record, 'payment_id', None)}]"
+            line += one_line(f" [task_id={task_id} payment_id={getattr(record, 'payment_id', None)}]")
         return line
 
 

@@ -51,6 +51,13 @@ class Settings:
     # Basic auth of the dead-letters page; the page is off while either is empty.
     admin_user: str = field(default="", repr=False)
     admin_password: str = field(default="", repr=False)
+    # Keys of the read API's bearer tokens: an HS256 secret, and/or the identity provider's
+    # JWKS (RS256/ES256). With neither, GET /students/{id}/courses answers 401 to everyone.
+    jwt_secret: str = field(default="", repr=False)
+    jwt_jwks_url: str = ""
+    # The `aud` a token must carry, and the `iss` when set.
+    jwt_audience: str = "kc_tasks"
+    jwt_issuer: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +79,10 @@ class Settings:
             stripe_webhook_secret=env.get("KC_STRIPE_WEBHOOK_SECRET", ""),
             admin_user=env.get("KC_ADMIN_USER", ""),
             admin_password=env.get("KC_ADMIN_PASSWORD", ""),
+            jwt_secret=env.get("KC_JWT_SECRET", ""),
+            jwt_jwks_url=env.get("KC_JWT_JWKS_URL", ""),
+            jwt_audience=env.get("KC_JWT_AUDIENCE") or "kc_tasks",
+            jwt_issuer=env.get("KC_JWT_ISSUER", ""),
         )
 
     @property
@@ -105,11 +116,19 @@ def database_url_from_env(env: Mapping[str, str]) -> URL:
 
 def normalize_database_url(raw: str, name: str = "DATABASE_URL") -> URL:
     """Accept postgresql://, postgres:// and postgresql+psycopg://; use psycopg 3."""
+    # "user:p@ss@host" would be read as host "ss@host": a piece of the password in every
+    # connection error. Refused, and never echoed (nor is the parser's message, which would).
+    _, scheme_sep, rest = raw.partition("://")
+    if scheme_sep and rest.split("/", 1)[0].split("?", 1)[0].count("@") > 1:
+        raise ConfigError(f"{name}: the user or password holds an unencoded '@': percent-encode it (%40)")
     try:
         url = make_url(raw)
         _ = url.port  # a non-numeric port raises here
-    except (ArgumentError, ValueError) as exc:
-        raise ConfigError(f"{name} is not a valid URL: {exc}") from None
+    except (ArgumentError, ValueError):
+        raise ConfigError(
+            f"{name} is not a valid URL (postgresql://user:password@host:port/database; "
+            "percent-encode special characters in the password)"
+        ) from None
     backend, _, driver = url.drivername.partition("+")
     if backend not in ("postgresql", "postgres"):
         raise ConfigError(f"{name} must be a postgresql:// URL, not {url.drivername}://")

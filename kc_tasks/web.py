@@ -5,26 +5,31 @@ Served by uvicorn: `uvicorn --factory kc_tasks.web:create_app --port $PORT`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import sys
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
 from celery import Celery
-from fastapi import FastAPI, HTTPException, Path, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
-from kc_tasks import admin, db, inbox, logs, signature
+from kc_tasks import admin, auth, db, inbox, logs, signature
 from kc_tasks.errors import ConfigError, InvalidPurchase, KcTasksError
 from kc_tasks.payload import parse_purchase
 from kc_tasks.providers import Malformed, Purchase
 from kc_tasks.providers import kc as kc_provider
 from kc_tasks.providers import razorpay as razorpay_provider
 from kc_tasks.providers import stripe as stripe_provider
+from kc_tasks.readiness import Readiness
 from kc_tasks.settings import Settings, secrets
 
 logger = logging.getLogger(__name__)
@@ -35,6 +40,13 @@ MAX_PROVIDER_BODY_BYTES = 256 * 1024
 PAYMENT_SUCCEEDED = "payment.succeeded"
 # Task ids derive from payment ids: a provider's repeated webhook maps to the same task.
 TASK_ID_NAMESPACE = inbox.PURCHASE_TASK_IDS
+# A page of a student's courses holds at most this many; the Link header names the next one.
+MAX_PAGE = 100
+# Shorter secrets can be guessed offline from one signed request or token.
+MIN_SECRET_BYTES = 32
+MIN_ADMIN_PASSWORD_CHARS = 16
+# At module level: FastAPI resolves the route's (string) annotations in this module's globals.
+bearer = HTTPBearer(auto_error=False, description="a JWT: `sub` the student, or `scope` with purchases:read")
 
 
 class Accepted(BaseModel):
@@ -49,7 +61,9 @@ class Ignored(BaseModel):
 class Course(BaseModel):
     purchase_id: str
     course_id: str
-    payment_id: str
+    payment_id: str | None = Field(
+        None, description="the payment provider's id: only for a token with scope purchases:read, not for a student"
+    )
     amount_cents: int
     currency: str
     purchased_at: str
@@ -82,6 +96,19 @@ WEBHOOK_BODY_SCHEMA = {
 }
 
 
+def _check_secrets(settings: Settings) -> None:
+    """ConfigError (one line, naming the variable, never the value) for a weak secret."""
+    for name, value in (("KC_WEBHOOK_SECRET", settings.webhook_secret), ("KC_JWT_SECRET", settings.jwt_secret)):
+        # Several comma-separated secrets are several secrets (rotation): each must be long.
+        if value and any(len(part.strip().encode()) < MIN_SECRET_BYTES for part in value.split(",")):
+            raise ConfigError(
+                f"{name} is shorter than {MIN_SECRET_BYTES} bytes; generate one with "
+                'python3 -c "import secrets; print(secrets.token_hex(32))"'
+            )
+    if settings.admin_user and settings.admin_password and len(settings.admin_password) < MIN_ADMIN_PASSWORD_CHARS:
+        raise ConfigError(f"KC_ADMIN_PASSWORD is shorter than {MIN_ADMIN_PASSWORD_CHARS} characters")
+
+
 def task_id_for(payment_id: str) -> str:
     return inbox.task_id_for(payment_id)
 
@@ -92,6 +119,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         settings = settings or Settings.from_env()
         if not settings.webhook_secret:
             raise ConfigError("KC_WEBHOOK_SECRET is not set: the webhook cannot verify signatures")
+        _check_secrets(settings)
     except ConfigError as exc:
         print(f"kc_tasks web: refusing to start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -199,22 +227,53 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
             answer["task_id"] = receipt.task_id
         return JSONResponse(answer, status_code=200)
 
-    @api.get("/students/{student_id}/courses", response_model=list[Course], responses={503: {"model": Problem}})
-    def student_courses(student_id: Annotated[uuid.UUID, Path()]) -> list[dict[str, Any]]:
-        """The student's active purchases, newest first."""
-        return _courses(engine, str(student_id))
+    verifier = auth.Verifier(settings.jwt_secret, settings.jwt_jwks_url, settings.jwt_audience, settings.jwt_issuer)
+
+    @api.get(
+        "/students/{student_id}/courses",
+        response_model=list[Course],
+        response_model_exclude_none=True,
+        responses={
+            401: {"model": Problem, "description": "missing, expired or invalid bearer token"},
+            403: {"model": Problem, "description": "the token is another student's"},
+            422: {"model": Problem, "description": "not a student UUID, or a bad page cursor"},
+            503: {"model": Problem},
+        },
+    )
+    def student_courses(
+        student_id: Annotated[uuid.UUID, Path()],
+        response: Response,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+        after: Annotated[str | None, Query(max_length=200, description="the cursor of the Link header")] = None,
+    ) -> list[dict[str, Any]]:
+        """The student's active purchases, newest first, a page at a time (Link: rel="next")."""
+        grant = _grant(verifier, credentials, student_id)
+        position = _decode_cursor(after) if after else None
+        rows = _courses(engine, str(student_id), limit + 1, position)
+        if len(rows) > limit:
+            rows = rows[:limit]
+            cursor = _encode_cursor(rows[-1]["purchased_at"], rows[-1]["purchase_id"])
+            response.headers["Link"] = f'</students/{student_id}/courses?limit={limit}&after={cursor}>; rel="next"'
+        if not grant.any_student:
+            # A student's own view: the provider's payment id serves refunds and support
+            # look-ups, not the student, and would widen what a leaked token tells.
+            for row in rows:
+                row.pop("payment_id")
+        return rows
 
     @api.get("/healthz")
     def healthz() -> dict[str, str]:
         """The process is alive."""
         return {"status": "ok"}
 
+    readiness = Readiness(engine, broker)
+
     @api.get("/readyz", responses={503: {"description": "PostgreSQL or the broker is unreachable"}})
     def readyz() -> JSONResponse:
-        """PostgreSQL and the broker are reachable."""
-        checks = {"database": _database_ok(engine), "broker": _broker_ok(broker)}
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+        """PostgreSQL and the broker are reachable: each `ok` or `unreachable` (details in the log)."""
+        answer = readiness.answer()
+        return JSONResponse(answer, status_code=200 if answer["ready"] else 503)
 
     admin_routes = admin.router(settings, celery_app)
     if admin_routes is not None:
@@ -242,14 +301,55 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _courses(engine: Engine, student_id: str) -> list[dict[str, Any]]:
+def _grant(
+    verifier: auth.Verifier, credentials: HTTPAuthorizationCredentials | None, student_id: uuid.UUID
+) -> auth.Grant:
+    """The token's grant for this student, or 401 (no valid token) / 403 (another student's)."""
+    if credentials is None:
+        raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    try:
+        grant = verifier.verify(credentials.credentials)
+    except auth.Unauthorized as exc:
+        logger.info("courses of %s: token refused: %s", student_id, exc)
+        raise HTTPException(
+            401, "invalid or expired token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        ) from None
+    if not grant.allows(student_id):
+        logger.info("courses of %s: refused to a token of another subject", student_id)
+        raise HTTPException(403, "this token does not allow reading this student's courses")
+    return grant
+
+
+def _encode_cursor(purchased_at: str, purchase_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{purchased_at}|{purchase_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, _, purchase_id = text.partition("|")
+        position = datetime.fromisoformat(when), uuid.UUID(purchase_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise HTTPException(422, "after: not a cursor of this listing") from None
+    if position[0].tzinfo is None:
+        raise HTTPException(422, "after: not a cursor of this listing")
+    return position
+
+
+def _courses(
+    engine: Engine, student_id: str, limit: int, after: tuple[datetime, uuid.UUID] | None = None
+) -> list[dict[str, Any]]:
     t = db.purchases
+    query = (
+        sa.select(t.c.id, t.c.course_id, t.c.payment_id, t.c.amount_cents, t.c.currency, t.c.created_at)
+        .where(t.c.student_id == student_id, t.c.is_active)
+        .order_by(t.c.created_at.desc(), t.c.id.desc())
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(sa.tuple_(t.c.created_at, t.c.id) < sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
     with db.translate_errors(engine.url), engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(t.c.id, t.c.course_id, t.c.payment_id, t.c.amount_cents, t.c.currency, t.c.created_at)
-            .where(t.c.student_id == student_id, t.c.is_active)
-            .order_by(t.c.created_at.desc())
-        ).all()
+        rows = conn.execute(query).all()
     return [
         {
             "purchase_id": str(r.id),
@@ -261,21 +361,3 @@ def _courses(engine: Engine, student_id: str) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
-
-
-def _database_ok(engine: Engine) -> str:
-    try:
-        with db.translate_errors(engine.url), engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except KcTasksError as exc:
-        return f"unreachable: {exc}"
-    return "ok"
-
-
-def _broker_ok(app: Celery) -> str:
-    try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=3)
-    except Exception as exc:  # noqa: BLE001  (any transport failure means "not ready")
-        return f"unreachable: {type(exc).__name__}"
-    return "ok"

@@ -81,6 +81,8 @@ def load_object(body: bytes) -> dict[str, Any]:
         data = json.loads(body.decode("utf-8"))  # stored as text: UTF-8 only
     except (ValueError, UnicodeDecodeError) as exc:
         raise Malformed(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise Malformed("body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise Malformed("body must be a JSON object")
     return data

@@ -178,7 +178,16 @@ def count(database_url: str, where: str = "true", params: tuple | None = None) -
 
 
 UVICORN = str(Path(sys.executable).with_name("uvicorn"))
-WEBHOOK_SECRET = "e2e-webhook-secret"
+WEBHOOK_SECRET = "e2e-webhook-secret-of-at-least-32-bytes"
+# The read API's HS256 key in every web process these tests start (unless a test sets its own).
+JWT_SECRET = "e2e-jwt-secret-of-at-least-thirty-two-bytes"
+
+
+def reader_headers() -> dict[str, str]:
+    """A bearer token of a service that reads any student's courses (scope purchases:read)."""
+    from kc_tasks.auth import mint
+
+    return {"Authorization": "Bearer " + mint(JWT_SECRET, "e2e-reader", 600, "kc_tasks", scope="purchases:read")}
 
 
 @dataclass
@@ -212,8 +221,9 @@ def start_web(tmp: Path, database_url: str, broker_url: str, **env: str) -> Web:
         CELERY_BROKER_URL=broker_url,
         KC_WEBHOOK_SECRET=WEBHOOK_SECRET,
         PORT=str(port),
-        **env,
     )
+    environment.setdefault("KC_JWT_SECRET", JWT_SECRET)
+    environment.update(env)
     with log.open("w") as out:
         process = subprocess.Popen(
             [UVICORN, "--factory", "kc_tasks.web:create_app", "--host", "127.0.0.1", "--port", str(port)],

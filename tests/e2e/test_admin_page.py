@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Browser
 
-from tests.e2e.conftest import ROOT, Client, Web, Workers, count, purchase, wait_until
+from tests.e2e.conftest import ROOT, Client, Web, Workers, count, purchase, reader_headers, wait_until
 
 USER, PASSWORD = "ops", "correct horse battery staple"
 ADMIN = {"KC_ADMIN_USER": USER, "KC_ADMIN_PASSWORD": PASSWORD}
@@ -38,6 +38,12 @@ def form_token(html: str) -> str:
     return match.group(1)
 
 
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
 def test_the_page_asks_for_credentials_and_is_off_without_them(
     database_url: str, rabbitmq_url: str, webs: Callable[..., Web]
 ) -> None:
@@ -51,9 +57,16 @@ def test_the_page_asks_for_credentials_and_is_off_without_them(
     page = httpx.get(web.base + PAGE, auth=(USER, PASSWORD))
     assert page.status_code == 200 and "0 dead letters in purchases.dlq" in page.text
     assert page.headers["Content-Security-Policy"] == (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     )
     assert page.headers["X-Frame-Options"] == "DENY"
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Referrer-Policy"] == "same-origin"
+    # Failed sign-ins are logged, the user name quoted so that it cannot forge a line.
+    forged = httpx.get(web.base + PAGE, headers={"Authorization": "Basic " + _b64("ops\nFAKE admin ok:x")})
+    assert forged.status_code == 401
+    assert "admin: failed sign-in as 'ops" in web.text()
+    assert "\nFAKE admin ok" not in web.text()
     assert PAGE not in httpx.get(web.base + "/openapi.json").text, "the page is not in the API schema"
 
     off = webs(database_url, rabbitmq_url)
@@ -114,7 +127,7 @@ def test_an_operator_inspects_and_replays_a_dead_letter_in_a_browser(
     page.wait_for_url(re.compile(r"\?replayed=1&failed=0$"))
     assert page.locator(".flash").inner_text() == "replayed 1"
     assert wait_until(lambda: count(database_url) == 1, timeout=30), "the replayed purchase is made"
-    courses = httpx.get(f"{web.base}/students/{data['student_id']}/courses").json()
+    courses = httpx.get(f"{web.base}/students/{data['student_id']}/courses", headers=reader_headers()).json()
     assert [c["payment_id"] for c in courses] == [data["payment_id"]]
     page.reload()
     assert page.locator("#count").inner_text() == "0 dead letters in purchases.dlq"

@@ -212,6 +212,7 @@ def test_the_rabbitmq_policy_dead_letters_what_a_consumer_rejects(rabbitmq_url: 
         assert "rejected" in letter["error_message"] and letter["task_id"] == "rejected-1"
     finally:
         rabbitmqctl("clear_policy", "-p", vhost, "kc-purchases-dlx", check=False)
+        rabbitmqctl("clear_policy", "-p", vhost, "kc-purchases-dlq", check=False)
 
 
 def test_a_rabbitmq_without_version_2_storage_still_gets_the_dead_letter_policy(tmp_path: Path) -> None:
@@ -229,6 +230,7 @@ def test_a_rabbitmq_without_version_2_storage_still_gets_the_dead_letter_policy(
     done = subprocess.run([KC_TASKS, "dlq", "policy"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "this RabbitMQ has no queue version 2" in done.stdout
-    first, second = calls.read_text().splitlines()
+    first, second, dlq = calls.read_text().splitlines()
     assert '"queue-version": 2' in first and "queue-version" not in second
     assert '"dead-letter-routing-key": "purchases.dlq"' in second
+    assert "kc-purchases-dlq" in dlq and '"delivery-limit": -1' in dlq

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -81,10 +82,40 @@ def test_dev_mode_runs_everything_without_services(tmp_path: Path) -> None:
             headers={"Content-Type": "application/json", "X-KC-Signature": f"t={t},v1={signature}"},
         )
         assert posted.status_code == 202
+        # The credentials it prints: a token of the example student, Flower's, the page's.
+        text = log.read_text()
+        token = re.search(r"Authorization: Bearer ([\w.-]+)", text).group(1)
+        example = re.search(r"courses of the example student ([0-9a-f-]{36})", text).group(1)
+        mine = httpx.get(f"{base}/students/{example}/courses", headers={"Authorization": f"Bearer {token}"})
+        assert mine.status_code == 200 and mine.json() == []
+        assert (
+            httpx.get(f"{base}/students/{student}/courses", headers={"Authorization": f"Bearer {token}"}).status_code
+            == 403
+        )
+        jwt_secret = (tmp_path / ".kc-dev" / "jwt-secret").read_text().strip()
+        minted = subprocess.run(
+            [KC_TASKS, "token", "--student", student],
+            env=dict(env, KC_JWT_SECRET=jwt_secret),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         courses = f"{base}/students/{student}/courses"
-        assert wait_until(lambda: httpx.get(courses).json() != [], timeout=30), log.read_text()[-3000:]
-        assert httpx.get(courses).json()[0]["payment_id"] == "pay_dev"
-        assert _ok(f"http://127.0.0.1:{flower_port}/")
+        headers = {"Authorization": f"Bearer {minted}"}
+        assert wait_until(lambda: httpx.get(courses, headers=headers).json() != [], timeout=30), text[-3000:]
+        assert httpx.get(courses, headers=headers).json()[0]["course_id"] == course
+        flower_user, flower_password = re.search(r"Flower: +user (\S+) +password (\S+)", text).groups()
+        admin_user, admin_password = re.search(r"dead letters: user (\S+) +password (\S+)", text).groups()
+        flower = f"http://127.0.0.1:{flower_port}"
+        assert _ok(flower + "/healthcheck")
+        for path in ("/", "/api/workers"):
+            anonymous = httpx.get(flower + path, timeout=5, headers={"Origin": "http://evil.example"})
+            assert anonymous.status_code == 401, path
+            assert anonymous.headers.get("access-control-allow-origin") != "*"
+        assert httpx.get(flower + "/", auth=(flower_user, flower_password), timeout=5).status_code == 200
+        page = httpx.get(f"{base}/admin/dead-letters", auth=(admin_user, admin_password), timeout=10)
+        assert page.status_code == 200, "the page it advertises is served"
+        assert httpx.get(f"{base}/admin/dead-letters", timeout=10).status_code == 401
     finally:
         os.kill(dev.pid, signal.SIGTERM)
         try:

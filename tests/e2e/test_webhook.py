@@ -15,7 +15,7 @@ from celery import Celery
 
 from kc_tasks.web import task_id_for
 from tests.conftest import AMQP, run_sql
-from tests.e2e.conftest import WEBHOOK_SECRET, Web, Workers, count, purchase, wait_until
+from tests.e2e.conftest import WEBHOOK_SECRET, Web, Workers, count, purchase, reader_headers, wait_until
 from tests.e2e.proxy import Proxy
 
 
@@ -40,8 +40,8 @@ def test_a_signed_payment_becomes_a_course_the_student_sees(
     assert posted.status_code == 202
     task_id = posted.json()["task_id"]
     courses_url = f"{web.base}/students/{data['student_id']}/courses"
-    assert wait_until(lambda: httpx.get(courses_url).json() != [], timeout=20)
-    [course] = httpx.get(courses_url).json()
+    assert wait_until(lambda: httpx.get(courses_url, headers=reader_headers()).json() != [], timeout=20)
+    [course] = httpx.get(courses_url, headers=reader_headers()).json()
     assert course["course_id"] == data["course_id"] and course["payment_id"] == data["payment_id"]
     replay = httpx.post(web.base + "/webhooks/payments", content=body, headers=signed(body))
     assert replay.status_code == 202 and replay.json()["task_id"] == task_id, "the same payment maps to one task id"

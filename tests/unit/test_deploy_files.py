@@ -48,9 +48,15 @@ OPTIONAL_WITH_DEFAULTS = {
     "PATH": "the image's",
     # `kc-tasks dev` only: the folder of the filesystem:// broker; compose uses RabbitMQ.
     "KC_FILESYSTEM_BROKER_DIR": "kc-tasks dev only",
-    # beat's schedule file: /tmp in the container; losing it with the container only restarts
-    # the beat periods (every beat task is an interval task).
-    "KC_BEAT_SCHEDULE": "beat schedule file, /tmp by default",
+    # beat's schedule file: .kc-state/ (mode 0700) in the working folder by default; losing it
+    # with the container only restarts the beat periods (every beat task is an interval task).
+    "KC_BEAT_SCHEDULE": "beat schedule file, .kc-state/beat-schedule by default",
+    # Flower's own: its basic auth (compose sets it for flower; kc-tasks dev generates it), and
+    # the switch of an unauthenticated API, which flower refuses on a non-loopback address.
+    "FLOWER_BASIC_AUTH": "Flower's own; set for the flower service",
+    "FLOWER_UNAUTHENTICATED_API": "Flower's own; left unset",
+    # Flower's listening address: the Procfile's default is 127.0.0.1.
+    "FLOWER_ADDRESS": "Flower's address, 127.0.0.1 by default",
     # A provider's webhook route is on only while its secret is set: a deployment sets the
     # secret of each provider it takes payments from, and only those.
     "KC_RAZORPAY_WEBHOOK_SECRET": "POST /webhooks/razorpay is off while unset",
@@ -314,13 +320,39 @@ def test_every_kc_service_runs_the_one_image_built_from_docker_dockerfile(name: 
     assert (DOCKER / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE.resolve()
 
 
+# What an operator's docker/.env might hold, to read the compose values as compose would.
+SAMPLE_ENV = {"POSTGRES_PASSWORD": "pg0a1b2c3d", "RABBITMQ_PASSWORD": "mq4e5f6a7b"}
+
+
+def as_compose_interpolates(value: str | None, env: dict[str, str] = SAMPLE_ENV) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, rest = match.group(1) or match.group(3), match.group(2) or ""
+        return env.get(name) or (rest[2:] if rest.startswith(":-") else "")
+
+    return COMPOSE_TOKEN.sub(replace, value or "")
+
+
+def test_compose_holds_no_literal_password() -> None:
+    for name in ("postgres", "rabbitmq", *KC_SERVICES):
+        env = environment(name)
+        for key in ("POSTGRES_PASSWORD", "RABBITMQ_DEFAULT_PASS"):
+            if key in env:
+                assert (env[key] or "").startswith("${"), f"the {name} service's {key} comes from docker/.env"
+        for key in ("DATABASE_URL", "CELERY_BROKER_URL"):
+            if key in env:
+                password = urlsplit(as_compose_interpolates(env[key], {})).password
+                assert not password, f"the {name} service's {key} holds a literal password"
+
+
 @pytest.mark.parametrize("name", KC_SERVICES)
 def test_every_kc_service_reaches_the_compose_database_and_broker(name: str) -> None:
-    env = environment(name)
+    env = {k: as_compose_interpolates(v) for k, v in environment(name).items()}
     database = urlsplit(env.get("DATABASE_URL") or "")
     broker = urlsplit(env.get("CELERY_BROKER_URL") or "")
-    postgres = environment("postgres")
-    rabbitmq = environment("rabbitmq")
+    postgres = {k: as_compose_interpolates(v) for k, v in environment("postgres").items()}
+    rabbitmq = {k: as_compose_interpolates(v) for k, v in environment("rabbitmq").items()}
 
     assert database.scheme == "postgresql" and database.hostname == "postgres" and database.port == 5432
     assert (database.username, database.password) == (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"])

@@ -46,3 +46,22 @@ def test_the_reason_never_echoes_the_signature() -> None:
     header = sign(b"another secret", BODY, NOW)
     problem = verify(SECRET, BODY, header, now=NOW)
     assert problem is not None and header.split("v1=")[1] not in problem
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"t=\u00b2,v1={'0' * 64}",  # str.isdigit() is true, int() refuses it
+        f"t=\u0661\u0662,v1={'0' * 64}",  # Arabic-Indic digits: int() would accept them
+        f"t={'9' * 5000},v1={'0' * 64}",  # over int()'s 4,300-digit limit
+        f"t={'1' * 13},v1={'0' * 64}",
+        f"t={NOW},v1={'0' * 64}," + "x" * 3000,
+    ],
+)
+def test_a_timestamp_of_anything_but_a_few_ascii_digits_is_malformed(header: str) -> None:
+    problem = verify(SECRET, BODY, header, now=NOW)
+    assert problem is not None and "malformed" in problem
+
+
+def test_a_non_ascii_v1_is_a_mismatch_not_an_error() -> None:
+    assert verify(SECRET, BODY, f"t={NOW},v1=\u00ff\u00b2", now=NOW) == "signature does not match the body"
