@@ -161,7 +161,9 @@ def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
                     f"[dead letter {letter.id}]",
                 )
             )
-    story.entries.sort(key=lambda entry: entry.at.astimezone(UTC))
+    story.entries = sorted(
+        (Entry(entry.at.astimezone(UTC), entry.source, entry.text) for entry in story.entries), key=lambda e: e.at
+    )
     story.verdict = verdict(
         Facts(
             active=None if bought is None else bool(bought.is_active),

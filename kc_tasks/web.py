@@ -216,7 +216,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
-    admin_routes = admin.router(settings, celery_app)
+    admin_routes = admin.router(settings, celery_app, engine)
     if admin_routes is not None:
         api.include_router(admin_routes)
 
