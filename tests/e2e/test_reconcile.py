@@ -19,12 +19,14 @@ from celery import Celery
 from tests import provider_api_server as api
 from tests import provider_samples as s
 from tests.conftest import REDIS, purge_redis, run_sql
+from tests.e2e import test_flower
 from tests.e2e.conftest import ROOT, Web, Workers, count, wait_until
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 NOW = int(time.time())
 ADMIN = {"KC_ADMIN_USER": "ops", "KC_ADMIN_PASSWORD": "correct horse battery staple"}
 SECRETS = (api.RAZORPAY_KEY_ID, api.RAZORPAY_KEY_SECRET, api.STRIPE_API_KEY)
+flower = test_flower.flower  # the fixture: Flower as the Procfile runs it
 
 
 @pytest.fixture
@@ -141,3 +143,30 @@ def test_a_message_redis_lost_in_transit_is_made_whole_by_the_next_beat_run(
     assert '<p id="verdict"><strong>granted</strong></p>' in page.text
     assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
     purge_redis()
+
+
+def test_flower_shows_the_beat_tasks_summary_as_its_result(
+    database_url: str,
+    rabbitmq_url: str,
+    workers: Workers,
+    flower: Callable[[], test_flower.Flower],
+    provider: api.Provider,
+) -> None:
+    provider.razorpay_payments = [api.razorpay_payment(NOW - 60, api.new_id(), api.new_id())]
+    worker = workers.start(database_url, rabbitmq_url, **keys(provider))
+    name = next(line.split()[-2] for line in worker.text().splitlines() if line.rstrip().endswith(" ready."))
+    web = flower()
+    assert wait_until(lambda: name in web.seen_workers(), timeout=30), web.text()[-3000:]
+
+    task_id = Celery(broker=rabbitmq_url).send_task("kc_tasks.reconcile_payments", queue="purchases").id
+
+    def shown() -> dict:
+        response = web.get("/api/tasks?taskname=kc_tasks.reconcile_payments")
+        return response.json().get(task_id, {}) if response.status_code == 200 else {}
+
+    assert wait_until(lambda: shown().get("state") == "SUCCESS", timeout=60), worker.text()[-3000:]
+    result = shown()["result"]
+    assert "'purchases_enqueued': 1" in result and "'provider': 'razorpay'" in result
+    assert "'provider': 'stripe'" in result and "'error': None" in result
+    for secret in SECRETS:
+        assert secret not in result
