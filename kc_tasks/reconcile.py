@@ -192,6 +192,8 @@ def run(
         assert pid is not None
         action = event.action
         if isinstance(action, Unmapped):
+            if known.settled(pid):  # e.g. Stripe: the Checkout Session's metadata made the purchase
+                continue
             summary.unmapped += 1
             fine.discard(pid)
             summary.actions.append(f"unmapped: {pid}: its notes/metadata lack {', '.join(action.missing)}")

@@ -127,7 +127,10 @@ def test_stripe_pages_by_starting_after_and_a_refund_revokes_the_active_purchase
         api.stripe_charge(refunded),
         api.stripe_charge(refunded_unbought),
     ]
+    session_made = api.stripe_intent(NOW - HOUR)  # no metadata: its Checkout Session's made the purchase
+    provider.stripe_intents.append(session_made)
     purchase_row(sql, refunded["id"])
+    purchase_row(sql, session_made["id"])
 
     summary = run(engine, broker, provider, "stripe")
 
@@ -135,7 +138,8 @@ def test_stripe_pages_by_starting_after_and_a_refund_revokes_the_active_purchase
     assert len(intents) == 2 and "starting_after" not in intents[0]
     assert intents[1]["starting_after"].startswith("pi_")
     assert (summary.purchases_enqueued, summary.revocations_enqueued, summary.not_paid) == (1, 1, 110)
-    assert summary.already_fine == 1, "refunded before any purchase: nothing to make, nothing to revoke"
+    assert summary.unmapped == 0
+    assert summary.already_fine == 2, "made by its session; refunded before any purchase: nothing to do"
     assert sorted((name, task_id) for name, task_id, _ in queued()) == sorted(
         [
             ("kc_tasks.create_purchase", inbox.task_id_for(missing["id"])),
