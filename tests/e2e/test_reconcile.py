@@ -101,6 +101,8 @@ def test_a_payment_whose_webhook_never_came_is_made_and_a_refund_at_the_provider
         .splitlines()[-1]
         .startswith("not granted: paid, but its notes/metadata lack")
     )
+    dead = kc(database_url, broker_url, provider, "dlq", "list", "--json")  # kc() checks it holds no key
+    assert dead.returncode == 0 and dead.stdout == ""
 
 
 def test_a_message_redis_lost_in_transit_is_made_whole_by_the_next_beat_run(
@@ -158,15 +160,26 @@ def test_flower_shows_the_beat_tasks_summary_as_its_result(
     web = flower()
     assert wait_until(lambda: name in web.seen_workers(), timeout=30), web.text()[-3000:]
 
-    task_id = Celery(broker=rabbitmq_url).send_task("kc_tasks.reconcile_payments", queue="purchases").id
+    client = Celery(broker=rabbitmq_url)
 
-    def shown() -> dict:
+    def shown(task_id: str) -> dict:
         response = web.get("/api/tasks?taskname=kc_tasks.reconcile_payments")
         return response.json().get(task_id, {}) if response.status_code == 200 else {}
 
-    assert wait_until(lambda: shown().get("state") == "SUCCESS", timeout=60), worker.text()[-3000:]
-    result = shown()["result"]
+    # Razorpay's API down: the run succeeds with the error in its summary, and enqueues nothing.
+    provider.fail("/v1/payments", "500", "500", "500")
+    failed_id = client.send_task("kc_tasks.reconcile_payments", queue="purchases").id
+    assert wait_until(lambda: shown(failed_id).get("state") == "SUCCESS", timeout=60), worker.text()[-3000:]
+    failed = shown(failed_id)["result"]
+    assert "'error': 'razorpay API: GET /v1/payments failed after 3 tries: HTTP 500'" in failed
+    assert "WARNING" in worker.text() and "reconcile razorpay: razorpay API: GET /v1/payments failed" in worker.text()
+    assert count(database_url) == 0
+
+    task_id = client.send_task("kc_tasks.reconcile_payments", queue="purchases").id
+    assert wait_until(lambda: shown(task_id).get("state") == "SUCCESS", timeout=60), worker.text()[-3000:]
+    result = shown(task_id)["result"]
     assert "'purchases_enqueued': 1" in result and "'provider': 'razorpay'" in result
     assert "'provider': 'stripe'" in result and "'error': None" in result
+    assert wait_until(lambda: count(database_url) == 1)
     for secret in SECRETS:
-        assert secret not in result
+        assert secret not in result + failed + worker.text()
