@@ -1,4 +1,5 @@
-"""The dead-letters page of the web process: list, inspect and replay purchases.dlq.
+"""The dead-letters page of the web process: list, inspect and replay purchases.dlq; and
+/admin/payments/<id>, one payment's story (kc_tasks.story), behind the same basic auth.
 
 Off unless KC_ADMIN_USER and KC_ADMIN_PASSWORD are set. Every route asks for HTTP basic
 auth; every button is a POST form carrying a CSRF token, refused when it comes from another
@@ -29,14 +30,16 @@ from celery import Celery
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.engine import Engine
 
-from kc_tasks import dead_letters
+from kc_tasks import dead_letters, story
 from kc_tasks.dead_letters import DeadLetter
 from kc_tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/admin/dead-letters"
+PAYMENTS = "/admin/payments"
 REALM = 'Basic realm="kc_tasks dead letters"'
 PAGE_HEADERS = {
     "Content-Security-Policy": (
@@ -79,8 +82,9 @@ def csrf_valid(key: bytes, user: str, token: str, now: float | None = None) -> b
     return any(secrets.compare_digest(given, csrf_token(key, user, h).encode()) for h in (hour, hour - 1))
 
 
-def router(settings: Settings, celery_app: Celery) -> APIRouter | None:
-    """The /admin/dead-letters routes, or None (the page is off) without KC_ADMIN_*."""
+def router(settings: Settings, celery_app: Celery, engine: Engine | None = None) -> APIRouter | None:
+    """The /admin/dead-letters routes (and /admin/payments/<id> given the engine), or None
+    (the pages are off) without KC_ADMIN_*."""
     if not settings.admin_user or not settings.admin_password:
         return None
     key = csrf_key(settings.admin_password, settings.webhook_secret)
@@ -168,7 +172,17 @@ def router(settings: Settings, celery_app: Celery) -> APIRouter | None:
         """Replay one dead letter (by id or task id); back to the list."""
         return _replay(celery_app, user, lambda letter: letter_id in (letter.id, letter.task_id))
 
-    return api
+    if engine is None:
+        return api
+    pages = APIRouter(include_in_schema=False)
+    pages.include_router(api)
+
+    @pages.get(PAYMENTS + "/{payment_id:path}", response_class=HTMLResponse, dependencies=[Depends(admin_user)])
+    def payment_page(payment_id: str) -> Any:
+        """Where is my course? The payment's story in time order, and the verdict."""
+        return _page("payment.html", story=story.tell(engine, celery_app, payment_id))
+
+    return pages
 
 
 def _replay(app: Celery, user: str, chosen: Callable[[DeadLetter], bool]) -> RedirectResponse:

@@ -87,5 +87,10 @@ beat_schedule = {
         "schedule": float(settings.event_relay_interval),
         "options": {"expires": float(settings.event_relay_interval)},
     },
+    "reconcile-payments": {
+        "task": "kc_tasks.reconcile_payments",
+        "schedule": float(settings.reconcile_interval),
+        "options": {"expires": float(settings.reconcile_interval)},
+    },
     "prune-events": {"task": "kc_tasks.prune_events", "schedule": 3600.0, "options": {"expires": 3600.0}},
 }

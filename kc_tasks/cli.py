@@ -1,4 +1,4 @@
-"""The `kc-tasks` command: migrate, ensure-index, enqueue, revoke, inbox, token, dlq."""
+"""The `kc-tasks` command: migrate, ensure-index, enqueue, revoke, inbox, reconcile, payment, token, dlq."""
 
 from __future__ import annotations
 
@@ -103,6 +103,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("provider", metavar="PROVIDER")
     p.add_argument("event_ids", nargs="+", metavar="EVENT_ID")
     p.set_defaults(run=_inbox_replay)
+
+    p = sub.add_parser("reconcile", help="ask the providers' APIs for the window's payments; enqueue what is missing")
+    p.add_argument("--provider", choices=("razorpay", "stripe"), help="only this one (default: each whose key is set)")
+    p.add_argument(
+        "--since", type=_duration, default=86400.0, metavar="DURATION", help="the window: 90s, 30m, 24h, 7d (24h)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print what it would do; change nothing")
+    p.set_defaults(run=_reconcile)
+
+    p = sub.add_parser("payment", help="one payment's story, in time order, and whether it granted the course")
+    p.add_argument("payment_id", metavar="PAYMENT_ID")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(run=_payment)
 
     p = sub.add_parser("dev", help="development mode: the four processes, with stand-ins for missing services")
     p.add_argument("--port", type=int, default=8000, help="web port (8000)")
@@ -295,6 +308,52 @@ def _inbox_replay(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{args.provider} {event_id}: {status}")
     failed = [e for e, status in done.items() if status == "not found" or status == inbox.RECEIVED]
     return EXIT_FAILED if failed else 0
+
+
+def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from kc_tasks import reconcile
+    from kc_tasks.celery import app
+
+    keys = reconcile.configured(settings)
+    providers = (args.provider,) if args.provider else keys
+    missing = [p for p in providers if p not in keys]
+    if not providers or missing:
+        names = ", ".join(missing) or "any provider"
+        print(
+            f"kc-tasks: no API key for {names}: set KC_RAZORPAY_KEY_ID and KC_RAZORPAY_KEY_SECRET, "
+            "or KC_STRIPE_API_KEY (see README, Reconciliation)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    win = reconcile.window(args.since)
+    engine = db.make_engine(settings.database_url, poolclass=NullPool)
+    failed = False
+    try:
+        for provider in providers:
+            summary = reconcile.run_logged(engine, app, settings, provider, win, dry_run=args.dry_run)
+            for action in summary.actions:
+                print(f"  {provider}: {action}")
+            print(summary.line())
+            failed = failed or summary.error is not None
+    finally:
+        engine.dispose()
+    return EXIT_FAILED if failed else 0
+
+
+def _payment(settings: Settings, args: argparse.Namespace) -> int:
+    from kc_tasks import story
+    from kc_tasks.celery import app
+
+    engine = db.make_engine(settings.database_url, poolclass=NullPool)
+    try:
+        told = story.tell(engine, app, args.payment_id)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(told.as_json(), ensure_ascii=False))
+    else:
+        print(told.text())
+    return 0
 
 
 def _duration(text: str) -> float:

@@ -49,3 +49,8 @@ class UniqueConflict(DatabaseError):
     def __init__(self, message: str, constraint: str | None) -> None:
         super().__init__(message)
         self.constraint = constraint
+
+
+class ProviderApiError(RetryableError):
+    """Raised when a payment provider's API fails, times out or answers garbage: the next
+    reconciliation tries again. Its message names the provider and the request, never a key."""

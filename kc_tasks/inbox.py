@@ -25,13 +25,24 @@ from sqlalchemy.engine import Engine
 from kc_tasks import db
 from kc_tasks.errors import InvalidPurchase, InvalidRevocation
 from kc_tasks.payload import parse_purchase, parse_revocation
-from kc_tasks.providers import Event, Ignored, Malformed, Purchase, Revocation, Unmapped, kc, razorpay, stripe
+from kc_tasks.providers import (
+    Event,
+    Ignored,
+    Malformed,
+    Purchase,
+    Revocation,
+    Unmapped,
+    kc,
+    razorpay,
+    reconcile,
+    stripe,
+)
 
 logger = logging.getLogger(__name__)
 
 RECEIVED, ENQUEUED, IGNORED, UNMAPPED, INVALID = "received", "enqueued", "ignored", "unmapped", "invalid"
 STATUSES = (RECEIVED, ENQUEUED, IGNORED, UNMAPPED, INVALID)
-PROVIDERS = (kc.NAME, razorpay.NAME, stripe.NAME)
+PROVIDERS = (kc.NAME, razorpay.NAME, stripe.NAME, reconcile.NAME)
 CREATE_PURCHASE = "kc_tasks.create_purchase"
 REVOKE_PURCHASE = "kc_tasks.revoke_purchase"
 # Task ids derive from payment ids: a provider's repeated webhook maps to the same task.
@@ -100,6 +111,8 @@ def parse(provider: str, body: bytes, event_id: str | None = None) -> Event:
         return razorpay.parse(body, event_id)
     if provider == stripe.NAME:
         return stripe.parse(body)
+    if provider == reconcile.NAME and event_id is not None:
+        return reconcile.parse(body, event_id)
     raise Malformed(f"unknown provider {provider}")
 
 

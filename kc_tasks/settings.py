@@ -14,6 +14,8 @@ from kc_tasks.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@localhost:5432/kc_tasks"
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
+DEFAULT_RAZORPAY_API_URL = "https://api.razorpay.com"
+DEFAULT_STRIPE_API_URL = "https://api.stripe.com"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,16 @@ class Settings:
     # The `aud` a token must carry, and the `iss` when set.
     jwt_audience: str = "kc_tasks"
     jwt_issuer: str = ""
+    # Read-only API keys of the providers, for reconciliation (kc_tasks/reconcile.py): Razorpay
+    # is reconciled only while both of its are set, Stripe while its key is.
+    razorpay_key_id: str = field(default="", repr=False)
+    razorpay_key_secret: str = field(default="", repr=False)
+    stripe_api_key: str = field(default="", repr=False)
+    # Base URLs of the providers' APIs (another one in tests).
+    razorpay_api_url: str = DEFAULT_RAZORPAY_API_URL
+    stripe_api_url: str = DEFAULT_STRIPE_API_URL
+    # Beat period of kc_tasks.reconcile_payments, seconds; each run looks 2 x this + 1 h back.
+    reconcile_interval: int = 900
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -83,6 +95,12 @@ class Settings:
             jwt_jwks_url=env.get("KC_JWT_JWKS_URL", ""),
             jwt_audience=env.get("KC_JWT_AUDIENCE") or "kc_tasks",
             jwt_issuer=env.get("KC_JWT_ISSUER", ""),
+            razorpay_key_id=env.get("KC_RAZORPAY_KEY_ID", ""),
+            razorpay_key_secret=env.get("KC_RAZORPAY_KEY_SECRET", ""),
+            stripe_api_key=env.get("KC_STRIPE_API_KEY", ""),
+            razorpay_api_url=env.get("KC_RAZORPAY_API_URL") or DEFAULT_RAZORPAY_API_URL,
+            stripe_api_url=env.get("KC_STRIPE_API_URL") or DEFAULT_STRIPE_API_URL,
+            reconcile_interval=_int(env, "KC_RECONCILE_INTERVAL", 900, minimum=1),
         )
 
     @property

@@ -417,3 +417,21 @@ def prune_events() -> dict[str, int]:
     """Delete events published long ago; unpublished events are never pruned."""
     engine, _ = resources()
     return {"pruned": events.prune(engine)}
+
+
+@app.task(name="kc_tasks.reconcile_payments")
+def reconcile_payments() -> dict[str, Any]:
+    """Ask each configured provider's API for the payments of the last 2 x KC_RECONCILE_INTERVAL
+    + 1 h and enqueue what their webhooks never brought (kc_tasks/reconcile.py). A provider that
+    fails is a warning; the next run tries again. The result is each provider's summary."""
+    from kc_tasks import reconcile
+
+    engine, _ = resources()
+    win = reconcile.window(reconcile.beat_lookback(settings))
+    summaries: dict[str, Any] = {}
+    providers = reconcile.configured(settings)
+    if not providers:
+        logger.info("reconcile: no provider API key is set (KC_RAZORPAY_KEY_ID/SECRET, KC_STRIPE_API_KEY)")
+    for provider in providers:
+        summaries[provider] = reconcile.run_logged(engine, app, settings, provider, win).as_result()
+    return summaries

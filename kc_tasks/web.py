@@ -275,7 +275,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         answer = readiness.answer()
         return JSONResponse(answer, status_code=200 if answer["ready"] else 503)
 
-    admin_routes = admin.router(settings, celery_app)
+    admin_routes = admin.router(settings, celery_app, engine)
     if admin_routes is not None:
         api.include_router(admin_routes)
 

@@ -15,7 +15,17 @@ from typing import Any
 import razorpay
 from razorpay.errors import SignatureVerificationError
 
-from kc_tasks.providers import REFUND, Event, Ignored, Revocation, dig, load_object, purchase_from, text
+from kc_tasks.providers import (
+    REFUND,
+    Action,
+    Event,
+    Ignored,
+    Revocation,
+    dig,
+    load_object,
+    purchase_from,
+    text,
+)
 
 NAME = "razorpay"
 SIGNATURE_HEADER = "X-Razorpay-Signature"
@@ -64,6 +74,18 @@ def parse(body: bytes, event_id: str | None) -> Event:
             return Event(NAME, eid, kind, Ignored("partial refund: the purchase stays", payment_id))
         return Event(NAME, eid, kind, Revocation(payment_id, REFUND, text(dig(refund, "id"))))
     return Event(NAME, eid, kind, Ignored(f"type {kind} is not acted on", text(dig(payment, "id"))))
+
+
+def payment_action(payment: Any) -> Action:
+    """What one payment entity of the API (GET /v1/payments) asks for: a purchase when it is
+    captured, a revocation when it is fully refunded, else nothing (reconciliation)."""
+    pid = text(dig(payment, "id"))
+    if pid is not None and _fully_refunded(payment, None):
+        return Revocation(pid, REFUND)
+    status = dig(payment, "status")
+    if status != "captured":
+        return Ignored(f"payment status {status}, not captured", pid)
+    return purchase_from(dig(payment, "id"), dig(payment, "amount"), dig(payment, "currency"), dig(payment, "notes"))
 
 
 def _notes(value: Any) -> dict[str, Any]:

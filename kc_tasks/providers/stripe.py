@@ -13,7 +13,18 @@ from typing import Any
 
 import stripe
 
-from kc_tasks.providers import REFUND, Event, Ignored, Malformed, Revocation, dig, load_object, purchase_from, text
+from kc_tasks.providers import (
+    REFUND,
+    Action,
+    Event,
+    Ignored,
+    Malformed,
+    Revocation,
+    dig,
+    load_object,
+    purchase_from,
+    text,
+)
 
 NAME = "stripe"
 SIGNATURE_HEADER = "Stripe-Signature"
@@ -68,6 +79,29 @@ def parse(body: bytes) -> Event:
         refund_id = _id(refunds[0]) if isinstance(refunds, list) and refunds else None
         return Event(NAME, eid, kind, Revocation(intent, REFUND, refund_id))
     return Event(NAME, eid, kind, Ignored(f"type {kind} is not acted on", _id(dig(obj, "payment_intent"))))
+
+
+def intent_action(intent: Any) -> Action:
+    """What one PaymentIntent of the API (GET /v1/payment_intents) asks for: a purchase when it
+    succeeded, else nothing (reconciliation)."""
+    if dig(intent, "status") != "succeeded":
+        return Ignored(f"payment intent status {dig(intent, 'status')}, not succeeded", _id(dig(intent, "id")))
+    amount = dig(intent, "amount_received")
+    amount = dig(intent, "amount") if amount is None else amount
+    return purchase_from(dig(intent, "id"), amount, dig(intent, "currency"), dig(intent, "metadata"))
+
+
+def charge_action(charge: Any) -> Action:
+    """What one charge of the API (GET /v1/charges) asks for: a revocation of its PaymentIntent's
+    purchase when it is fully refunded, else nothing (reconciliation)."""
+    intent = _id(dig(charge, "payment_intent"))
+    if intent is None:
+        return Ignored("charge names no payment_intent")
+    if dig(charge, "refunded") is not True:
+        return Ignored("not fully refunded", intent)
+    refunds = dig(charge, "refunds", "data")
+    refund_id = _id(refunds[0]) if isinstance(refunds, list) and refunds else None
+    return Revocation(intent, REFUND, refund_id)
 
 
 def _id(value: Any) -> str | None:

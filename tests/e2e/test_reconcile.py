@@ -1,0 +1,185 @@
+"""Reconciliation end to end: real `celery -A kc_tasks worker` processes, the `kc-tasks`
+command, the web process, and the providers' APIs served by a local HTTP server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from celery import Celery
+
+from tests import provider_api_server as api
+from tests import provider_samples as s
+from tests.conftest import REDIS, purge_redis, run_sql
+from tests.e2e import test_flower
+from tests.e2e.conftest import ROOT, Web, Workers, count, wait_until
+
+KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
+NOW = int(time.time())
+ADMIN = {"KC_ADMIN_USER": "ops", "KC_ADMIN_PASSWORD": "correct horse battery staple"}
+SECRETS = (api.RAZORPAY_KEY_ID, api.RAZORPAY_KEY_SECRET, api.STRIPE_API_KEY)
+flower = test_flower.flower  # the fixture: Flower as the Procfile runs it
+
+
+@pytest.fixture
+def provider() -> Iterator[api.Provider]:
+    with api.serve() as served:
+        yield served
+
+
+def keys(provider: api.Provider) -> dict[str, str]:
+    return {
+        "KC_RAZORPAY_KEY_ID": api.RAZORPAY_KEY_ID,
+        "KC_RAZORPAY_KEY_SECRET": api.RAZORPAY_KEY_SECRET,
+        "KC_RAZORPAY_API_URL": provider.url,
+        "KC_STRIPE_API_KEY": api.STRIPE_API_KEY,
+        "KC_STRIPE_API_URL": provider.url,
+    }
+
+
+def kc(database_url: str, broker_url: str, provider: api.Provider, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, DATABASE_URL=database_url, CELERY_BROKER_URL=broker_url, **keys(provider))
+    result = subprocess.run([KC_TASKS, *args], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    for secret in SECRETS:
+        assert secret not in result.stdout + result.stderr
+    return result
+
+
+def active(database_url: str, payment_id: str) -> list[tuple]:
+    return run_sql(database_url, "SELECT is_active FROM student_course_purchases WHERE payment_id = %s", (payment_id,))
+
+
+def test_a_payment_whose_webhook_never_came_is_made_and_a_refund_at_the_provider_revokes_it(
+    database_url: str, broker_url: str, workers: Workers, provider: api.Provider
+) -> None:
+    student, course = api.new_id(), api.new_id()
+    paid = api.razorpay_payment(NOW - 600, student, course, payment_id="pay_no_webhook_e2e")
+    intent = api.stripe_intent(NOW - 600, api.new_id(), api.new_id())
+    provider.razorpay_payments = [paid, api.razorpay_payment(NOW - 600, payment_id="pay_unmapped_e2e")]
+    provider.stripe_intents = [intent]
+    workers.start(database_url, broker_url)
+
+    first = kc(database_url, broker_url, provider, "reconcile", "--since", "1h")
+    assert first.returncode == 0, first.stderr
+    assert "reconcile razorpay" in first.stdout and "1 purchase(s) enqueued" in first.stdout
+    assert "1 unmapped" in first.stdout and "unmapped: pay_unmapped_e2e" in first.stdout
+    assert wait_until(lambda: active(database_url, "pay_no_webhook_e2e") == [(True,)])
+    assert wait_until(lambda: active(database_url, intent["id"]) == [(True,)])
+
+    told = kc(database_url, broker_url, provider, "payment", "pay_no_webhook_e2e", "--json")
+    story = json.loads(told.stdout)
+    assert story["verdict"] == "granted"
+    assert [e["source"] for e in story["entries"]][:2] == ["reconcile", "purchase"]
+
+    again = kc(database_url, broker_url, provider, "reconcile", "--since", "1h")
+    assert again.returncode == 0 and "0 purchase(s) enqueued" in again.stdout
+    assert "1 already fine" in again.stdout
+
+    # Refunded at the provider, and the refund's webhook never came either.
+    paid.update(status="refunded", amount_refunded=paid["amount"], refund_status="full")
+    refunded = kc(database_url, broker_url, provider, "reconcile", "--provider", "razorpay", "--since", "1h")
+    assert "1 revocation(s) enqueued" in refunded.stdout, refunded.stdout
+    assert wait_until(lambda: active(database_url, "pay_no_webhook_e2e") == [(False,)])
+    assert count(database_url) == 2
+
+    told = kc(database_url, broker_url, provider, "payment", "pay_no_webhook_e2e")
+    lines = told.stdout.strip().splitlines()
+    assert lines[-1] == "not granted: revoked (refund)"
+    assert any("reconciliation saw razorpay.payment.refunded: enqueued" in line for line in lines)
+    assert any("purchase.revoked written" in line for line in lines)
+    assert (
+        kc(database_url, broker_url, provider, "payment", "pay_unmapped_e2e")
+        .stdout.strip()
+        .splitlines()[-1]
+        .startswith("not granted: paid, but its notes/metadata lack")
+    )
+    dead = kc(database_url, broker_url, provider, "dlq", "list", "--json")  # kc() checks it holds no key
+    assert dead.returncode == 0 and dead.stdout == ""
+
+
+def test_a_message_redis_lost_in_transit_is_made_whole_by_the_next_beat_run(
+    database_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+) -> None:
+    purge_redis()
+    student, course = api.new_id(), api.new_id()
+    payment = api.razorpay_payment(NOW - 60, student, course, payment_id="pay_lost_in_redis")
+    provider.razorpay_payments = [payment]
+    web = webs(database_url, REDIS, KC_RAZORPAY_WEBHOOK_SECRET=s.RAZORPAY_SECRET, **ADMIN)
+    body = s.encode(s.razorpay_event("payment.captured", payment))
+    answer = httpx.post(web.base + "/webhooks/razorpay", content=body, headers=s.razorpay_headers(body), timeout=30)
+    assert answer.status_code == 200 and answer.json()["status"] == "enqueued"
+
+    lost = redis.Redis.from_url(REDIS).delete("purchases")  # the message, lost before any worker took it
+    assert lost == 1
+    worker = workers.start(database_url, REDIS, **keys(provider))
+    Celery(broker=REDIS).send_task("kc_tasks.reconcile_payments", queue="purchases")
+
+    assert wait_until(lambda: active(database_url, "pay_lost_in_redis") == [(True,)])
+
+    def summary_lines() -> list[str]:
+        return [line for line in worker.text().splitlines() if "reconcile_payments[" in line and " succeeded " in line]
+
+    assert wait_until(lambda: bool(summary_lines()))
+    assert "'purchases_enqueued': 1" in summary_lines()[0], "the summary is the task's result (Flower shows it)"
+    assert "reconcile razorpay" in worker.text()
+    for secret in SECRETS:
+        assert secret not in worker.text()
+
+    page = httpx.get(web.base + "/admin/payments/pay_lost_in_redis", auth=(ADMIN["KC_ADMIN_USER"], "wrong"))
+    assert page.status_code == 401
+    page = httpx.get(
+        web.base + "/admin/payments/pay_lost_in_redis", auth=(ADMIN["KC_ADMIN_USER"], ADMIN["KC_ADMIN_PASSWORD"])
+    )
+    assert page.status_code == 200
+    assert "razorpay event payment.captured: enqueued" in page.text
+    assert "reconciliation saw razorpay.payment.paid: enqueued" in page.text
+    assert page.text.index("razorpay event payment.captured") < page.text.index("purchase ")
+    assert '<p id="verdict"><strong>granted</strong></p>' in page.text
+    assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    purge_redis()
+
+
+def test_flower_shows_the_beat_tasks_summary_as_its_result(
+    database_url: str,
+    rabbitmq_url: str,
+    workers: Workers,
+    flower: Callable[[], test_flower.Flower],
+    provider: api.Provider,
+) -> None:
+    provider.razorpay_payments = [api.razorpay_payment(NOW - 60, api.new_id(), api.new_id())]
+    worker = workers.start(database_url, rabbitmq_url, **keys(provider))
+    name = next(line.split()[-2] for line in worker.text().splitlines() if line.rstrip().endswith(" ready."))
+    web = flower()
+    assert wait_until(lambda: name in web.seen_workers(), timeout=30), web.text()[-3000:]
+
+    client = Celery(broker=rabbitmq_url)
+
+    def shown(task_id: str) -> dict:
+        response = web.get("/api/tasks?taskname=kc_tasks.reconcile_payments")
+        return response.json().get(task_id, {}) if response.status_code == 200 else {}
+
+    # Razorpay's API down: the run succeeds with the error in its summary, and enqueues nothing.
+    provider.fail("/v1/payments", "500", "500", "500")
+    failed_id = client.send_task("kc_tasks.reconcile_payments", queue="purchases").id
+    assert wait_until(lambda: shown(failed_id).get("state") == "SUCCESS", timeout=60), worker.text()[-3000:]
+    failed = shown(failed_id)["result"]
+    assert "'error': 'razorpay API: GET /v1/payments failed after 3 tries: HTTP 500'" in failed
+    assert "WARNING" in worker.text() and "reconcile razorpay: razorpay API: GET /v1/payments failed" in worker.text()
+    assert count(database_url) == 0
+
+    task_id = client.send_task("kc_tasks.reconcile_payments", queue="purchases").id
+    assert wait_until(lambda: shown(task_id).get("state") == "SUCCESS", timeout=60), worker.text()[-3000:]
+    result = shown(task_id)["result"]
+    assert "'purchases_enqueued': 1" in result and "'provider': 'razorpay'" in result
+    assert "'provider': 'stripe'" in result and "'error': None" in result
+    assert wait_until(lambda: count(database_url) == 1)
+    for secret in SECRETS:
+        assert secret not in result + failed + worker.text()
