@@ -24,9 +24,9 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import AMQP_VHOST, PG, REDIS, purge_redis, rabbitmqctl, run_sql
+from tests.conftest import AMQP_VHOST, PG, REDIS, broker_idle, purge_redis, rabbitmqctl, run_sql
 from tests.e2e.conftest import Worker, Workers, count, hold_pairs, purchase, wait_until
-from tests.faults.checker import Publisher, Verdict, broker_idle, check, settle
+from tests.faults.checker import Publisher, Verdict, check, settle
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 CONCURRENCY = 4
