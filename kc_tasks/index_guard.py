@@ -48,7 +48,7 @@ _EXPLAIN_ARBITER = sa.text(
 _DEACTIVATE_DUPLICATES = sa.text("""
 WITH ranked AS (
     SELECT id, row_number() OVER (PARTITION BY student_id, course_id
-                                  ORDER BY created_at NULLS LAST, id) AS n
+                                  ORDER BY created_at, ctid) AS n
     FROM student_course_purchases WHERE is_active
 )
 UPDATE student_course_purchases p SET is_active = false, updated_at = now()

@@ -139,3 +139,16 @@ def purge_amqp(queues: tuple[str, ...] = ("purchases", "purchases.dlq"), url: st
 
 def purge_redis() -> None:
     redis.Redis.from_url(REDIS).flushdb()
+
+
+def broker_idle(broker_url: str) -> bool:
+    """Nothing left in `purchases`, ready or held unacknowledged by a worker."""
+    if broker_url.startswith("redis"):
+        client = redis.Redis.from_url(broker_url)
+        return client.llen("purchases") == 0 and client.hlen("unacked") == 0
+    out = rabbitmqctl("list_queues", "-p", AMQP_VHOST, "name", "messages", check=False)
+    for line in out.splitlines():
+        name, _, messages = line.partition("\t")
+        if name == "purchases":
+            return messages.strip() == "0"
+    return True

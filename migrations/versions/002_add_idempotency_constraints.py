@@ -4,6 +4,11 @@ Databases that ran the old worker may hold duplicates. Of each payment, the olde
 keeps the payment id; later rows are deactivated and their payment id suffixed with
 `#duplicate:<row id>`. Of each student and course, the oldest active purchase stays active
 and the others are deactivated. Nothing is deleted; the counts are logged.
+
+"Oldest" is the earliest created_at, and among equal ones (every row of a table that had no
+created_at gets 001's time) the row stored first (ctid): the order the old worker wrote
+them, never the ids, which are random. A table the old worker made without is_active gets
+it here, every row in force, before anything reads it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ PAYMENT_KEY = db.PAYMENT_ID_CONSTRAINT
 RENAME_DUPLICATE_PAYMENTS = sa.text("""
 WITH ranked AS (
     SELECT id, payment_id, row_number() OVER (PARTITION BY payment_id
-                                              ORDER BY created_at NULLS LAST, id) AS n
+                                              ORDER BY created_at, ctid) AS n
     FROM student_course_purchases
 )
 UPDATE student_course_purchases p
@@ -37,6 +42,7 @@ FROM ranked r WHERE p.id = r.id AND r.n > 1
 
 
 def upgrade() -> None:
+    op.execute("ALTER TABLE student_course_purchases ADD COLUMN IF NOT EXISTS is_active boolean NOT NULL DEFAULT true")
     with op.get_context().autocommit_block():
         conn = op.get_bind()
         _unique_payment_id(conn)

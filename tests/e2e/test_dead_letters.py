@@ -10,10 +10,11 @@ import time
 import uuid
 from pathlib import Path
 
+from celery import Celery
 from kombu import Connection, Message, Producer, Queue
 
 from kc_tasks import dead_letters
-from tests.conftest import AMQP, rabbitmqctl
+from tests.conftest import AMQP, broker_idle, rabbitmqctl, run_sql
 from tests.e2e.conftest import ROOT, Client, Workers, count, purchase, wait_until
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
@@ -234,3 +235,45 @@ def test_a_rabbitmq_without_version_2_storage_still_gets_the_dead_letter_policy(
     assert '"queue-version": 2' in first and "queue-version" not in second
     assert '"dead-letter-routing-key": "purchases.dlq"' in second
     assert "kc-purchases-dlq" in dlq and '"delivery-limit": -1' in dlq
+
+
+def test_replay_by_id_sends_back_the_named_letters_and_names_the_unknown(
+    database_url: str, workers: Workers, broker_url: str
+) -> None:
+    """`kc-tasks dlq replay ID...`: a letter named by its id and one by its task id go back to
+    purchases and are made; an id the DLQ does not hold is named and fails the command; the
+    letter nobody named stays."""
+    app = Celery(broker=broker_url)
+    letters = [
+        dead_letters.DeadLetter(
+            "kc_tasks.create_purchase",
+            str(uuid.uuid4()),
+            purchase(),
+            "DatabaseUnavailable",
+            "PostgreSQL at 127.0.0.1:1 unreachable",
+            "retries exhausted",
+        )
+        for _ in range(3)
+    ]
+    for letter in letters:
+        dead_letters.publish(app, letter)
+    unknown = str(uuid.uuid4())
+
+    only_unknown = kc(broker_url, "dlq", "replay", unknown)
+    assert only_unknown.returncode != 0
+    assert f"no dead letter {unknown} in purchases.dlq" in only_unknown.stderr
+    assert "replayed 0 dead letter(s)" in only_unknown.stdout
+    assert [d["id"] for d in dead(broker_url)] == [x.id for x in letters], "nothing taken, the order kept"
+
+    named = kc(broker_url, "dlq", "replay", letters[0].id, str(letters[2].task_id), unknown)
+    assert named.returncode != 0, "an unknown id fails the command, after the others are replayed"
+    assert f"no dead letter {unknown} in purchases.dlq" in named.stderr
+    assert "replayed 2 dead letter(s) to purchases" in named.stdout
+    assert [d["id"] for d in dead(broker_url)] == [letters[1].id], "the letter nobody named stays"
+
+    workers.start(database_url, broker_url)
+    made = [letters[0].kwargs, letters[2].kwargs]
+    assert wait_until(lambda: count(database_url) == 2, timeout=40)
+    assert wait_until(lambda: broker_idle(broker_url), timeout=40)
+    stored = {p for (p,) in run_sql(database_url, "SELECT payment_id FROM student_course_purchases")}
+    assert stored == {m["payment_id"] for m in made if m}

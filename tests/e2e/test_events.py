@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import random
+import re
 import threading
 import time
 import uuid
@@ -12,7 +12,7 @@ from pathlib import Path
 from kombu import Connection, Exchange, Queue
 
 from tests.conftest import AMQP, run_sql
-from tests.e2e.conftest import Client, Workers, count, purchase, wait_until
+from tests.e2e.conftest import Client, Workers, count, hold_pairs, purchase, wait_until
 from tests.e2e.proxy import Proxy
 
 EVENTS = Exchange("kc.events", type="topic", durable=True)
@@ -103,10 +103,11 @@ def test_each_committed_purchase_and_duplicate_payment_is_published(
 def test_events_survive_a_broker_outage_between_commit_and_publish(
     database_url: str, workers: Workers, rabbitmq_url: str, tmp_path: Path
 ) -> None:
-    """The worker reaches RabbitMQ through a proxy that is cut mid-batch: tasks that committed
-    but could not publish leave their events in the outbox, and the relay (beat, every
-    second here) publishes them once the broker is back. The consumer sees each exactly once
-    after deduplication by id."""
+    """The worker reaches RabbitMQ through a proxy that is cut while a purchase is held mid-task
+    (an uncommitted row of its pair blocks it): released with the broker unreachable, it
+    commits and cannot publish, and its events are left in the outbox for the relay (beat,
+    every second here), which publishes them once the broker is back. The consumer sees each
+    exactly once after deduplication by id."""
     consumer = Consumer(AMQP)
     proxy = Proxy("127.0.0.1", 5672)
     proxy.restore()
@@ -119,10 +120,24 @@ def test_events_survive_a_broker_outage_between_commit_and_publish(
             args=("--beat", "--schedule", str(tmp_path / "beat-schedule")),
             KC_EVENT_RELAY_INTERVAL="1",
         )
-        Client(AMQP).send(_batch(pairs=200, rivals=20))
-        assert wait_until(lambda: count(database_url) >= 40, timeout=30)
+        messages = _batch(pairs=200, rivals=20)
+        holder = hold_pairs(database_url, [messages[0]])
+        Client(AMQP).send(messages)
+        pid = holder.info.backend_pid
+        assert wait_until(
+            lambda: (
+                run_sql(
+                    database_url, "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,)
+                )[0][0]
+                > 0
+            )
+        ), "a worker is held on the first purchase"
         proxy.cut()
-        time.sleep(3)
+        holder.rollback()
+        holder.close()
+        assert wait_until(lambda: "left for the relay" in worker.text(), timeout=60), (
+            "the held purchase could not publish"
+        )
         proxy.restore()
         assert wait_until(lambda: count(database_url) == 200, timeout=90), count(database_url)
         assert wait_until(
@@ -131,15 +146,9 @@ def test_events_survive_a_broker_outage_between_commit_and_publish(
         )
         assert wait_until(lambda: len(consumer.unique()) == 220, timeout=30), len(consumer.unique())
         _assert_events_match_the_database(consumer, database_url)
-        print(
-            json.dumps(
-                {
-                    "received": len(consumer.received),
-                    "unique": len(consumer.unique()),
-                    "relayed": worker.text().count("relayed"),
-                }
-            )
-        )
+        left = sum(int(n) for n in re.findall(r"(\d+) event\(s\) left for the relay", worker.text()))
+        relayed = sum(int(n) for n in re.findall(r"relayed (\d+) events left unpublished", worker.text()))
+        assert left >= 1 and relayed >= left, f"the relay published what the tasks left: {left} left, {relayed} relayed"
     finally:
         proxy.cut()
         consumer.close()

@@ -27,10 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
 from celery import Celery
 
-from tests.conftest import AMQP_VHOST, rabbitmqctl, run_sql
+from tests.conftest import broker_idle, run_sql
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -182,19 +181,6 @@ def check(
         examples={"lost": lost[:5], "duplicated": duplicated[:5], "unexpected": unexpected[:5]},
     )
     return verdict
-
-
-def broker_idle(broker_url: str) -> bool:
-    """Nothing left in `purchases`, ready or held unacknowledged by a worker."""
-    if broker_url.startswith("redis"):
-        client = redis.Redis.from_url(broker_url)
-        return client.llen("purchases") == 0 and client.hlen("unacked") == 0
-    out = rabbitmqctl("list_queues", "-p", AMQP_VHOST, "name", "messages", check=False)
-    for line in out.splitlines():
-        name, _, messages = line.partition("\t")
-        if name == "purchases":
-            return messages.strip() == "0"
-    return True
 
 
 def settle(

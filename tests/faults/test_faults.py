@@ -15,17 +15,17 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
 import redis
 
-from tests.conftest import AMQP_VHOST, PG, REDIS, purge_redis, rabbitmqctl, run_sql
-from tests.e2e.conftest import Worker, Workers, count, purchase, wait_until
+from tests.conftest import AMQP_VHOST, PG, REDIS, broker_idle, purge_redis, rabbitmqctl, run_sql
+from tests.e2e.conftest import Worker, Workers, count, hold_pairs, purchase, wait_until
 from tests.faults.checker import Publisher, Verdict, check, settle
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
@@ -50,36 +50,59 @@ def batch(size: int = BATCH, copies: float = COPIES, seed: int = 1) -> list[dict
 
 
 class Run:
-    """One batch under one fault: published in the background while faults are injected."""
+    """One batch under one fault, published by the test a slice at a time.
+
+    "Mid-batch" is made certain by construction, not by timing: the slice after a fault is
+    published only once the fault has been injected (the batch's tail is still unpublished
+    then), and `in_flight` holds one purchase of the slice before it mid-task (an uncommitted
+    row of its student/course pair blocks the worker's INSERT) until the fault is in.
+    """
 
     def __init__(self, fault: str, database_url: str, broker_url: str, messages: list[dict]) -> None:
         self.fault, self.database_url, self.broker_url = fault, database_url, broker_url
+        self.messages = messages
         self.payments = len({m["payment_id"] for m in messages})
         self.publisher = Publisher(broker_url)
-        self.sending = threading.Thread(target=self.publisher.send, args=(messages,), daemon=True)
+        self.sent = 0
         self.faults = 0
         self.started = time.monotonic()
-        self.sending.start()
 
     def rows(self) -> int:
         return count(self.database_url)
 
-    def at(self, fraction: float, timeout: float = 90) -> int:
-        """Wait until `fraction` of the payments have their purchase; the row count then, which
-        must be short of the whole batch (the fault comes mid-batch)."""
-        target = int(fraction * self.payments)
-        assert wait_until(lambda: self.rows() >= target, timeout=timeout, interval=0.05), (
-            f"{self.fault}: only {self.rows()} of {target} purchases after {timeout} s"
-        )
-        rows = self.rows()
-        assert rows < self.payments, f"{self.fault}: the batch was done before the fault"
-        return rows
+    def publish(self, fraction: float = 1.0) -> None:
+        """Publish the batch up to `fraction` of its deliveries."""
+        end = int(fraction * len(self.messages))
+        self.publisher.send(self.messages[self.sent : end])
+        self.sent = max(self.sent, end)
+
+    @contextmanager
+    def in_flight(self, fraction: float) -> Iterator[str]:
+        """Publish up to `fraction` with one new purchase of that slice held mid-task by a row
+        lock; inside the block a worker is provably running it (its backend waits on the
+        lock) and the batch's tail is unpublished. Yields the held payment's id."""
+        earlier = {m["payment_id"] for m in self.messages[: self.sent]}
+        held = next(m for m in self.messages[self.sent :] if m["payment_id"] not in earlier)
+        holder = hold_pairs(self.database_url, [held])
+        try:
+            self.publish(fraction)
+            holder_pid = holder.info.backend_pid
+            assert wait_until(lambda: blocked_by(self.database_url, holder_pid) > 0, timeout=90, interval=0.05), (
+                f"{self.fault}: no worker reached the held purchase {held['payment_id']}"
+            )
+            yield held["payment_id"]
+            assert self.sent < len(self.messages), f"{self.fault}: the fault came after the batch was published"
+        finally:
+            try:
+                holder.rollback()
+                holder.close()
+            except psycopg.Error:
+                holder.close()  # the fault took the holding connection with it: the lock is gone too
 
     def finish(self, workers: Workers) -> Verdict:
-        """Wait for the outcomes; the verdict, with the lost counted apart that no worker of
-        `workers` ever received."""
-        self.sending.join(120)
-        assert not self.sending.is_alive(), "publishing never finished"
+        """Publish the rest, wait for the outcomes; the verdict, with the lost counted apart
+        that no worker of `workers` ever received."""
+        self.publish()
         history = self.publisher.history
         outcomes = settle(history, self.database_url, self.broker_url)
         logs = "\n".join(w.text() for w in workers.started)
@@ -89,11 +112,23 @@ class Run:
         return verdict
 
 
+def blocked_by(database_url: str, pid: int) -> int:
+    """How many worker backends wait for a lock that backend `pid` holds."""
+    return run_sql(
+        database_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'kc_tasks' AND %s = ANY(pg_blocking_pids(pid))",
+        (pid,),
+    )[0][0]
+
+
 def assert_nothing_lost_or_duplicated(verdict: Verdict) -> None:
+    """Every accepted purchase ends as one row (or one refund), and none is given up: only
+    malformed messages (test_malformed.py) have a reason to become dead letters."""
     assert verdict.accepted > 0
     assert (verdict.lost, verdict.duplicated, verdict.unexpected) == (0, 0, 0), (
-        f"every accepted purchase ends as one row or one dead letter: {verdict}"
+        f"every accepted purchase ends as one row: {verdict}"
     )
+    assert verdict.dead_letters == 0, f"a fault is transient: no good purchase is dead-lettered: {verdict}"
 
 
 def pairs_with_several_active(database_url: str) -> list[tuple]:
@@ -117,11 +152,11 @@ def test_worker_children_sigkilled_repeatedly(database_url: str, workers: Worker
     worker = start(workers, database_url, broker_url)
     run = Run("worker children SIGKILLed", database_url, broker_url, batch(seed=11))
     for fraction in (0.1, 0.3, 0.5, 0.7):
-        run.at(fraction)
-        children = worker.child_pids()
-        for pid in children:
-            os.kill(pid, signal.SIGKILL)
-        run.faults += len(children)
+        with run.in_flight(fraction):
+            children = worker.child_pids()
+            for pid in children:
+                os.kill(pid, signal.SIGKILL)
+            run.faults += len(children)
     verdict = run.finish(workers)
     assert_nothing_lost_or_duplicated(verdict)
     assert "WorkerLostError" in worker.text() or "its worker process died" in worker.text()
@@ -137,9 +172,9 @@ def test_worker_main_process_sigkilled_repeatedly(database_url: str, workers: Wo
     worker = start(workers, database_url, rabbitmq_url)
     run = Run("worker main process SIGKILLed", database_url, rabbitmq_url, batch(seed=12))
     for fraction in (0.15, 0.45):
-        run.at(fraction)
-        worker.kill()
-        run.faults += 1
+        with run.in_flight(fraction):
+            worker.kill()
+            run.faults += 1
         worker = start(workers, database_url, rabbitmq_url)
     assert_nothing_lost_or_duplicated(run.finish(workers))
 
@@ -182,30 +217,26 @@ def test_postgresql_restarted_mid_batch(
     deliveries retry with backoff until the server is back."""
     worker = start(workers, database_url, rabbitmq_url)
     run = Run("PostgreSQL restarted", database_url, rabbitmq_url, batch(seed=13))
-    run.at(0.3)
-    restart_postgresql()
-    run.faults += 1
-    verdict = run.finish(workers)
-    assert_nothing_lost_or_duplicated(verdict)
-    assert verdict.dead_letters == 0, "a restart is a transient failure: nothing is given up"
+    with run.in_flight(0.3):
+        restart_postgresql()
+        run.faults += 1
+    assert_nothing_lost_or_duplicated(run.finish(workers))
     assert worker.process.poll() is None
 
 
 def test_worker_database_connections_terminated_repeatedly(
     database_url: str, workers: Workers, broker_url: str
 ) -> None:
-    """pg_terminate_backend on every worker connection, every 0.3 s, for the whole batch."""
+    """pg_terminate_backend on every worker connection, at each tenth of the batch, each time
+    with one of its purchases waiting mid-statement on one of those connections."""
     start(workers, database_url, broker_url)
     run = Run("worker PostgreSQL connections terminated", database_url, broker_url, batch(seed=14))
-    run.at(0.05)
-    deadline = time.monotonic() + 90
-    while run.rows() < 0.9 * run.payments and time.monotonic() < deadline:
-        run.faults += sum(1 for (ok,) in run_sql(database_url, TERMINATE_WORKER_BACKENDS) if ok)
-        time.sleep(0.3)
-    assert run.faults >= 10, f"only {run.faults} connections terminated"
-    verdict = run.finish(workers)
-    assert_nothing_lost_or_duplicated(verdict)
-    assert verdict.dead_letters == 0, "a terminated connection is a transient failure"
+    for tenth in range(1, 10):
+        with run.in_flight(tenth / 10):
+            terminated = sum(1 for (ok,) in run_sql(database_url, TERMINATE_WORKER_BACKENDS) if ok)
+            assert terminated >= 1, "the connection waiting on the held purchase was terminated"
+            run.faults += terminated
+    assert_nothing_lost_or_duplicated(run.finish(workers))
 
 
 # --- broker connections ----------------------------------------------------------------------
@@ -223,9 +254,9 @@ def test_rabbitmq_connections_closed_mid_batch(database_url: str, workers: Worke
     worker = start(workers, database_url, rabbitmq_url)
     run = Run("RabbitMQ connections closed", database_url, rabbitmq_url, batch(seed=15))
     for fraction in (0.1, 0.35, 0.6):
-        run.at(fraction)
-        run.faults += rabbitmq_connections()
-        rabbitmqctl("close_all_connections", "-p", AMQP_VHOST, "kc_tasks fault suite")
+        with run.in_flight(fraction):
+            run.faults += rabbitmq_connections()
+            rabbitmqctl("close_all_connections", "-p", AMQP_VHOST, "kc_tasks fault suite")
     verdict = run.finish(workers)
     assert_nothing_lost_or_duplicated(verdict)
     assert worker.process.poll() is None
@@ -257,15 +288,19 @@ def test_redis_clients_killed_mid_batch(database_url: str, workers: Workers, red
     worker = start(workers, database_url, redis_url)
     run = Run("Redis clients killed", database_url, redis_url, batch(seed=16))
     for fraction in (0.1, 0.35, 0.6):
-        run.at(fraction)
-        run.faults += kill_redis_clients(redis_url)
+        with run.in_flight(fraction):
+            run.faults += kill_redis_clients(redis_url)
     verdict = run.finish(workers)
     # kombu's Redis transport pops a message (BRPOP) before it records it as unacknowledged:
     # a connection killed in between loses that message before any worker sees it (kombu
-    # issues 305, 1733; RabbitMQ has no such window). What kc_tasks received, it must not lose.
+    # issues 305, 1733; RabbitMQ has no such window). What kc_tasks received, it must not lose;
+    # what the broker lost in transit is excused once per run (docs/faults.md: 3 runs in 36
+    # lost one, none lost more), never a purchase a worker logged as received.
     assert (verdict.lost - verdict.lost_undelivered, verdict.duplicated, verdict.unexpected) == (0, 0, 0), (
-        f"every purchase a worker received ends as one row or one dead letter: {verdict}"
+        f"every purchase a worker received ends as one row: {verdict}"
     )
+    assert verdict.lost_undelivered <= 1, f"at most one purchase lost in transit per run: {verdict}"
+    assert verdict.dead_letters == 0, f"no good purchase is dead-lettered: {verdict}"
     assert worker.process.poll() is None
 
 
@@ -289,10 +324,13 @@ def test_unique_active_purchase_dropped_and_recreated_mid_batch(
     start(workers, database_url, rabbitmq_url, KC_INDEX_CHECK_TTL="1")
     run = Run("unique_active_purchase dropped and recreated", database_url, rabbitmq_url, messages)
     env = dict(os.environ, DATABASE_URL=database_url)
+    # Each slice is published only after the step before it: the one between a drop and its
+    # rebuild is worked on without the index, the one after with it.
     for drop_at, create_at in ((0.1, 0.3), (0.5, 0.7)):
-        run.at(drop_at)
+        run.publish(drop_at)
         run_sql(database_url, "DROP INDEX unique_active_purchase")
-        run.at(create_at)
+        run.publish(create_at)
+        assert wait_until(lambda: broker_idle(rabbitmq_url), timeout=90), "the slice without the index was worked"
         fixed = subprocess.run([KC_TASKS, "ensure-index"], env=env, capture_output=True, text=True, timeout=120)
         assert fixed.returncode == 0, fixed.stdout + fixed.stderr
         assert "deactivated" not in fixed.stdout, "no duplicate got through while the index was gone"

@@ -1,5 +1,6 @@
 """Publishing purchase events on a real RabbitMQ and PostgreSQL: a batch is confirmed whole,
-every event arrives once, and a connection the broker closed costs no event."""
+every event arrives once, a connection the broker closed costs no event, the relay publishes
+what was left, and pruning never deletes an unpublished event."""
 
 from __future__ import annotations
 
@@ -15,7 +16,18 @@ from kombu import Connection, Queue
 from sqlalchemy.engine import Engine
 
 from kc_tasks import db
-from kc_tasks.events import EXCHANGE, PURCHASE_CREATED, Event, EventChannel, Publisher
+from kc_tasks.events import (
+    EXCHANGE,
+    PRUNE_AFTER_HOURS,
+    PURCHASE_CREATED,
+    RELAY_BATCH,
+    RELAY_GRACE_SECONDS,
+    Event,
+    EventChannel,
+    Publisher,
+    prune,
+    relay,
+)
 from kc_tasks.settings import normalize_database_url
 from tests.conftest import AMQP, AMQP_VHOST, rabbitmqctl
 
@@ -145,3 +157,47 @@ def test_events_the_broker_did_not_take_stay_unpublished_for_the_relay(
         assert time.monotonic() < deadline, "the publisher did not give the batch up"
         time.sleep(0.1)
     assert sql("SELECT count(*) FROM event_outbox WHERE published_at IS NULL")[0][0] == 5
+
+
+def aged_events(sql: Callable[..., list[tuple]], n: int, occurred: str, published: str | None = None) -> list[str]:
+    """n events committed to the outbox `occurred` ago (an interval), published `published`
+    ago or not at all; their ids."""
+    ids = [e.id for e in outbox_events(sql, n)]
+    sql(
+        "UPDATE event_outbox SET occurred_at = now() - %s::interval, "
+        "published_at = now() - %s::interval WHERE id = ANY(%s::uuid[])",
+        (occurred, published, ids),
+    )
+    return ids
+
+
+def test_the_relay_publishes_what_was_left_past_the_grace_period_once(
+    engine: Engine, app: Celery, consumer_queue: str, sql: Callable[..., list[tuple]]
+) -> None:
+    """More events than one relay batch, left unpublished: all published and marked, in one call;
+    an event still within the grace period (its own publisher may be at it) and one already
+    published are left alone; a second call finds nothing."""
+    left = aged_events(sql, RELAY_BATCH + 20, f"{RELAY_GRACE_SECONDS + 5} seconds")
+    recent = aged_events(sql, 1, "0 seconds")
+    done = aged_events(sql, 1, "1 hour", published="1 hour")
+    assert relay(engine, app) == len(left)
+    assert sorted(b["id"] for b in received(consumer_queue, len(left))) == sorted(left)
+    with Connection(AMQP) as conn:  # confirmed before relay() returned: all there is, is there
+        assert conn.default_channel.basic_get(consumer_queue, no_ack=True) is None, "nothing else, nothing twice"
+    unpublished = sql("SELECT id::text FROM event_outbox WHERE published_at IS NULL")
+    assert unpublished == [(recent[0],)]
+    assert sql("SELECT published_at < now() - interval '59 minutes' FROM event_outbox WHERE id = %s", (done[0],)) == [
+        (True,)
+    ], "an event published before is not published again"
+    assert relay(engine, app) == 0
+
+
+def test_prune_deletes_events_published_long_ago_and_never_an_unpublished_one(
+    engine: Engine, sql: Callable[..., list[tuple]]
+) -> None:
+    old = f"{PRUNE_AFTER_HOURS + 1} hours"
+    pruned = aged_events(sql, 3, old, published=old)
+    kept = aged_events(sql, 2, old, published="1 hour") + aged_events(sql, 2, "30 days")  # the last: never published
+    assert prune(engine) == len(pruned)
+    assert sorted(r[0] for r in sql("SELECT id::text FROM event_outbox")) == sorted(kept)
+    assert prune(engine) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -183,3 +184,167 @@ def test_the_sql_file_for_consoles_builds_the_same_index(legacy_url: str) -> Non
         )
         == []
     )
+
+
+# --- the old worker's tables, as deployments have them -------------------------------------
+
+S, C = "22222222-2222-4222-8222-222222222222", "33333333-3333-4333-8333-333333333333"
+# Written in this order; the ids sort the other way, so that "oldest" cannot be read off them.
+FIRST, SECOND, THIRD = (
+    "ffffffff-0000-4000-8000-000000000003",
+    "77777777-0000-4000-8000-000000000002",
+    ("00000000-0000-4000-8000-000000000001"),
+)
+
+
+def legacy_database(url: str, table: str, rows: list[tuple[str, str]]) -> None:
+    """A database whose student_course_purchases is `table`, with `rows` (id, payment id) of
+    one student and course written in order, as the old worker wrote them."""
+    admin(f"CREATE DATABASE {url.rsplit('/', 1)[1]}")
+    run_sql(url, table)
+    for row_id, payment in rows:
+        run_sql(
+            url,
+            "INSERT INTO student_course_purchases (id, student_id, course_id, payment_id, amount_cents, currency) "
+            "VALUES (%s, %s, %s, %s, 100, 'INR')",
+            (row_id, S, C, payment),
+        )
+
+
+def active_payments(url: str) -> list[tuple[str, bool]]:
+    return run_sql(url, "SELECT payment_id, is_active FROM student_course_purchases ORDER BY payment_id")
+
+
+def test_without_created_at_the_first_row_written_is_the_oldest(empty_database_url: str) -> None:
+    """No created_at: every row gets the migration's time, and the order the rows are stored in
+    (the order the old worker wrote them) decides which is oldest, not their ids."""
+    legacy_database(
+        empty_database_url,
+        "CREATE TABLE student_course_purchases (id uuid PRIMARY KEY, student_id uuid NOT NULL, "
+        "course_id uuid NOT NULL, payment_id text NOT NULL, amount_cents bigint NOT NULL, currency char(3) NOT NULL, "
+        "is_active boolean NOT NULL DEFAULT true)",
+        [(FIRST, "pay_first"), (SECOND, "pay_second"), (THIRD, "pay_first")],
+    )
+    assert migrate(normalize_database_url(empty_database_url)) == ALL
+    assert active_payments(empty_database_url) == [
+        ("pay_first", True),
+        (f"pay_first#duplicate:{THIRD}", False),
+        ("pay_second", False),
+    ]
+
+
+def test_without_is_active_every_old_row_was_in_force_and_the_oldest_stays(empty_database_url: str) -> None:
+    legacy_database(
+        empty_database_url,
+        "CREATE TABLE student_course_purchases (id uuid PRIMARY KEY, student_id uuid NOT NULL, "
+        "course_id uuid NOT NULL, payment_id text NOT NULL, amount_cents bigint NOT NULL, currency char(3) NOT NULL, "
+        "created_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        [(FIRST, "pay_first"), (SECOND, "pay_second")],
+    )
+    assert migrate(normalize_database_url(empty_database_url)) == ALL
+    assert active_payments(empty_database_url) == [("pay_first", True), ("pay_second", False)]
+    assert index_state(empty_database_url, "unique_active_purchase")[:2] == (True, True)
+
+
+def test_with_text_ids_purchases_and_refunds_are_made_after_the_migration(
+    empty_database_url: str,
+) -> None:
+    from kc_tasks import db
+    from kc_tasks.index_guard import IndexGuard
+    from kc_tasks.purchases import Outcome, create_purchase
+    from tests.integration.test_purchases import order
+
+    legacy_database(
+        empty_database_url,
+        "CREATE TABLE student_course_purchases (id text PRIMARY KEY, student_id uuid NOT NULL, "
+        "course_id uuid NOT NULL, payment_id text NOT NULL, amount_cents bigint NOT NULL, currency char(3) NOT NULL, "
+        "is_active boolean NOT NULL DEFAULT true, created_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        [(FIRST, "pay_first"), (SECOND, "pay_second")],
+    )
+    assert migrate(normalize_database_url(empty_database_url)) == ALL
+    assert active_payments(empty_database_url) == [("pay_first", True), ("pay_second", False)]
+    engine = db.make_engine(normalize_database_url(empty_database_url))
+    try:
+        guard = IndexGuard(ttl=300)
+        assert guard.status(engine).usable
+        rival = order(S, C)
+        assert create_purchase(engine, guard, rival) == Outcome(FIRST, created=False, duplicate_of=FIRST)
+        assert create_purchase(engine, guard, order(S)).created
+        assert create_purchase(engine, guard, order(payment="pay_first")) == Outcome(FIRST, created=False)
+    finally:
+        engine.dispose()
+
+
+def test_a_unique_index_under_another_name_is_kept_and_the_contract_ones_are_added(empty_database_url: str) -> None:
+    legacy_database(
+        empty_database_url,
+        "CREATE TABLE student_course_purchases (id uuid PRIMARY KEY, student_id uuid NOT NULL, "
+        "course_id uuid NOT NULL, payment_id text NOT NULL CONSTRAINT old_payment_unique UNIQUE, "
+        "amount_cents bigint NOT NULL, currency char(3) NOT NULL, is_active boolean NOT NULL DEFAULT true, "
+        "created_at timestamptz NOT NULL DEFAULT clock_timestamp());"
+        "CREATE UNIQUE INDEX old_active_pair ON student_course_purchases (student_id, course_id) WHERE is_active",
+        [(FIRST, "pay_first")],
+    )
+    assert migrate(normalize_database_url(empty_database_url)) == ALL
+    assert index_state(empty_database_url, "unique_active_purchase")[:2] == (True, True)
+    assert run_sql(
+        empty_database_url,
+        "SELECT contype FROM pg_constraint WHERE conname = 'student_course_purchases_payment_id_key'",
+    ) == [("u",)]
+    assert index_state(empty_database_url, "old_active_pair")[:2] == (True, True), "the deployment's own is left"
+    assert active_payments(empty_database_url) == [("pay_first", True)]
+
+
+def test_a_duplicate_purchase_written_while_002_builds_its_index_is_deactivated_and_the_build_retried(
+    legacy_url: str, caplog
+) -> None:
+    """The old worker still writing during the migration: a second active purchase of a pair,
+    uncommitted when unique_active_purchase starts building, commits while the build waits
+    for it. The build fails on it; 002 deactivates it and builds again. The test holds the
+    ensure-index lock until the writer's row is in, so that it lands after the clean-up."""
+    import psycopg
+
+    caplog.set_level("INFO")
+    lock = psycopg.connect(legacy_url, autocommit=True)
+    lock.execute("SELECT pg_advisory_lock(hashtext('kc_tasks:ensure-index'))")
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate(normalize_database_url(legacy_url))
+        except BaseException as exc:
+            failures.append(exc)
+
+    migrating = threading.Thread(target=run, daemon=True)
+    migrating.start()
+    deadline = time.monotonic() + 60
+    while "waiting for another process holding kc_tasks:ensure-index" not in caplog.text:
+        assert migrating.is_alive() and time.monotonic() < deadline, f"002 never reached the index: {failures}"
+        time.sleep(0.05)
+    writer = psycopg.connect(legacy_url)
+    writer.execute(
+        "INSERT INTO student_course_purchases (student_id, course_id, payment_id, amount_cents, currency) "
+        "SELECT student_id, course_id, 'pay_a_during_build', 100, 'INR' FROM student_course_purchases "
+        "WHERE payment_id = 'pay_a_old'"
+    )
+    lock.execute("SELECT pg_advisory_unlock(hashtext('kc_tasks:ensure-index'))")
+    lock.close()
+    blocked = (
+        "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid)) "
+        "AND query LIKE 'CREATE UNIQUE INDEX%%'"
+    )
+    while not run_sql(legacy_url, blocked, (writer.info.backend_pid,))[0][0]:
+        assert migrating.is_alive() and time.monotonic() < deadline, (
+            f"the build never waited for the writer: {failures}"
+        )
+        time.sleep(0.05)
+    writer.commit()
+    writer.close()
+    migrating.join(120)
+    assert not migrating.is_alive() and not failures, failures
+    assert "a duplicate active purchase arrived during the build; retrying" in caplog.text
+    assert run_sql(
+        legacy_url,
+        "SELECT payment_id, is_active FROM student_course_purchases WHERE payment_id LIKE 'pay_a_%' ORDER BY 1",
+    ) == [("pay_a_during_build", False), ("pay_a_mid", False), ("pay_a_new", False), ("pay_a_old", True)]
+    assert index_state(legacy_url, "unique_active_purchase")[:2] == (True, True)

@@ -106,8 +106,9 @@ def test_a_payment_reused_for_another_course_returns_its_first_purchase(engine, 
 
 def _at_once(database_url: str, items: list[Any], act: Callable[[Engine, Any, Callable[[], Any]], Any]) -> list[Any]:
     """act(engine, item, go) for each item in a thread of its own, with an engine of its own (as
-    separate worker processes); go() waits until every thread is ready, then all run at once."""
-    barrier = threading.Barrier(len(items))
+    separate worker processes); go() waits until every thread is ready, then all run at once.
+    A thread that hangs, or never reaches go(), fails the test: no outcome is dropped."""
+    barrier = threading.Barrier(len(items), timeout=60)
     results: list[Any] = []
     failures: list[BaseException] = []
 
@@ -125,7 +126,9 @@ def _at_once(database_url: str, items: list[Any], act: Callable[[Engine, Any, Ca
         t.start()
     for t in threads:
         t.join(60)
+    assert not [t for t in threads if t.is_alive()], "a delivery hung"
     assert not failures, failures
+    assert len(results) == len(items), "every delivery has its outcome"
     return results
 
 

@@ -153,12 +153,6 @@ def test_verify_purchase_index_reports_a_missing_index_with_the_fix(
     assert seen.results[task_id]["usable"] is True
 
 
-def test_beat_schedules_the_index_verification(celery_app: Celery) -> None:
-    entry = celery_app.conf.beat_schedule["verify-purchase-index"]
-    assert entry["task"] == "kc_tasks.verify_purchase_index"
-    assert entry["schedule"] == 300.0
-
-
 def test_a_pickled_message_is_refused_and_the_worker_goes_on(
     celery_app: Celery, seen: Seen, app_database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -168,22 +162,3 @@ def test_a_pickled_message_is_refused_and_the_worker_goes_on(
     assert pickled not in seen.results and pickled not in seen.failures, "never executed"
     assert "ContentDisallowed" in caplog.text
     assert run_sql(app_database, "SELECT payment_id FROM student_course_purchases") == [("pay_json",)]
-
-
-@pytest.mark.parametrize(
-    ("broker", "expected"),
-    [
-        ("redis://127.0.0.1:6379/15", {"visibility_timeout": 2 * 120 + 3600}),
-        ("amqp://guest:guest@127.0.0.1:5672//", {"confirm_publish": True}),
-    ],
-)
-def test_broker_options_outlast_the_longest_retry_on_redis(broker: str, expected: dict) -> None:
-    import json
-    import os
-    import subprocess
-    import sys
-
-    code = "import json; from kc_tasks import app; print(json.dumps(app.conf.broker_transport_options))"
-    env = dict(os.environ, CELERY_BROKER_URL=broker, KC_RETRY_BACKOFF_MAX="120")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert json.loads(out) == expected
