@@ -20,11 +20,12 @@ logger = logging.getLogger(__name__)
 
 OWNER, WEB, WORKER = "kc_owner", "kc_web", "kc_worker"
 
-# By role, by table: the privileges it is granted; on a table not listed, none.
+# By role, by table: the privileges it is granted; on a table not listed, none. An UPDATE
+# names the columns the code sets (SELECT ... FOR UPDATE needs one of them, no more).
 PRIVILEGES: dict[str, dict[str, tuple[str, ...]]] = {
     WEB: {
-        # The webhooks store each event, then mark it enqueued.
-        db.payment_events.name: ("SELECT", "INSERT", "UPDATE"),
+        # The webhooks store each event, then mark it enqueued: the raw body is never rewritten.
+        db.payment_events.name: ("SELECT", "INSERT", "UPDATE (status)"),
         # GET /students/{id}/courses; the admin pages read a payment's story from these.
         db.purchases.name: ("SELECT",),
         db.duplicate_payments.name: ("SELECT",),
@@ -32,14 +33,15 @@ PRIVILEGES: dict[str, dict[str, tuple[str, ...]]] = {
         db.event_outbox.name: ("SELECT",),
     },
     WORKER: {
-        # Purchases are inserted and deactivated, never deleted; the index check EXPLAINs an INSERT.
-        db.purchases.name: ("SELECT", "INSERT", "UPDATE"),
+        # Purchases are inserted and deactivated, never rewritten or deleted; the index check
+        # EXPLAINs an INSERT.
+        db.purchases.name: ("SELECT", "INSERT", "UPDATE (is_active, updated_at)"),
         db.duplicate_payments.name: ("SELECT", "INSERT"),
-        db.revocations.name: ("SELECT", "INSERT", "UPDATE"),
+        db.revocations.name: ("SELECT", "INSERT", "UPDATE (purchase_id, revoked_at)"),
         # Events are written, marked published, then pruned.
-        db.event_outbox.name: ("SELECT", "INSERT", "UPDATE", "DELETE"),
+        db.event_outbox.name: ("SELECT", "INSERT", "UPDATE (published_at)", "DELETE"),
         # The inbox relay marks what it enqueued; reconciliation stores what it enqueues.
-        db.payment_events.name: ("SELECT", "INSERT", "UPDATE"),
+        db.payment_events.name: ("SELECT", "INSERT", "UPDATE (status)"),
     },
 }
 # Alembic's own table: the owner's alone.
@@ -65,6 +67,7 @@ def grant(conn: Connection) -> list[str]:
         # Names and privileges are the constants above, never input: quoting adds nothing.
         for table in TABLES:
             if table in tables:
+                # Column grants, UPDATE (status) say, go with the table's.
                 conn.execute(sa.text(f"REVOKE ALL ON TABLE {table} FROM {role}"))
         for table, privileges in PRIVILEGES[role].items():
             if table in tables:

@@ -30,12 +30,17 @@ from tests import provider_samples as s
 from tests.conftest import admin, run_sql
 
 ROLES_SQL = Path(__file__).resolve().parents[2] / "migrations" / "roles.sql"
-# What each role may do to each table, as PostgreSQL reports it.
+# What kc_web and kc_worker may do to each table, and to which columns of it alone, as the
+# catalog holds it: (role, table, privilege, column or None for the whole table).
 GRANTS = """
-SELECT grantee, table_name, string_agg(privilege_type, ',' ORDER BY privilege_type)
-  FROM information_schema.role_table_grants
- WHERE grantee IN ('kc_web', 'kc_worker') AND table_schema = 'public'
- GROUP BY grantee, table_name ORDER BY grantee, table_name
+SELECT r.rolname, c.relname, x.privilege_type, NULL
+  FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) x JOIN pg_roles r ON r.oid = x.grantee
+ WHERE c.relnamespace = 'public'::regnamespace AND r.rolname IN ('kc_web', 'kc_worker')
+UNION ALL
+SELECT r.rolname, c.relname, x.privilege_type, a.attname
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+       CROSS JOIN LATERAL aclexplode(a.attacl) x JOIN pg_roles r ON r.oid = x.grantee
+ WHERE c.relnamespace = 'public'::regnamespace AND r.rolname IN ('kc_web', 'kc_worker')
 """
 OWNERS = "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
 
@@ -46,12 +51,23 @@ def set_up_roles(url: str) -> None:
     migrate(normalize_database_url(url))
 
 
-def expected_grants() -> list[tuple[str, str, str]]:
-    return sorted(
-        (role, table, ",".join(sorted(privileges)))
-        for role, tables in roles.PRIVILEGES.items()
-        for table, privileges in tables.items()
-    )
+def grants(url: str) -> set[tuple[str, str, str, frozenset[str]]]:
+    """(role, table, privilege, the columns it is limited to: none for the whole table)."""
+    found: dict[tuple[str, str, str], set[str]] = {}
+    for role, table, privilege, column in run_sql(url, GRANTS):
+        found.setdefault((role, table, privilege), set()).update([column] if column else [])
+    return {(*key, frozenset(columns)) for key, columns in found.items()}
+
+
+def expected_grants() -> set[tuple[str, str, str, frozenset[str]]]:
+    """roles.PRIVILEGES read the same way: "UPDATE (status)" is UPDATE on status alone."""
+    expected = set()
+    for role, tables in roles.PRIVILEGES.items():
+        for table, privileges in tables.items():
+            for privilege in privileges:
+                kind, _, columns = privilege.partition(" (")
+                expected.add((role, table, kind, frozenset(c.strip() for c in columns.rstrip(")").split(",") if c)))
+    return expected
 
 
 @pytest.fixture
@@ -95,17 +111,18 @@ DENIED = "42501"  # insufficient_privilege, "must be owner" included
 
 
 def test_roles_sql_then_migrate_give_each_role_exactly_its_privileges(roles_db: str) -> None:
-    assert run_sql(roles_db, GRANTS) == expected_grants()
+    assert grants(roles_db) == expected_grants()
     assert run_sql(roles_db, OWNERS) == [(roles.OWNER,)], "kc_owner owns every table, alembic_version too"
     assert run_sql(roles_db, "SELECT rolname FROM pg_roles WHERE rolname LIKE 'kc\\_%' AND rolcanlogin") == []
 
 
 def test_setting_up_again_changes_nothing_and_takes_back_a_stray_grant(roles_db: str) -> None:
     run_sql(roles_db, "GRANT DELETE ON student_course_purchases TO kc_web")
+    run_sql(roles_db, "GRANT UPDATE (body) ON payment_events TO kc_web")
     set_up_roles(roles_db)
     set_up_roles(roles_db)
 
-    assert run_sql(roles_db, GRANTS) == expected_grants()
+    assert grants(roles_db) == expected_grants()
     assert run_sql(roles_db, OWNERS) == [(roles.OWNER,)]
 
 
@@ -142,6 +159,7 @@ def test_the_web_role_stores_webhooks_and_reads_purchases_but_cannot_change_them
         == DENIED
     )
     assert refused(web, "DELETE FROM payment_events") == DENIED, "the inbox is kept"
+    assert refused(web, "UPDATE payment_events SET body = '{}'") == DENIED, "a stored body is never rewritten"
     assert refused(web, "DROP TABLE student_course_purchases") == DENIED
     assert refused(web, "TRUNCATE payment_events") == DENIED
     assert run_sql(roles_db, "SELECT count(*) FROM student_course_purchases") == [(1,)]
@@ -167,20 +185,24 @@ def test_the_worker_role_makes_and_revokes_purchases_but_cannot_alter_the_schema
         made = create_purchase(engine, guard, purchase)
         again = create_purchase(engine, guard, purchase)
         revoked = revoke(engine, Revocation(payment_id="pay_worker", reason="refund", refund_id="rfnd_1"))
-        relayed = inbox.relay(engine, Celery(broker="memory://"), older_than=0)
+        broker = Celery(broker="memory://")
+        # The relays lock the rows they take (FOR UPDATE): that needs UPDATE on a column.
+        relayed = (inbox.relay(engine, broker, older_than=0), events.relay(engine, broker))
         pruned = events.prune(engine)
     finally:
         engine.dispose()
 
     assert made.created and not again.created and made.purchase_id == again.purchase_id
     assert (revoked.purchase_id, revoked.revoked) == (made.purchase_id, True)
-    assert (relayed, pruned) == (0, 0)
+    assert (relayed, pruned) == ((0, 0), 0)
     assert run_sql(roles_db, "SELECT payment_id, is_active FROM student_course_purchases") == [("pay_worker", False)]
     assert run_sql(roles_db, "SELECT type FROM event_outbox ORDER BY occurred_at") == [
         ("purchase.created",),
         ("purchase.revoked",),
     ]
     assert refused(worker, "DELETE FROM student_course_purchases") == DENIED, "purchases are never deleted"
+    assert refused(worker, "UPDATE student_course_purchases SET amount_cents = 0") == DENIED, "nor rewritten"
+    assert refused(worker, "UPDATE payment_events SET body = '{}'") == DENIED
     assert refused(worker, "ALTER TABLE student_course_purchases ADD COLUMN note text") == DENIED
     assert refused(worker, "DROP INDEX unique_active_purchase") == DENIED, "ensure-index is the owner's"
     assert refused(worker, "CREATE TABLE kc_stray (id int)") == DENIED
@@ -206,4 +228,4 @@ def test_a_fresh_deployment_migrated_by_the_owners_login(empty_database_url: str
     assert applied[-1] == "005_payment_events"
     assert status.usable, "the owner rebuilds the index"
     assert run_sql(empty_database_url, OWNERS) == [(roles.OWNER,)], "not the login role: kc_owner"
-    assert run_sql(empty_database_url, GRANTS) == expected_grants()
+    assert grants(empty_database_url) == expected_grants()
