@@ -1,10 +1,10 @@
 """The database roles of the processes, and what each may do to each table.
 
 migrations/roles.sql creates the three roles (as a superuser; README, Security): kc_owner owns
-the tables, kc_web is the web process, kc_worker the worker and beat. `kc-tasks migrate` calls
-`grant` after every upgrade: each role gets exactly the privileges below, on the tables as they
-are now, so a table a migration adds is granted in the same run. A database without the roles
-(a developer's, say) is left as it is.
+the tables, kc_web is the web process, kc_worker the worker (beat's tasks run in it).
+`kc-tasks migrate` calls `grant` after every upgrade: each role gets exactly the privileges
+below, on the tables as they are now, so a table a migration adds is granted in the same run.
+A database without the roles (a developer's, say) is left as it is.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 --
 --   kc_owner   owns the tables: `kc-tasks migrate` and `kc-tasks ensure-index` run as it
 --   kc_web     the web process: stores webhooks in payment_events, reads purchases
---   kc_worker  worker and beat: write purchases, revocations, events; relay the inbox
+--   kc_worker  the worker (beat's tasks run in it): writes purchases, revocations, events
 --
 -- None of them can log in: give each process a login role in its group, e.g.
 --   CREATE ROLE kc_web_app LOGIN PASSWORD '...' IN ROLE kc_web;
