@@ -1,4 +1,5 @@
-"""`kc-tasks migrate`: create the database if absent, apply pending migrations, once at a time."""
+"""`kc-tasks migrate`: create the database if absent, apply pending migrations, once at a time,
+then grant the processes' roles their privileges (kc_tasks/roles.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from psycopg import sql
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from kc_tasks import db
+from kc_tasks import db, roles
 from kc_tasks.index_guard import advisory_lock
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ def create_database_if_missing(url: URL) -> bool:
 
 
 def migrate(url: URL) -> list[str]:
-    """Apply pending migrations in order; return the revisions applied (empty when up to date)."""
+    """Apply pending migrations in order, then the roles' grants; return the revisions applied
+    (empty when up to date)."""
     create_database_if_missing(url)
     config = Config()
     config.set_main_option("script_location", str(SCRIPT_LOCATION))
@@ -54,6 +56,8 @@ def migrate(url: URL) -> list[str]:
                 conn.commit()
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
+                conn.commit()
+                roles.grant(conn)
                 conn.commit()
     finally:
         engine.dispose()

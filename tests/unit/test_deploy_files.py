@@ -321,7 +321,23 @@ def test_every_kc_service_runs_the_one_image_built_from_docker_dockerfile(name: 
 
 
 # What an operator's docker/.env might hold, to read the compose values as compose would.
-SAMPLE_ENV = {"POSTGRES_PASSWORD": "pg0a1b2c3d", "RABBITMQ_PASSWORD": "mq4e5f6a7b"}
+SAMPLE_ENV = {
+    "POSTGRES_PASSWORD": "pg0a1b2c3d",
+    "POSTGRES_MIGRATE_PASSWORD": "pgm1a2b3c4",
+    "POSTGRES_WEB_PASSWORD": "pgw5d6e7f8",
+    "POSTGRES_WORKER_PASSWORD": "pgk9a8b7c6",
+    "RABBITMQ_PASSWORD": "mq4e5f6a7b",
+}
+# The login each service connects to PostgreSQL as, and the group role it is in (README,
+# Security: database roles); keyed as the passwords are (POSTGRES_<KEY>_PASSWORD). beat and
+# flower never connect to PostgreSQL: they get no DATABASE_URL, hence no password.
+DATABASE_LOGINS = {
+    "migrate": ("kc_migrate", "kc_owner", "migrate"),
+    "web": ("kc_web_app", "kc_web", "web"),
+    "worker": ("kc_worker_app", "kc_worker", "worker"),
+}
+LOGINS_SQL = DOCKER / "logins.sql"
+ROLES_SQL = ROOT / "migrations" / "roles.sql"
 
 
 def as_compose_interpolates(value: str | None, env: dict[str, str] = SAMPLE_ENV) -> str:
@@ -335,10 +351,10 @@ def as_compose_interpolates(value: str | None, env: dict[str, str] = SAMPLE_ENV)
 
 
 def test_compose_holds_no_literal_password() -> None:
-    for name in ("postgres", "rabbitmq", *KC_SERVICES):
+    for name in ("postgres", "rabbitmq", "db-roles", *KC_SERVICES):
         env = environment(name)
-        for key in ("POSTGRES_PASSWORD", "RABBITMQ_DEFAULT_PASS"):
-            if key in env:
+        for key in env:
+            if key.endswith(("PASSWORD", "_PASS")):
                 assert (env[key] or "").startswith("${"), f"the {name} service's {key} comes from docker/.env"
         for key in ("DATABASE_URL", "CELERY_BROKER_URL"):
             if key in env:
@@ -347,16 +363,49 @@ def test_compose_holds_no_literal_password() -> None:
 
 
 @pytest.mark.parametrize("name", KC_SERVICES)
-def test_every_kc_service_reaches_the_compose_database_and_broker(name: str) -> None:
+def test_each_kc_service_logs_in_to_postgresql_as_its_own_role_or_not_at_all(name: str) -> None:
     env = {k: as_compose_interpolates(v) for k, v in environment(name).items()}
+    if name not in DATABASE_LOGINS:
+        assert "DATABASE_URL" not in env, f"{name} never connects to PostgreSQL: it gets no database password"
+        return
+    login, _, key = DATABASE_LOGINS[name]
     database = urlsplit(env.get("DATABASE_URL") or "")
-    broker = urlsplit(env.get("CELERY_BROKER_URL") or "")
-    postgres = {k: as_compose_interpolates(v) for k, v in environment("postgres").items()}
-    rabbitmq = {k: as_compose_interpolates(v) for k, v in environment("rabbitmq").items()}
 
     assert database.scheme == "postgresql" and database.hostname == "postgres" and database.port == 5432
-    assert (database.username, database.password) == (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"])
+    assert (database.username, database.password) == (login, SAMPLE_ENV[f"POSTGRES_{key.upper()}_PASSWORD"])
     assert database.path == "/kc_tasks"
+
+
+def test_db_roles_makes_each_login_with_the_password_its_service_uses_before_migrate_runs() -> None:
+    env = {k: as_compose_interpolates(v) for k, v in environment("db-roles").items()}
+    postgres = {k: as_compose_interpolates(v) for k, v in environment("postgres").items()}
+    command = " ".join(command_words("db-roles"))
+    logins = LOGINS_SQL.read_text()
+
+    assert service("db-roles")["image"] == service("postgres")["image"], "psql of the server's own version"
+    assert (env["PGHOST"], env["PGUSER"], env["PGPASSWORD"]) == ("postgres", "postgres", postgres["POSTGRES_PASSWORD"])
+    assert service("db-roles").get("restart") == "no" and depends_on("db-roles") == {"postgres": "service_healthy"}
+    assert depends_on("migrate").get("db-roles") == "service_completed_successfully"
+    mounted = {
+        PurePosixPath(v.split(":")[1]).name: (DOCKER / v.split(":")[0]).resolve()
+        for v in service("db-roles")["volumes"]
+    }
+    assert mounted == {"roles.sql": ROLES_SQL, "logins.sql": LOGINS_SQL}
+    assert command.index("/roles.sql") < command.index("/logins.sql"), "the group roles exist before their logins"
+    for login, group, key in DATABASE_LOGINS.values():
+        assert env[f"{key.upper()}_PASSWORD"] == SAMPLE_ENV[f"POSTGRES_{key.upper()}_PASSWORD"]
+        assert f'-v {key}_password="${key.upper()}_PASSWORD"' in command
+        assert f"('{login}', '{group}')" in logins
+        assert f"ALTER ROLE {login} PASSWORD :'{key}_password';" in logins
+    assert "ALTER ROLE kc_migrate SET role = 'kc_owner';" in logins, "the tables migrate creates are kc_owner's"
+
+
+@pytest.mark.parametrize("name", KC_SERVICES)
+def test_every_kc_service_reaches_the_compose_broker(name: str) -> None:
+    env = {k: as_compose_interpolates(v) for k, v in environment(name).items()}
+    broker = urlsplit(env.get("CELERY_BROKER_URL") or "")
+    rabbitmq = {k: as_compose_interpolates(v) for k, v in environment("rabbitmq").items()}
+
     assert broker.scheme == "amqp" and broker.hostname == "rabbitmq" and broker.port == 5672
     assert (broker.username, broker.password) == (rabbitmq["RABBITMQ_DEFAULT_USER"], rabbitmq["RABBITMQ_DEFAULT_PASS"])
     assert broker.path == "//", "the broker URL names RabbitMQ's default vhost /"
