@@ -5,9 +5,10 @@ pool, summarised per process and per kc_tasks / Celery step.
 
 Needs py-spy (the `bench` extra). Uses the benchmark's database, vhost and worker set-up
 (bench/common.py, bench/workers.py); prints the summary and keeps the raw stacks (one
-collapsed stack per line) in the run's log directory. py-spy counts a thread waiting inside C code (psycopg waiting for the server, a
-pool process waiting for its next job) as busy: read the shares as where the time goes, and
-bench/run.py's CPU figures (from /proc) as what it costs.
+collapsed stack per line) in the run's log directory. py-spy counts a thread waiting inside
+C code (psycopg waiting for the server, a pool process waiting for its next job) as busy:
+read the shares as where the time goes, and bench/run.py's CPU figures (from /proc) as what
+it costs.
 """
 
 from __future__ import annotations
