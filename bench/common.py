@@ -1,5 +1,5 @@
 """What every measurement shares: the benchmark's own database and RabbitMQ vhost, its
-targets, the purchases it sends, and small helpers (SQL, waiting, percentiles).
+targets, the purchases it sends, and the small functions they all use (SQL, waiting, percentiles).
 
 Names are fixed per run (`kc_bench_<run id>`); `setup()` makes them, `teardown()` removes them.
 """
