@@ -3,11 +3,12 @@ pool, summarised per process and per kc_tasks / Celery step.
 
     .venv/bin/python bench/profile_worker.py [--n 4000] [--kind purchase|noop]
 
-Needs py-spy (the `bench` extra). Uses bench/run.py's database, vhost and worker set-up;
-prints the summary and keeps the raw stacks (one collapsed stack per line) in the run's log
-directory. py-spy counts a thread waiting inside C code (psycopg waiting for the server, a
-pool process waiting for its next job) as busy: read the shares as where the time goes, and
-bench/run.py's CPU figures (from /proc) as what it costs.
+Needs py-spy (the `bench` extra). Uses the benchmark's database, vhost and worker set-up
+(bench/common.py, bench/workers.py); prints the summary and keeps the raw stacks (one
+collapsed stack per line) in the run's log directory. py-spy counts a thread waiting inside
+C code (psycopg waiting for the server, a pool process waiting for its next job) as busy:
+read the shares as where the time goes, and bench/run.py's CPU figures (from /proc) as what
+it costs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import run
+import drains
+from common import BIN, CPUS, LOGS, setup, teardown
+from drains import Drain
+from workers import Bench, Settings, start_worker
 
 RATE = 250  # py-spy samples per second and per thread
 # The step a sample belongs to: the first of these frames found in its stack.
@@ -46,18 +50,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="py-spy profile of a worker draining tasks")
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--kind", default="purchase", choices=["purchase", "noop"])
-    parser.add_argument("--concurrency", type=int, default=run.CPUS)
+    parser.add_argument("--concurrency", type=int, default=CPUS)
     args = parser.parse_args()
-    run.setup()
+    setup()
     try:
-        bench = run.Bench()
-        worker = run.start_worker(run.Settings("prefork", args.concurrency, 16))
+        bench = Bench()
+        worker = start_worker(Settings("prefork", args.concurrency, 16))
         try:
-            bench.drain(worker, args.kind, 500)  # warm
-            raw = run.LOGS / f"profile-{args.kind}.txt"
+            drains.drain(bench, worker, args.kind, 500)  # warm
+            raw = LOGS / f"profile-{args.kind}.txt"
             spy = subprocess.Popen(
                 [
-                    str(run.BIN / "py-spy"),
+                    str(BIN / "py-spy"),
                     "record",
                     "--pid",
                     str(worker.process.pid),
@@ -75,19 +79,19 @@ def main() -> int:
                 stderr=subprocess.DEVNULL,
             )
             threading.Event().wait(1.5)
-            drain = bench.drain(worker, args.kind, args.n)
+            drain = drains.drain(bench, worker, args.kind, args.n)
             seconds = args.n / drain.rate
             spy.send_signal(2)
             spy.wait(30)
         finally:
             worker.stop()
     finally:
-        run.teardown()
+        teardown()
     summarise(raw, drain, seconds)
     return 0
 
 
-def summarise(raw: Path, drain: run.Drain, seconds: float) -> None:
+def summarise(raw: Path, drain: Drain, seconds: float) -> None:
     """On-CPU samples per process role and step; busy = share of one core."""
     by_role: Counter[str] = Counter()
     by_step: dict[str, Counter[str]] = {}
