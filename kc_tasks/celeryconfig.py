@@ -41,7 +41,7 @@ task_routes = {"kc_tasks.*": {"queue": PURCHASE_QUEUE}}
 task_acks_late = True
 task_reject_on_worker_lost = True
 # Messages each pool process may hold, unacknowledged: enough that create_purchase requests
-# wait together for a free process and are inserted in one statement (kc_tasks/worker.py,
+# wait together for a free process and are inserted in one statement (kc_tasks/batching.py,
 # PurchaseBatcher); docs/benchmark.md shows what 4 and 16 drain.
 worker_prefetch_multiplier = 16
 # A child process connects to PostgreSQL at start-up (connect timeout 5 s).
