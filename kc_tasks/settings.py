@@ -40,6 +40,10 @@ class Settings:
     # How long the last free pool process waits for more purchases to insert with the first,
     # while the others are busy, milliseconds; 0: never.
     batch_hold_ms: int = 2
+    # on: create_purchase requests that wait together for a pool process are inserted in one
+    # statement (kc_tasks/batching.py, which relies on Celery's private API); off: every
+    # request goes Celery's own way, one by one. The escape hatch if a Celery upgrade breaks it.
+    batching: bool = True
     # RabbitMQ queue type of `purchases`: classic or quorum.
     queue_type: str = "classic"
     # Log line format: text, or json (one object per line).
@@ -84,6 +88,7 @@ class Settings:
             event_relay_interval=_int(env, "KC_EVENT_RELAY_INTERVAL", 10, minimum=1),
             worker_lost_limit=_int(env, "KC_WORKER_LOST_LIMIT", 3, minimum=1),
             batch_hold_ms=_int(env, "KC_BATCH_HOLD_MS", 2, minimum=0, maximum=100),
+            batching=_choice(env, "KC_BATCHING", "on", ("on", "off")) == "on",
             queue_type=_choice(env, "KC_QUEUE_TYPE", "classic", ("classic", "quorum")),
             log_format=_choice(env, "KC_LOG_FORMAT", "text", ("text", "json")),
             webhook_secret=env.get("KC_WEBHOOK_SECRET", ""),

@@ -54,7 +54,7 @@ def dead_letter_message(app: Any, message: Message, reason: str, exc: BaseExcept
 class Consumer(CeleryConsumer):
     def __init__(self, on_task_request: Callable[[Request], Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(on_task_request, *args, **kwargs)
-        if self.controller is not None:
+        if self.controller is not None and _settings.batching:  # KC_BATCHING=off: Celery's own path
             hub = getattr(self.controller, "hub", None)
             call_later = hub.call_later if hub is not None else None
             self.on_task_request = PurchaseBatcher(self.controller, on_task_request, run_batch, call_later)
