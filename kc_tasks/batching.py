@@ -26,8 +26,7 @@ from kombu.serialization import loads as loads_message
 from kombu.serialization import prepare_accept_content
 
 from kc_tasks import purchases, revocations
-from kc_tasks.celery import app
-from kc_tasks.celeryconfig import settings
+from kc_tasks.celery import app, settings
 from kc_tasks.errors import InvalidPurchase, KcTasksError
 from kc_tasks.payload import Purchase, is_task_body, parse_purchase
 from kc_tasks.process import resources

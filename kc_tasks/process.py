@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from kc_tasks import db
-from kc_tasks.celeryconfig import settings
+from kc_tasks.celery import settings
 from kc_tasks.errors import KcTasksError
 from kc_tasks.index_guard import FIX_COMMAND, IndexGuard
 from kc_tasks.settings import describe_database

@@ -112,6 +112,12 @@ class Settings:
     def uses_redis(self) -> bool:
         return self.broker_url.startswith(("redis://", "rediss://"))
 
+    @property
+    def queue_arguments(self) -> dict[str, str] | None:
+        """The RabbitMQ arguments of the service's queues: KC_QUEUE_TYPE=quorum makes them
+        replicated queues for a cluster (see README, Scaling out)."""
+        return {"x-queue-type": "quorum"} if self.queue_type == "quorum" else None
+
 
 def secrets(value: str) -> tuple[str, ...]:
     """A *_WEBHOOK_SECRET's secrets: several, comma-separated, while one is being rotated."""

@@ -11,8 +11,7 @@ from celery.exceptions import Reject, Retry
 from sqlalchemy.engine import Engine
 
 from kc_tasks import batching, dead_letters, events, inbox, purchases, revocations
-from kc_tasks.celery import app
-from kc_tasks.celeryconfig import settings
+from kc_tasks.celery import app, settings
 from kc_tasks.errors import (
     DatabaseUnavailable,
     InvalidPurchase,

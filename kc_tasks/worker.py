@@ -27,7 +27,7 @@ from kombu import Message
 
 from kc_tasks import dead_letters
 from kc_tasks.batching import PurchaseBatcher, run_batch
-from kc_tasks.celeryconfig import settings as _settings
+from kc_tasks.celery import settings as _settings
 from kc_tasks.payload import is_task_body
 
 logger = logging.getLogger(__name__)

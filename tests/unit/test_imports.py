@@ -22,6 +22,7 @@ def _module_name(path: Path) -> str:
 
 
 MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+MODULES["celeryconfig"] = PACKAGE.parent / "celeryconfig.py"  # installed beside the package
 
 
 def _imports(name: str, path: Path) -> set[str]:
@@ -89,6 +90,10 @@ def test_the_package_has_no_import_circle() -> None:
 def test_the_circle_finder_finds_one() -> None:
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_celeryconfig_is_read_by_the_app_not_imported_by_the_package() -> None:
+    assert not [name for name, imported in GRAPH.items() if "celeryconfig" in imported]
 
 
 def test_batching_and_the_tasks_do_not_import_each_other_circularly() -> None:

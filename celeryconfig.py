@@ -1,4 +1,7 @@
-"""Celery configuration, derived from the environment's Settings."""
+"""Celery configuration, derived from the environment's Settings (kc_tasks.celery.settings).
+
+A top-level module, as Celery lays a project out: kc_tasks/celery.py loads it with
+app.config_from_object("celeryconfig"); it is installed beside the package."""
 
 from __future__ import annotations
 
@@ -6,9 +9,7 @@ import os
 
 from kombu import Exchange, Queue
 
-from kc_tasks.settings import Settings
-
-settings = Settings.from_env()
+from kc_tasks.celery import settings
 
 PURCHASE_QUEUE = "purchases"
 
@@ -22,14 +23,12 @@ event_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 
-# KC_QUEUE_TYPE=quorum: replicated queues for a RabbitMQ cluster (see README, Scaling out).
-QUEUE_ARGUMENTS = {"x-queue-type": "quorum"} if settings.queue_type == "quorum" else None
 task_queues = (
     Queue(
         PURCHASE_QUEUE,
         Exchange(PURCHASE_QUEUE, type="direct"),
         routing_key=PURCHASE_QUEUE,
-        queue_arguments=QUEUE_ARGUMENTS,
+        queue_arguments=settings.queue_arguments,  # KC_QUEUE_TYPE
     ),
 )
 task_default_queue = PURCHASE_QUEUE
