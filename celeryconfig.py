@@ -70,21 +70,26 @@ else:
     # Publisher confirms: send_task and retries return only once RabbitMQ holds the message.
     broker_transport_options = {"confirm_publish": True}
 
+# Beat period of the relay tasks, seconds.
+RELAY_SAFETY_INTERVAL = 900.0
+
 beat_schedule = {
     "verify-purchase-index": {
         "task": "kc_tasks.verify_purchase_index",
         "schedule": float(settings.index_verify_interval),
         "options": {"expires": float(settings.index_verify_interval)},
     },
+    # Each worker sweeps leftovers itself every KC_EVENT_RELAY_INTERVAL seconds (kc_tasks/process.py):
+    # these are the safety net, while no worker runs a sweep, and few rows in Flower's list.
     "relay-events": {
         "task": "kc_tasks.relay_events",
-        "schedule": float(settings.event_relay_interval),
-        "options": {"expires": float(settings.event_relay_interval)},
+        "schedule": RELAY_SAFETY_INTERVAL,
+        "options": {"expires": RELAY_SAFETY_INTERVAL},
     },
     "relay-inbox": {
         "task": "kc_tasks.relay_inbox",
-        "schedule": float(settings.event_relay_interval),
-        "options": {"expires": float(settings.event_relay_interval)},
+        "schedule": RELAY_SAFETY_INTERVAL,
+        "options": {"expires": RELAY_SAFETY_INTERVAL},
     },
     "reconcile-payments": {
         "task": "kc_tasks.reconcile_payments",

@@ -15,8 +15,8 @@ from celery.signals import worker_init, worker_process_init, worker_ready
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from kc_tasks import db
-from kc_tasks.celery import settings
+from kc_tasks import db, events, inbox
+from kc_tasks.celery import app, settings
 from kc_tasks.errors import KcTasksError
 from kc_tasks.index_guard import FIX_COMMAND, IndexGuard
 from kc_tasks.settings import describe_database
@@ -99,3 +99,19 @@ def _report_index(**_: Any) -> None:
         logger.info("%s", status.describe())
     else:
         logger.warning("%s - will use fallback method; fix: %s", status.describe(), FIX_COMMAND)
+
+
+def sweep_leftovers(engine: Engine) -> None:
+    """Publish the purchase events left unpublished, and enqueue the provider events left
+    received (broker down, process killed): what kc_tasks.relay_events and relay_inbox do."""
+    events.relay(engine, app)
+    inbox.relay(engine, app)
+
+
+@worker_ready.connect
+def _start_sweeping(**_: Any) -> None:
+    """The worker's main process sweeps leftovers every KC_EVENT_RELAY_INTERVAL seconds from its
+    event publisher's thread: a relay that shows in no task list. Beat's relay tasks, at a long
+    interval, remain the safety net (celeryconfig.py)."""
+    engine = resources()[0]
+    events.publisher(engine, app, lambda: sweep_leftovers(engine), float(settings.event_relay_interval))

@@ -33,7 +33,8 @@ class Settings:
     index_check_ttl: int = 300
     # Beat period of kc_tasks.verify_purchase_index, seconds.
     index_verify_interval: int = 300
-    # Beat period of kc_tasks.relay_events, which publishes events left unpublished, seconds.
+    # How often each worker sweeps leftovers, seconds: publishes the events left unpublished and
+    # enqueues the provider events left received (kc_tasks/process.py, sweep_leftovers).
     event_relay_interval: int = 10
     # How many times a task may kill its worker process before it is dead-lettered.
     worker_lost_limit: int = 3
