@@ -58,6 +58,8 @@ class Consumer(CeleryConsumer):
             hub = getattr(self.controller, "hub", None)
             call_later = hub.call_later if hub is not None else None
             self.on_task_request = PurchaseBatcher(self.controller, on_task_request, run_batch, call_later)
+        elif self.controller is not None:
+            logger.info("batching off (KC_BATCHING=off): each purchase is made by its own task")
 
     _events_flush_due = False
 

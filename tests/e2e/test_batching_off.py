@@ -12,11 +12,12 @@ def test_with_batching_off_a_queue_that_waited_is_drained_one_purchase_at_a_time
 ) -> None:
     orders = [purchase() for _ in range(120)]
     client.send([*orders, *orders[:20]])  # waiting for the worker, as a batch would; some twice
-    workers.start(database_url, broker_url, concurrency=2, KC_BATCHING="off")
+    worker = workers.start(database_url, broker_url, concurrency=2, KC_BATCHING="off")
     assert wait_until(lambda: count(database_url) == 120, timeout=90), "every paid order becomes a purchase"
     # xmin: the transaction that inserted the row; a batch inserts its rows in one.
     transactions = run_sql(database_url, "SELECT count(DISTINCT xmin::text) FROM student_course_purchases")[0][0]
     assert transactions == 120, f"120 purchases in {transactions} transactions: some were inserted together"
+    assert "batching off (KC_BATCHING=off)" in worker.text(), "the operator sees the switch at start-up"
 
 
 def test_with_batching_on_the_same_queue_is_inserted_together(
@@ -25,7 +26,8 @@ def test_with_batching_on_the_same_queue_is_inserted_together(
     """The measure above tells the two apart."""
     orders = [purchase() for _ in range(120)]
     client.send(orders)
-    workers.start(database_url, broker_url, concurrency=2)
+    worker = workers.start(database_url, broker_url, concurrency=2)
     assert wait_until(lambda: count(database_url) == 120, timeout=90)
     transactions = run_sql(database_url, "SELECT count(DISTINCT xmin::text) FROM student_course_purchases")[0][0]
     assert transactions < 100, f"120 purchases in {transactions} transactions: they were not batched"
+    assert "batching off" not in worker.text()
