@@ -33,8 +33,8 @@ run: setup
 	$(BIN)/kc-tasks dev
 
 lint: setup
-	$(BIN)/ruff check kc_tasks migrations tests bench
-	$(BIN)/ruff format --check kc_tasks migrations tests bench
+	$(BIN)/ruff check celeryconfig.py kc_tasks migrations tests bench
+	$(BIN)/ruff format --check celeryconfig.py kc_tasks migrations tests bench
 	$(BIN)/mypy
 
 test: setup browser services node lint

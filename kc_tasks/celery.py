@@ -7,7 +7,12 @@ from celery import Celery
 # Imported for what they connect to Celery's signals: the logging set-up, and the start-up
 # checks of flower and beat.
 from kc_tasks import logs, process_guard  # noqa: F401
+from kc_tasks.settings import Settings
+
+# The environment's settings, read once per process: the modules of the package import them
+# from here, and celeryconfig.py derives Celery's settings from them.
+settings = Settings.from_env()
 
 app = Celery("kc_tasks", task_cls="kc_tasks.worker:KcTask")
-app.config_from_object("kc_tasks.celeryconfig")
+app.config_from_object("celeryconfig")  # ./celeryconfig.py, installed beside the package
 app.autodiscover_tasks(["kc_tasks"], related_name="tasks", force=True)

@@ -100,7 +100,7 @@ def make_engine(url: URL, pool_size: int = 2, max_overflow: int = 0, poolclass: 
     """The engine of one process: call it after the fork, never share it across processes.
 
     `pool_size` connections are kept, up to `max_overflow` more are opened when needed and
-    closed after use; a checkout waits at most 10 s. kc_tasks.tasks sizes a worker's for the
+    closed after use; a checkout waits at most 10 s. kc_tasks.process sizes a worker's for the
     tasks it runs at once. NullPool suits one-off commands.
     """
     pooling: dict[str, Any] = (

@@ -22,13 +22,13 @@ from typing import Any
 from celery import Celery
 from kombu import Message, Queue
 
-from kc_tasks.celeryconfig import QUEUE_ARGUMENTS
+from kc_tasks.celery import settings
 
 logger = logging.getLogger(__name__)
 
 DLQ = "purchases.dlq"
 # Of the same type as `purchases` (KC_QUEUE_TYPE); never a TTL: dead letters do not expire.
-QUEUE = Queue(DLQ, routing_key=DLQ, durable=True, queue_arguments=QUEUE_ARGUMENTS)
+QUEUE = Queue(DLQ, routing_key=DLQ, durable=True, queue_arguments=settings.queue_arguments)
 PERMANENT = "permanent error"
 EXHAUSTED = "retries exhausted"
 UNDECODABLE = "undecodable message"

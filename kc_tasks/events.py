@@ -10,7 +10,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -123,10 +123,21 @@ class Publisher:
     """One per process: publishes committed events soon after commit (within PUBLISH_DELAY),
     in batches, from a thread of its own, and marks each batch published in one statement.
     The task that committed them does not wait for the broker. Whatever this does not get to
-    publish (broker down, process killed) stays in the outbox for the relay."""
+    publish (broker down, process killed) stays in the outbox for the relay.
 
-    def __init__(self, engine: Engine, app: Celery) -> None:
+    Given a `sweep`, the thread also calls it every `sweep_interval` seconds: the worker's
+    main process sweeps what was left behind (kc_tasks.process.sweep_leftovers), so the
+    relay needs no frequent beat task."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        app: Celery,
+        sweep: Callable[[], object] | None = None,
+        sweep_interval: float = 10.0,
+    ) -> None:
         self.engine, self.app = engine, app
+        self.sweep, self.sweep_interval = sweep, sweep_interval
         self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._channel: EventChannel | None = None  # opened on first use, kept between batches
         self._thread = threading.Thread(target=self._run, name="kc-events", daemon=True)
@@ -137,8 +148,16 @@ class Publisher:
             self._queue.put(event)
 
     def _run(self) -> None:
+        next_sweep = time.monotonic() + self.sweep_interval
         while True:
-            batch = [self._queue.get()]
+            if self.sweep is not None and time.monotonic() >= next_sweep:
+                self._sweep()
+                next_sweep = time.monotonic() + self.sweep_interval
+            try:
+                timeout = None if self.sweep is None else max(0.0, next_sweep - time.monotonic())
+                batch = [self._queue.get(timeout=timeout)]
+            except queue.Empty:
+                continue
             deadline = time.monotonic() + PUBLISH_DELAY
             while len(batch) < RELAY_BATCH and (left := deadline - time.monotonic()) > 0:
                 try:
@@ -154,6 +173,14 @@ class Publisher:
                 mark_published(conn, [e.id for e in batch])
         except Exception as exc:  # noqa: BLE001  (any failure: the outbox keeps them for the relay)
             logger.warning("%d event(s) left for the relay: %s: %s", len(batch), type(exc).__name__, exc)
+
+    def _sweep(self) -> None:
+        try:
+            self.sweep()  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001  (broker or database away: the next sweep tries again)
+            logger.warning(
+                "sweeping leftovers failed, next try in %.0f s: %s: %s", self.sweep_interval, type(exc).__name__, exc
+            )
 
     def _send(self, batch: list[Event]) -> None:
         """On a kept channel; if that fails (the broker restarted, or closed an idle
@@ -182,15 +209,18 @@ _publishers: dict[int, Publisher] = {}
 _publishers_lock = threading.Lock()
 
 
-def publisher(engine: Engine, app: Celery) -> Publisher:
-    """This process's publisher, started on first use (after the fork, never inherited)."""
+def publisher(
+    engine: Engine, app: Celery, sweep: Callable[[], object] | None = None, sweep_interval: float = 10.0
+) -> Publisher:
+    """This process's publisher, started on first use (after the fork, never inherited); the
+    sweep, if any, is the first caller's."""
     pid = os.getpid()
     if pid in _publishers:
         return _publishers[pid]
     with _publishers_lock:  # one per process, also when a threads pool's tasks ask at once
         if pid not in _publishers:
             _publishers.clear()
-            _publishers[pid] = Publisher(engine, app)
+            _publishers[pid] = Publisher(engine, app, sweep, sweep_interval)
         return _publishers[pid]
 
 

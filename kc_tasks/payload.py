@@ -151,3 +151,16 @@ _REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxdict, _REPR.maxlist = 
 def _short(value: Any) -> str:
     text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def is_task_body(body: Any) -> bool:
+    """Celery's message protocol 2: [args, kwargs, embed], embed's callbacks lists or None."""
+    if not (isinstance(body, (list, tuple)) and len(body) == 3):
+        return False
+    args, kwargs, embed = body
+    if not (isinstance(args, (list, tuple)) and isinstance(kwargs, dict) and isinstance(embed, dict)):
+        return False
+    return all(
+        embed.get(key) is None or isinstance(embed.get(key), (list, dict))
+        for key in ("callbacks", "errbacks", "chain", "chord")
+    )

@@ -33,13 +33,18 @@ class Settings:
     index_check_ttl: int = 300
     # Beat period of kc_tasks.verify_purchase_index, seconds.
     index_verify_interval: int = 300
-    # Beat period of kc_tasks.relay_events, which publishes events left unpublished, seconds.
+    # How often each worker sweeps leftovers, seconds: publishes the events left unpublished and
+    # enqueues the provider events left received (kc_tasks/process.py, sweep_leftovers).
     event_relay_interval: int = 10
     # How many times a task may kill its worker process before it is dead-lettered.
     worker_lost_limit: int = 3
     # How long the last free pool process waits for more purchases to insert with the first,
     # while the others are busy, milliseconds; 0: never.
     batch_hold_ms: int = 2
+    # on: create_purchase requests that wait together for a pool process are inserted in one
+    # statement (kc_tasks/batching.py, which relies on Celery's private API); off: every
+    # request goes Celery's own way, one by one. The escape hatch if a Celery upgrade breaks it.
+    batching: bool = True
     # RabbitMQ queue type of `purchases`: classic or quorum.
     queue_type: str = "classic"
     # Log line format: text, or json (one object per line).
@@ -84,6 +89,7 @@ class Settings:
             event_relay_interval=_int(env, "KC_EVENT_RELAY_INTERVAL", 10, minimum=1),
             worker_lost_limit=_int(env, "KC_WORKER_LOST_LIMIT", 3, minimum=1),
             batch_hold_ms=_int(env, "KC_BATCH_HOLD_MS", 2, minimum=0, maximum=100),
+            batching=_choice(env, "KC_BATCHING", "on", ("on", "off")) == "on",
             queue_type=_choice(env, "KC_QUEUE_TYPE", "classic", ("classic", "quorum")),
             log_format=_choice(env, "KC_LOG_FORMAT", "text", ("text", "json")),
             webhook_secret=env.get("KC_WEBHOOK_SECRET", ""),
@@ -106,6 +112,12 @@ class Settings:
     @property
     def uses_redis(self) -> bool:
         return self.broker_url.startswith(("redis://", "rediss://"))
+
+    @property
+    def queue_arguments(self) -> dict[str, str] | None:
+        """The RabbitMQ arguments of the service's queues: KC_QUEUE_TYPE=quorum makes them
+        replicated queues for a cluster (see README, Scaling out)."""
+        return {"x-queue-type": "quorum"} if self.queue_type == "quorum" else None
 
 
 def secrets(value: str) -> tuple[str, ...]:

@@ -5,8 +5,8 @@
   drop it, or reject it without requeue).
 - `KcRequest`: a task whose worker process died under it (SIGKILL, OOM) is redelivered at
   most `KC_WORKER_LOST_LIMIT` times, then dead-lettered, instead of looping forever.
-- `PurchaseBatcher`: create_purchase requests that wait for a free pool process go to it
-  together, and their purchases are inserted in one statement (kc_tasks.tasks.run_batch).
+- `Consumer` puts kc_tasks.batching.PurchaseBatcher in front of the pool (unless
+  KC_BATCHING=off).
 - `Consumer.on_send_event_buffered`: task events (Flower's feed) leave in one message per
   10 ms instead of one per turn of the loop.
 
@@ -17,10 +17,7 @@ on RabbitMQ the dead-letter exchange policy of `purchases` (kc-tasks dlq policy)
 from __future__ import annotations
 
 import logging
-import weakref
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
@@ -29,19 +26,14 @@ from celery.worker.request import Request
 from kombu import Message
 
 from kc_tasks import dead_letters
-from kc_tasks.celeryconfig import settings as _settings
+from kc_tasks.batching import PurchaseBatcher, run_batch
+from kc_tasks.celery import settings as _settings
+from kc_tasks.payload import is_task_body
 
 logger = logging.getLogger(__name__)
 
 LOST_HEADER = "kc-worker-lost"
 PURCHASE_QUEUE = "purchases"
-PURCHASE_TASK = "kc_tasks.create_purchase"
-# The most create_purchase requests one pool process takes at once.
-BATCH_MAX = 32
-# While every other pool process is busy, the last free one is held back this long, seconds,
-# for more requests to join its batch, unless HOLD_UNTIL are waiting already.
-HOLD_SECONDS = _settings.batch_hold_ms / 1000
-HOLD_UNTIL = 8
 # Task events (Flower's feed) are gathered this long, seconds, into one message.
 EVENT_FLUSH_DELAY = 0.01
 
@@ -59,171 +51,15 @@ def dead_letter_message(app: Any, message: Message, reason: str, exc: BaseExcept
     message.ack()
 
 
-def is_task_body(body: Any) -> bool:
-    """Celery's message protocol 2: [args, kwargs, embed], embed's callbacks lists or None."""
-    if not (isinstance(body, (list, tuple)) and len(body) == 3):
-        return False
-    args, kwargs, embed = body
-    if not (isinstance(args, (list, tuple)) and isinstance(kwargs, dict) and isinstance(embed, dict)):
-        return False
-    return all(
-        embed.get(key) is None or isinstance(embed.get(key), (list, dict))
-        for key in ("callbacks", "errbacks", "chain", "chord")
-    )
-
-
-class PurchaseBatcher:
-    """Stands between the consumer and the prefork pool for create_purchase requests.
-
-    Celery hands a request to the pool once a pool process is free (its semaphore): until
-    then, the requests that arrive wait here, and the free process gets all of them (up to
-    BATCH_MAX) as one job. A lone request goes its usual way, at once if processes are idle,
-    after up to KC_BATCH_HOLD_MS if it found the last free one (see _dispatch); under load,
-    the batches grow by themselves. Each request keeps everything it has alone: its
-    task-started and task-succeeded events, its result, its retries, its dead letter, and its
-    message is acknowledged only after its own outcome is committed.
-
-    Pools without Celery's semaphore (threads, solo) and tasks with time limits get every
-    request alone, as without this."""
-
-    def __init__(
-        self,
-        controller: Any,
-        process_task: Callable[[Request], Any],
-        run_batch: Callable[..., Any],
-        call_later: Callable[..., Any] | None = None,
-        hold: float = HOLD_SECONDS,
-    ) -> None:
-        self.controller = controller
-        self.process_task = process_task
-        self.run_batch = run_batch
-        self.pending: deque[Request] = deque()
-        self.waiting = False
-        self.enabled = process_task == getattr(controller, "_process_task_sem", None)
-        # Holding a free process back while the others are busy (needs the event loop's timer).
-        self.call_later = call_later if hold > 0 else None
-        self.hold = hold
-        self.held: Any = None  # the timer entry while a free process is held back
-        self.arriving = False
-
-    def __call__(self, request: Request) -> Any:
-        if not self.enabled or request.name != PURCHASE_TASK or _has_time_limit(request):
-            return self.process_task(request)
-        self.pending.append(request)
-        if self.held is not None and len(self.pending) >= HOLD_UNTIL:
-            self._send_held()
-        elif not self.waiting:
-            self.waiting = True
-            self.arriving = True  # _dispatch, called at once if a process is free, may hold it
-            try:
-                self.controller._quick_acquire(self._dispatch)
-            finally:
-                self.arriving = False
-        return None
-
-    def clear(self) -> None:
-        """The connection is gone, and with it Celery's semaphore and the waiting requests'
-        channel: they cannot be acknowledged now, and the broker delivers them again."""
-        if self.held is not None:
-            self.held.cancel()
-            self.held = None
-        self.pending.clear()
-        self.waiting = False
-
-    def _dispatch(self) -> None:
-        """A pool process is free (its slot is ours): give it what is waiting. If it was free
-        when a request arrived and every other process is busy, it is the last one: hold it
-        back up to `hold` seconds for more requests to join it. Under load that makes the
-        batches, hence the statements and commits per purchase, fewer; a request that had to
-        wait for a busy process is not held back further, nor is one that finds several free."""
-        if (
-            self.arriving
-            and self.call_later is not None
-            and len(self.pending) < HOLD_UNTIL
-            and self.controller.semaphore.value == 0
-        ):
-            self.held = self.call_later(self.hold, self._send_held)
-            return
-        self._send()
-
-    def _send_held(self) -> None:
-        if self.held is not None:
-            self.held.cancel()
-            self.held = None
-            self._send()
-
-    def _send(self) -> None:
-        self.waiting = False
-        batch = [self.pending.popleft() for _ in range(min(BATCH_MAX, len(self.pending)))]
-        if self.pending:
-            self.waiting = True
-            self.controller._quick_acquire(self._dispatch)
-        if len(batch) == 1:
-            self.controller._process_task(batch[0])  # releases the slot if it was revoked
-            return
-        batch = [request for request in batch if not request.revoked()]  # revoked: acked, announced
-        if not batch:
-            self.controller._quick_release()
-            return
-        result = self.controller.pool.apply_async(
-            self.run_batch,
-            args=([_trace_args(request) for request in batch],),
-            accept_callback=lambda pid, time_accepted: _each(batch, "on_accepted", pid, time_accepted),
-            callback=lambda outcomes: _each_outcome(batch, outcomes),
-            error_callback=lambda exc_info: _each(batch, "on_failure", exc_info),
-            correlation_id=batch[0].id,
-        )
-        if result is not None:
-            for request in batch:
-                request._apply_result = weakref.ref(result)  # what revoke --terminate looks for
-
-
-@dataclass(frozen=True)
-class Raised:
-    """A batch's answer for a request whose tracer raised (kc_tasks.tasks.run_batch)."""
-
-    exc_info: Any
-
-
-def _has_time_limit(request: Request) -> bool:
-    task = request.task
-    return any(request.time_limits) or bool(task.time_limit or task.soft_time_limit)
-
-
-def _trace_args(request: Request) -> tuple[Any, ...]:
-    """What Celery's tracer takes for one request (celery.worker.request.create_request_cls)."""
-    r = request
-    return (r.type, r.id, r.request_dict, r.body, r.content_type, r.content_encoding)
-
-
-def _each(batch: list[Request], method: str, *args: Any) -> None:
-    for request in batch:
-        try:
-            getattr(request, method)(*args)
-        except Exception:  # one request's failure must not keep the others from their ack
-            logger.exception("task %s: %s failed", request.id, method)
-
-
-def _each_outcome(batch: list[Request], outcomes: list[Any]) -> None:
-    for request, outcome in zip(batch, outcomes, strict=True):
-        try:
-            if isinstance(outcome, Raised):
-                request.on_failure(outcome.exc_info)
-            else:
-                request.on_success(outcome)
-        except Exception:
-            logger.exception("task %s: reporting its outcome failed", request.id)
-
-
 class Consumer(CeleryConsumer):
     def __init__(self, on_task_request: Callable[[Request], Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(on_task_request, *args, **kwargs)
-        from kc_tasks.tasks import run_batch  # the tasks module imports this one
-
-        if self.controller is not None:
+        if self.controller is not None and _settings.batching:  # KC_BATCHING=off: Celery's own path
             hub = getattr(self.controller, "hub", None)
             call_later = hub.call_later if hub is not None else None
             self.on_task_request = PurchaseBatcher(self.controller, on_task_request, run_batch, call_later)
+        elif self.controller is not None:
+            logger.info("batching off (KC_BATCHING=off): each purchase is made by its own task")
 
     _events_flush_due = False
 

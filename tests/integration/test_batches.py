@@ -1,5 +1,5 @@
-"""kc_tasks.tasks.run_batch, as a pool process runs it for requests that waited together
-(kc_tasks.worker.PurchaseBatcher), on the real PostgreSQL and RabbitMQ: one statement for
+"""kc_tasks.batching.run_batch, as a pool process runs it for requests that waited together
+(kc_tasks.batching.PurchaseBatcher), on the real PostgreSQL and RabbitMQ: one statement for
 the batch's new purchases, then each request as a task of its own."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from unittest.mock import ANY
 import pytest
 from celery import Celery
 
-from kc_tasks import purchases, tasks
-from kc_tasks.worker import Raised
+from kc_tasks import batching, purchases
+from kc_tasks.batching import Raised
 from tests.conftest import run_sql
 from tests.integration.test_tasks import kwargs
 
@@ -50,10 +50,10 @@ def results(outcomes: list[Any]) -> list[Any]:
 def test_a_batch_makes_each_purchase_once_and_reports_each_request_alone(celery_app: Celery, app_database) -> None:
     new = [kwargs() for _ in range(4)]
     held = kwargs()
-    assert results(tasks.run_batch([purchase_job(held)])) == [{"purchase_id": ANY, "created": True}]
+    assert results(batching.run_batch([purchase_job(held)])) == [{"purchase_id": ANY, "created": True}]
     rival = kwargs(student_id=held["student_id"], course_id=held["course_id"])
     batch = [*new, new[0], held, rival, kwargs(currency="rupees")]
-    outcomes = tasks.run_batch([purchase_job(order) for order in batch])
+    outcomes = batching.run_batch([purchase_job(order) for order in batch])
     seen = results(outcomes)
     stored = dict(run_sql(app_database, "SELECT payment_id, id::text FROM student_course_purchases"))
     assert seen[:4] == [{"purchase_id": stored[o["payment_id"]], "created": True} for o in new]
@@ -77,7 +77,7 @@ def test_when_the_batch_statement_fails_each_request_still_makes_its_own_purchas
     monkeypatch.setattr(purchases, "create_many", broken)
     orders = [kwargs() for _ in range(3)]
     with caplog.at_level(logging.ERROR):
-        seen = results(tasks.run_batch([purchase_job(order) for order in orders]))
+        seen = results(batching.run_batch([purchase_job(order) for order in orders]))
     assert [r["created"] for r in seen] == [True, True, True]
     assert run_sql(app_database, "SELECT count(DISTINCT created_at) FROM student_course_purchases") == [(3,)]
     assert "inserting a batch of 3 purchases failed; they go one by one" in caplog.text
@@ -88,7 +88,7 @@ def test_a_request_whose_tracer_raises_fails_alone(celery_app: Celery, app_datab
     the pool reports that request failed, and the others of its batch are made."""
     orders = [kwargs() for _ in range(2)]
     pickled = job(b"\x80\x04K\x01.", content_type="application/x-python-serialize")
-    seen = results(tasks.run_batch([purchase_job(orders[0]), pickled, purchase_job(orders[1])]))
+    seen = results(batching.run_batch([purchase_job(orders[0]), pickled, purchase_job(orders[1])]))
     assert seen[1] == "ContentDisallowed"
     assert [seen[0]["created"], seen[2]["created"]] == [True, True]
     assert run_sql(app_database, "SELECT count(*) FROM student_course_purchases") == [(2,)]

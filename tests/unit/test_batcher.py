@@ -9,7 +9,7 @@ from typing import Any
 
 from kombu.asynchronous.semaphore import LaxBoundedSemaphore
 
-from kc_tasks.worker import BATCH_MAX, HOLD_UNTIL, PURCHASE_TASK, PurchaseBatcher
+from kc_tasks.batching import BATCH_MAX, HOLD_UNTIL, PURCHASE_TASK, PurchaseBatcher
 
 
 @dataclass

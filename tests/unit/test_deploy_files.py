@@ -221,10 +221,16 @@ def copy_sources(arguments: str) -> list[str]:
     return [source.rstrip("/") for source in words[:-1]]
 
 
+def code_files() -> list[Path]:
+    """What the image installs: the package and the top-level modules beside it (celeryconfig.py)."""
+    modules = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"].get("py-modules", [])
+    return sorted((ROOT / "kc_tasks").rglob("*.py")) + [ROOT / f"{name}.py" for name in modules]
+
+
 def code_variables() -> dict[str, set[str]]:
     """Variable -> the files of kc_tasks that read it."""
     found: dict[str, set[str]] = {}
-    for path in sorted((ROOT / "kc_tasks").rglob("*.py")):
+    for path in code_files():
         source = path.read_text()
         for pattern in CODE_READS:
             for name in pattern.findall(source):
@@ -506,7 +512,7 @@ def test_every_variable_the_code_reads_is_set_by_compose_or_optional() -> None:
 
 
 def test_the_allow_list_names_only_variables_still_read() -> None:
-    sources = PROCFILE.read_text() + "".join(p.read_text() for p in (ROOT / "kc_tasks").rglob("*.py"))
+    sources = PROCFILE.read_text() + "".join(p.read_text() for p in code_files())
 
     stale = [name for name in OPTIONAL_WITH_DEFAULTS if f'"{name}"' not in sources and f"${{{name}" not in sources]
     assert not stale, f"nothing reads {stale} any more: drop them from OPTIONAL_WITH_DEFAULTS"
@@ -556,6 +562,7 @@ def test_the_dockerfile_builds_on_python_3_11_slim_and_runs_as_a_non_root_user()
 def test_the_dockerfile_installs_the_package_with_templates_and_migrations() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     needed = {"pyproject.toml", pyproject["project"]["readme"], "kc_tasks"}
+    needed |= {f"{name}.py" for name in pyproject["tool"]["setuptools"].get("py-modules", [])}  # celeryconfig.py
     needed |= set(pyproject["tool"]["setuptools"].get("package-dir", {}).values())  # ./migrations
     stages = dockerfile_stages()
     copied = {
@@ -594,6 +601,17 @@ def ignored(path: str) -> bool:
 def test_the_dockerignore_keeps_secrets_environments_and_tests_out_of_the_build() -> None:
     for path in (".venv", ".git", "tests", "docker/.env", "kc_tasks/__pycache__", "kc.db", ".kc-dev"):
         assert ignored(path), f"{path} stays out of the build context"
+
+
+def test_celery_finds_its_configuration_as_a_top_level_module_installed_with_the_package() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "celeryconfig" in pyproject["tool"]["setuptools"]["py-modules"], "pip installs celeryconfig.py"
+    assert "celeryconfig" in pyproject["tool"]["mypy"]["modules"], "mypy checks celeryconfig.py"
+    assert (ROOT / "celeryconfig.py").is_file()
+    assert not (ROOT / "kc_tasks" / "celeryconfig.py").exists(), "one celeryconfig, at the top level"
+    assert 'config_from_object("celeryconfig")' in (ROOT / "kc_tasks" / "celery.py").read_text()
+    lint = (ROOT / "Makefile").read_text().split("lint:", 1)[1].split("\n\n", 1)[0]
+    assert lint.count("celeryconfig.py") == 2, "make lint runs ruff check and ruff format on celeryconfig.py"
 
 
 def test_the_dockerignore_keeps_what_the_dockerfile_copies() -> None:

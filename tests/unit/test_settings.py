@@ -133,6 +133,9 @@ def test_database_url_forms_all_use_psycopg_3(env: dict[str, str], expected: str
         ({"KC_LOG_FORMAT": "json"}, "log_format", "json"),
         ({"KC_BATCH_HOLD_MS": "0"}, "batch_hold_ms", 0),
         ({"KC_BATCH_HOLD_MS": "100"}, "batch_hold_ms", 100),
+        ({}, "batching", True),
+        ({"KC_BATCHING": "off"}, "batching", False),
+        ({"KC_BATCHING": " On "}, "batching", True),
     ],
 )
 def test_accepted_values(env: dict[str, str], attribute: str, expected: object) -> None:
@@ -153,6 +156,7 @@ def test_accepted_values(env: dict[str, str], attribute: str, expected: object) 
         ({"KC_BATCH_HOLD_MS": "-1"}, "KC_BATCH_HOLD_MS"),
         ({"KC_BATCH_HOLD_MS": "101"}, "KC_BATCH_HOLD_MS"),
         ({"KC_BATCH_HOLD_MS": "0.5"}, "KC_BATCH_HOLD_MS"),
+        ({"KC_BATCHING": "no"}, "KC_BATCHING"),
         ({"POSTGRES_HOST": "db", "POSTGRES_PORT": "abc"}, "POSTGRES_PORT"),
         ({"DATABASE_URL": f"mysql://kc:{SECRET}@db/shop"}, "DATABASE_URL"),
         ({"DATABASE_URL": f"postgresql+asyncpg://kc:{SECRET}@db/shop"}, "DATABASE_URL"),

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from celery.signals import worker_init, worker_process_init, worker_ready
 
-from kc_tasks import tasks
+from kc_tasks import process
 
 
 @pytest.fixture
@@ -28,9 +28,9 @@ def test_start_up_objects_are_frozen_before_the_fork_in_each_pool_process_and_on
     """A full collection over everything start-up made stalled the worker's consumer for
     30-80 ms; frozen, those objects are not looked at again."""
     for signal in (worker_init, worker_process_init, worker_ready):
-        assert tasks._freeze_start_up_objects in _receivers(signal), signal.name
+        assert process._freeze_start_up_objects in _receivers(signal), signal.name
     made_at_start_up = [[] for _ in range(100)]
-    tasks._freeze_start_up_objects()
+    process._freeze_start_up_objects()
     made_by_a_task: list[object] = []
     looked_at = {id(o) for o in gc.get_objects()}  # what a full collection goes through
     assert not [o for o in made_at_start_up if id(o) in looked_at], "start-up objects are out of its sight"

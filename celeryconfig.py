@@ -1,4 +1,7 @@
-"""Celery configuration, derived from the environment's Settings."""
+"""Celery configuration, derived from the environment's Settings (kc_tasks.celery.settings).
+
+A top-level module, as Celery lays a project out: kc_tasks/celery.py loads it with
+app.config_from_object("celeryconfig"); it is installed beside the package."""
 
 from __future__ import annotations
 
@@ -6,9 +9,7 @@ import os
 
 from kombu import Exchange, Queue
 
-from kc_tasks.settings import Settings
-
-settings = Settings.from_env()
+from kc_tasks.celery import settings
 
 PURCHASE_QUEUE = "purchases"
 
@@ -22,14 +23,12 @@ event_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 
-# KC_QUEUE_TYPE=quorum: replicated queues for a RabbitMQ cluster (see README, Scaling out).
-QUEUE_ARGUMENTS = {"x-queue-type": "quorum"} if settings.queue_type == "quorum" else None
 task_queues = (
     Queue(
         PURCHASE_QUEUE,
         Exchange(PURCHASE_QUEUE, type="direct"),
         routing_key=PURCHASE_QUEUE,
-        queue_arguments=QUEUE_ARGUMENTS,
+        queue_arguments=settings.queue_arguments,  # KC_QUEUE_TYPE
     ),
 )
 task_default_queue = PURCHASE_QUEUE
@@ -41,7 +40,7 @@ task_routes = {"kc_tasks.*": {"queue": PURCHASE_QUEUE}}
 task_acks_late = True
 task_reject_on_worker_lost = True
 # Messages each pool process may hold, unacknowledged: enough that create_purchase requests
-# wait together for a free process and are inserted in one statement (kc_tasks/worker.py,
+# wait together for a free process and are inserted in one statement (kc_tasks/batching.py,
 # PurchaseBatcher); docs/benchmark.md shows what 4 and 16 drain.
 worker_prefetch_multiplier = 16
 # A child process connects to PostgreSQL at start-up (connect timeout 5 s).
@@ -71,21 +70,26 @@ else:
     # Publisher confirms: send_task and retries return only once RabbitMQ holds the message.
     broker_transport_options = {"confirm_publish": True}
 
+# Beat period of the relay tasks, seconds.
+RELAY_SAFETY_INTERVAL = 900.0
+
 beat_schedule = {
     "verify-purchase-index": {
         "task": "kc_tasks.verify_purchase_index",
         "schedule": float(settings.index_verify_interval),
         "options": {"expires": float(settings.index_verify_interval)},
     },
+    # Each worker sweeps leftovers itself every KC_EVENT_RELAY_INTERVAL seconds (kc_tasks/process.py):
+    # these are the safety net, while no worker runs a sweep, and few rows in Flower's list.
     "relay-events": {
         "task": "kc_tasks.relay_events",
-        "schedule": float(settings.event_relay_interval),
-        "options": {"expires": float(settings.event_relay_interval)},
+        "schedule": RELAY_SAFETY_INTERVAL,
+        "options": {"expires": RELAY_SAFETY_INTERVAL},
     },
     "relay-inbox": {
         "task": "kc_tasks.relay_inbox",
-        "schedule": float(settings.event_relay_interval),
-        "options": {"expires": float(settings.event_relay_interval)},
+        "schedule": RELAY_SAFETY_INTERVAL,
+        "options": {"expires": RELAY_SAFETY_INTERVAL},
     },
     "reconcile-payments": {
         "task": "kc_tasks.reconcile_payments",

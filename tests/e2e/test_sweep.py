@@ -1,0 +1,61 @@
+"""Each worker sweeps what was left behind itself, with no beat running: an event committed but
+never published (its worker killed before it could) is published, and a provider event stored
+while the broker was down is enqueued and becomes a purchase. Beat's relay tasks are only the
+safety net, at a long interval: Flower's task list shows purchases, not housekeeping."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import tests.provider_samples as s
+from celeryconfig import RELAY_SAFETY_INTERVAL, beat_schedule
+from tests.conftest import run_sql
+from tests.e2e.conftest import Workers, count, wait_until
+from tests.e2e.test_events import Consumer
+
+
+def test_a_worker_publishes_a_leftover_event_and_enqueues_a_received_one_without_beat(
+    database_url: str, workers: Workers, rabbitmq_url: str
+) -> None:
+    consumer = Consumer(rabbitmq_url)
+    try:
+        event_id = str(uuid.uuid4())
+        run_sql(
+            database_url,
+            "INSERT INTO event_outbox (id, type, occurred_at, data) "
+            "VALUES (%s, 'purchase.created', now() - interval '1 min', %s)",
+            (event_id, json.dumps({"payment_id": "pay_left_behind"})),
+        )
+        payment = s.razorpay_payment("pay_swept_inbox", str(uuid.uuid4()), str(uuid.uuid4()))
+        body = s.encode(s.razorpay_event("payment.captured", payment)).decode()
+        run_sql(
+            database_url,
+            "INSERT INTO payment_events (provider, event_id, type, payment_id, status, body, received_at) "
+            "VALUES ('razorpay', 'evt_swept', 'payment.captured', 'pay_swept_inbox', 'received', %s, "
+            "now() - interval '1 min')",
+            (body,),
+        )
+        worker = workers.start(database_url, rabbitmq_url, concurrency=1, KC_EVENT_RELAY_INTERVAL="1")
+
+        assert wait_until(lambda: event_id in consumer.unique(), timeout=30), "the leftover event is published"
+        assert run_sql(
+            database_url, "SELECT published_at IS NOT NULL FROM event_outbox WHERE id = %s", (event_id,)
+        ) == [(True,)]
+        assert wait_until(lambda: count(database_url, "payment_id = 'pay_swept_inbox'") == 1, timeout=30), (
+            "the received provider event is enqueued and becomes a purchase"
+        )
+        assert run_sql(database_url, "SELECT status FROM payment_events WHERE event_id = 'evt_swept'") == [
+            ("enqueued",)
+        ]
+        assert "relayed 1 events left unpublished" in worker.text()
+        assert "Task kc_tasks.relay_" not in worker.text(), "no relay task ran: the worker swept"
+    finally:
+        consumer.close()
+
+
+def test_beat_runs_the_relay_tasks_only_as_a_safety_net_minutes_apart() -> None:
+    for name in ("relay-events", "relay-inbox"):
+        assert beat_schedule[name]["schedule"] == RELAY_SAFETY_INTERVAL >= 300, name
+    housekeeping = [entry["schedule"] for entry in beat_schedule.values()]
+    assert min(housekeeping) >= 300, "every beat task is minutes apart: a few hundred rows a day in Flower"

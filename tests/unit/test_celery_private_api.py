@@ -1,0 +1,78 @@
+"""Each piece of Celery's (and kombu's, billiard's) private API that kc_tasks relies on, by
+name, on the installed classes. An upgrade that removes or reshapes one fails here, with its
+name, instead of a worker that hangs. The way out meanwhile: KC_BATCHING=off.
+
+Batching (kc_tasks/batching.py) is the only module that drives the pool this way; the worker's
+Consumer (kc_tasks/worker.py) overrides a few of the consumer's and the request's methods."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from billiard.pool import Pool as BilliardPool
+from celery.app.base import Celery
+from celery.app.trace import fast_trace_task, trace_task_ret
+from celery.worker import components
+from celery.worker.consumer import Consumer
+from celery.worker.request import Request
+from celery.worker.worker import WorkController
+from kombu.asynchronous.semaphore import LaxBoundedSemaphore
+
+# (owner, attribute): what kc_tasks uses, and where Celery defines it.
+ATTRIBUTES = [
+    # batching.PurchaseBatcher: the worker's pool semaphore and how Celery hands a request to it.
+    (WorkController, "_process_task_sem"),
+    (WorkController, "_process_task"),
+    (LaxBoundedSemaphore, "acquire"),
+    (LaxBoundedSemaphore, "release"),
+    # batching: the request's parts the tracer takes, and how the pool reports back to it.
+    (Request, "_apply_result"),
+    (Request, "time_limits"),
+    (Request, "type"),
+    (Request, "id"),
+    (Request, "request_dict"),
+    (Request, "body"),
+    (Request, "content_type"),
+    (Request, "content_encoding"),
+    (Request, "revoked"),
+    (Request, "on_accepted"),
+    (Request, "on_success"),
+    (Request, "on_failure"),
+    # batching.run_batch: which of the tracer's two entry points the worker set up.
+    (Celery, "use_fast_trace_task"),
+    # worker.Consumer and worker.KcRequest.
+    (Consumer, "_flush_events"),
+    (Consumer, "on_send_event_buffered"),
+    (Consumer, "create_task_handler"),
+    (Consumer, "on_close"),
+    (Request, "_message"),
+]
+
+
+@pytest.mark.parametrize(("owner", "attribute"), ATTRIBUTES, ids=lambda x: getattr(x, "__name__", x))
+def test_celery_still_has(owner: type, attribute: str) -> None:
+    assert hasattr(owner, attribute) or attribute in inspect.getsource(owner), (
+        f"{owner.__module__}.{owner.__qualname__}.{attribute} is gone: batching relies on it (KC_BATCHING=off)"
+    )
+
+
+def test_the_worker_sets_the_semaphore_shortcuts() -> None:
+    """WorkController._quick_acquire/_quick_release are set on the instance by the Pool step."""
+    source = inspect.getsource(components)
+    for attribute in ("_quick_acquire", "_quick_release"):
+        assert f"w.{attribute} = w.semaphore." in source, f"celery.worker.components no longer sets {attribute}"
+    assert "value" in inspect.getsource(LaxBoundedSemaphore.__init__), "LaxBoundedSemaphore.value is gone"
+
+
+def test_the_tracer_takes_what_batching_gives_it() -> None:
+    """kc_tasks.batching._trace_args gives (type, id, request_dict, body, content_type, content_encoding)."""
+    for trace in (fast_trace_task, trace_task_ret):
+        names = list(inspect.signature(trace).parameters)
+        assert names[1:6] == ["uuid", "request", "body", "content_type", "content_encoding"], (trace.__name__, names)
+
+
+def test_the_pool_takes_the_callbacks_batching_gives_it() -> None:
+    parameters = inspect.signature(BilliardPool.apply_async).parameters
+    for name in ("accept_callback", "callback", "error_callback", "correlation_id"):
+        assert name in parameters, f"billiard.pool.Pool.apply_async no longer takes {name}"

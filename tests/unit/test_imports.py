@@ -1,0 +1,102 @@
+"""The package's modules import one another in one direction: no circle, however indirect.
+
+Every import statement counts, at module level or inside a function: an import deferred
+into a function to dodge a circle still joins two concerns that should live in one module."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import kc_tasks
+
+PACKAGE = Path(kc_tasks.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = ["kc_tasks", *path.relative_to(PACKAGE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+MODULES["celeryconfig"] = PACKAGE.parent / "celeryconfig.py"  # installed beside the package
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The package's modules that `name` imports."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            # `from kc_tasks import db` imports the module kc_tasks.db; `from kc_tasks.db import x`, kc_tasks.db.
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
+        else:
+            continue
+        found.update(target for target in targets if target in MODULES and target != name)
+    return found
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of imports, as the path that closes it, or None."""
+    done: set[str] = set()
+    stack: list[str] = []
+    on_stack: set[str] = set()
+
+    def visit(node: str) -> list[str] | None:
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node]):
+            if target in on_stack:
+                return [*stack[stack.index(target) :], target]
+            if target not in done:
+                cycle = visit(target)
+                if cycle:
+                    return cycle
+        stack.pop()
+        on_stack.discard(node)
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        if start not in done:
+            cycle = visit(start)
+            if cycle:
+                return cycle
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_module_imports(name: str) -> None:
+    importlib.import_module(name)
+
+
+def test_the_package_has_no_import_circle() -> None:
+    cycle = _find_cycle(GRAPH)
+    assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+def test_the_circle_finder_finds_one() -> None:
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_celeryconfig_is_read_by_the_app_not_imported_by_the_package() -> None:
+    assert not [name for name, imported in GRAPH.items() if "celeryconfig" in imported]
+
+
+def test_batching_and_the_tasks_do_not_import_each_other_circularly() -> None:
+    assert "kc_tasks.batching" in GRAPH["kc_tasks.tasks"]
+    assert "kc_tasks.tasks" not in GRAPH["kc_tasks.batching"]
+    assert "kc_tasks.tasks" not in GRAPH["kc_tasks.worker"]
