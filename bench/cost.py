@@ -26,7 +26,8 @@ def cost_per_purchase(count: int) -> dict[str, Any]:
     import sqlalchemy as sa
 
     from kc_tasks import events, purchases
-    from kc_tasks.tasks import create_purchase, resources
+    from kc_tasks.process import resources
+    from kc_tasks.tasks import create_purchase
 
     engine, _ = resources()
     trace = LOGS / "libpq-trace.txt"

@@ -105,7 +105,7 @@ def test_events_survive_a_broker_outage_between_commit_and_publish(
 ) -> None:
     """The worker reaches RabbitMQ through a proxy that is cut while a purchase is held mid-task
     (an uncommitted row of its pair blocks it): released with the broker unreachable, it
-    commits and cannot publish, and its events are left in the outbox for the relay (beat,
+    commits and cannot publish, and its events are left in the outbox for the relay (the worker's own sweep,
     every second here), which publishes them once the broker is back. The consumer sees each
     exactly once after deduplication by id."""
     consumer = Consumer(AMQP)
