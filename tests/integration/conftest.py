@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from sqlalchemy.engine import Engine
 
+from kc_tasks import db
+from kc_tasks.settings import normalize_database_url
 from tests.conftest import AMQP, AMQP_VHOST, purge_amqp, rabbitmqctl, run_sql
 
 APP_VHOST = f"{AMQP_VHOST}_app"
@@ -46,3 +49,20 @@ def celery_app(celery_session_app: Celery, celery_session_worker: Any, app_datab
     )
     purge_amqp(url=APP_AMQP)
     yield celery_session_app
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on this test's own database, a few connections for concurrent work."""
+    engine = db.make_engine(normalize_database_url(database_url), pool_size=4)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def broker() -> Iterator[Celery]:
+    """A client of the test vhost's RabbitMQ, with purchases and its DLQ empty before and after."""
+    purge_amqp()
+    app = Celery(broker=AMQP)
+    yield app
+    purge_amqp()

@@ -15,7 +15,6 @@ from celery import Celery
 from kombu import Connection, Queue
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db
 from kc_tasks.events import (
     EXCHANGE,
     PRUNE_AFTER_HOURS,
@@ -28,7 +27,6 @@ from kc_tasks.events import (
     prune,
     relay,
 )
-from kc_tasks.settings import normalize_database_url
 from tests.conftest import AMQP, AMQP_VHOST, rabbitmqctl
 
 
@@ -49,13 +47,6 @@ def consumer_queue() -> Iterator[str]:
     yield name
     with Connection(AMQP) as conn:
         conn.default_channel.queue_delete(name)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = db.make_engine(normalize_database_url(database_url))
-    yield engine
-    engine.dispose()
 
 
 def received(queue: str, expected: int, timeout: float = 10) -> list[dict]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,28 +11,12 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, inbox
+from kc_tasks import inbox
 from kc_tasks.providers import razorpay, stripe
-from kc_tasks.settings import normalize_database_url
 from tests import provider_samples as s
 from tests.conftest import AMQP, PG, purge_amqp, run_sql
 from tests.integration.test_cli import kc
 from tests.integration.test_tasks import seen  # noqa: F401  (the fixture)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = db.make_engine(normalize_database_url(database_url))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def broker() -> Iterator[Celery]:
-    purge_amqp()
-    app = Celery(broker=AMQP)
-    yield app
-    purge_amqp()
 
 
 def queued() -> list[tuple[str, str, dict]]:

@@ -15,11 +15,10 @@ import psycopg
 import pytest
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, errors
+from kc_tasks import errors
 from kc_tasks.index_guard import IndexGuard
 from kc_tasks.payload import Purchase
 from kc_tasks.purchases import RESOLVE_ATTEMPTS, Outcome, create_purchase
-from kc_tasks.settings import normalize_database_url
 from tests.conftest import run_sql
 from tests.integration.test_purchases import order
 
@@ -27,13 +26,6 @@ INSERT_ROW = (
     "INSERT INTO student_course_purchases (id, student_id, course_id, payment_id, amount_cents, currency) "
     "VALUES (%s, %s, %s, %s, 4999, 'INR')"
 )
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = db.make_engine(normalize_database_url(database_url))
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -11,31 +11,16 @@ import pytest
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, inbox, provider_api, reconcile
+from kc_tasks import inbox, provider_api, reconcile
 from kc_tasks.errors import ProviderApiError
-from kc_tasks.settings import Settings, normalize_database_url
+from kc_tasks.settings import Settings
 from tests import provider_api_server as api
-from tests.conftest import AMQP, purge_amqp
+from tests.conftest import AMQP
 from tests.integration.test_cli import kc
 from tests.integration.test_inbox import queued
 
 NOW = int(time.time())
 HOUR = 3600
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = db.make_engine(normalize_database_url(database_url), pool_size=4)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def broker() -> Iterator[Celery]:
-    purge_amqp()
-    app = Celery(broker=AMQP)
-    yield app
-    purge_amqp()
 
 
 @pytest.fixture

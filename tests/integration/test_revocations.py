@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db
 from kc_tasks.index_guard import IndexGuard
 from kc_tasks.payload import Purchase, Revocation, parse_purchase
 from kc_tasks.purchases import create_purchase
 from kc_tasks.revocations import revoke, settle_created
-from kc_tasks.settings import normalize_database_url
 from tests.conftest import run_sql
 from tests.integration.test_tasks import Seen, kwargs, seen  # noqa: F401  (the fixture)
 
@@ -35,13 +33,6 @@ def order(student: str | None = None, course: str | None = None, payment: str | 
 
 def refund(payment_id: str, refund_id: str | None = "rfnd_1") -> Revocation:
     return Revocation(payment_id=payment_id, reason="refund", refund_id=refund_id)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = db.make_engine(normalize_database_url(database_url), pool_size=4)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

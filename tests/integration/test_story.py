@@ -3,30 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
-import pytest
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, dead_letters, story
-from kc_tasks.settings import normalize_database_url
-from tests.conftest import AMQP, purge_amqp
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = db.make_engine(normalize_database_url(database_url))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def broker() -> Iterator[Celery]:
-    purge_amqp()
-    app = Celery(broker=AMQP)
-    yield app
-    purge_amqp()
+from kc_tasks import dead_letters, story
 
 
 def test_a_duplicate_payment_tells_which_payment_holds_the_course(engine: Engine, broker: Celery, sql) -> None:
