@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -56,15 +57,23 @@ def create_purchase(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
     A failure that retries cannot fix, or that outlived KC_MAX_RETRIES, is dead-lettered
     (purchases.dlq) before the message is acknowledged."""
+    return _dead_letter_on_failure(self, _make_purchase, args, kwargs)
+
+
+def _dead_letter_on_failure(
+    task: Task, work: Callable[[Task, tuple[Any, ...], dict[str, Any]], dict[str, Any]], args: Any, kwargs: Any
+) -> dict[str, Any]:
+    """Run the task's work; a failure that retries cannot fix, or that outlived
+    KC_MAX_RETRIES, is dead-lettered before the message is acknowledged."""
     try:
-        return _make_purchase(self, args, kwargs)
+        return work(task, args, kwargs)
     except Retry:
         raise
     except RetryableError as exc:  # only when the retries are used up
-        _dead_letter(self, exc, dead_letters.EXHAUSTED)
+        _dead_letter(task, exc, dead_letters.EXHAUSTED)
         raise
     except Exception as exc:
-        _dead_letter(self, exc, dead_letters.PERMANENT)
+        _dead_letter(task, exc, dead_letters.PERMANENT)
         raise
 
 
@@ -160,16 +169,7 @@ def _create(engine: Engine, guard: IndexGuard, purchase: Purchase) -> purchases.
 def revoke_purchase(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Make the purchase of one payment inactive (refund, dispute, manual); see CONTRACT.md.
     Retried and dead-lettered as create_purchase is."""
-    try:
-        return _revoke(self, args, kwargs)
-    except Retry:
-        raise
-    except RetryableError as exc:  # only when the retries are used up
-        _dead_letter(self, exc, dead_letters.EXHAUSTED)
-        raise
-    except Exception as exc:
-        _dead_letter(self, exc, dead_letters.PERMANENT)
-        raise
+    return _dead_letter_on_failure(self, _revoke, args, kwargs)
 
 
 def _revoke(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
