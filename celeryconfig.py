@@ -70,8 +70,8 @@ else:
     # Publisher confirms: send_task and retries return only once RabbitMQ holds the message.
     broker_transport_options = {"confirm_publish": True}
 
-# Beat period of the relay tasks, seconds.
-RELAY_SAFETY_INTERVAL = 900.0
+# Beat period of the relay tasks, seconds (KC_RELAY_SAFETY_INTERVAL, 900 by default).
+RELAY_SAFETY_INTERVAL = float(settings.relay_safety_interval)
 
 beat_schedule = {
     "verify-purchase-index": {

@@ -36,6 +36,9 @@ class Settings:
     # How often each worker sweeps leftovers, seconds: publishes the events left unpublished and
     # enqueues the provider events left received (kc_tasks/process.py, sweep_leftovers).
     event_relay_interval: int = 10
+    # Beat period of the safety relays kc_tasks.relay_events and relay_inbox, seconds: they
+    # catch what no worker swept (no worker running); long, so Flower lists purchases.
+    relay_safety_interval: int = 900
     # How many times a task may kill its worker process before it is dead-lettered.
     worker_lost_limit: int = 3
     # How long the last free pool process waits for more purchases to insert with the first,
@@ -87,6 +90,7 @@ class Settings:
             index_check_ttl=_int(env, "KC_INDEX_CHECK_TTL", 300, minimum=0),
             index_verify_interval=_int(env, "KC_INDEX_VERIFY_INTERVAL", 300, minimum=1),
             event_relay_interval=_int(env, "KC_EVENT_RELAY_INTERVAL", 10, minimum=1),
+            relay_safety_interval=_int(env, "KC_RELAY_SAFETY_INTERVAL", 900, minimum=1),
             worker_lost_limit=_int(env, "KC_WORKER_LOST_LIMIT", 3, minimum=1),
             batch_hold_ms=_int(env, "KC_BATCH_HOLD_MS", 2, minimum=0, maximum=100),
             batching=_choice(env, "KC_BATCHING", "on", ("on", "off")) == "on",

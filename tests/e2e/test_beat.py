@@ -17,7 +17,8 @@ def test_beat_sends_the_index_check_and_the_event_relay_on_schedule(
 ) -> None:
     """`celery -A kc_tasks beat` with one-second intervals: the index check finds the dropped
     unique_active_purchase and says so, and the relay publishes an event left in the outbox."""
-    env = {"KC_INDEX_VERIFY_INTERVAL": "1", "KC_EVENT_RELAY_INTERVAL": "1"}
+    # The workers' own sweep is kept out of the way (an hour): the event is the beat relay's.
+    env = {"KC_INDEX_VERIFY_INTERVAL": "1", "KC_RELAY_SAFETY_INTERVAL": "1", "KC_EVENT_RELAY_INTERVAL": "3600"}
     worker = workers.start(database_url, broker_url, **env)
     run_sql(database_url, "DROP INDEX unique_active_purchase")
     left = str(uuid.uuid4())
