@@ -3,6 +3,7 @@ outlived its retries after them, and a replay carries it out once the database i
 
 from __future__ import annotations
 
+from tests.conftest import broker_idle
 from tests.e2e.conftest import Client, Workers, count, purchase, wait_until
 from tests.e2e.test_dead_letters import dead, kc
 
@@ -14,6 +15,9 @@ def test_revocations_are_dead_lettered_and_replayed(
     order = purchase()
     client.send([order])
     assert wait_until(lambda: count(database_url, "is_active") == 1, timeout=30)
+    # Acknowledged, not only committed: stopped before its ack, the purchase would be delivered
+    # again, to the worker below that cannot reach the database, and dead-lettered.
+    assert wait_until(lambda: broker_idle(broker_url), timeout=30)
     worker.stop()
 
     workers.start("postgresql://postgres@127.0.0.1:1/nowhere", broker_url, KC_MAX_RETRIES="1", KC_RETRY_BACKOFF_MAX="1")
