@@ -21,6 +21,7 @@ from kombu import Exchange, Producer
 from sqlalchemy.engine import Connection, Engine
 
 from kc_tasks import db
+from kc_tasks.confirms import ConfirmedChannel, Kept
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ PUBLISH_DELAY = 0.05
 PRUNE_AFTER_HOURS = 24
 # Connecting to the broker for events: a few quick tries, then the outbox keeps them.
 _CONNECT_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
-# How long a batch waits for RabbitMQ's publisher confirms, seconds.
-CONFIRM_TIMEOUT = 10
 
 _outbox = db.event_outbox
 
@@ -58,28 +57,16 @@ def from_rows(rows: Iterable[Any]) -> tuple[Event, ...]:
     return tuple(Event(str(r.id), r.type, r.occurred_at, r.data) for r in rows)
 
 
-class EventChannel:
-    """A channel of its own connection to kc.events. On RabbitMQ it is in confirm mode, and a
-    batch is sent whole before its confirms are awaited, once: waiting after each event costs
-    a broker round trip and a wake-up per event. Used by one thread at a time."""
+class EventChannel(ConfirmedChannel):
+    """A confirmed channel (kc_tasks.confirms) publishing to kc.events."""
 
     def __init__(self, app: Celery) -> None:
-        # Without kombu's confirm_publish, which would wait after every message.
-        self.connection = app.connection_for_write(transport_options={"confirm_publish": False})
+        super().__init__(app, _CONNECT_RETRY)
         try:
-            self.connection.ensure_connection(**_CONNECT_RETRY)
-            channel = self.connection.channel()
-            EXCHANGE(channel).declare()
-            self.producer = Producer(channel, exchange=EXCHANGE, auto_declare=False)
-            self.confirms = self.connection.transport.driver_type == "amqp"
-            self._sent = self._confirmed = 0
-            self._refused: int | None = None
-            if self.confirms:
-                channel.confirm_select()
-                channel.events["basic_ack"].add(self._on_ack)
-                channel.events["basic_nack"].add(self._on_nack)
+            EXCHANGE(self.channel).declare()
+            self.producer = Producer(self.channel, exchange=EXCHANGE, auto_declare=False)
         except BaseException:
-            self.connection.release()
+            self.close()
             raise
 
     def publish(self, events: Sequence[Event]) -> None:
@@ -92,27 +79,7 @@ class EventChannel:
                 delivery_mode=2,
                 message_id=event.id,
             )
-        self._sent += len(events)
-        if not self.confirms:
-            return  # Redis: the publish itself was the round trip
-        deadline = time.monotonic() + CONFIRM_TIMEOUT
-        while self._confirmed < self._sent and self._refused is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"RabbitMQ confirmed {self._confirmed} of {self._sent} events in time")
-            self.connection.drain_events(timeout=left)
-        if self._refused is not None:
-            raise RuntimeError(f"RabbitMQ refused event delivery tag {self._refused} (basic.nack)")
-
-    def close(self) -> None:
-        self.connection.release()
-
-    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
-        # Tags count up from 1 on this channel; a `multiple` ack confirms every tag up to it.
-        self._confirmed = max(self._confirmed, delivery_tag)
-
-    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        self._refused = delivery_tag
+        self.confirm(len(events))
 
 
 def mark_published(conn: Connection, ids: Sequence[str]) -> None:
@@ -139,7 +106,7 @@ class Publisher:
         self.engine, self.app = engine, app
         self.sweep, self.sweep_interval = sweep, sweep_interval
         self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self._channel: EventChannel | None = None  # opened on first use, kept between batches
+        self._channel = Kept(lambda: EventChannel(app))
         self._thread = threading.Thread(target=self._run, name="kc-events", daemon=True)
         self._thread.start()
 
@@ -168,7 +135,7 @@ class Publisher:
 
     def _publish(self, batch: list[Event]) -> None:
         try:
-            self._send(batch)
+            self._channel.send(lambda channel: channel.publish(batch))
             with db.translate_errors(self.engine.url), self.engine.begin() as conn:
                 mark_published(conn, [e.id for e in batch])
         except Exception as exc:  # noqa: BLE001  (any failure: the outbox keeps them for the relay)
@@ -181,28 +148,6 @@ class Publisher:
             logger.warning(
                 "sweeping leftovers failed, next try in %.0f s: %s: %s", self.sweep_interval, type(exc).__name__, exc
             )
-
-    def _send(self, batch: list[Event]) -> None:
-        """On a kept channel; if that fails (the broker restarted, or closed an idle
-        connection), once more on a new one. Publishing twice is harmless: at least once."""
-        for attempt in (1, 2):
-            try:
-                if self._channel is None:
-                    self._channel = EventChannel(self.app)
-                self._channel.publish(batch)
-                return
-            except Exception:
-                self._drop_channel()
-                if attempt == 2:
-                    raise
-
-    def _drop_channel(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            try:
-                channel.close()
-            except Exception:  # it is broken already; a new one replaces it
-                logger.debug("closing a broken event channel failed", exc_info=True)
 
 
 _publishers: dict[int, Publisher] = {}

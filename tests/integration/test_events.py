@@ -127,8 +127,8 @@ def test_a_publisher_whose_connection_the_broker_closed_publishes_the_next_batch
     first = outbox_events(sql, 20)
     publisher.submit(first)
     assert wait_published(sql, 20) == 20
-    assert publisher._channel is not None
-    close_broker_side(publisher._channel)
+    assert publisher._channel.current is not None
+    close_broker_side(publisher._channel.current)
 
     second = outbox_events(sql, 20)
     publisher.submit(second)
