@@ -148,6 +148,9 @@ def _translate(orig: BaseException | None, invalidated: bool, url: URL | None) -
         return errors.UniqueConflict(message, getattr(diag, "constraint_name", None))
     if not isinstance(orig, psycopg.Error):
         return errors.DatabaseError(message)
+    if sqlstate is None and isinstance(orig, psycopg.DataError):
+        # Refused by psycopg itself, before any server saw it (a NUL in a text value).
+        return errors.DatabaseError(message)
     disconnected = invalidated or isinstance(orig, psycopg.InterfaceError)
     return classify(sqlstate, disconnected)(message)
 

@@ -19,10 +19,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from celery import Celery
+from kombu import Producer
+from kombu.common import maybe_declare
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 
 from kc_tasks import db
+from kc_tasks.confirms import ConfirmedChannel, Kept
 from kc_tasks.errors import InvalidPurchase, InvalidRevocation
 from kc_tasks.payload import parse_purchase, parse_revocation
 from kc_tasks.providers import (
@@ -44,6 +48,7 @@ RECEIVED, ENQUEUED, IGNORED, UNMAPPED, INVALID = "received", "enqueued", "ignore
 STATUSES = (RECEIVED, ENQUEUED, IGNORED, UNMAPPED, INVALID)
 PROVIDERS = (kc.NAME, razorpay.NAME, stripe.NAME, reconcile.NAME)
 CREATE_PURCHASE = "kc_tasks.create_purchase"
+QUEUE = "purchases"
 REVOKE_PURCHASE = "kc_tasks.revoke_purchase"
 # Task ids derive from payment ids: a provider's repeated webhook maps to the same task.
 # The purchase namespace is the one the webhook has always used.
@@ -56,6 +61,7 @@ RELAY_BATCH = 200
 _ENQUEUE_RETRY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 
 _e = db.payment_events
+_STORED = ("provider", "event_id", "type", "payment_id", "status", "body")
 
 
 @dataclass(frozen=True)
@@ -119,31 +125,121 @@ def parse(provider: str, body: bytes, event_id: str | None = None) -> Event:
 def receive(engine: Engine, app: Celery, event: Event, body: bytes) -> Receipt:
     """Store the event (once), then enqueue its task. Raises KcTasksError only when
     PostgreSQL fails: then nothing was stored and the provider must be told to retry."""
-    status, task, why = plan(event)
+    return receive_many(engine, app, [(event, body)])[0]
+
+
+def receive_many(
+    engine: Engine, app: Celery, arrivals: Sequence[tuple[Event, bytes]], channel: Kept[TaskChannel] | None = None
+) -> list[Receipt]:
+    """`receive` for many events at once, a receipt each, in order: `store_and_enqueue`,
+    then `mark_enqueued`."""
     with db.translate_errors(engine.url), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        stored = conn.execute(
-            pg_insert(_e)
-            .values(
-                provider=event.provider,
-                event_id=event.event_id,
-                type=event.type,
-                payment_id=event.payment_id,
-                status=status,
-                body=body.decode("utf-8"),
-            )
-            .on_conflict_do_nothing(index_elements=[_e.c.provider, _e.c.event_id])
-            .returning(_e.c.event_id)
-        ).first()
-        if stored is None:
+        receipts = store_and_enqueue(conn, app, arrivals, channel)
+        mark_enqueued(conn, enqueued(arrivals, receipts))
+    return receipts
+
+
+def store_and_enqueue(
+    conn: sa.Connection, app: Celery, arrivals: Sequence[tuple[Event, bytes]], channel: Kept[TaskChannel] | None
+) -> list[Receipt]:
+    """Store the events with one INSERT (autocommit `conn`), then publish their tasks with
+    one wait for the broker's confirms (on `channel`, when given; else each is confirmed on
+    its own); a receipt each, in order. The rows say `received` until `mark_enqueued`.
+
+    An event whose (provider, event_id) is already stored, or comes twice in `arrivals`, is a
+    repeat after its first: nothing is done for it again. Raises (a driver error: wrap it in
+    db.translate_errors) only when PostgreSQL fails: then nothing was stored."""
+    plans = [plan(event) for event, _ in arrivals]
+    # In key order: two INSERTs meeting the same events (a provider's retry racing the
+    # original) then wait for each other in one order, never in a circle (a deadlock).
+    rows = sorted(
+        {
+            (event.provider, event.event_id): (event.type, event.payment_id, status, body.decode("utf-8"))
+            for (event, body), (status, _, _) in zip(reversed(arrivals), reversed(plans), strict=True)
+        }.items()
+    )
+    columns: dict[str, list[str | None]] = {"provider": [k[0] for k, _ in rows], "event_id": [k[1] for k, _ in rows]}
+    columns |= {name: [values[i] for _, values in rows] for i, name in enumerate(_STORED[2:])}
+    stored = {(provider, event_id) for provider, event_id in conn.exec_driver_sql(_STORE_MANY, columns)}
+    receipts: list[Receipt] = []
+    sending: list[tuple[Event, Task]] = []
+    for (event, _), (status, task, why) in zip(arrivals, plans, strict=True):
+        key = (event.provider, event.event_id)
+        if key not in stored:
             logger.debug("%s event %s: a repeat, already stored", event.provider, event.event_id)
-            return Receipt(status, False, task.task_id if task else None, why)
+            receipts.append(Receipt(status, False, task.task_id if task else None, why))
+            continue
+        stored.discard(key)  # a second arrival of it in this batch is a repeat
         _log(event, status, why)
-        if task is None:
-            return Receipt(status, True, None, why)
-        if _enqueue(app, event, task):
-            _mark(conn, event.provider, [event.event_id], ENQUEUED)
-            status = ENQUEUED
-    return Receipt(status, True, task.task_id)
+        receipts.append(Receipt(status, True, task.task_id if task else None, why))
+        if task is not None:
+            sending.append((event, task))
+    sent = _enqueue_many(app, sending, channel)
+    return [
+        Receipt(ENQUEUED, True, r.task_id) if r.new and (event.provider, event.event_id) in sent else r
+        for (event, _), r in zip(arrivals, receipts, strict=True)
+    ]
+
+
+def enqueued(arrivals: Sequence[tuple[Event, bytes]], receipts: Sequence[Receipt]) -> list[tuple[str, str]]:
+    """The (provider, event_id) of the events `store_and_enqueue` stored and enqueued."""
+    return [
+        (event.provider, event.event_id)
+        for (event, _), r in zip(arrivals, receipts, strict=True)
+        if r.new and r.status == ENQUEUED
+    ]
+
+
+def mark_enqueued(conn: sa.Connection, keys: Sequence[tuple[str, str]]) -> None:
+    """Mark the stored events whose task the broker took (one UPDATE). Lost (PostgreSQL went
+    away in between), they stay `received`, and the relay enqueues them again: the same task
+    ids, and tasks that are idempotent."""
+    if keys:
+        conn.exec_driver_sql(
+            _MARK_MANY, {"providers": [k[0] for k in keys], "event_ids": [k[1] for k in keys], "status": ENQUEUED}
+        )
+
+
+def _store_many() -> str:
+    """INSERT ... ON CONFLICT (provider, event_id) DO NOTHING RETURNING (provider, event_id),
+    the values as one array per column, in their order: one prepared statement serves a
+    batch of any size. Compiled once, for psycopg: the hot path only binds values."""
+    rows = (
+        sa.func.unnest(*(sa.bindparam(name, type_=postgresql.ARRAY(_e.c[name].type)) for name in _STORED))
+        .table_valued(*_STORED, with_ordinality="n")
+        .render_derived(with_types=False)
+        .alias("arrived")
+    )
+    statement = (
+        pg_insert(_e)
+        .from_select(list(_STORED), sa.select(*(rows.c[name] for name in _STORED)).order_by(rows.c.n))
+        .on_conflict_do_nothing(index_elements=[_e.c.provider, _e.c.event_id])
+        .returning(_e.c.provider, _e.c.event_id)
+    )
+    return str(statement.compile(dialect=postgresql.psycopg.dialect()))
+
+
+def _mark_many() -> str:
+    """UPDATE payment_events SET status WHERE (provider, event_id) is one of the arrays'."""
+    keys = (
+        sa.func.unnest(
+            sa.bindparam("providers", type_=postgresql.ARRAY(sa.Text)),
+            sa.bindparam("event_ids", type_=postgresql.ARRAY(sa.Text)),
+        )
+        .table_valued("provider", "event_id")
+        .render_derived(with_types=False)
+        .alias("marked")
+    )
+    statement = (
+        sa.update(_e)
+        .where(_e.c.provider == keys.c.provider, _e.c.event_id == keys.c.event_id)
+        .values(status=sa.bindparam("status", type_=_e.c.status.type))
+    )
+    return str(statement.compile(dialect=postgresql.psycopg.dialect()))
+
+
+_STORE_MANY = _store_many()
+_MARK_MANY = _mark_many()
 
 
 def relay(engine: Engine, app: Celery, older_than: float = RELAY_GRACE_SECONDS) -> int:
@@ -245,6 +341,64 @@ def unmapped_count(engine: Engine) -> int:
                 )
             ).scalar_one()
         )
+
+
+class TaskChannel(ConfirmedChannel):
+    """A confirmed channel (kc_tasks.confirms) publishing tasks to `purchases`, in Celery's
+    own message format (send_task, with this channel's producer)."""
+
+    def __init__(self, app: Celery) -> None:
+        super().__init__(app, _ENQUEUE_RETRY)
+        try:
+            self.app = app
+            # Declared once per channel, not checked again before every message.
+            maybe_declare(app.amqp.queues[QUEUE], self.channel)
+            self.producer = Producer(self.channel, auto_declare=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def send(self, tasks: Sequence[Task]) -> None:
+        """Returns once the broker holds every task; raises if it refused or did not answer."""
+        for task in tasks:
+            # retry=False: kombu would retry on a new channel, not in confirm mode.
+            self.app.send_task(
+                task.name,
+                kwargs=task.kwargs,
+                queue=QUEUE,
+                task_id=task.task_id,
+                producer=self.producer,
+                retry=False,
+                declare=[],
+                # What Flower shows, as Celery would write it; its own saferepr costs more
+                # than the rest of the message.
+                argsrepr="()",
+                kwargsrepr=repr(task.kwargs),
+            )
+        self.confirm(len(tasks))
+
+
+def _enqueue_many(
+    app: Celery, sending: Sequence[tuple[Event, Task]], channel: Kept[TaskChannel] | None
+) -> set[tuple[str, str]]:
+    """Publish the tasks: the (provider, event_id) of the events whose task the broker took."""
+    if channel is None:
+        return {(event.provider, event.event_id) for event, task in sending if _enqueue(app, event, task)}
+    if not sending:
+        return set()
+    try:
+        channel.send(lambda c: c.send([task for _, task in sending]))
+    except Exception as exc:  # noqa: BLE001  (any broker failure: the events stay received, for the relay)
+        logger.warning(
+            "%d event(s) (%s): broker unreachable, left for the relay: %s: %s",
+            len(sending),
+            ", ".join(f"{event.provider} {event.event_id}" for event, _ in sending[:3])
+            + (", ..." if len(sending) > 3 else ""),
+            type(exc).__name__,
+            exc,
+        )
+        return set()
+    return {(event.provider, event.event_id) for event, _ in sending}
 
 
 def _enqueue(app: Celery, event: Event, task: Task) -> bool:
