@@ -4,6 +4,7 @@ included; a full refund revokes it, whichever arrives first."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -13,8 +14,9 @@ from typing import Any
 import httpx
 from celery import Celery
 
+from kc_tasks.inbox import task_id_for
 from tests import provider_samples as s
-from tests.conftest import AMQP, run_sql
+from tests.conftest import AMQP, broker_idle, run_sql
 from tests.e2e.conftest import Web, Workers, wait_until
 from tests.e2e.proxy import Proxy
 
@@ -100,7 +102,7 @@ def test_razorpay_and_stripe_payments_become_one_purchase_each_and_refunds_revok
         lambda: run_sql(database_url, "SELECT count(*) FROM event_outbox WHERE type = 'purchase.revoked'") == [(2,)]
     )
     assert len(inbox(database_url, "provider = 'razorpay' AND event_id = %s", (captured,))) == 1
-    assert [row[4] for row in inbox(database_url, "provider = 'stripe'")] == ["enqueued"] * 3
+    assert wait_until(lambda: [row[4] for row in inbox(database_url, "provider = 'stripe'")] == ["enqueued"] * 3)
 
     again = s.razorpay_payment(student=student, course=course)
     assert post_razorpay(web, s.razorpay_event("payment.captured", again), evt()).status_code == 200
@@ -109,6 +111,35 @@ def test_razorpay_and_stripe_payments_become_one_purchase_each_and_refunds_revok
     )
     log = web.text()
     assert s.RAZORPAY_SECRET not in log and s.STRIPE_SECRET not in log
+
+
+def test_a_burst_of_webhooks_with_repeats_makes_one_purchase_and_one_stored_event_each(
+    database_url: str, workers: Workers, broker_url: str, webs: Callable[..., Web]
+) -> None:
+    """A flash sale: many signed events at once, each sent twice at the same moment (Razorpay
+    delivers at least once), stored and enqueued by the web in shared batches."""
+    workers.start(database_url, broker_url)
+    web = webs(database_url, broker_url, **SECRETS)
+    payments = [s.razorpay_payment(student=str(uuid.uuid4()), course=str(uuid.uuid4())) for _ in range(25)]
+    requests = []
+    for payment in payments:
+        body = s.encode(s.razorpay_event("payment.captured", payment))
+        requests += [(body, s.razorpay_headers(body, event_id=f"evt_burst_{payment['id']}"))] * 2
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=web.base, timeout=30) as client:
+            return await asyncio.gather(
+                *(client.post("/webhooks/razorpay", content=body, headers=headers) for body, headers in requests)
+            )
+
+    answers = asyncio.run(send_all())
+    assert [a.status_code for a in answers] == [200] * 50
+    assert [a.json()["task_id"] for a in answers] == [task_id_for(p["id"]) for p in payments for _ in range(2)]
+    assert sorted(a.json()["status"] for a in answers) == ["enqueued"] * 25 + ["received"] * 25, "one of each pair new"
+    assert wait_until(lambda: all(purchases_of(database_url, p["id"]) == [(True, 49900, "INR")] for p in payments))
+    assert wait_until(lambda: [row[4] for row in inbox(database_url)] == ["enqueued"] * 25)
+    assert wait_until(lambda: broker_idle(broker_url))
+    assert run_sql(database_url, "SELECT count(*) FROM student_course_purchases") == [(25,)]
 
 
 def test_refunds_that_arrive_before_the_payment_leave_no_active_purchase(
