@@ -4,7 +4,8 @@ endpoint of the same app, same run, measured with wrk.
     .venv/bin/python bench/webhooks.py [--seconds 15] [--connections 16] [--routes bare,razorpay,stripe,payments]
 
 Real services on this machine: a database of its own (kc_bench_web_*, by `kc-tasks migrate`)
-and a RabbitMQ vhost of its own, both removed at the end. The web process is the Procfile's
+and a RabbitMQ vhost of its own (with the `purchases` policy of `kc-tasks dlq policy`), both
+removed at the end. The web process is the Procfile's
 (uvicorn serving kc_tasks.web, `WEB_CONCURRENCY` workers, default 1), with one extra route,
 `POST /bare`, an async FastAPI endpoint that answers `{}`: what the same uvicorn and app serve
 without any work. No worker runs: the broker keeps what the routes enqueue.
@@ -242,6 +243,8 @@ def main() -> None:
     rabbitmqctl("add_vhost", VHOST)
     rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
     subprocess.run([str(BIN / "kc-tasks"), "migrate"], env=env(), check=True, capture_output=True)
+    # The purchases queue as the README deploys it: dead-letter policy, version 2 storage.
+    subprocess.run([str(BIN / "kc-tasks"), "dlq", "policy"], env=env(), check=True, capture_output=True)
     log = (WORK / "web.log").open("w")
     web = subprocess.Popen(
         [str(BIN / "uvicorn"), "--factory", "bench_web:create_app", "--host", "127.0.0.1", "--port", str(PORT)],
