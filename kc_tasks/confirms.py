@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from celery import Celery
+from kombu import Producer
 
 logger = logging.getLogger(__name__)
 
@@ -25,11 +26,17 @@ C = TypeVar("C", bound="ConfirmedChannel")
 
 
 class ConfirmedChannel:
-    def __init__(self, app: Celery, connect_retry: dict[str, Any]) -> None:
+    """Each kind of channel says how it connects and what it publishes with."""
+
+    # kombu's ensure_connection arguments: how long opening one may try.
+    connect_retry: dict[str, Any]
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
         # Without kombu's confirm_publish, which would wait after every message.
         self.connection = app.connection_for_write(transport_options={"confirm_publish": False})
         try:
-            self.connection.ensure_connection(**connect_retry)
+            self.connection.ensure_connection(**self.connect_retry)
             self.channel = self.connection.channel()
             self.confirms = self.connection.transport.driver_type == "amqp"
             self._sent = self._confirmed = 0
@@ -38,9 +45,14 @@ class ConfirmedChannel:
                 self.channel.confirm_select()
                 self.channel.events["basic_ack"].add(self._on_ack)
                 self.channel.events["basic_nack"].add(self._on_nack)
+            self.producer = self.producer_for(self.channel)
         except BaseException:
             self.connection.release()
             raise
+
+    def producer_for(self, channel: Any) -> Producer:
+        """The producer publishing on `channel`, what it publishes to declared once."""
+        raise NotImplementedError
 
     def confirm(self, published: int, timeout: float = CONFIRM_TIMEOUT) -> None:
         """Returns once the broker holds the `published` messages just sent on `channel`;

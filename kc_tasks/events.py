@@ -60,14 +60,11 @@ def from_rows(rows: Iterable[Any]) -> tuple[Event, ...]:
 class EventChannel(ConfirmedChannel):
     """A confirmed channel (kc_tasks.confirms) publishing to kc.events."""
 
-    def __init__(self, app: Celery) -> None:
-        super().__init__(app, _CONNECT_RETRY)
-        try:
-            EXCHANGE(self.channel).declare()
-            self.producer = Producer(self.channel, exchange=EXCHANGE, auto_declare=False)
-        except BaseException:
-            self.close()
-            raise
+    connect_retry = _CONNECT_RETRY
+
+    def producer_for(self, channel: Any) -> Producer:
+        EXCHANGE(channel).declare()
+        return Producer(channel, exchange=EXCHANGE, auto_declare=False)
 
     def publish(self, events: Sequence[Event]) -> None:
         """Returns once the broker holds every event; raises if it refused or did not answer."""

@@ -347,16 +347,12 @@ class TaskChannel(ConfirmedChannel):
     """A confirmed channel (kc_tasks.confirms) publishing tasks to `purchases`, in Celery's
     own message format (send_task, with this channel's producer)."""
 
-    def __init__(self, app: Celery) -> None:
-        super().__init__(app, _ENQUEUE_RETRY)
-        try:
-            self.app = app
-            # Declared once per channel, not checked again before every message.
-            maybe_declare(app.amqp.queues[QUEUE], self.channel)
-            self.producer = Producer(self.channel, auto_declare=False)
-        except BaseException:
-            self.close()
-            raise
+    connect_retry = _ENQUEUE_RETRY
+
+    def producer_for(self, channel: Any) -> Producer:
+        # Declared once per channel, not checked again before every message.
+        maybe_declare(self.app.amqp.queues[QUEUE], channel)
+        return Producer(channel, auto_declare=False)
 
     def send(self, tasks: Sequence[Task]) -> None:
         """Returns once the broker holds every task; raises if it refused or did not answer."""
