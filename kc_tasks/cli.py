@@ -301,7 +301,7 @@ def _inbox_replay(settings: Settings, args: argparse.Namespace) -> int:
 
     engine = db.make_engine(settings.database_url, poolclass=NullPool)
     try:
-        done = inbox.replay(engine, app, args.provider, args.event_ids)
+        done = inbox.replay(engine, app, args.provider, args.event_ids, settings.stripe_livemode)
     finally:
         engine.dispose()
     for event_id, status in done.items():

@@ -104,19 +104,19 @@ def plan(event: Event) -> tuple[str, Task | None, str | None]:
         kwargs = revocation.model_dump(exclude_none=True)
         return RECEIVED, Task(REVOKE_PURCHASE, kwargs, task_id_for(revocation.payment_id, REVOKE_PURCHASE)), None
     if isinstance(action, Unmapped):
-        return UNMAPPED, None, f"its notes/metadata lack {', '.join(action.missing)}"
+        return UNMAPPED, None, action.why
     assert isinstance(action, Ignored)
     return IGNORED, None, action.why
 
 
-def parse(provider: str, body: bytes, event_id: str | None = None) -> Event:
+def parse(provider: str, body: bytes, event_id: str | None = None, stripe_livemode: bool | None = None) -> Event:
     """The provider module's reading of a body (again, for the relay and replays)."""
     if provider == kc.NAME:
         return kc.parse(body)
     if provider == razorpay.NAME:
         return razorpay.parse(body, event_id)
     if provider == stripe.NAME:
-        return stripe.parse(body)
+        return stripe.parse(body, stripe_livemode)
     if provider == reconcile.NAME and event_id is not None:
         return reconcile.parse(body, event_id)
     raise Malformed(f"unknown provider {provider}")
@@ -271,8 +271,11 @@ def relay(engine: Engine, app: Celery, older_than: float = RELAY_GRACE_SECONDS) 
     return enqueued
 
 
-def replay(engine: Engine, app: Celery, provider: str, event_ids: Sequence[str]) -> dict[str, str]:
-    """Process stored events again, as if just received; by event id: the status, or 'not found'."""
+def replay(
+    engine: Engine, app: Celery, provider: str, event_ids: Sequence[str], stripe_livemode: bool | None = None
+) -> dict[str, str]:
+    """Process stored events again, as if just received (KC_STRIPE_LIVEMODE as `stripe_livemode`);
+    by event id: the status, or 'not found'."""
     done: dict[str, str] = {}
     with db.translate_errors(engine.url), engine.begin() as conn:
         rows = {
@@ -286,7 +289,7 @@ def replay(engine: Engine, app: Celery, provider: str, event_ids: Sequence[str])
             if row is None:
                 done[event_id] = "not found"
                 continue
-            event = parse(provider, row.body.encode("utf-8"), event_id)
+            event = parse(provider, row.body.encode("utf-8"), event_id, stripe_livemode)
             status, task, why = plan(event)
             if task is not None and _enqueue(app, event, task):
                 status = ENQUEUED

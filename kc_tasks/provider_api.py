@@ -1,21 +1,23 @@
-"""Reading the payment providers' APIs: every payment of a time window, page after page.
+"""Reading the payment providers' APIs: every object of a time window, page after page.
 
 httpx with explicit timeouts, not the providers' SDKs: the razorpay client (requests) sets
 no timeout and does not wait out a 429, stripe's StripeClient retries 5xx but not 429 and
 caps Retry-After at a few seconds; one small client treats both providers alike, and what
 it raises names the provider and the request, never the key (errors.ProviderApiError).
 
-Razorpay: GET /v1/payments?from&to&count=100&skip=n, basic auth (key id, key secret).
-Stripe: GET /v1/payment_intents and /v1/charges?created[gte]&limit=100&starting_after, bearer key.
+Razorpay: GET /v1/payments, /v1/refunds and /v1/disputes ?from&to&count=100&skip=n, and one
+order or payment by id; basic auth (key id, key secret).
+Stripe: GET /v1/events?created[gte]&limit=100&types[]=...&starting_after, bearer key.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -92,14 +94,14 @@ class Api:
     def close(self) -> None:
         self._client.close()
 
-    def get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+    def get(self, path: str, params: dict[str, Any] | Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
         attempt = 0
         while True:
             attempt += 1
             status: int | None = None
             retry_after: str | None = None
             try:
-                response = self._client.get(path, params=params)
+                response = self._client.get(path, params=list(params.items() if isinstance(params, dict) else params))
             except httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
@@ -130,24 +132,34 @@ class Api:
         return text
 
 
-def razorpay_payments(api: Api, window: Window) -> Iterator[dict[str, Any]]:
-    """Every payment entity created in the window, page by page (count/skip)."""
+def razorpay_list(api: Api, path: str, window: Window) -> Iterator[dict[str, Any]]:
+    """Every entity of a Razorpay collection (/v1/payments, /v1/refunds, /v1/disputes) created
+    in the window, page by page (count/skip)."""
     skip = 0
     for _ in range(MAX_PAGES):
-        page = api.get("/v1/payments", {"from": window.since, "to": window.until, "count": PAGE_SIZE, "skip": skip})
+        page = api.get(path, {"from": window.since, "to": window.until, "count": PAGE_SIZE, "skip": skip})
         items = page.get("items")
         if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-            raise ProviderApiError(f"{api.provider} API: GET /v1/payments answered no list of items")
+            raise ProviderApiError(f"{api.provider} API: GET {path} answered no list of items")
         yield from items
         if len(items) < PAGE_SIZE:
             return
         skip += len(items)
-    raise ProviderApiError(f"{api.provider} API: GET /v1/payments never reached its last page")
+    raise ProviderApiError(f"{api.provider} API: GET {path} never reached its last page")
 
 
-def stripe_list(api: Api, path: str, window: Window) -> Iterator[dict[str, Any]]:
-    """Every object of a Stripe list created since the window began (starting_after/has_more)."""
-    params: dict[str, Any] = {"created[gte]": window.since, "limit": PAGE_SIZE}
+def razorpay_entity(api: Api, collection: str, entity_id: str) -> dict[str, Any]:
+    """One entity by id (GET /v1/orders/{id}, /v1/payments/{id}); the id is escaped, never a path."""
+    return api.get(f"/v1/{collection}/{quote(entity_id, safe='')}")
+
+
+def stripe_events(api: Api, window: Window, types: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Every event of these types created since the window began, newest first, as Stripe
+    lists them (starting_after/has_more); `types` in Stripe's array encoding (types[]=...)."""
+    path = "/v1/events"
+    base: list[tuple[str, Any]] = [("created[gte]", window.since), ("limit", PAGE_SIZE)]
+    base += [("types[]", kind) for kind in types]
+    params = base
     for _ in range(MAX_PAGES):
         page = api.get(path, params)
         data, has_more = page.get("data"), page.get("has_more")
@@ -163,5 +175,5 @@ def stripe_list(api: Api, path: str, window: Window) -> Iterator[dict[str, Any]]
         last = data[-1].get("id") if data else None
         if not isinstance(last, str):
             raise ProviderApiError(f"{api.provider} API: GET {path} said has_more after a page without ids")
-        params = {**params, "starting_after": last}
+        params = [*base, ("starting_after", last)]
     raise ProviderApiError(f"{api.provider} API: GET {path} never reached its last page")

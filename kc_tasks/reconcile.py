@@ -1,23 +1,27 @@
-"""Reconciliation: every paid payment becomes a purchase, even when its webhook never came.
+"""Reconciliation: what a webhook should have brought is acted on even when it never came.
 
-`run` reads one provider's payments of a window from its API (provider_api), reads each as
-the provider's own module does (providers.reconcile), and acts only where kc_tasks has no
-outcome yet: a paid, mapped payment with no purchase, duplicate record or revocation gets
-`create_purchase`; a fully refunded one whose purchase is active gets `revoke_purchase`.
-Each is handed to the inbox as a `reconcile` event (`<provider>:<payment_id>:<kind>`): its
-insert is the claim, so a second run, or a second reconciler at the same time, enqueues
-nothing again; and its enqueue is the inbox's (the same task ids as the webhooks').
+`run` reads one provider's API over a window (provider_api), reads what it finds by the
+webhook's own rules (providers), and hands what kc_tasks has no outcome for to the inbox:
 
-A claim whose payment still has no outcome after `resend_after` seconds (its message was
-lost, e.g. by Redis) is sent again. The API is read in full before anything is enqueued:
-a failing API enqueues nothing and raises ProviderApiError.
+- Razorpay: captured payments of the window (their order fetched only for a payment with no
+  outcome yet, since only the order's notes name the course), processed refunds and lost
+  disputes of the window by their own time, whenever the payment was made. Each is stored as
+  a `reconcile` event (`razorpay:<payment_id>:<paid|refunded|disputed>`): its insert is the
+  claim, so a second run, or a second reconciler at the same time, enqueues nothing again.
+- Stripe: its Events API, the provider's own log of the webhook's events. Each goes through
+  the Stripe webhook's rules into the inbox under its own event id: one whose webhook came is
+  already there and does nothing; a missed one is handled exactly as if delivered.
+
+A stored event whose payment still has no outcome after `resend_after` seconds (its message was
+lost, e.g. by Redis) is sent again. The API is read in full before anything is enqueued: a
+failing API enqueues nothing and raises ProviderApiError.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,14 +32,26 @@ from sqlalchemy.engine import Engine
 
 from kc_tasks import db, inbox, provider_api
 from kc_tasks.errors import KcTasksError
-from kc_tasks.providers import Event, Ignored, Purchase, Revocation, Unmapped, razorpay, reconcile, stripe
+from kc_tasks.providers import (
+    DISPUTE,
+    NOT_A_COURSE,
+    Event,
+    Ignored,
+    Malformed,
+    Purchase,
+    Revocation,
+    razorpay,
+    reconcile,
+    stripe,
+    text,
+)
 from kc_tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 PROVIDERS = (razorpay.NAME, stripe.NAME)
-# The beat run looks back two periods and an hour more: a missed run or a late capture is covered.
-LOOKBACK_EXTRA = 3600
+# What reconciliation finds that no webhook had brought (Summary.found).
+PAYMENT, REFUND, DISPUTE_FOUND = "payment", "refund", "dispute"
 
 
 @dataclass
@@ -44,26 +60,32 @@ class Summary:
     since: str
     until: str
     dry_run: bool = False
+    # Payments (Razorpay) or events (Stripe) read from the API.
     seen: int = 0
     already_fine: int = 0
     purchases_enqueued: int = 0
     revocations_enqueued: int = 0
+    # Paid payments whose server-set data names no course: payments for other products.
+    not_course: int = 0
     unmapped: int = 0
     not_paid: int = 0
     invalid: int = 0
     # Stored, but the broker did not take them: the inbox relay enqueues them.
     left_for_relay: int = 0
+    # What no webhook had brought, by kind (payment, refund, dispute).
+    found: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     # What was (or, with --dry-run, would be) done, one line each.
     actions: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         would = "would be " if self.dry_run else ""
+        read = "payment(s)" if self.provider == razorpay.NAME else "event(s)"
         text = (
-            f"reconcile {self.provider} {self.since} .. {self.until}: {self.seen} payment(s) seen, "
+            f"reconcile {self.provider} {self.since} .. {self.until}: {self.seen} {read} seen, "
             f"{self.already_fine} already fine, {self.purchases_enqueued} purchase(s) {would}enqueued, "
             f"{self.revocations_enqueued} revocation(s) {would}enqueued, {self.unmapped} unmapped, "
-            f"{self.not_paid} not paid"
+            f"{self.not_paid} not paid, {self.not_course} not a course purchase"
         )
         if self.invalid:
             text += f", {self.invalid} invalid"
@@ -75,6 +97,35 @@ class Summary:
 
     def as_result(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "actions"}
+
+    def count(self, event: Event, status: str, why: str | None) -> None:
+        """Count what was done (or would be) with one event that no webhook had brought."""
+        action, pid = event.action, event.payment_id
+        if status in (inbox.ENQUEUED, inbox.RECEIVED):
+            kind = "create_purchase" if isinstance(action, Purchase) else "revoke_purchase"
+            if isinstance(action, Purchase):
+                self.purchases_enqueued += 1
+                found = PAYMENT
+            else:
+                assert isinstance(action, Revocation)
+                self.revocations_enqueued += 1
+                found = DISPUTE_FOUND if action.reason == DISPUTE else REFUND
+            self.found[found] = self.found.get(found, 0) + 1
+            if status == inbox.RECEIVED and not self.dry_run:
+                self.left_for_relay += 1
+                self.actions.append(f"stored, left for the relay: {kind} {pid}")
+            else:
+                self.actions.append(f"{'would enqueue' if self.dry_run else 'enqueued'} {kind} {pid}")
+        elif status == inbox.UNMAPPED:
+            self.unmapped += 1
+            self.actions.append(f"unmapped: {pid}: {why}")
+        elif status == inbox.INVALID:
+            self.invalid += 1
+            self.actions.append(f"invalid: {pid}: {why}")
+        elif why and why.startswith(NOT_A_COURSE):
+            self.not_course += 1
+        elif isinstance(action, Ignored) and why and "not paid" in why:
+            self.not_paid += 1
 
 
 def configured(settings: Settings) -> tuple[str, ...]:
@@ -90,10 +141,6 @@ def configured(settings: Settings) -> tuple[str, ...]:
 def window(seconds: float, now: float | None = None) -> provider_api.Window:
     until = int(time.time() if now is None else now)
     return provider_api.Window(until - int(seconds), until)
-
-
-def beat_lookback(settings: Settings) -> int:
-    return 2 * settings.reconcile_interval + LOOKBACK_EXTRA
 
 
 def api_for(settings: Settings, provider: str, read_timeout: float = provider_api.READ_TIMEOUT) -> provider_api.Api:
@@ -114,60 +161,43 @@ def api_for(settings: Settings, provider: str, read_timeout: float = provider_ap
     )
 
 
-def fetch(api: provider_api.Api, win: provider_api.Window) -> list[tuple[Event, bytes]]:
-    """The window's payments as reconcile events with their stored bodies; all pages, or
-    ProviderApiError. Objects created outside the window are left alone."""
-    found: list[tuple[Event, bytes]] = []
-
-    def add(kind: str, objects: Iterable[dict[str, Any]]) -> None:
-        for obj in objects:
-            if not win.holds(obj.get("created_at") if api.provider == razorpay.NAME else obj.get("created")):
-                continue
-            event = reconcile.event(api.provider, kind, obj)
-            if event is not None:
-                found.append((event, reconcile.body(obj)))
-
-    if api.provider == razorpay.NAME:
-        payments = list(provider_api.razorpay_payments(api, win))
-        add(reconcile.PAID, payments)
-        add(reconcile.REFUNDED, payments)
-    else:
-        add(reconcile.PAID, list(provider_api.stripe_list(api, "/v1/payment_intents", win)))
-        add(reconcile.REFUNDED, list(provider_api.stripe_list(api, "/v1/charges", win)))
-    return found
-
-
 @dataclass(frozen=True)
-class Outcomes:
-    """What kc_tasks already holds for some payments."""
+class Known:
+    """What kc_tasks already holds for some payments and events."""
 
     purchases: dict[str, bool]  # payment id -> is_active
     duplicates: set[str]
     revoked: set[str]
-    # reconcile event id -> (status, received_at) of the claims already stored
-    claims: dict[str, tuple[str, datetime]]
+    # (provider, event id) -> (status, received_at) of the events already stored
+    stored: dict[tuple[str, str], tuple[str, datetime]]
 
-    def settled(self, payment_id: str) -> bool:
+    def settled(self, payment_id: str | None) -> bool:
+        """The payment has its outcome: a purchase, a duplicate record or a revocation."""
         return payment_id in self.purchases or payment_id in self.duplicates or payment_id in self.revoked
 
+    def revocable(self, payment_id: str | None) -> bool:
+        """The payment's purchase is active and not revoked yet."""
+        return bool(payment_id and self.purchases.get(payment_id)) and payment_id not in self.revoked
 
-def outcomes(engine: Engine, payment_ids: list[str], event_ids: list[str]) -> Outcomes:
+
+def known(engine: Engine, payment_ids: list[str], keys: list[tuple[str, str]]) -> Known:
     t, dup, rev, e = db.purchases, db.duplicate_payments, db.revocations, db.payment_events
+    stored: dict[tuple[str, str], tuple[str, datetime]] = {}
     with db.translate_errors(engine.url), engine.connect() as conn:
         bought = dict(
             conn.execute(sa.select(t.c.payment_id, t.c.is_active).where(t.c.payment_id.in_(payment_ids))).all()
         )
         duplicates = set(conn.execute(sa.select(dup.c.payment_id).where(dup.c.payment_id.in_(payment_ids))).scalars())
         revoked = set(conn.execute(sa.select(rev.c.payment_id).where(rev.c.payment_id.in_(payment_ids))).scalars())
-        claims = {
-            row.event_id: (row.status, row.received_at)
+        for provider in sorted({p for p, _ in keys}):
+            ids = [eid for p, eid in keys if p == provider]
             for row in conn.execute(
                 sa.select(e.c.event_id, e.c.status, e.c.received_at).where(
-                    e.c.provider == reconcile.NAME, e.c.event_id.in_(event_ids)
+                    e.c.provider == provider, e.c.event_id.in_(ids)
                 )
-            )
-        }
-    return Outcomes(bought, duplicates, revoked, claims)
+            ):
+                stored[(provider, row.event_id)] = (row.status, row.received_at)
+    return Known(bought, duplicates, revoked, stored)
 
 
 def run(
@@ -177,92 +207,162 @@ def run(
     win: provider_api.Window,
     dry_run: bool = False,
     resend_after: float = 900,
+    stripe_livemode: bool | None = None,
 ) -> Summary:
     """Reconcile one provider over the window; raises ProviderApiError (nothing enqueued) or a
     database error. With dry_run, changes nothing and says what it would do."""
     summary = Summary(api.provider, _iso(win.since), _iso(win.until), dry_run)
-    found = fetch(api, win)
-    payment_ids = sorted({event.payment_id for event, _ in found if event.payment_id})
-    known = outcomes(engine, payment_ids, [event.event_id for event, _ in found])
-    refunded = {event.payment_id for event, _ in found if isinstance(event.action, Revocation)}
-    summary.seen = len(payment_ids)
-    fine = set(payment_ids)
-    for event, body in found:
-        pid = event.payment_id
-        assert pid is not None
-        action = event.action
-        if isinstance(action, Unmapped):
-            if known.settled(pid):  # e.g. Stripe: the Checkout Session's metadata made the purchase
-                continue
-            summary.unmapped += 1
-            fine.discard(pid)
-            summary.actions.append(f"unmapped: {pid}: its notes/metadata lack {', '.join(action.missing)}")
-            if not dry_run:
-                inbox.receive(engine, app, event, body)
-            continue
-        if isinstance(action, Ignored):
-            if action.why.startswith(("payment status", "payment intent status")):
-                summary.not_paid += 1
-                fine.discard(pid)
-            continue
-        if isinstance(action, Purchase):
-            if known.settled(pid) or pid in refunded:
-                continue
-        else:  # a revocation: only of an active purchase not revoked yet
-            if not known.purchases.get(pid) or pid in known.revoked:
-                continue
-        fine.discard(pid)
-        done = _claim(engine, app, event, body, known, dry_run, resend_after)
-        if done is None:
-            fine.add(pid)
-            continue
-        kind = "create_purchase" if isinstance(action, Purchase) else "revoke_purchase"
-        if done == inbox.INVALID:
-            summary.invalid += 1
-            summary.actions.append(f"invalid: {pid}: its notes/metadata break create_purchase's rules")
-        elif done == inbox.RECEIVED:
-            summary.left_for_relay += 1
-            summary.actions.append(f"stored, left for the relay: {kind} {pid}")
-        else:
-            if isinstance(action, Purchase):
-                summary.purchases_enqueued += 1
-            else:
-                summary.revocations_enqueued += 1
-            summary.actions.append(f"{'would enqueue' if dry_run else done} {kind} {pid}")
-    summary.already_fine = len(fine)
+    if api.provider == razorpay.NAME:
+        _razorpay(engine, app, api, win, summary, resend_after)
+    else:
+        _stripe(engine, app, api, win, summary, resend_after, stripe_livemode)
     return summary
 
 
-def _claim(
+def _razorpay(
     engine: Engine,
     app: Celery,
-    event: Event,
-    body: bytes,
-    known: Outcomes,
-    dry_run: bool,
+    api: provider_api.Api,
+    win: provider_api.Window,
+    summary: Summary,
     resend_after: float,
-) -> str | None:
-    """Claim and enqueue one event; what was done ('enqueued', 'sent again', a status), or None
-    when an earlier (or a concurrent) run has it in hand."""
-    claim = known.claims.get(event.event_id)
-    if claim is not None:
-        status, at = claim
-        stale = (datetime.now(UTC) - at).total_seconds() >= resend_after
-        if status not in (inbox.ENQUEUED, inbox.RECEIVED) or not stale:
-            return None
-        if dry_run:
-            return "would send again"
-        done = inbox.replay(engine, app, reconcile.NAME, [event.event_id])[event.event_id]
-        logger.warning(
-            "reconcile: %s was enqueued %s but has no outcome yet: sent again (%s)", event.event_id, at, done
-        )
-        return "sent again" if done == inbox.ENQUEUED else done
-    if dry_run:
-        return inbox.ENQUEUED
+) -> None:
+    payments = list(provider_api.razorpay_list(api, "/v1/payments", win))
+    refunds = list(provider_api.razorpay_list(api, "/v1/refunds", win))
+    disputes = list(provider_api.razorpay_list(api, "/v1/disputes", win))
+    paid = {pid: p for p in payments if razorpay.paid(p) and (pid := text(p.get("id")))}
+    # One refund a payment: the processed ones, by refund time; lost disputes.
+    refunded = {pid: r for r in refunds if r.get("status") == "processed" and (pid := text(r.get("payment_id")))}
+    lost = {pid: d for d in disputes if d.get("status") == "lost" and (pid := text(d.get("payment_id")))}
+    for p in payments:
+        pid = text(p.get("id"))
+        if pid and pid not in paid and p.get("status") != "refunded":
+            if p.get("status") == "captured":
+                summary.not_course += 1  # captured without an order: nothing server-set names a course
+            else:
+                summary.not_paid += 1
+    ids = sorted(({text(p.get("id")) or "" for p in payments} | set(refunded) | set(lost)) - {""})
+    summary.seen = len(ids)
+    keys = [
+        (reconcile.NAME, reconcile.event_id(razorpay.NAME, pid, kind))
+        for kind, pids in ((reconcile.PAID, paid), (reconcile.REFUNDED, refunded), (reconcile.DISPUTED, lost))
+        for pid in pids
+    ]
+    have = known(engine, ids, keys)
+    fine = set(paid) | set(refunded) | set(lost)
+    todo: list[tuple[str, str, Any]] = []
+    for pid in paid:
+        if not have.settled(pid) and pid not in refunded:
+            todo.append((pid, reconcile.PAID, paid[pid]))
+    for pid in refunded:
+        if have.revocable(pid):
+            todo.append((pid, reconcile.REFUNDED, refunded[pid]))
+    for pid in lost:
+        if have.revocable(pid):
+            todo.append((pid, reconcile.DISPUTED, lost[pid]))
+    for pid, kind, obj in todo:
+        key = (reconcile.NAME, reconcile.event_id(razorpay.NAME, pid, kind))
+        if key in have.stored:
+            if _resend_if_stale(engine, app, summary, key, have.stored[key], resend_after):
+                fine.discard(pid)
+            continue
+        # Fetched only now: for a payment, refund or dispute that has no outcome and no claim yet.
+        if kind == reconcile.PAID:
+            found = {"payment": obj, "order": provider_api.razorpay_entity(api, "orders", str(obj["order_id"]))}
+        elif kind == reconcile.REFUNDED:
+            found = {"refund": obj, "payment": provider_api.razorpay_entity(api, "payments", pid)}
+        else:
+            found = {"dispute": obj}
+        made = reconcile.event(razorpay.NAME, kind, found)
+        if made is None:
+            continue
+        event, body = made
+        if isinstance(event.action, Ignored) and kind != reconcile.PAID:
+            continue  # a partial refund: a later, full one is listed by its own time
+        if _hand_over(engine, app, summary, event, body):
+            fine.discard(pid)
+    summary.already_fine = len(fine)
+
+
+def _stripe(
+    engine: Engine,
+    app: Celery,
+    api: provider_api.Api,
+    win: provider_api.Window,
+    summary: Summary,
+    resend_after: float,
+    livemode: bool | None,
+) -> None:
+    arrivals: list[tuple[Event, bytes]] = []
+    # Oldest first, as they happened (Stripe lists newest first).
+    for obj in reversed(list(provider_api.stripe_events(api, win, stripe.SUBSCRIBE))):
+        body = json.dumps({**obj, reconcile.FOUND_BY: True}, ensure_ascii=False).encode("utf-8")
+        try:
+            arrivals.append((stripe.parse(body, livemode), body))
+        except Malformed as exc:
+            logger.warning("reconcile stripe: an event of the Events API is not an event: %s", exc)
+    summary.seen = len(arrivals)
+    pids = sorted({event.payment_id for event, _ in arrivals if event.payment_id})
+    have = known(engine, pids, [(stripe.NAME, event.event_id) for event, _ in arrivals])
+    for event, body in arrivals:
+        key = (stripe.NAME, event.event_id)
+        if key in have.stored:
+            action = event.action
+            waiting = isinstance(action, Purchase) and not have.settled(event.payment_id)
+            waiting = waiting or (isinstance(action, Revocation) and event.payment_id not in have.revoked)
+            if not (waiting and _resend_if_stale(engine, app, summary, key, have.stored[key], resend_after)):
+                summary.already_fine += 1
+            continue
+        if not _hand_over(engine, app, summary, event, body):
+            summary.already_fine += 1
+
+
+def _hand_over(engine: Engine, app: Celery, summary: Summary, event: Event, body: bytes) -> bool:
+    """Store and enqueue one event no webhook brought (or, with dry_run, say what would be
+    done); False when a concurrent webhook or run stored it first."""
+    status, _, why = inbox.plan(event)
+    if summary.dry_run:
+        summary.count(event, inbox.ENQUEUED if status == inbox.RECEIVED else status, why)
+        return True
     receipt = inbox.receive(engine, app, event, body)
     if not receipt.new:
-        return None
-    return receipt.status
+        return False
+    summary.count(event, receipt.status, receipt.why)
+    if receipt.status in (inbox.ENQUEUED, inbox.RECEIVED):
+        logger.warning(
+            "reconcile %s: %s %s of payment %s never came as a webhook: %s",
+            summary.provider,
+            event.type,
+            event.event_id,
+            event.payment_id,
+            receipt.status,
+        )
+    return True
+
+
+def _resend_if_stale(
+    engine: Engine,
+    app: Celery,
+    summary: Summary,
+    key: tuple[str, str],
+    stored: tuple[str, datetime],
+    resend_after: float,
+) -> bool:
+    """Send a stored event again when it was enqueued `resend_after` seconds ago or more and its
+    payment still has no outcome; True when it was (or, with dry_run, would be)."""
+    status, at = stored
+    if status not in (inbox.ENQUEUED, inbox.RECEIVED) or (datetime.now(UTC) - at).total_seconds() < resend_after:
+        return False
+    provider, event_id = key
+    if summary.dry_run:
+        summary.actions.append(f"would send again: {provider} {event_id}")
+        return True
+    done = inbox.replay(engine, app, provider, [event_id])[event_id]
+    logger.warning(
+        "reconcile: %s %s was enqueued %s but has no outcome yet: sent again (%s)", provider, event_id, at, done
+    )
+    summary.actions.append(f"sent again: {provider} {event_id} ({done})")
+    return True
 
 
 def _iso(unix: int) -> str:
@@ -282,7 +382,15 @@ def run_logged(
     summary's error, never an exception: the next run tries again."""
     api = api_for(settings, provider, read_timeout)
     try:
-        summary = run(engine, app, api, win, dry_run, resend_after=settings.reconcile_interval)
+        summary = run(
+            engine,
+            app,
+            api,
+            win,
+            dry_run,
+            resend_after=settings.reconcile_interval,
+            stripe_livemode=settings.stripe_livemode,
+        )
     except KcTasksError as exc:
         summary = Summary(provider, _iso(win.since), _iso(win.until), dry_run, error=str(exc))
         logger.warning("reconcile %s: %s; the next run tries again", provider, exc)

@@ -76,8 +76,14 @@ class Settings:
     # Base URLs of the providers' APIs (another one in tests).
     razorpay_api_url: str = DEFAULT_RAZORPAY_API_URL
     stripe_api_url: str = DEFAULT_STRIPE_API_URL
-    # Beat period of kc_tasks.reconcile_payments, seconds; each run looks 2 x this + 1 h back.
+    # Beat period of kc_tasks.reconcile_payments, seconds.
     reconcile_interval: int = 900
+    # How far back beat's reconciliation looks, seconds: payments, refunds and disputes of
+    # these last three days whose webhook never came are still acted on.
+    reconcile_window: int = 259200
+    # true or false: Stripe events of the other mode (livemode) are stored ignored and act on
+    # nothing, so a test endpoint's secret cannot grant a real course; None accepts both.
+    stripe_livemode: bool | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +117,8 @@ class Settings:
             razorpay_api_url=env.get("KC_RAZORPAY_API_URL") or DEFAULT_RAZORPAY_API_URL,
             stripe_api_url=env.get("KC_STRIPE_API_URL") or DEFAULT_STRIPE_API_URL,
             reconcile_interval=_int(env, "KC_RECONCILE_INTERVAL", 900, minimum=1),
+            reconcile_window=_int(env, "KC_RECONCILE_WINDOW", 259200, minimum=60),
+            stripe_livemode=_bool_or_none(env, "KC_STRIPE_LIVEMODE"),
         )
 
     @property
@@ -200,6 +208,16 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum:
     if maximum is not None and value > maximum:
         raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
+
+
+def _bool_or_none(env: Mapping[str, str], name: str) -> bool | None:
+    """true/false; unset or empty: None."""
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return None
+    if raw not in ("true", "false"):
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return raw == "true"
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -1,13 +1,15 @@
 """Where is my course? One payment's story, as far as kc_tasks records it, in time order.
 
 `tell` gathers every trace of a payment id: the provider events in the inbox (the webhooks'
-and what reconciliation saw), the purchase row, a duplicate-payment record, a revocation,
+and what reconciliation found that no webhook had brought), each with why it was ignored,
+unmapped or invalid as today's rules read its stored body; the purchase row, a duplicate-payment record, a revocation,
 the events written for them (event_outbox) and dead letters carrying that payment id. It
 ends with one verdict line: `granted`, `not granted: <why>` or `unknown`. `verdict` is pure.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +21,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.engine import Engine
 
 from kc_tasks import db, dead_letters, inbox
-from kc_tasks.providers import reconcile
+from kc_tasks.providers import NOT_A_COURSE, Malformed, reconcile, stripe
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ class Facts:
     revoked_reason: str | None = None
     dead_letter: str | None = None  # the last one's error
     inbox_statuses: tuple[str, ...] = ()
+    # Why the inbox's events were ignored, unmapped or invalid, as their bodies read today.
+    whys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -87,11 +91,17 @@ def verdict(facts: Facts) -> str:
         return f"not granted: dead-lettered ({facts.dead_letter}); see kc-tasks dlq list"
     statuses = set(facts.inbox_statuses)
     if inbox.UNMAPPED in statuses:
-        return "not granted: paid, but its notes/metadata lack student_id or course_id (unmapped)"
+        return (
+            "not granted: paid, but its server-set notes/metadata do not name both student_id and course_id (unmapped)"
+        )
     if inbox.INVALID in statuses:
         return "not granted: its notes/metadata break create_purchase's rules (invalid)"
     if statuses & {inbox.ENQUEUED, inbox.RECEIVED}:
         return "not granted: enqueued, no outcome yet (if this lasts, run kc-tasks reconcile)"
+    if any(why.startswith(NOT_A_COURSE) for why in facts.whys):
+        return f"not granted: {NOT_A_COURSE} (its server-set notes/metadata name no student or course)"
+    if any(why.startswith(stripe.OTHER_MODE) for why in facts.whys):
+        return f"not granted: {stripe.OTHER_MODE} (KC_STRIPE_LIVEMODE)"
     if statuses:
         return "not granted: its events were ignored (not paid, or a type kc_tasks does not act on)"
     return UNKNOWN
@@ -111,11 +121,22 @@ def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
             )
         ).all()
     add = story.entries.append
+    whys: list[str] = []
     for row in received:
+        why = _why(row.provider, row.body, row.event_id) if row.status not in (inbox.ENQUEUED, inbox.RECEIVED) else None
+        status = row.status if why is None else f"{row.status}: {why}"
+        whys += [why] if why else []
         if row.provider == reconcile.NAME:
-            add(Entry(row.received_at, "reconcile", f"reconciliation saw {row.type}: {row.status}"))
+            add(
+                Entry(
+                    row.received_at, "reconcile", f"reconciliation found {row.type} (no webhook brought it): {status}"
+                )
+            )
+        elif _found_by_reconciliation(row.body):
+            text = f"reconciliation found {row.provider} event {row.type} (no webhook brought it): {status}"
+            add(Entry(row.received_at, "reconcile", f"{text} (id {row.event_id})"))
         else:
-            add(Entry(row.received_at, "inbox", f"{row.provider} event {row.type}: {row.status} (id {row.event_id})"))
+            add(Entry(row.received_at, "inbox", f"{row.provider} event {row.type}: {status} (id {row.event_id})"))
     if bought is not None:
         add(
             Entry(
@@ -171,6 +192,22 @@ def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
             revoked_reason=None if revoked is None else revoked.reason,
             dead_letter=last_error,
             inbox_statuses=tuple(row.status for row in received),
+            whys=tuple(whys),
         )
     )
     return story
+
+
+def _found_by_reconciliation(body: str) -> bool:
+    try:
+        return json.loads(body).get(reconcile.FOUND_BY) is True
+    except (ValueError, AttributeError):
+        return False
+
+
+def _why(provider: str, body: str, event_id: str) -> str | None:
+    """Why a stored event acts on nothing, as today's rules read its body; None if unreadable."""
+    try:
+        return inbox.plan(inbox.parse(provider, body.encode("utf-8"), event_id))[2]
+    except (Malformed, ValueError):
+        return None

@@ -243,13 +243,14 @@ def prune_events() -> dict[str, int]:
 
 @app.task(name="kc_tasks.reconcile_payments")
 def reconcile_payments() -> dict[str, Any]:
-    """Ask each configured provider's API for the payments of the last 2 x KC_RECONCILE_INTERVAL
-    + 1 h and enqueue what their webhooks never brought (kc_tasks/reconcile.py). A provider that
-    fails is a warning; the next run tries again. The result is each provider's summary."""
+    """Ask each configured provider's API for the payments, refunds and disputes of the last
+    KC_RECONCILE_WINDOW seconds and enqueue what their webhooks never brought
+    (kc_tasks/reconcile.py). A provider that fails is a warning; the next run tries again. The
+    result is each provider's summary."""
     from kc_tasks import reconcile
 
     engine, _ = resources()
-    win = reconcile.window(reconcile.beat_lookback(settings))
+    win = reconcile.window(settings.reconcile_window)
     summaries: dict[str, Any] = {}
     providers = reconcile.configured(settings)
     if not providers:

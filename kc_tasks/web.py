@@ -218,7 +218,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
                 logger.warning("stripe webhook refused: %s", problem)
                 raise HTTPException(401, problem)
             try:
-                event = stripe_provider.parse(body)
+                event = stripe_provider.parse(body, settings.stripe_livemode)
             except Malformed as exc:
                 raise HTTPException(400, str(exc)) from None
             return await _received(event, body)

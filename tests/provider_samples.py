@@ -19,15 +19,14 @@ STRIPE_SECRET = "whsec_tests0123456789abcdefghijklmnop"
 
 def razorpay_payment(
     payment_id: str | None = None,
-    student: str | None = None,
-    course: str | None = None,
     amount: int = 49900,
     refunded: int = 0,
-    extra_notes: dict[str, Any] | None = None,
+    notes: dict[str, Any] | None = None,
+    order_id: str | None = None,
+    created_at: int = 1732520000,
 ) -> dict[str, Any]:
-    """A payment entity as in Razorpay's payment.captured sample; notes `[]` when empty."""
-    notes: Any = {**({"student_id": student} if student else {}), **({"course_id": course} if course else {})}
-    notes.update(extra_notes or {})
+    """A payment entity as in Razorpay's payment.captured sample. `notes` are the payment's own,
+    which Razorpay Checkout lets the browser set (`[]` when empty): never trusted for a grant."""
     pid = payment_id or "pay_" + uuid.uuid4().hex[:14]
     return {
         "id": pid,
@@ -35,7 +34,7 @@ def razorpay_payment(
         "amount": amount,
         "currency": "INR",
         "status": "refunded" if refunded >= amount else "captured",
-        "order_id": "order_" + pid[4:],
+        "order_id": order_id or "order_" + pid[4:],
         "invoice_id": None,
         "international": False,
         "method": "upi",
@@ -55,80 +54,142 @@ def razorpay_payment(
         "error_code": None,
         "error_description": None,
         "acquirer_data": {"rrn": "123456789012"},
-        "created_at": 1732520000,
+        "created_at": created_at,
     }
 
 
-def razorpay_event(event: str, payment: dict[str, Any], refund_amount: int | None = None) -> dict[str, Any]:
+def razorpay_order(
+    payment: dict[str, Any],
+    student: str | None = None,
+    course: str | None = None,
+    extra_notes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The order entity the platform's server created for `payment` (Orders API), with its
+    notes: the only notes kc_tasks trusts. `[]` when empty, as Razorpay sends them."""
+    notes: dict[str, Any] = {
+        **({"student_id": student} if student else {}),
+        **({"course_id": course} if course else {}),
+        **(extra_notes or {}),
+    }
+    return {
+        "id": payment["order_id"],
+        "entity": "order",
+        "amount": payment["amount"],
+        "amount_paid": payment["amount"],
+        "amount_due": 0,
+        "currency": "INR",
+        "receipt": "rcpt_1",
+        "offer_id": None,
+        "status": "paid",
+        "attempts": 1,
+        "notes": notes or [],
+        "created_at": payment["created_at"] - 10,
+    }
+
+
+def razorpay_refund(
+    payment: dict[str, Any], amount: int | None = None, status: str = "processed", created_at: int | None = None
+) -> dict[str, Any]:
+    """A refund entity as in Razorpay's refund.processed sample."""
+    return {
+        "id": "rfnd_" + uuid.uuid4().hex[:14],
+        "entity": "refund",
+        "amount": payment["amount"] if amount is None else amount,
+        "currency": "INR",
+        "payment_id": payment["id"],
+        "notes": [],
+        "receipt": None,
+        "acquirer_data": {"arn": None},
+        "created_at": payment["created_at"] + 100 if created_at is None else created_at,
+        "batch_id": None,
+        "status": status,
+        "speed_processed": "normal",
+        "speed_requested": "normal",
+    }
+
+
+def razorpay_dispute(payment: dict[str, Any], status: str = "lost", created_at: int | None = None) -> dict[str, Any]:
+    """A dispute entity as in Razorpay's payment.dispute.lost sample."""
+    return {
+        "id": "disp_" + uuid.uuid4().hex[:14],
+        "entity": "dispute",
+        "payment_id": payment["id"],
+        "amount": payment["amount"],
+        "currency": "INR",
+        "amount_deducted": payment["amount"] if status == "lost" else 0,
+        "reason_code": "chargeback",
+        "respond_by": payment["created_at"] + 7 * 86400,
+        "status": status,
+        "phase": "chargeback",
+        "created_at": payment["created_at"] + 86400 if created_at is None else created_at,
+    }
+
+
+def razorpay_event(
+    event: str,
+    payment: dict[str, Any],
+    order: dict[str, Any] | None = None,
+    refund: dict[str, Any] | None = None,
+    dispute: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A webhook body as Razorpay sends it: `order.paid` carries the payment and its order,
+    `refund.*` the refund and its payment, `payment.dispute.*` the payment and the dispute."""
     payload: dict[str, Any] = {"payment": {"entity": payment}}
-    contains = ["payment"]
     if event == "order.paid":
-        payload["order"] = {
-            "entity": {
-                "id": payment["order_id"],
-                "entity": "order",
-                "amount": payment["amount"],
-                "amount_paid": payment["amount"],
-                "amount_due": 0,
-                "currency": "INR",
-                "receipt": "rcpt_1",
-                "offer_id": None,
-                "status": "paid",
-                "attempts": 1,
-                "notes": payment["notes"],
-                "created_at": 1732519990,
-            }
-        }
-        contains = ["payment", "order"]
+        payload["order"] = {"entity": order if order is not None else razorpay_order(payment)}
     if event.startswith("refund."):
-        payload = {
-            "refund": {
-                "entity": {
-                    "id": "rfnd_" + uuid.uuid4().hex[:14],
-                    "entity": "refund",
-                    "amount": refund_amount if refund_amount is not None else payment["amount"],
-                    "currency": "INR",
-                    "payment_id": payment["id"],
-                    "notes": [],
-                    "receipt": None,
-                    "acquirer_data": {"arn": None},
-                    "created_at": 1732520100,
-                    "batch_id": None,
-                    "status": "processed",
-                    "speed_processed": "normal",
-                    "speed_requested": "normal",
-                }
-            },
-            **payload,
-        }
-        contains = ["refund", "payment"]
+        payload = {"refund": {"entity": refund if refund is not None else razorpay_refund(payment)}, **payload}
+    if event.startswith("payment.dispute."):
+        payload["dispute"] = {"entity": dispute if dispute is not None else razorpay_dispute(payment)}
     return {
         "entity": "event",
         "account_id": "acc_BFQ7uQEaa7j2z7",
         "event": event,
-        "contains": contains,
+        "contains": list(payload),
         "payload": payload,
-        "created_at": 1732520000,
+        "created_at": payment["created_at"],
     }
 
 
-def stripe_session(intent: str, student: str | None, course: str | None, paid: bool = True) -> dict[str, Any]:
-    """A Checkout Session as in Stripe's checkout.session.completed sample."""
+def razorpay_paid(
+    student: str | None,
+    course: str | None,
+    payment_id: str | None = None,
+    amount: int = 49900,
+    payment_notes: dict[str, Any] | None = None,
+    extra_notes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An `order.paid` webhook body whose order names the student and course."""
+    payment = razorpay_payment(payment_id, amount=amount, notes=payment_notes)
+    return razorpay_event("order.paid", payment, razorpay_order(payment, student, course, extra_notes))
+
+
+def stripe_session(
+    intent: str | None,
+    student: str | None,
+    course: str | None,
+    paid: bool = True,
+    payment_status: str | None = None,
+    amount_total: int = 99900,
+) -> dict[str, Any]:
+    """A Checkout Session as in Stripe's checkout.session.completed sample. A free one
+    (`payment_status` no_payment_required) has no PaymentIntent."""
     metadata = {"student_id": student, "course_id": course} if student and course else {}
+    status = payment_status or ("paid" if paid else "unpaid")
     return {
         "id": "cs_test_" + uuid.uuid4().hex[:24],
         "object": "checkout.session",
-        "amount_subtotal": 99900,
-        "amount_total": 99900,
+        "amount_subtotal": amount_total,
+        "amount_total": amount_total,
         "currency": "inr",
         "customer": None,
         "customer_details": {"email": "student@example.com", "name": "A Student"},
         "livemode": False,
         "metadata": metadata,
         "mode": "payment",
-        "payment_intent": intent,
+        "payment_intent": None if status == "no_payment_required" else intent,
         "payment_method_types": ["card"],
-        "payment_status": "paid" if paid else "unpaid",
+        "payment_status": status,
         "status": "complete",
         "success_url": "https://example.com/success",
     }
@@ -153,35 +214,51 @@ def stripe_intent(intent: str, student: str | None, course: str | None) -> dict[
 
 
 def stripe_charge(intent: str, refunded: bool = True, amount_refunded: int = 99900) -> dict[str, Any]:
+    """A charge as charge.refunded sends it since API version 2022-11-15: no embedded refunds."""
     return {
         "id": "ch_" + intent[3:],
         "object": "charge",
         "amount": 99900,
         "amount_captured": 99900,
         "amount_refunded": amount_refunded,
+        "billing_details": {"email": "student@example.com", "name": "A Student"},
         "captured": True,
         "currency": "inr",
         "metadata": {},
         "paid": True,
         "payment_intent": intent,
         "refunded": refunded,
-        "refunds": {
-            "object": "list",
-            "data": [{"id": "re_" + intent[3:], "object": "refund", "amount": amount_refunded, "status": "succeeded"}],
-            "has_more": False,
-        },
         "status": "succeeded",
     }
 
 
-def stripe_event(kind: str, obj: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+def stripe_dispute(intent: str, status: str = "lost") -> dict[str, Any]:
+    """A dispute as in Stripe's charge.dispute.closed sample (`status` won or lost)."""
+    return {
+        "id": "dp_" + uuid.uuid4().hex[:24],
+        "object": "dispute",
+        "amount": 99900,
+        "charge": "ch_" + intent[3:],
+        "currency": "inr",
+        "is_charge_refundable": False,
+        "livemode": False,
+        "metadata": {},
+        "payment_intent": intent,
+        "reason": "fraudulent",
+        "status": status,
+    }
+
+
+def stripe_event(
+    kind: str, obj: dict[str, Any], event_id: str | None = None, livemode: bool = False, created: int | None = None
+) -> dict[str, Any]:
     return {
         "id": event_id or "evt_" + uuid.uuid4().hex[:24],
         "object": "event",
         "api_version": "2024-06-20",
-        "created": int(time.time()),
-        "data": {"object": obj},
-        "livemode": False,
+        "created": int(time.time()) if created is None else created,
+        "data": {"object": {**obj, "livemode": livemode}},
+        "livemode": livemode,
         "pending_webhooks": 1,
         "request": {"id": None, "idempotency_key": None},
         "type": kind,

@@ -3,15 +3,24 @@
 Each module (`kc`, `razorpay`, `stripe`) checks a signature and turns a verified body into an
 Event whose action is one of four small values; none does I/O. kc_tasks.inbox stores the
 event and acts on it.
+
+The trust boundary: a provider's student and course are read only from what the platform's
+own server set (a Razorpay order's notes, a Stripe Checkout Session's or PaymentIntent's
+metadata), through `purchase_from`; never from what the buyer's browser can set.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 REFUND = "refund"
+DISPUTE = "dispute"
+KEYS = ("student_id", "course_id")
+# Why a paid payment that names neither key is left alone: a payment for another product.
+NOT_A_COURSE = "not a course purchase"
 
 
 class Malformed(ValueError):
@@ -32,7 +41,7 @@ class Purchase:
 
 @dataclass(frozen=True)
 class Revocation:
-    """The payment was fully refunded: revoke_purchase's kwargs."""
+    """The payment was fully refunded, or its dispute lost: revoke_purchase's kwargs."""
 
     payment_id: str
     reason: str = REFUND
@@ -46,7 +55,8 @@ class Revocation:
 
 @dataclass(frozen=True)
 class Ignored:
-    """An event kc_tasks does not act on (another type, an unpaid session, a partial refund)."""
+    """An event kc_tasks does not act on (another type, an unpaid session, a partial refund, a
+    payment that is not a course purchase, a Stripe event of the other mode)."""
 
     why: str
     payment_id: str | None = None
@@ -54,10 +64,11 @@ class Ignored:
 
 @dataclass(frozen=True)
 class Unmapped:
-    """A paid payment whose notes/metadata do not say which student and course it buys."""
+    """A paid payment whose server-set notes/metadata name one of student_id/course_id but not
+    both, or a value that is not a UUID: meant as a course purchase, but which one is unknown."""
 
     payment_id: str | None
-    missing: tuple[str, ...]
+    why: str
 
 
 Action = Purchase | Revocation | Ignored | Unmapped
@@ -108,22 +119,45 @@ def text(value: Any) -> str | None:
     return value
 
 
-def purchase_from(payment_id: Any, amount: Any, currency: Any, notes: Any) -> Purchase | Unmapped:
-    """A purchase when the notes (Razorpay) or metadata (Stripe) name the student and course;
-    the other notes go to the purchase's metadata. Notes may be `[]` (Razorpay's empty notes)."""
-    notes = notes if isinstance(notes, dict) else {}
-    missing = tuple(k for k in ("student_id", "course_id") if not text(notes.get(k)))
+def purchase_from(payment_id: Any, amount: Any, currency: Any, server_set: Any) -> Purchase | Ignored | Unmapped:
+    """The purchase a paid payment makes, decided by `server_set` alone: the notes or metadata
+    the platform's own server set (a Razorpay order's notes, a Stripe Checkout Session's or
+    PaymentIntent's metadata), never a Razorpay payment's own notes, which the browser sets.
+
+    Both keys, each a UUID: a purchase, the other keys going to its metadata. Neither key: not a
+    course purchase (Ignored). One key, or a value that is not a UUID: Unmapped. Notes may be
+    `[]` (Razorpay's empty notes)."""
+    data = server_set if isinstance(server_set, dict) else {}
     pid = text(payment_id)
-    if missing:
-        return Unmapped(pid, missing)
-    rest = {k: v for k, v in notes.items() if k not in ("student_id", "course_id")}
+    named = [key for key in KEYS if data.get(key) not in (None, "")]
+    if not named:
+        return Ignored(f"{NOT_A_COURSE}: its server-set notes/metadata name no student_id or course_id", pid)
+    if len(named) < len(KEYS):
+        missing = next(key for key in KEYS if key not in named)
+        return Unmapped(pid, f"its server-set notes/metadata name {named[0]} but not {missing}")
+    not_uuid = [key for key in KEYS if not _is_uuid(data[key])]
+    if not_uuid:
+        return Unmapped(
+            pid, f"its server-set {' and '.join(not_uuid)} {'is' if len(not_uuid) == 1 else 'are'} not a UUID"
+        )
+    rest = {k: v for k, v in data.items() if k not in KEYS}
     kwargs: dict[str, Any] = {
         "payment_id": payment_id,
-        "student_id": notes["student_id"],
-        "course_id": notes["course_id"],
+        "student_id": data["student_id"],
+        "course_id": data["course_id"],
         "amount_cents": amount,
         "currency": currency.upper() if isinstance(currency, str) else currency,
     }
     if rest:
         kwargs["metadata"] = rest
     return Purchase(kwargs)
+
+
+def _is_uuid(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

@@ -1,9 +1,14 @@
-"""Razorpay's webhooks, as Razorpay sends them.
+"""Razorpay's webhooks and API objects, as Razorpay sends them.
 
 Signature: `X-Razorpay-Signature` = hex HMAC-SHA256(secret, raw body), checked with the
 official library (razorpay 2.x `Utility.verify_webhook_signature`). Event id: the
 `X-Razorpay-Event-Id` header, Razorpay's own key for deduplication (the body's SHA-256 when
 absent). Amounts are in paise; `notes` is an object, or `[]` when empty.
+
+The trust boundary: the student and course come from the **order's** notes only, which the
+platform's server set when it created the order (`order_purchase`). A payment's own notes
+are never read for them: Razorpay Checkout lets the browser set those. So `order.paid`
+makes purchases, and `payment.captured` is stored ignored.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ import razorpay
 from razorpay.errors import SignatureVerificationError
 
 from kc_tasks.providers import (
+    DISPUTE,
     REFUND,
     Action,
     Event,
     Ignored,
     Revocation,
+    Unmapped,
     dig,
     load_object,
     purchase_from,
@@ -30,8 +37,12 @@ from kc_tasks.providers import (
 NAME = "razorpay"
 SIGNATURE_HEADER = "X-Razorpay-Signature"
 EVENT_ID_HEADER = "X-Razorpay-Event-Id"
-PAID = ("payment.captured", "order.paid")
-REFUNDED = "refund.processed"
+ORDER_PAID = "order.paid"
+PAYMENT_CAPTURED = "payment.captured"
+REFUND_PROCESSED = "refund.processed"
+DISPUTE_LOST = "payment.dispute.lost"
+# The events a Razorpay webhook should be subscribed to (docs/webhooks.md).
+SUBSCRIBE = (ORDER_PAID, REFUND_PROCESSED, DISPUTE_LOST)
 
 _utility = razorpay.Utility()
 
@@ -58,44 +69,66 @@ def parse(body: bytes, event_id: str | None) -> Event:
     kind = text(data.get("event")) or "unknown"
     eid = text(event_id) or hashlib.sha256(body).hexdigest()
     payment = dig(data, "payload", "payment", "entity")
-    if kind in PAID:
-        notes = _notes(dig(payment, "notes"))
-        if kind == "order.paid":
-            notes = {**notes, **_notes(dig(data, "payload", "order", "entity", "notes"))}
-        return Event(
-            NAME, eid, kind, purchase_from(dig(payment, "id"), dig(payment, "amount"), dig(payment, "currency"), notes)
-        )
-    if kind == REFUNDED:
-        refund = dig(data, "payload", "refund", "entity")
-        payment_id = text(dig(refund, "payment_id")) or text(dig(payment, "id"))
-        if payment_id is None:
-            return Event(NAME, eid, kind, Ignored("refund names no payment"))
-        if not _fully_refunded(payment, refund):
-            return Event(NAME, eid, kind, Ignored("partial refund: the purchase stays", payment_id))
-        return Event(NAME, eid, kind, Revocation(payment_id, REFUND, text(dig(refund, "id"))))
+    if kind == ORDER_PAID:
+        return Event(NAME, eid, kind, order_purchase(payment, dig(data, "payload", "order", "entity")))
+    if kind == PAYMENT_CAPTURED:
+        why = f"{PAYMENT_CAPTURED} is not acted on: its notes are the browser's; {ORDER_PAID} makes the purchase"
+        return Event(NAME, eid, kind, Ignored(why, text(dig(payment, "id"))))
+    if kind == REFUND_PROCESSED:
+        return Event(NAME, eid, kind, refund_action(dig(data, "payload", "refund", "entity"), payment))
+    if kind.startswith("payment.dispute."):
+        return Event(NAME, eid, kind, dispute_action(dig(data, "payload", "dispute", "entity")))
     return Event(NAME, eid, kind, Ignored(f"type {kind} is not acted on", text(dig(payment, "id"))))
 
 
-def payment_action(payment: Any) -> Action:
-    """What one payment entity of the API (GET /v1/payments) asks for: a purchase when it is
-    captured, a revocation when it is fully refunded, else nothing (reconciliation)."""
+def order_purchase(payment: Any, order: Any) -> Action:
+    """The purchase a captured payment of an order makes. Reads the payment's `id`, `amount`,
+    `currency` and `order_id`, and the order's `id` and `notes` (`student_id`, `course_id`,
+    the rest to metadata); never the payment's own `notes`."""
     pid = text(dig(payment, "id"))
-    if pid is not None and _fully_refunded(payment, None):
-        return Revocation(pid, REFUND)
-    status = dig(payment, "status")
-    if status != "captured":
-        return Ignored(f"payment status {status}, not captured", pid)
-    return purchase_from(dig(payment, "id"), dig(payment, "amount"), dig(payment, "currency"), dig(payment, "notes"))
+    if dig(payment, "status") not in ("captured", None):
+        return Ignored(f"payment status {dig(payment, 'status')}, not captured", pid)
+    if not isinstance(order, dict):
+        return Ignored("a payment without an order: nothing server-set names a course", pid)
+    if text(dig(payment, "order_id")) != text(order.get("id")):
+        return Unmapped(
+            pid, f"the payment's order_id {dig(payment, 'order_id')!r} is not the order {order.get('id')!r}"
+        )
+    return purchase_from(dig(payment, "id"), dig(payment, "amount"), dig(payment, "currency"), order.get("notes"))
 
 
-def _notes(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+def refund_action(refund: Any, payment: Any) -> Action:
+    """A processed refund revokes its payment's purchase when the payment is fully refunded
+    (`refund_status` full, or `amount_refunded` >= `amount`); a partial one leaves it."""
+    payment_id = text(dig(refund, "payment_id")) or text(dig(payment, "id"))
+    if payment_id is None:
+        return Ignored("refund names no payment")
+    if dig(refund, "status") not in ("processed", None):
+        return Ignored(f"refund status {dig(refund, 'status')}, not processed", payment_id)
+    if not fully_refunded(payment):
+        return Ignored("partial refund: the purchase stays", payment_id)
+    return Revocation(payment_id, REFUND, text(dig(refund, "id")))
 
 
-def _fully_refunded(payment: Any, refund: Any) -> bool:
+def dispute_action(dispute: Any) -> Action:
+    """A lost dispute (chargeback) revokes its payment's purchase; any other is left alone."""
+    payment_id = text(dig(dispute, "payment_id"))
+    if payment_id is None:
+        return Ignored("dispute names no payment")
+    if dig(dispute, "status") != "lost":
+        return Ignored(f"dispute {dig(dispute, 'status')}, not lost: the purchase stays", payment_id)
+    return Revocation(payment_id, DISPUTE)
+
+
+def paid(payment: Any) -> bool:
+    """A payment the API lists as captured, of an order (reconciliation fetches its order)."""
+    return dig(payment, "status") == "captured" and text(dig(payment, "order_id")) is not None
+
+
+def fully_refunded(payment: Any) -> bool:
     if dig(payment, "refund_status") == "full":
         return True
     amount, refunded = dig(payment, "amount"), dig(payment, "amount_refunded")
     if isinstance(amount, int) and isinstance(refunded, int):
-        return refunded >= amount
+        return refunded >= amount > 0
     return False

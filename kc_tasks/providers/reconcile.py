@@ -1,9 +1,11 @@
-"""What reconciliation read from a provider's API, as inbox events (provider `reconcile`).
+"""What reconciliation read from Razorpay's API, as inbox events (provider `reconcile`).
 
-An object of Razorpay's or Stripe's API (a payment entity, a PaymentIntent, a charge) becomes
-an Event with event id `<provider>:<payment_id>:<paid|refunded>`: the inbox stores it once,
-so what one run enqueued no later run enqueues again. `parse` reads a stored one back (for
-the relay and replays). Pure: no I/O.
+Stripe needs none of this: its Events API gives back the webhook's own events, stored under
+their own ids (kc_tasks.reconcile). Razorpay's API gives objects, not events: a captured
+payment with its order, a refund with its payment, a dispute. Each becomes an Event with id
+`razorpay:<payment_id>:<paid|refunded|disputed>` whose body holds the objects it was read
+from, so the inbox stores it once (what one run enqueued no later run enqueues again) and
+`parse` reads a stored one back (for the relay and replays) by the webhook's own rules. Pure.
 """
 
 from __future__ import annotations
@@ -11,18 +13,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kc_tasks.providers import Action, Event, Ignored, Malformed, Revocation, load_object, razorpay, stripe
+from kc_tasks.providers import Action, Event, Malformed, dig, load_object, razorpay, stripe
 
 NAME = "reconcile"
+# The key reconciliation adds to a Stripe event it stores (kc_tasks.reconcile): the payment's
+# story tells it from one its webhook brought.
+FOUND_BY = "kc_tasks_found_by_reconciliation"
 PAID = "paid"
 REFUNDED = "refunded"
-KINDS = (PAID, REFUNDED)
-# The object each (provider, kind) is read from.
-OBJECTS = {
-    (razorpay.NAME, PAID): "payment",
-    (razorpay.NAME, REFUNDED): "payment",
-    (stripe.NAME, PAID): "payment_intent",
-    (stripe.NAME, REFUNDED): "charge",
+DISPUTED = "disputed"
+KINDS = (PAID, REFUNDED, DISPUTED)
+# The type each kind is stored under.
+TYPES = {
+    (razorpay.NAME, PAID): "razorpay.payment.paid",
+    (razorpay.NAME, REFUNDED): "razorpay.refund.refunded",
+    (razorpay.NAME, DISPUTED): "razorpay.dispute.disputed",
+    # Stored by an earlier release, which read Stripe's PaymentIntents and charges: still read back.
+    (stripe.NAME, PAID): "stripe.payment_intent.paid",
+    (stripe.NAME, REFUNDED): "stripe.charge.refunded",
 }
 
 
@@ -34,47 +42,40 @@ def split_event_id(eid: str) -> tuple[str, str]:
     """(provider, kind) of an event id; payment ids may themselves hold colons."""
     provider, _, rest = eid.partition(":")
     kind = rest.rpartition(":")[2]
-    if (provider, kind) not in OBJECTS:
+    if (provider, kind) not in TYPES:
         raise Malformed(f"{eid!r} is not a reconciliation event id")
     return provider, kind
 
 
-def action(provider: str, kind: str, obj: Any) -> Action:
-    """What the object asks for, as the provider's own module reads it."""
-    if (provider, kind) not in OBJECTS:
+def action(provider: str, kind: str, found: Any) -> Action:
+    """What the stored objects ask for, as the provider's own webhook reads them."""
+    if (provider, kind) not in TYPES:
         raise Malformed(f"unknown reconciliation source {provider} {kind}")
-    if provider == razorpay.NAME:
-        found = razorpay.payment_action(obj)
-    elif kind == PAID:
-        found = stripe.intent_action(obj)
-    else:
-        found = stripe.charge_action(obj)
-    # A Razorpay payment is either captured or refunded; the event of the other kind is nothing.
-    if kind == PAID and isinstance(found, Revocation):
-        return Ignored("fully refunded", found.payment_id)
-    if kind == REFUNDED and not isinstance(found, Revocation):
-        return Ignored("not fully refunded", found.payment_id)
-    return found
+    if provider == stripe.NAME:
+        return stripe.event_action(stripe.INTENT_SUCCEEDED if kind == PAID else stripe.CHARGE_REFUNDED, found)
+    if dig(found, "entity") == "payment":  # an earlier release stored the payment alone
+        found = {"payment": found}
+    if kind == PAID:
+        return razorpay.order_purchase(dig(found, "payment"), dig(found, "order"))
+    if kind == REFUNDED:
+        return razorpay.refund_action(dig(found, "refund") or {"status": "processed"}, dig(found, "payment"))
+    return razorpay.dispute_action(dig(found, "dispute"))
 
 
-def event(provider: str, kind: str, obj: Any) -> Event | None:
-    """The event of one API object, or None when it names no payment."""
-    found = action(provider, kind, obj)
-    if found.payment_id is None:
+def event(provider: str, kind: str, found: dict[str, Any]) -> tuple[Event, bytes] | None:
+    """The event of what was read (e.g. `{"payment": ..., "order": ...}`) and its body, or None
+    when it names no payment."""
+    act = action(provider, kind, found)
+    if act.payment_id is None:
         return None
-    return Event(NAME, event_id(provider, found.payment_id, kind), type_of(provider, kind), found)
+    return Event(NAME, event_id(provider, act.payment_id, kind), TYPES[(provider, kind)], act), body(found)
 
 
-def type_of(provider: str, kind: str) -> str:
-    return f"{provider}.{OBJECTS[(provider, kind)]}.{kind}"
-
-
-def body(obj: Any) -> bytes:
-    """The API object as stored in payment_events.body."""
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8")
+def body(found: Any) -> bytes:
+    """The API objects as stored in payment_events.body."""
+    return json.dumps(found, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
 
 def parse(raw: bytes, eid: str) -> Event:
     provider, kind = split_event_id(eid)
-    found = action(provider, kind, load_object(raw))
-    return Event(NAME, eid, type_of(provider, kind), found)
+    return Event(NAME, eid, TYPES[(provider, kind)], action(provider, kind, load_object(raw)))

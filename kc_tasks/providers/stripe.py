@@ -1,9 +1,14 @@
-"""Stripe's webhooks, as Stripe sends them.
+"""Stripe's webhooks, and the same events read back from its Events API, as Stripe sends them.
 
 Signature: `Stripe-Signature: t=...,v1=...` (several v1 possible) over "<t>.<raw body>",
-tolerance 300 s, checked with the official library (`stripe.WebhookSignature.verify_header`).
+tolerance 300 s, checked with the official library (`stripe.WebhookSignature.verify_header`,
+given the body as text, as its documentation says: stripe releases before 16 sign text only).
 The payment id is the PaymentIntent id whichever event carries it, so a Checkout Session's
-events and its PaymentIntent's make one purchase.
+events and its PaymentIntent's make one purchase; a free Checkout Session (no PaymentIntent)
+is its own payment, under the session id.
+
+The trust boundary: the student and course come from the `metadata` of the Checkout Session
+or of the PaymentIntent, which only the platform's server can set (`event_action`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 import stripe
 
 from kc_tasks.providers import (
+    DISPUTE,
     REFUND,
     Action,
     Event,
@@ -33,75 +39,97 @@ SESSION_COMPLETED = "checkout.session.completed"
 SESSION_ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
 INTENT_SUCCEEDED = "payment_intent.succeeded"
 CHARGE_REFUNDED = "charge.refunded"
+DISPUTE_CLOSED = "charge.dispute.closed"
+# The events kc_tasks acts on: what a Stripe endpoint should be subscribed to (docs/webhooks.md),
+# and what reconciliation asks the Events API for.
+SUBSCRIBE = (SESSION_COMPLETED, SESSION_ASYNC_SUCCEEDED, INTENT_SUCCEEDED, CHARGE_REFUNDED, DISPUTE_CLOSED)
+# Why an event of the other mode is left alone (KC_STRIPE_LIVEMODE).
+OTHER_MODE = "an event of the other Stripe mode"
 
 
 def verify(body: bytes, header: str | None, secrets: Sequence[str]) -> str | None:
     """None when any of the secrets signed the body within the tolerance; else why not."""
     if not header:
         return f"missing {SIGNATURE_HEADER} header"
+    try:
+        payload = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "body is not UTF-8"
     problem = "signature does not match the body"
     for secret in secrets:
         try:
-            stripe.WebhookSignature.verify_header(body, header, secret, TOLERANCE_SECONDS)
+            stripe.WebhookSignature.verify_header(payload, header, secret, TOLERANCE_SECONDS)
             return None
         except stripe.SignatureVerificationError as exc:
             problem = _why(str(exc))
-        except (TypeError, ValueError, UnicodeDecodeError):  # a non-ASCII header, a non-UTF-8 body
-            problem = "malformed signature header or body"
+        except (TypeError, ValueError, UnicodeError):  # a non-ASCII header
+            problem = "malformed signature header"
     return problem
 
 
-def parse(body: bytes) -> Event:
+def parse(body: bytes, livemode: bool | None = None) -> Event:
+    """The event of a webhook body (or of one event of the Events API). With `livemode` set
+    (KC_STRIPE_LIVEMODE), an event of the other mode is Ignored and acts on nothing."""
     data = load_object(body)
     eid, kind = text(data.get("id")), text(data.get("type"))
     if eid is None or kind is None:
         raise Malformed("id and type: are required strings")
     obj = dig(data, "data", "object")
+    found = event_action(kind, obj)
+    if livemode is not None and data.get("livemode") is not livemode:
+        mode = "a live" if data.get("livemode") is True else "a test-mode"
+        why = f"{OTHER_MODE}: {mode} event; this endpoint takes {'live' if livemode else 'test-mode'} events only"
+        return Event(NAME, eid, kind, Ignored(why, found.payment_id))
+    return Event(NAME, eid, kind, found)
+
+
+def event_action(kind: str, obj: Any) -> Action:
+    """What one event asks for. Reads a Checkout Session's `id`, `payment_status`,
+    `payment_intent`, `amount_total`, `currency` and `metadata`; a PaymentIntent's `id`,
+    `amount_received`, `currency` and `metadata`; a charge's `payment_intent` and `refunded`;
+    a dispute's `payment_intent` and `status`. Nothing else decides a grant."""
     if kind in (SESSION_COMPLETED, SESSION_ASYNC_SUCCEEDED):
-        intent = _id(dig(obj, "payment_intent"))
-        if dig(obj, "payment_status") != "paid":
-            why = f"checkout session not paid yet (payment_status={dig(obj, 'payment_status')})"
-            return Event(NAME, eid, kind, Ignored(why, intent))
-        return Event(
-            NAME, eid, kind, purchase_from(intent, dig(obj, "amount_total"), dig(obj, "currency"), dig(obj, "metadata"))
-        )
+        return _session(kind, obj)
     if kind == INTENT_SUCCEEDED:
         amount = dig(obj, "amount_received")
         amount = dig(obj, "amount") if amount is None else amount
-        return Event(NAME, eid, kind, purchase_from(dig(obj, "id"), amount, dig(obj, "currency"), dig(obj, "metadata")))
+        return purchase_from(dig(obj, "id"), amount, dig(obj, "currency"), dig(obj, "metadata"))
     if kind == CHARGE_REFUNDED:
         intent = _id(dig(obj, "payment_intent"))
         if intent is None:
-            return Event(NAME, eid, kind, Ignored("charge names no payment_intent"))
+            return Ignored("charge names no payment_intent")
         if dig(obj, "refunded") is not True:
-            return Event(NAME, eid, kind, Ignored("partial refund: the purchase stays", intent))
+            return Ignored("partial refund: the purchase stays", intent)
+        # Since API version 2022-11-15 a charge no longer embeds its refunds: the id is kept
+        # only where an older endpoint version still sends it.
         refunds = dig(obj, "refunds", "data")
-        refund_id = _id(refunds[0]) if isinstance(refunds, list) and refunds else None
-        return Event(NAME, eid, kind, Revocation(intent, REFUND, refund_id))
-    return Event(NAME, eid, kind, Ignored(f"type {kind} is not acted on", _id(dig(obj, "payment_intent"))))
+        refund_id = _id(refunds[0]) if isinstance(refunds, list) and len(refunds) == 1 else None
+        return Revocation(intent, REFUND, refund_id)
+    if kind == DISPUTE_CLOSED:
+        intent = _id(dig(obj, "payment_intent"))
+        if intent is None:
+            return Ignored("dispute names no payment_intent")
+        if dig(obj, "status") != "lost":
+            return Ignored(f"dispute closed {dig(obj, 'status')}, not lost: the purchase stays", intent)
+        return Revocation(intent, DISPUTE)
+    return Ignored(f"type {kind} is not acted on", _id(dig(obj, "payment_intent")))
 
 
-def intent_action(intent: Any) -> Action:
-    """What one PaymentIntent of the API (GET /v1/payment_intents) asks for: a purchase when it
-    succeeded, else nothing (reconciliation)."""
-    if dig(intent, "status") != "succeeded":
-        return Ignored(f"payment intent status {dig(intent, 'status')}, not succeeded", _id(dig(intent, "id")))
-    amount = dig(intent, "amount_received")
-    amount = dig(intent, "amount") if amount is None else amount
-    return purchase_from(dig(intent, "id"), amount, dig(intent, "currency"), dig(intent, "metadata"))
-
-
-def charge_action(charge: Any) -> Action:
-    """What one charge of the API (GET /v1/charges) asks for: a revocation of its PaymentIntent's
-    purchase when it is fully refunded, else nothing (reconciliation)."""
-    intent = _id(dig(charge, "payment_intent"))
+def _session(kind: str, session: Any) -> Action:
+    status = dig(session, "payment_status")
+    intent = _id(dig(session, "payment_intent"))
+    if status == "no_payment_required" and kind == SESSION_COMPLETED:
+        # A free or fully discounted course: no PaymentIntent, the session is the payment.
+        return purchase_from(
+            dig(session, "id"), dig(session, "amount_total"), dig(session, "currency"), dig(session, "metadata")
+        )
+    if status != "paid":
+        return Ignored(f"checkout session not paid yet (payment_status={status})", intent)
     if intent is None:
-        return Ignored("charge names no payment_intent")
-    if dig(charge, "refunded") is not True:
-        return Ignored("not fully refunded", intent)
-    refunds = dig(charge, "refunds", "data")
-    refund_id = _id(refunds[0]) if isinstance(refunds, list) and refunds else None
-    return Revocation(intent, REFUND, refund_id)
+        return Ignored(
+            "paid checkout session names no payment_intent (not a one-time payment)", text(dig(session, "id"))
+        )
+    return purchase_from(intent, dig(session, "amount_total"), dig(session, "currency"), dig(session, "metadata"))
 
 
 def _id(value: Any) -> str | None:
