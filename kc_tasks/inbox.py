@@ -425,7 +425,8 @@ def _mark(conn: sa.Connection, provider: str, event_ids: Sequence[str], status: 
 def _log(event: Event, status: str, why: str | None) -> None:
     if status == UNMAPPED:
         logger.warning(
-            "%s event %s (%s): payment %s was paid but %s, so it grants nothing; make the checkout set them, "
+            "%s event %s (%s): payment %s was paid but %s, so it grants nothing; make the platform's server "
+            "set both (Razorpay: the order's notes; Stripe: the Checkout Session's or PaymentIntent's metadata), "
             "and grant this one with kc-tasks enqueue --payment %s --student S --course C --amount N --currency X",
             event.provider,
             event.event_id,

@@ -1,8 +1,11 @@
-"""Razorpay's and Stripe's list APIs, served from a local HTTP server in the test.
+"""Razorpay's and Stripe's APIs, served from a local HTTP server in the test.
 
 The endpoints reconciliation reads (CONTRACT.md, Reconciliation), with their documented
-pagination, authentication and answer shapes, over objects the test puts in. Faults are
-queued per path: the next requests of that path answer them, in order, then it serves again.
+pagination, authentication and answer shapes, over objects the test puts in: Razorpay's
+payments, refunds and disputes (collections by `from`/`to`, `count`/`skip`), one order or
+payment by id; Stripe's Events API (`created[gte]`, `types[]`, `limit`, `starting_after`).
+Faults are queued per path: the next requests of that path answer them, in order, then it
+serves again ("pass" serves one request as usual).
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests import provider_samples as s
 
 RAZORPAY_KEY_ID = "rzp_test_reconcileKeyId01"
 RAZORPAY_KEY_SECRET = "razorpay-key-secret-never-logged-7f3a"
 STRIPE_API_KEY = "rk_test_stripe-restricted-key-never-logged-9c2b"
+DAY = 86400
 
 # Faults: "429" (Retry-After: 0), "500", "timeout" (sleeps TIMEOUT_SLEEP before answering),
 # "garbage" (200 with an HTML body), "shape" (200 with JSON of another shape).
@@ -33,11 +37,13 @@ TIMEOUT_SLEEP = 3.0
 @dataclass
 class Provider:
     razorpay_payments: list[dict[str, Any]] = field(default_factory=list)
-    stripe_intents: list[dict[str, Any]] = field(default_factory=list)
-    stripe_charges: list[dict[str, Any]] = field(default_factory=list)
+    razorpay_orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    razorpay_refunds: list[dict[str, Any]] = field(default_factory=list)
+    razorpay_disputes: list[dict[str, Any]] = field(default_factory=list)
+    stripe_events: list[dict[str, Any]] = field(default_factory=list)
     faults: dict[str, list[str]] = field(default_factory=dict)
-    # (path, query) of every request, in order
-    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    # (path, query) of every request, in order; a query value is a list where the key repeats
+    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
 
@@ -45,39 +51,50 @@ class Provider:
         with self.lock:
             self.faults.setdefault(path, []).extend(faults)
 
-    def pages(self, path: str) -> list[dict[str, str]]:
+    def pages(self, path: str) -> list[dict[str, Any]]:
         return [query for p, query in self.requests if p == path]
 
+    def razorpay_paid(
+        self,
+        created_at: int,
+        student: str | None = None,
+        course: str | None = None,
+        payment_id: str | None = None,
+        status: str = "captured",
+        payment_notes: dict[str, Any] | None = None,
+        with_order: bool = True,
+    ) -> dict[str, Any]:
+        """A payment at the provider, and the order the platform's server created for it with
+        the student and course in its notes (none with `with_order` false)."""
+        payment = s.razorpay_payment(payment_id, notes=payment_notes, created_at=created_at)
+        if status != "captured":
+            payment.update(status=status, captured=False, error_code="BAD_REQUEST_ERROR", error_description="declined")
+        if with_order:
+            self.razorpay_orders[payment["order_id"]] = s.razorpay_order(payment, student, course)
+        else:
+            payment["order_id"] = None
+        self.razorpay_payments.append(payment)
+        return payment
 
-def razorpay_payment(
-    created_at: int,
-    student: str | None = None,
-    course: str | None = None,
-    status: str = "captured",
-    refunded: int = 0,
-    payment_id: str | None = None,
-) -> dict[str, Any]:
-    payment = s.razorpay_payment(payment_id, student, course, refunded=refunded)
-    payment["created_at"] = created_at
-    if status != "captured":
-        payment.update(status=status, captured=False, error_code="BAD_REQUEST_ERROR", error_description="declined")
-    return payment
+    def razorpay_refund(self, payment: dict[str, Any], created_at: int, amount: int | None = None) -> dict[str, Any]:
+        """A processed refund of `payment` made at `created_at`; the payment shows it."""
+        refund = s.razorpay_refund(payment, amount, created_at=created_at)
+        payment["amount_refunded"] += refund["amount"]
+        full = payment["amount_refunded"] >= payment["amount"]
+        payment.update(refund_status="full" if full else "partial", status="refunded" if full else "captured")
+        self.razorpay_refunds.append(refund)
+        return refund
 
+    def razorpay_dispute(self, payment: dict[str, Any], created_at: int, status: str = "lost") -> dict[str, Any]:
+        dispute = s.razorpay_dispute(payment, status, created_at=created_at)
+        self.razorpay_disputes.append(dispute)
+        return dispute
 
-def stripe_intent(
-    created: int, student: str | None = None, course: str | None = None, status: str = "succeeded"
-) -> dict[str, Any]:
-    intent = s.stripe_intent(s.new_intent(), student, course)
-    intent["created"] = created
-    if status != "succeeded":
-        intent.update(status=status, amount_received=0)
-    return intent
-
-
-def stripe_charge(intent: dict[str, Any], refunded: bool = True) -> dict[str, Any]:
-    charge = s.stripe_charge(intent["id"], refunded, 99900 if refunded else 100)
-    charge["created"] = intent["created"]
-    return charge
+    def stripe_event(self, kind: str, obj: dict[str, Any], created: int) -> dict[str, Any]:
+        """An event in Stripe's event log, as its webhook would have sent it."""
+        event = s.stripe_event(kind, obj, created=created)
+        self.stripe_events.append(event)
+        return event
 
 
 def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
@@ -87,7 +104,7 @@ def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
-            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            query = {k: (v if k.endswith("[]") else v[-1]) for k, v in parse_qs(parts.query).items()}
             with provider.lock:
                 provider.requests.append((parts.path, query))
                 queued = provider.faults.get(parts.path) or []
@@ -103,38 +120,59 @@ def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
                 return self._send_raw(200, b"<html>502 Bad Gateway</html>", "text/html")
             if fault == "shape":
                 return self._send(200, {"unexpected": True})
-            if parts.path == "/v1/payments":
-                return self._razorpay(query)
-            if parts.path in ("/v1/payment_intents", "/v1/charges"):
-                objects = provider.stripe_intents if parts.path == "/v1/payment_intents" else provider.stripe_charges
-                return self._stripe(query, objects)
-            return self._send(404, {"error": "not found"})
-
-        def _razorpay(self, query: dict[str, str]) -> None:
-            expected = base64.b64encode(f"{RAZORPAY_KEY_ID}:{RAZORPAY_KEY_SECRET}".encode()).decode()
-            if self.headers.get("Authorization") != f"Basic {expected}":
+            if parts.path == "/v1/events":
+                return self._stripe_events(query)
+            if not self._razorpay_authorized():
                 return self._send(401, {"error": {"code": "BAD_REQUEST_ERROR", "description": "Authentication failed"}})
+            collections = {
+                "/v1/payments": provider.razorpay_payments,
+                "/v1/refunds": provider.razorpay_refunds,
+                "/v1/disputes": provider.razorpay_disputes,
+            }
+            if parts.path in collections:
+                return self._razorpay_list(query, collections[parts.path])
+            _, _, collection, entity_id = [*parts.path.split("/", 3), "", "", "", ""][:4]
+            entity_id = unquote(entity_id)
+            found: dict[str, Any] | None = None
+            if collection == "orders":
+                found = provider.razorpay_orders.get(entity_id)
+            elif collection == "payments":
+                found = next((p for p in provider.razorpay_payments if p["id"] == entity_id), None)
+            if found is None:
+                error = {"code": "BAD_REQUEST_ERROR", "description": "The id provided does not exist"}
+                return self._send(400, {"error": error})
+            return self._send(200, found)
+
+        def _razorpay_authorized(self) -> bool:
+            expected = base64.b64encode(f"{RAZORPAY_KEY_ID}:{RAZORPAY_KEY_SECRET}".encode()).decode()
+            return self.headers.get("Authorization") == f"Basic {expected}"
+
+        def _razorpay_list(self, query: dict[str, Any], entities: list[dict[str, Any]]) -> None:
             since, until = int(query.get("from", 0)), int(query.get("to", 2**40))
             count, skip = min(int(query.get("count", 10)), 100), int(query.get("skip", 0))
             found = sorted(
-                (p for p in provider.razorpay_payments if since <= p["created_at"] <= until),
-                key=lambda p: (-p["created_at"], p["id"]),
+                (e for e in entities if since <= e["created_at"] <= until), key=lambda e: (-e["created_at"], e["id"])
             )
             items = found[skip : skip + count]
             return self._send(200, {"entity": "collection", "count": len(items), "items": items})
 
-        def _stripe(self, query: dict[str, str], objects: list[dict[str, Any]]) -> None:
+        def _stripe_events(self, query: dict[str, Any]) -> None:
             if self.headers.get("Authorization") != f"Bearer {STRIPE_API_KEY}":
                 return self._send(401, {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}})
             since, limit = int(query.get("created[gte]", 0)), min(int(query.get("limit", 10)), 100)
-            found = sorted((o for o in objects if o["created"] >= since), key=lambda o: (-o["created"], o["id"]))
+            types = query.get("types[]")
+            found = sorted(
+                (e for e in provider.stripe_events if e["created"] >= since and (not types or e["type"] in types)),
+                key=lambda e: (-e["created"], e["id"]),
+            )
             after = query.get("starting_after")
             if after:
-                ids = [o["id"] for o in found]
+                ids = [e["id"] for e in found]
                 found = found[ids.index(after) + 1 :]
             page = found[:limit]
-            url = "/v1/payment_intents" if objects is provider.stripe_intents else "/v1/charges"
-            return self._send(200, {"object": "list", "url": url, "has_more": len(found) > limit, "data": page})
+            return self._send(
+                200, {"object": "list", "url": "/v1/events", "has_more": len(found) > limit, "data": page}
+            )
 
         def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
             self._send_raw(status, json.dumps(body).encode(), "application/json", headers)

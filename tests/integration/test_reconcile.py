@@ -15,12 +15,20 @@ from kc_tasks import inbox, provider_api, reconcile
 from kc_tasks.errors import ProviderApiError
 from kc_tasks.settings import Settings
 from tests import provider_api_server as api
+from tests import provider_samples as s
 from tests.conftest import AMQP
 from tests.integration.test_cli import kc
 from tests.integration.test_inbox import queued
 
-NOW = int(time.time())
 HOUR = 3600
+DAY = 24 * HOUR
+REVOKE = inbox.REVOKE_PURCHASE
+
+
+@pytest.fixture
+def now() -> int:
+    """The test's own clock reading, taken when it runs."""
+    return int(time.time())
 
 
 @pytest.fixture
@@ -41,11 +49,13 @@ def settings_for(provider: api.Provider, **overrides: str) -> Settings:
     return Settings.from_env(env)
 
 
-def run(engine: Engine, app: Celery, provider: api.Provider, name: str, **options: object) -> reconcile.Summary:
+def run(
+    engine: Engine, app: Celery, provider: api.Provider, name: str, since: int = DAY, **options: object
+) -> reconcile.Summary:
     client = reconcile.api_for(settings_for(provider), name, read_timeout=float(options.pop("read_timeout", 5.0)))
     client._sleep = lambda seconds: None  # Retry-After: 0 and the backoff need no real wait here
     try:
-        return reconcile.run(engine, app, client, reconcile.window(24 * HOUR), **options)  # type: ignore[arg-type]
+        return reconcile.run(engine, app, client, reconcile.window(since), **options)  # type: ignore[arg-type]
     finally:
         client.close()
 
@@ -58,30 +68,36 @@ def purchase_row(sql, payment_id: str, active: bool = True) -> None:
     )
 
 
-def test_razorpay_every_page_read_only_the_missing_purchase_enqueued_once(
-    engine: Engine, broker: Celery, provider: api.Provider, sql
+def tasks() -> list[tuple[str, str]]:
+    return sorted((name, task_id) for name, task_id, _ in queued())
+
+
+def test_razorpay_every_page_read_and_the_course_comes_from_the_order(
+    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
 ) -> None:
     student, course = api.new_id(), api.new_id()
-    missing = api.razorpay_payment(NOW - HOUR, student, course, payment_id="pay_missing_webhook")
-    made = api.razorpay_payment(NOW - HOUR, api.new_id(), api.new_id(), payment_id="pay_webhook_came")
-    unmapped = api.razorpay_payment(NOW - HOUR, payment_id="pay_no_notes")
-    old = api.razorpay_payment(NOW - 48 * HOUR, api.new_id(), api.new_id(), payment_id="pay_out_of_window")
-    failed = [api.razorpay_payment(NOW - 2 * HOUR - i, api.new_id(), api.new_id(), "failed") for i in range(130)]
-    provider.razorpay_payments = [missing, made, unmapped, old, *failed]
+    tampered = {"student_id": api.new_id(), "course_id": api.new_id()}  # what a browser could set
+    missing = provider.razorpay_paid(now - HOUR, student, course, "pay_missing_webhook", payment_notes=tampered)
+    provider.razorpay_paid(now - HOUR, api.new_id(), api.new_id(), "pay_webhook_came")
+    provider.razorpay_paid(now - HOUR, student, None, "pay_half_mapped")
+    provider.razorpay_paid(now - HOUR, None, None, "pay_other_product")
+    provider.razorpay_paid(now - HOUR, payment_id="pay_no_order", with_order=False, payment_notes=tampered)
+    provider.razorpay_paid(now - 48 * HOUR, api.new_id(), api.new_id(), "pay_out_of_window")
+    for i in range(130):
+        provider.razorpay_paid(now - 2 * HOUR - i, api.new_id(), api.new_id(), status="failed")
     purchase_row(sql, "pay_webhook_came")
 
     summary = run(engine, broker, provider, "razorpay")
 
     assert [q["skip"] for q in provider.pages("/v1/payments")] == ["0", "100"], "both pages, count/skip"
-    assert (summary.seen, summary.already_fine, summary.purchases_enqueued, summary.unmapped, summary.not_paid) == (
-        133,
-        1,
-        1,
-        1,
-        130,
-    )
+    orders = sorted(path for path, _ in provider.requests if path.startswith("/v1/orders/"))
+    assert orders == sorted(f"/v1/orders/order_{p}" for p in ("missing_webhook", "half_mapped", "other_product"))
+    assert "/v1/orders/order_webhook_came" not in orders, "no order fetch for a payment that has its purchase"
+    seen = (summary.seen, summary.already_fine, summary.purchases_enqueued, summary.unmapped, summary.not_paid)
+    assert seen == (135, 1, 1, 1, 130)
+    assert summary.not_course == 2 and summary.found == {"payment": 1}
     [(name, task_id, kwargs)] = queued()
-    assert (name, task_id) == ("kc_tasks.create_purchase", inbox.task_id_for("pay_missing_webhook"))
+    assert (name, task_id) == ("kc_tasks.create_purchase", inbox.task_id_for(missing["id"]))
     assert kwargs == {
         "payment_id": "pay_missing_webhook",
         "student_id": student,
@@ -90,79 +106,172 @@ def test_razorpay_every_page_read_only_the_missing_purchase_enqueued_once(
         "currency": "INR",
     }
     assert sorted(sql("SELECT provider, event_id, status FROM payment_events")) == [
+        ("reconcile", "razorpay:pay_half_mapped:paid", "unmapped"),
         ("reconcile", "razorpay:pay_missing_webhook:paid", "enqueued"),
-        ("reconcile", "razorpay:pay_no_notes:paid", "unmapped"),
+        ("reconcile", "razorpay:pay_other_product:paid", "ignored"),
     ]
 
+    fetched = len(provider.requests)
     again = run(engine, broker, provider, "razorpay")
-    assert (again.purchases_enqueued, again.already_fine, again.unmapped) == (0, 2, 1)
+    assert (again.purchases_enqueued, again.already_fine, again.unmapped) == (0, 4, 0)
     assert queued() == [], "a second run enqueues nothing again"
+    assert not [p for p, _ in provider.requests[fetched:] if p.startswith("/v1/orders/")], "nor fetches an order"
 
 
-def test_stripe_pages_by_starting_after_and_a_refund_revokes_the_active_purchase(
-    engine: Engine, broker: Celery, provider: api.Provider, sql
+def test_a_refund_today_of_a_razorpay_payment_made_five_days_ago_revokes_it(
+    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
 ) -> None:
-    missing = api.stripe_intent(NOW - HOUR, api.new_id(), api.new_id())
-    refunded = api.stripe_intent(NOW - HOUR, api.new_id(), api.new_id())
-    refunded_unbought = api.stripe_intent(NOW - HOUR, api.new_id(), api.new_id())
-    unpaid = [api.stripe_intent(NOW - 2 * HOUR - i, status="requires_payment_method") for i in range(110)]
-    provider.stripe_intents = [missing, refunded, refunded_unbought, *unpaid]
-    provider.stripe_charges = [
-        api.stripe_charge(missing, refunded=False),
-        api.stripe_charge(refunded),
-        api.stripe_charge(refunded_unbought),
-    ]
-    session_made = api.stripe_intent(NOW - HOUR)  # no metadata: its Checkout Session's made the purchase
-    provider.stripe_intents.append(session_made)
-    purchase_row(sql, refunded["id"])
-    purchase_row(sql, session_made["id"])
+    """Refunds are read by refund time: the payment itself is outside every window."""
+    old = provider.razorpay_paid(now - 5 * DAY, api.new_id(), api.new_id(), "pay_five_days_old")
+    refund = provider.razorpay_refund(old, now - HOUR)
+    partial = provider.razorpay_paid(now - 5 * DAY, api.new_id(), api.new_id(), "pay_partly_refunded")
+    provider.razorpay_refund(partial, now - HOUR, amount=100)
+    never_bought = provider.razorpay_paid(now - 5 * DAY, None, None, "pay_not_a_course")
+    provider.razorpay_refund(never_bought, now - HOUR)
+    purchase_row(sql, "pay_five_days_old")
+    purchase_row(sql, "pay_partly_refunded")
+
+    summary = run(engine, broker, provider, "razorpay")
+
+    assert (summary.revocations_enqueued, summary.purchases_enqueued, summary.found) == (1, 0, {"refund": 1})
+    [(name, task_id, kwargs)] = queued()
+    assert (name, task_id) == (REVOKE, inbox.task_id_for("pay_five_days_old", REVOKE))
+    assert kwargs == {"payment_id": "pay_five_days_old", "reason": "refund", "refund_id": refund["id"]}
+    fetched = sorted(p for p, _ in provider.requests if p.startswith("/v1/payments/"))
+    assert fetched == ["/v1/payments/pay_five_days_old", "/v1/payments/pay_partly_refunded"], (
+        "a refund's payment is fetched only where a purchase is active"
+    )
+    assert sql("SELECT event_id, status FROM payment_events") == [("razorpay:pay_five_days_old:refunded", "enqueued")]
+    assert run(engine, broker, provider, "razorpay").revocations_enqueued == 0
+    assert queued() == []
+
+
+def test_a_lost_razorpay_dispute_revokes_and_a_won_one_does_not(
+    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
+) -> None:
+    lost = provider.razorpay_paid(now - 10 * DAY, api.new_id(), api.new_id(), "pay_dispute_lost")
+    won = provider.razorpay_paid(now - 10 * DAY, api.new_id(), api.new_id(), "pay_dispute_won")
+    provider.razorpay_dispute(lost, now - HOUR, "lost")
+    provider.razorpay_dispute(won, now - HOUR, "won")
+    purchase_row(sql, "pay_dispute_lost")
+    purchase_row(sql, "pay_dispute_won")
+
+    summary = run(engine, broker, provider, "razorpay")
+
+    assert (summary.revocations_enqueued, summary.found) == (1, {"dispute": 1})
+    [(_, task_id, kwargs)] = queued()
+    assert task_id == inbox.task_id_for("pay_dispute_lost", REVOKE)
+    assert kwargs == {"payment_id": "pay_dispute_lost", "reason": "dispute"}
+    assert sql("SELECT event_id FROM payment_events") == [("razorpay:pay_dispute_lost:disputed",)]
+
+
+def test_stripe_events_api_every_page_each_event_through_the_webhooks_rules(
+    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
+) -> None:
+    """A payment known only through its Checkout Session's metadata, a refund today of a payment
+    made five days ago, a lost dispute, a free checkout; and events whose webhook came."""
+    student, course = api.new_id(), api.new_id()
+    intent = s.new_intent()
+    session = provider.stripe_event("checkout.session.completed", s.stripe_session(intent, student, course), now - HOUR)
+    # Its PaymentIntent carries no metadata (Checkout does not copy it): not a course purchase.
+    provider.stripe_event("payment_intent.succeeded", s.stripe_intent(intent, None, None), now - HOUR)
+    old, disputed = s.new_intent(), s.new_intent()
+    provider.stripe_event("charge.refunded", s.stripe_charge(old), now - HOUR)
+    provider.stripe_event("charge.dispute.closed", s.stripe_dispute(disputed, "lost"), now - HOUR)
+    free = s.stripe_session(None, api.new_id(), api.new_id(), payment_status="no_payment_required", amount_total=0)
+    provider.stripe_event("checkout.session.completed", free, now - HOUR)
+    came = provider.stripe_event("payment_intent.succeeded", s.stripe_intent(s.new_intent(), student, course), now)
+    sql(
+        "INSERT INTO payment_events (provider, event_id, type, payment_id, status, body) "
+        "VALUES ('stripe', %s, 'payment_intent.succeeded', %s, 'enqueued', '{}')",
+        (came["id"], came["data"]["object"]["id"]),
+    )
+    purchase_row(sql, came["data"]["object"]["id"])
+    for i in range(110):  # not acted on, and more than a page
+        provider.stripe_event("checkout.session.completed", s.stripe_session(s.new_intent(), None, None), now - i)
 
     summary = run(engine, broker, provider, "stripe")
 
-    intents = provider.pages("/v1/payment_intents")
-    assert len(intents) == 2 and "starting_after" not in intents[0]
-    assert intents[1]["starting_after"].startswith("pi_")
-    assert (summary.purchases_enqueued, summary.revocations_enqueued, summary.not_paid) == (1, 1, 110)
-    assert summary.unmapped == 0
-    assert summary.already_fine == 2, "made by its session; refunded before any purchase: nothing to do"
-    assert sorted((name, task_id) for name, task_id, _ in queued()) == sorted(
+    pages = provider.pages("/v1/events")
+    assert len(pages) == 2 and "starting_after" not in pages[0] and pages[1]["starting_after"].startswith("evt_")
+    assert sorted(pages[0]["types[]"]) == sorted(
         [
-            ("kc_tasks.create_purchase", inbox.task_id_for(missing["id"])),
-            ("kc_tasks.revoke_purchase", inbox.task_id_for(refunded["id"], inbox.REVOKE_PURCHASE)),
+            "charge.dispute.closed",
+            "charge.refunded",
+            "checkout.session.async_payment_succeeded",
+            "checkout.session.completed",
+            "payment_intent.succeeded",
         ]
     )
-    assert run(engine, broker, provider, "stripe").revocations_enqueued == 0
+    assert (summary.seen, summary.already_fine, summary.purchases_enqueued, summary.revocations_enqueued) == (
+        116,
+        1,
+        2,
+        2,
+    )
+    assert summary.not_course == 111 and summary.found == {"payment": 2, "refund": 1, "dispute": 1}
+    assert tasks() == sorted(
+        [
+            ("kc_tasks.create_purchase", inbox.task_id_for(intent)),
+            ("kc_tasks.create_purchase", inbox.task_id_for(free["id"])),
+            (REVOKE, inbox.task_id_for(old, REVOKE)),
+            (REVOKE, inbox.task_id_for(disputed, REVOKE)),
+        ]
+    )
+    stored = dict(sql("SELECT event_id, status FROM payment_events WHERE provider = 'stripe'"))
+    assert stored[session["id"]] == "enqueued" and len(stored) == 116, "under each event's own id"
+
+    again = run(engine, broker, provider, "stripe")
+    assert (again.already_fine, again.purchases_enqueued, again.revocations_enqueued) == (116, 0, 0)
     assert queued() == []
+
+
+def test_stripe_events_of_the_other_mode_grant_nothing(
+    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
+) -> None:
+    event = provider.stripe_event(
+        "payment_intent.succeeded", s.stripe_intent(s.new_intent(), api.new_id(), api.new_id()), now - HOUR
+    )
+    assert event["livemode"] is False
+    client = reconcile.api_for(settings_for(provider), "stripe")
+    try:
+        summary = reconcile.run(engine, broker, client, reconcile.window(DAY), stripe_livemode=True)
+    finally:
+        client.close()
+    assert summary.purchases_enqueued == 0 and queued() == []
+    assert sql("SELECT status FROM payment_events") == [("ignored",)]
 
 
 @pytest.mark.parametrize("fault", ["429", "500"])
 def test_a_rate_limit_or_a_passing_failure_is_waited_out(
-    engine: Engine, broker: Celery, provider: api.Provider, fault: str
+    engine: Engine, broker: Celery, provider: api.Provider, fault: str, now: int
 ) -> None:
-    provider.razorpay_payments = [api.razorpay_payment(NOW - HOUR, api.new_id(), api.new_id())]
+    payment = provider.razorpay_paid(now - HOUR, api.new_id(), api.new_id())
     provider.fail("/v1/payments", fault, fault)
+    provider.fail(f"/v1/orders/{payment['order_id']}", fault)
     summary = run(engine, broker, provider, "razorpay")
     assert (summary.error, summary.purchases_enqueued) == (None, 1)
     assert len(queued()) == 1
 
 
 @pytest.mark.parametrize(
-    ("faults", "said"),
+    ("path", "faults", "said"),
     [
-        (["500"] * 3, "failed after 3 tries: HTTP 500"),
-        (["timeout"] * 3, "ReadTimeout"),
-        (["garbage"], "a body that is not JSON"),
-        (["shape"], "no list of items"),
+        ("/v1/payments", ["500"] * 3, "failed after 3 tries: HTTP 500"),
+        ("/v1/payments", ["timeout"] * 3, "ReadTimeout"),
+        ("/v1/payments", ["garbage"], "a body that is not JSON"),
+        ("/v1/payments", ["shape"], "no list of items"),
+        ("/v1/refunds", ["500"] * 3, "GET /v1/refunds failed"),
+        ("/v1/disputes", ["shape"], "GET /v1/disputes answered no list"),
     ],
 )
 def test_an_api_down_slow_or_answering_garbage_enqueues_nothing(
-    engine: Engine, broker: Celery, provider: api.Provider, sql, faults: list[str], said: str
+    engine: Engine, broker: Celery, provider: api.Provider, sql, path: str, faults: list[str], said: str, now: int
 ) -> None:
-    """The first page is good, the second fails: nothing of the first is enqueued or stored."""
-    provider.razorpay_payments = [
-        api.razorpay_payment(NOW - HOUR - i, api.new_id(), api.new_id()) for i in range(provider_api.PAGE_SIZE + 5)
-    ]
-    provider.fail("/v1/payments", "pass", *faults)  # page one is served, then the faults
+    """The first page is good, then a request fails: nothing read is enqueued or stored."""
+    for i in range(provider_api.PAGE_SIZE + 5):
+        provider.razorpay_paid(now - HOUR - i, api.new_id(), api.new_id())
+    provider.fail(path, *(["pass"] if path == "/v1/payments" else []), *faults)
     with pytest.raises(ProviderApiError) as raised:
         run(engine, broker, provider, "razorpay", read_timeout=0.5)
     assert said in str(raised.value) and "razorpay" in str(raised.value)
@@ -171,10 +280,9 @@ def test_an_api_down_slow_or_answering_garbage_enqueues_nothing(
 
 
 def test_two_reconcilers_at_once_enqueue_each_purchase_once(
-    engine: Engine, broker: Celery, provider: api.Provider, sql
+    engine: Engine, broker: Celery, provider: api.Provider, now: int
 ) -> None:
-    payments = [api.razorpay_payment(NOW - HOUR - i, api.new_id(), api.new_id()) for i in range(20)]
-    provider.razorpay_payments = payments
+    payments = [provider.razorpay_paid(now - HOUR - i, api.new_id(), api.new_id()) for i in range(20)]
     start = threading.Barrier(2)
     results: list[reconcile.Summary] = []
 
@@ -193,16 +301,15 @@ def test_two_reconcilers_at_once_enqueue_each_purchase_once(
 
 
 def test_a_claim_without_an_outcome_is_sent_again_after_a_period(
-    engine: Engine, broker: Celery, provider: api.Provider
+    engine: Engine, broker: Celery, provider: api.Provider, now: int
 ) -> None:
     """Its message was lost (Redis, a purged queue): the next period's run sends it again."""
-    payment = api.razorpay_payment(NOW - HOUR, api.new_id(), api.new_id())
-    provider.razorpay_payments = [payment]
+    payment = provider.razorpay_paid(now - HOUR, api.new_id(), api.new_id())
     run(engine, broker, provider, "razorpay")
     assert len(queued()) == 1  # ... and lost
-    assert run(engine, broker, provider, "razorpay").purchases_enqueued == 0, "not yet: it may be on its way"
+    assert run(engine, broker, provider, "razorpay").actions == [], "not yet: it may be on its way"
     resent = run(engine, broker, provider, "razorpay", resend_after=0)
-    assert resent.purchases_enqueued == 1 and resent.actions == [f"sent again create_purchase {payment['id']}"]
+    assert resent.actions == [f"sent again: reconcile razorpay:{payment['id']}:paid (enqueued)"]
     assert [task_id for _, task_id, _ in queued()] == [inbox.task_id_for(payment["id"])]
 
 
@@ -226,10 +333,9 @@ def test_failures_are_warnings_naming_the_provider_never_the_keys(
 
 
 def test_reconcile_command_dry_run_changes_nothing_and_a_failure_exits_non_zero(
-    database_url: str, broker: Celery, provider: api.Provider, sql
+    database_url: str, broker: Celery, provider: api.Provider, sql, now: int
 ) -> None:
-    payment = api.razorpay_payment(NOW - HOUR, api.new_id(), api.new_id(), payment_id="pay_dry_run")
-    provider.razorpay_payments = [payment]
+    provider.razorpay_paid(now - HOUR, api.new_id(), api.new_id(), payment_id="pay_dry_run")
     env = {
         "DATABASE_URL": database_url,
         "CELERY_BROKER_URL": AMQP,
@@ -250,9 +356,10 @@ def test_reconcile_command_dry_run_changes_nothing_and_a_failure_exits_non_zero(
     done = kc("reconcile", **env)
     assert done.returncode == 0, done.stderr
     assert "reconcile razorpay" in done.stdout and "1 purchase(s) enqueued" in done.stdout
+    assert "WARNING" in done.stderr and "never came as a webhook" in done.stderr
     assert len(queued()) == 1
     story = kc("payment", "pay_dry_run", **env)
-    assert "reconciliation saw razorpay.payment.paid: enqueued" in story.stdout
+    assert "reconciliation found razorpay.payment.paid (no webhook brought it): enqueued" in story.stdout
     assert story.stdout.strip().splitlines()[-1].startswith("not granted: enqueued")
 
     provider.fail("/v1/payments", "500", "500", "500")

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 
 from kc_tasks import provider_api, reconcile, story
-from kc_tasks.providers import Ignored, Purchase, Revocation, Unmapped
+from kc_tasks.providers import NOT_A_COURSE, Ignored, Malformed, Purchase, Revocation, Unmapped
 from kc_tasks.providers import reconcile as objects
+from kc_tasks.settings import Settings
 from tests import provider_api_server as api
+from tests import provider_samples as s
 
 S, C = api.new_id(), api.new_id()
 
@@ -35,35 +37,80 @@ def test_retry_delay(status: int | None, retry_after: str | None, attempt: int, 
     assert provider_api.retry_delay(status, retry_after, attempt) == wait
 
 
-def kind_of(action: object) -> str:
-    return type(action).__name__
+def paid(student: str | None = S, course: str | None = C, **payment: object) -> dict:
+    """A captured payment and the order the platform's server created for it."""
+    found = s.razorpay_payment(**payment)  # type: ignore[arg-type]
+    return {"payment": found, "order": s.razorpay_order(found, student, course)}
+
+
+def refunded(amount: int | None = None) -> dict:
+    payment = s.razorpay_payment()
+    refund = s.razorpay_refund(payment, amount)
+    payment.update(amount_refunded=refund["amount"], refund_status="full" if amount is None else "partial")
+    return {"refund": refund, "payment": payment}
+
+
+TAMPERED = {"student_id": api.new_id(), "course_id": api.new_id()}  # the browser's notes
 
 
 @pytest.mark.parametrize(
-    ("provider", "kind", "obj", "expected"),
+    ("kind", "found", "expected", "why"),
     [
-        ("razorpay", "paid", api.razorpay_payment(1, S, C), Purchase),
-        ("razorpay", "paid", api.razorpay_payment(1), Unmapped),
-        ("razorpay", "paid", api.razorpay_payment(1, S, C, status="failed"), Ignored),
-        ("razorpay", "paid", api.razorpay_payment(1, S, C, refunded=49900), Ignored),
-        ("razorpay", "refunded", api.razorpay_payment(1, S, C, refunded=49900), Revocation),
-        ("razorpay", "refunded", api.razorpay_payment(1, S, C, refunded=100), Ignored),
-        ("razorpay", "refunded", api.razorpay_payment(1, S, C), Ignored),
-        ("stripe", "paid", api.stripe_intent(1, S, C), Purchase),
-        ("stripe", "paid", api.stripe_intent(1), Unmapped),
-        ("stripe", "paid", api.stripe_intent(1, S, C, status="processing"), Ignored),
-        ("stripe", "refunded", api.stripe_charge(api.stripe_intent(1)), Revocation),
-        ("stripe", "refunded", api.stripe_charge(api.stripe_intent(1), refunded=False), Ignored),
+        ("paid", paid(), Purchase, None),
+        ("paid", paid(None, None), Ignored, NOT_A_COURSE),
+        ("paid", paid(None, None, notes=TAMPERED), Ignored, NOT_A_COURSE),
+        ("paid", paid(S, None), Unmapped, "name student_id but not course_id"),
+        ("paid", paid(S, "not-a-uuid"), Unmapped, "course_id is not a UUID"),
+        ("paid", {"payment": s.razorpay_payment(), "order": None}, Ignored, "a payment without an order"),
+        ("paid", {**paid(), "order": {**paid()["order"], "id": "order_other"}}, Unmapped, "is not the order"),
+        ("refunded", refunded(), Revocation, None),
+        ("refunded", refunded(amount=100), Ignored, "partial refund"),
+        ("disputed", {"dispute": s.razorpay_dispute(s.razorpay_payment())}, Revocation, None),
+        ("disputed", {"dispute": s.razorpay_dispute(s.razorpay_payment(), "won")}, Ignored, "not lost"),
     ],
 )
-def test_what_an_api_object_asks_for(provider: str, kind: str, obj: dict, expected: type) -> None:
-    assert isinstance(objects.action(provider, kind, obj), expected)
+def test_what_razorpay_objects_ask_for(kind: str, found: dict, expected: type, why: str | None) -> None:
+    action = objects.action("razorpay", kind, found)
+    assert isinstance(action, expected)
+    if why is not None:
+        assert why in action.why  # type: ignore[union-attr]
 
 
-def test_a_paid_object_maps_as_its_webhook_does_and_its_event_reads_back() -> None:
-    payment = api.razorpay_payment(1, S, C, payment_id="pay_a:b")
-    event = objects.event("razorpay", "paid", payment)
-    assert event is not None
+def test_the_order_decides_the_course_never_the_payments_own_notes() -> None:
+    found = paid(notes=TAMPERED)
+    action = objects.action("razorpay", "paid", found)
+    assert isinstance(action, Purchase)
+    assert (action.kwargs["student_id"], action.kwargs["course_id"]) == (S, C)
+
+
+def test_a_refund_or_dispute_revokes_with_its_reason() -> None:
+    refund = refunded()
+    assert objects.action("razorpay", "refunded", refund) == Revocation(
+        refund["payment"]["id"], "refund", refund["refund"]["id"]
+    )
+    dispute = s.razorpay_dispute(s.razorpay_payment(payment_id="pay_disputed"))
+    assert objects.action("razorpay", "disputed", {"dispute": dispute}) == Revocation("pay_disputed", "dispute")
+
+
+@pytest.mark.parametrize(
+    ("eid", "stored", "expected"),
+    [
+        ("razorpay:pay_1:paid", {**s.razorpay_payment(notes={"student_id": S, "course_id": C})}, Ignored),
+        ("razorpay:pay_1:refunded", {**s.razorpay_payment(refunded=49900)}, Revocation),
+        ("stripe:pi_1:paid", s.stripe_intent("pi_1", S, C), Purchase),
+        ("stripe:pi_1:refunded", s.stripe_charge("pi_1"), Revocation),
+    ],
+)
+def test_events_stored_by_an_earlier_release_read_back(eid: str, stored: dict, expected: type) -> None:
+    """Razorpay's were the payment alone: its notes no longer decide a grant."""
+    assert isinstance(objects.parse(objects.body(stored), eid).action, expected)
+
+
+def test_a_found_object_maps_as_its_webhook_does_and_its_event_reads_back() -> None:
+    found = paid(payment_id="pay_a:b")
+    made = objects.event("razorpay", "paid", found)
+    assert made is not None
+    event, body = made
     assert (event.provider, event.event_id, event.type) == (
         "reconcile",
         "razorpay:pay_a:b:paid",
@@ -77,10 +124,9 @@ def test_a_paid_object_maps_as_its_webhook_does_and_its_event_reads_back() -> No
         "amount_cents": 49900,
         "currency": "INR",
     }
-    assert objects.parse(objects.body(payment), event.event_id) == event
-    intent = api.stripe_intent(1, S, C)
-    stripe_event = objects.event("stripe", "paid", intent)
-    assert stripe_event is not None and stripe_event.action.kwargs["currency"] == "INR"  # type: ignore[union-attr]
+    assert objects.parse(body, event.event_id) == event
+    with pytest.raises(Malformed):
+        objects.parse(body, "stripe:pi_1:disputed")
 
 
 F = story.Facts
@@ -95,7 +141,13 @@ F = story.Facts
         (F(held_by="pay_1"), "not granted: duplicate payment; the student already holds the course by payment pay_1"),
         (F(revoked_reason="refund"), "not granted: revoked (refund) before any purchase was made"),
         (F(dead_letter="InvalidPurchase: bad", inbox_statuses=("enqueued",)), "not granted: dead-lettered"),
-        (F(inbox_statuses=("unmapped", "ignored")), "not granted: paid, but its notes/metadata lack"),
+        (F(inbox_statuses=("unmapped", "ignored")), "not granted: paid, but its server-set notes/metadata do not"),
+        (F(inbox_statuses=("ignored",), whys=(f"{NOT_A_COURSE}: x",)), "not granted: not a course purchase"),
+        (
+            F(inbox_statuses=("ignored",), whys=("an event of the other Stripe mode: a live event",)),
+            "not granted: an event of the other Stripe mode (KC_STRIPE_LIVEMODE)",
+        ),
+        (F(active=False, revoked_reason="dispute"), "not granted: revoked (dispute)"),
         (F(inbox_statuses=("invalid",)), "not granted: its notes/metadata break"),
         (F(inbox_statuses=("ignored", "enqueued")), "not granted: enqueued, no outcome yet"),
         (F(inbox_statuses=("ignored",)), "not granted: its events were ignored"),
@@ -107,20 +159,20 @@ def test_verdict(facts: story.Facts, line: str) -> None:
 
 
 def test_summary_line_and_result() -> None:
-    summary = reconcile.Summary("stripe", "2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00", seen=3)
+    summary = reconcile.Summary("razorpay", "2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00", seen=3)
     summary.already_fine, summary.purchases_enqueued, summary.unmapped = 1, 1, 1
     assert summary.line() == (
-        "reconcile stripe 2026-01-01T00:00:00+00:00 .. 2026-01-02T00:00:00+00:00: 3 payment(s) seen, 1 already fine, "
-        "1 purchase(s) enqueued, 0 revocation(s) enqueued, 1 unmapped, 0 not paid"
+        "reconcile razorpay 2026-01-01T00:00:00+00:00 .. 2026-01-02T00:00:00+00:00: 3 payment(s) seen, "
+        "1 already fine, 1 purchase(s) enqueued, 0 revocation(s) enqueued, 1 unmapped, 0 not paid, "
+        "0 not a course purchase"
     )
     assert "actions" not in summary.as_result() and summary.as_result()["purchases_enqueued"] == 1
+    assert reconcile.Summary("stripe", "a", "b").line().startswith("reconcile stripe a .. b: 0 event(s) seen")
 
 
-def test_the_beat_window_covers_two_periods_and_an_hour() -> None:
-    from kc_tasks.settings import Settings
-
-    settings = Settings.from_env({"KC_RECONCILE_INTERVAL": "600"})
-    assert reconcile.beat_lookback(settings) == 2 * 600 + 3600
-    win = reconcile.window(reconcile.beat_lookback(settings), now=10_000)
-    assert (win.since, win.until) == (10_000 - 4800, 10_000)
-    assert win.holds(10_000) and win.holds(5200) and not win.holds(5199) and not win.holds("5300")
+def test_beat_looks_back_the_reconcile_window() -> None:
+    assert Settings.from_env({}).reconcile_window == 3 * 86400
+    settings = Settings.from_env({"KC_RECONCILE_WINDOW": "7200"})
+    win = reconcile.window(settings.reconcile_window, now=10_000)
+    assert (win.since, win.until) == (10_000 - 7200, 10_000)
+    assert win.holds(10_000) and win.holds(2800) and not win.holds(2799) and not win.holds("5300")
