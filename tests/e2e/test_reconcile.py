@@ -23,7 +23,6 @@ from tests.e2e import test_flower
 from tests.e2e.conftest import ROOT, Web, Workers, count, wait_until
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
-NOW = int(time.time())
 ADMIN = {"KC_ADMIN_USER": "ops", "KC_ADMIN_PASSWORD": "correct horse battery staple"}
 SECRETS = (api.RAZORPAY_KEY_ID, api.RAZORPAY_KEY_SECRET, api.STRIPE_API_KEY)
 flower = test_flower.flower  # the fixture: Flower as the Procfile runs it
@@ -60,11 +59,13 @@ def active(database_url: str, payment_id: str) -> list[tuple]:
 def test_a_payment_whose_webhook_never_came_is_made_and_a_refund_at_the_provider_revokes_it(
     database_url: str, broker_url: str, workers: Workers, provider: api.Provider
 ) -> None:
+    now = int(time.time())
     student, course = api.new_id(), api.new_id()
-    paid = api.razorpay_payment(NOW - 600, student, course, payment_id="pay_no_webhook_e2e")
-    intent = api.stripe_intent(NOW - 600, api.new_id(), api.new_id())
-    provider.razorpay_payments = [paid, api.razorpay_payment(NOW - 600, payment_id="pay_unmapped_e2e")]
-    provider.stripe_intents = [intent]
+    tampered = {"student_id": api.new_id(), "course_id": api.new_id()}
+    paid = provider.razorpay_paid(now - 600, student, course, "pay_no_webhook_e2e", payment_notes=tampered)
+    provider.razorpay_paid(now - 600, student, None, "pay_unmapped_e2e")
+    intent = s.new_intent()
+    provider.stripe_event("payment_intent.succeeded", s.stripe_intent(intent, api.new_id(), api.new_id()), now - 600)
     workers.start(database_url, broker_url)
 
     first = kc(database_url, broker_url, provider, "reconcile", "--since", "1h")
@@ -72,7 +73,11 @@ def test_a_payment_whose_webhook_never_came_is_made_and_a_refund_at_the_provider
     assert "reconcile razorpay" in first.stdout and "1 purchase(s) enqueued" in first.stdout
     assert "1 unmapped" in first.stdout and "unmapped: pay_unmapped_e2e" in first.stdout
     assert wait_until(lambda: active(database_url, "pay_no_webhook_e2e") == [(True,)])
-    assert wait_until(lambda: active(database_url, intent["id"]) == [(True,)])
+    assert wait_until(lambda: active(database_url, intent) == [(True,)])
+    held = run_sql(
+        database_url, "SELECT course_id::text FROM student_course_purchases WHERE payment_id = %s", (paid["id"],)
+    )
+    assert held == [(course,)], "the order's course, never the one in the payment's own notes"
 
     told = kc(database_url, broker_url, provider, "payment", "pay_no_webhook_e2e", "--json")
     story = json.loads(told.stdout)
@@ -83,26 +88,62 @@ def test_a_payment_whose_webhook_never_came_is_made_and_a_refund_at_the_provider
     assert again.returncode == 0 and "0 purchase(s) enqueued" in again.stdout
     assert "1 already fine" in again.stdout
 
-    # Refunded at the provider, and the refund's webhook never came either.
-    paid.update(status="refunded", amount_refunded=paid["amount"], refund_status="full")
+    # Refunded at the provider a week later, and the refund's webhook never came either: the
+    # payment is long out of the window, the refund is in it.
+    refund = provider.razorpay_refund(paid, now)
     refunded = kc(database_url, broker_url, provider, "reconcile", "--provider", "razorpay", "--since", "1h")
     assert "1 revocation(s) enqueued" in refunded.stdout, refunded.stdout
     assert wait_until(lambda: active(database_url, "pay_no_webhook_e2e") == [(False,)])
     assert count(database_url) == 2
+    revoked = run_sql(database_url, "SELECT reason, refund_id FROM revocations WHERE payment_id = %s", (paid["id"],))
+    assert revoked == [("refund", refund["id"])]
 
     told = kc(database_url, broker_url, provider, "payment", "pay_no_webhook_e2e")
     lines = told.stdout.strip().splitlines()
     assert lines[-1] == "not granted: revoked (refund)"
-    assert any("reconciliation saw razorpay.payment.refunded: enqueued" in line for line in lines)
+    assert any("reconciliation found razorpay.refund.refunded (no webhook brought it): enqueued" in x for x in lines)
     assert any("purchase.revoked written" in line for line in lines)
-    assert (
-        kc(database_url, broker_url, provider, "payment", "pay_unmapped_e2e")
-        .stdout.strip()
-        .splitlines()[-1]
-        .startswith("not granted: paid, but its notes/metadata lack")
-    )
+    unmapped = kc(database_url, broker_url, provider, "payment", "pay_unmapped_e2e").stdout.strip().splitlines()
+    assert unmapped[-1].startswith("not granted: paid, but its server-set notes/metadata do not name both")
     dead = kc(database_url, broker_url, provider, "dlq", "list", "--json")  # kc() checks it holds no key
     assert dead.returncode == 0 and dead.stdout == ""
+
+
+def test_a_stripe_webhook_that_comes_after_reconciliation_found_its_event_is_a_duplicate(
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+) -> None:
+    """A Checkout Session known only through its metadata; its webhook comes late: one purchase,
+    one inbox row. Then a lost dispute, found by reconciliation, revokes it."""
+    now = int(time.time())
+    intent, student, course = s.new_intent(), api.new_id(), api.new_id()
+    event = provider.stripe_event("checkout.session.completed", s.stripe_session(intent, student, course), now - 60)
+    provider.stripe_event("payment_intent.succeeded", s.stripe_intent(intent, None, None), now - 60)
+    workers.start(database_url, rabbitmq_url)
+    web = webs(database_url, rabbitmq_url, KC_STRIPE_WEBHOOK_SECRET=s.STRIPE_SECRET, **ADMIN)
+
+    found = kc(database_url, rabbitmq_url, provider, "reconcile", "--provider", "stripe", "--since", "1h")
+    assert found.returncode == 0, found.stderr
+    assert "2 event(s) seen" in found.stdout and "1 purchase(s) enqueued" in found.stdout
+    assert "1 not a course purchase" in found.stdout
+    assert wait_until(lambda: active(database_url, intent) == [(True,)])
+
+    late = json.dumps(event).encode()  # Stripe's retry of the very same event
+    answer = httpx.post(web.base + "/webhooks/stripe", content=late, headers=s.stripe_headers(late), timeout=30)
+    assert answer.status_code == 200 and answer.json()["event_id"] == event["id"]
+    rows = run_sql(database_url, "SELECT provider, status FROM payment_events WHERE event_id = %s", (event["id"],))
+    assert rows == [("stripe", "enqueued")], "one inbox row"
+    assert count(database_url) == 1, "one purchase"
+
+    page = httpx.get(web.base + f"/admin/payments/{intent}", auth=(ADMIN["KC_ADMIN_USER"], ADMIN["KC_ADMIN_PASSWORD"]))
+    assert "reconciliation found stripe event checkout.session.completed (no webhook brought it)" in page.text
+    assert "not a course purchase" in page.text, "its PaymentIntent's event, stored ignored, says why"
+
+    provider.stripe_event("charge.dispute.closed", s.stripe_dispute(intent, "lost"), int(time.time()))
+    disputed = kc(database_url, rabbitmq_url, provider, "reconcile", "--provider", "stripe", "--since", "1h")
+    assert "1 revocation(s) enqueued" in disputed.stdout, disputed.stdout
+    assert wait_until(lambda: active(database_url, intent) == [(False,)])
+    told = kc(database_url, rabbitmq_url, provider, "payment", intent).stdout.strip().splitlines()
+    assert told[-1] == "not granted: revoked (dispute)"
 
 
 def test_a_message_redis_lost_in_transit_is_made_whole_by_the_next_beat_run(
@@ -110,10 +151,9 @@ def test_a_message_redis_lost_in_transit_is_made_whole_by_the_next_beat_run(
 ) -> None:
     purge_redis()
     student, course = api.new_id(), api.new_id()
-    payment = api.razorpay_payment(NOW - 60, student, course, payment_id="pay_lost_in_redis")
-    provider.razorpay_payments = [payment]
+    payment = provider.razorpay_paid(int(time.time()) - 60, student, course, "pay_lost_in_redis")
     web = webs(database_url, REDIS, KC_RAZORPAY_WEBHOOK_SECRET=s.RAZORPAY_SECRET, **ADMIN)
-    body = s.encode(s.razorpay_event("payment.captured", payment))
+    body = s.encode(s.razorpay_event("order.paid", payment, provider.razorpay_orders[payment["order_id"]]))
     answer = httpx.post(web.base + "/webhooks/razorpay", content=body, headers=s.razorpay_headers(body), timeout=30)
     assert answer.status_code == 200 and answer.json()["status"] == "enqueued"
 
@@ -139,9 +179,9 @@ def test_a_message_redis_lost_in_transit_is_made_whole_by_the_next_beat_run(
         web.base + "/admin/payments/pay_lost_in_redis", auth=(ADMIN["KC_ADMIN_USER"], ADMIN["KC_ADMIN_PASSWORD"])
     )
     assert page.status_code == 200
-    assert "razorpay event payment.captured: enqueued" in page.text
-    assert "reconciliation saw razorpay.payment.paid: enqueued" in page.text
-    assert page.text.index("razorpay event payment.captured") < page.text.index("purchase ")
+    assert "razorpay event order.paid: enqueued" in page.text
+    assert "reconciliation found razorpay.payment.paid (no webhook brought it): enqueued" in page.text
+    assert page.text.index("razorpay event order.paid") < page.text.index("purchase ")
     assert '<p id="verdict"><strong>granted</strong></p>' in page.text
     assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
     purge_redis()
@@ -154,7 +194,7 @@ def test_flower_shows_the_beat_tasks_summary_as_its_result(
     flower: Callable[[], test_flower.Flower],
     provider: api.Provider,
 ) -> None:
-    provider.razorpay_payments = [api.razorpay_payment(NOW - 60, api.new_id(), api.new_id())]
+    provider.razorpay_paid(int(time.time()) - 60, api.new_id(), api.new_id())
     worker = workers.start(database_url, rabbitmq_url, **keys(provider))
     name = next(line.split()[-2] for line in worker.text().splitlines() if line.rstrip().endswith(" ready."))
     web = flower()
