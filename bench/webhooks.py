@@ -135,14 +135,22 @@ def requests_file(route: str, n: int) -> Path:
                     "amount": 49900,
                     "currency": "INR",
                     "status": "captured",
+                    "order_id": f"order_{RUN_ID}",
+                    "notes": [],
+                }
+                order = {
+                    "id": f"order_{RUN_ID}",
+                    "entity": "order",
+                    "amount": 49900,
+                    "status": "paid",
                     "notes": {"student_id": STUDENT, "course_id": COURSE},
                 }
                 body = json.dumps(
                     {
                         "entity": "event",
-                        "event": "payment.captured",
-                        "contains": ["payment"],
-                        "payload": {"payment": {"entity": entity}},
+                        "event": "order.paid",
+                        "contains": ["payment", "order"],
+                        "payload": {"payment": {"entity": entity}, "order": {"entity": order}},
                         "created_at": now,
                     }
                 )
