@@ -321,7 +321,7 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
         names = ", ".join(missing) or "any provider"
         print(
             f"kc-tasks: no API key for {names}: set KC_RAZORPAY_KEY_ID and KC_RAZORPAY_KEY_SECRET, "
-            "or KC_STRIPE_API_KEY (see README, Reconciliation)",
+            "or KC_STRIPE_API_KEY (see docs/operating.md, Reconciliation)",
             file=sys.stderr,
         )
         return EXIT_FAILED

@@ -13,8 +13,13 @@ webhook's own rules (providers), and hands what kc_tasks has no outcome for to t
   already there and does nothing; a missed one is handled exactly as if delivered.
 
 A stored event whose payment still has no outcome after `resend_after` seconds (its message was
-lost, e.g. by Redis) is sent again. The API is read in full before anything is enqueued: a
-failing API enqueues nothing and raises ProviderApiError.
+lost, e.g. by Redis) is sent again. The lists are read in full before anything is enqueued, so
+a failing list enqueues nothing; Razorpay's orders and refunded payments are fetched one by one
+as their events are handed over, so one that fails stops the run there (raising
+ProviderApiError) with what was handed over before it kept, and the next run goes on.
+
+Disputes are listed over DISPUTE_LOOKBACK at least: Razorpay lists a dispute by the time it was
+opened, and one is often lost weeks later.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ logger = logging.getLogger(__name__)
 PROVIDERS = (razorpay.NAME, stripe.NAME)
 # What reconciliation finds that no webhook had brought (Summary.found).
 PAYMENT, REFUND, DISPUTE_FOUND = "payment", "refund", "dispute"
+# How far back disputes are listed, at least, seconds: a chargeback can take months to close.
+DISPUTE_LOOKBACK = 120 * 86400
 
 
 @dataclass
@@ -229,9 +236,11 @@ def _razorpay(
 ) -> None:
     payments = list(provider_api.razorpay_list(api, "/v1/payments", win))
     refunds = list(provider_api.razorpay_list(api, "/v1/refunds", win))
-    disputes = list(provider_api.razorpay_list(api, "/v1/disputes", win))
+    disputes_since = min(win.since, win.until - DISPUTE_LOOKBACK)
+    disputes = list(provider_api.razorpay_list(api, "/v1/disputes", provider_api.Window(disputes_since, win.until)))
     paid = {pid: p for p in payments if razorpay.paid(p) and (pid := text(p.get("id")))}
-    # One refund a payment: the processed ones, by refund time; lost disputes.
+    # One refund a payment: the processed ones, by refund time; lost disputes. A captured
+    # payment is not fully refunded (that one's status is `refunded`): it may make its purchase.
     refunded = {pid: r for r in refunds if r.get("status") == "processed" and (pid := text(r.get("payment_id")))}
     lost = {pid: d for d in disputes if d.get("status") == "lost" and (pid := text(d.get("payment_id")))}
     for p in payments:
@@ -252,7 +261,7 @@ def _razorpay(
     fine = set(paid) | set(refunded) | set(lost)
     todo: list[tuple[str, str, Any]] = []
     for pid in paid:
-        if not have.settled(pid) and pid not in refunded:
+        if not have.settled(pid):
             todo.append((pid, reconcile.PAID, paid[pid]))
     for pid in refunded:
         if have.revocable(pid):

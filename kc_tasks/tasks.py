@@ -206,8 +206,8 @@ def verify_purchase_index() -> dict[str, Any]:
     unmapped = inbox.unmapped_count(engine)
     if unmapped:
         logger.warning(
-            "%d paid payment(s) grant nothing: their notes/metadata lack student_id or course_id; "
-            "inspect with kc-tasks inbox list --status unmapped",
+            "%d paid payment(s) grant nothing: their server-set notes/metadata name only one of student_id "
+            "and course_id, or no UUID; inspect with kc-tasks inbox list --status unmapped",
             unmapped,
         )
     return {

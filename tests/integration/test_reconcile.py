@@ -149,9 +149,11 @@ def test_a_refund_today_of_a_razorpay_payment_made_five_days_ago_revokes_it(
 def test_a_lost_razorpay_dispute_revokes_and_a_won_one_does_not(
     engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
 ) -> None:
-    lost = provider.razorpay_paid(now - 10 * DAY, api.new_id(), api.new_id(), "pay_dispute_lost")
+    """Razorpay lists disputes by the time they were opened: one opened two months ago and lost
+    today is still found, whatever the window."""
+    lost = provider.razorpay_paid(now - 70 * DAY, api.new_id(), api.new_id(), "pay_dispute_lost")
     won = provider.razorpay_paid(now - 10 * DAY, api.new_id(), api.new_id(), "pay_dispute_won")
-    provider.razorpay_dispute(lost, now - HOUR, "lost")
+    provider.razorpay_dispute(lost, now - 60 * DAY, "lost")
     provider.razorpay_dispute(won, now - HOUR, "won")
     purchase_row(sql, "pay_dispute_lost")
     purchase_row(sql, "pay_dispute_won")
@@ -163,6 +165,18 @@ def test_a_lost_razorpay_dispute_revokes_and_a_won_one_does_not(
     assert task_id == inbox.task_id_for("pay_dispute_lost", REVOKE)
     assert kwargs == {"payment_id": "pay_dispute_lost", "reason": "dispute"}
     assert sql("SELECT event_id FROM payment_events") == [("razorpay:pay_dispute_lost:disputed",)]
+    [disputes] = provider.pages("/v1/disputes")
+    assert int(disputes["to"]) - int(disputes["from"]) >= reconcile.DISPUTE_LOOKBACK
+
+
+def test_a_partly_refunded_payment_whose_webhook_never_came_is_still_granted(
+    engine: Engine, broker: Celery, provider: api.Provider, now: int
+) -> None:
+    payment = provider.razorpay_paid(now - 2 * HOUR, api.new_id(), api.new_id(), "pay_partly")
+    provider.razorpay_refund(payment, now - HOUR, amount=100)
+    summary = run(engine, broker, provider, "razorpay")
+    assert (summary.purchases_enqueued, summary.revocations_enqueued) == (1, 0)
+    assert tasks() == [("kc_tasks.create_purchase", inbox.task_id_for("pay_partly"))]
 
 
 def test_stripe_events_api_every_page_each_event_through_the_webhooks_rules(
