@@ -123,7 +123,11 @@ def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
     add = story.entries.append
     whys: list[str] = []
     for row in received:
-        why = _why(row.provider, row.body, row.event_id) if row.status not in (inbox.ENQUEUED, inbox.RECEIVED) else None
+        why = (
+            _why(row.provider, row.body, row.event_id, row.status)
+            if row.status not in (inbox.ENQUEUED, inbox.RECEIVED)
+            else None
+        )
         status = row.status if why is None else f"{row.status}: {why}"
         whys += [why] if why else []
         if row.provider == reconcile.NAME:
@@ -205,9 +209,16 @@ def _found_by_reconciliation(body: str) -> bool:
         return False
 
 
-def _why(provider: str, body: str, event_id: str) -> str | None:
-    """Why a stored event acts on nothing, as today's rules read its body; None if unreadable."""
+def _why(provider: str, body: str, event_id: str, status: str) -> str | None:
+    """Why a stored event acts on nothing, as today's rules read its body; None if unreadable.
+
+    A Stripe event stored `ignored` that acts when read without a mode was kept out by
+    KC_STRIPE_LIVEMODE: it is read again as an endpoint of the other mode read it."""
     try:
-        return inbox.plan(inbox.parse(provider, body.encode("utf-8"), event_id))[2]
+        why = inbox.plan(inbox.parse(provider, body.encode("utf-8"), event_id))[2]
+        if why is None and provider == stripe.NAME and status == inbox.IGNORED:
+            other_mode = json.loads(body).get("livemode") is not True
+            why = inbox.plan(inbox.parse(provider, body.encode("utf-8"), event_id, other_mode))[2]
+        return why
     except (Malformed, ValueError):
         return None

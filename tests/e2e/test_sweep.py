@@ -27,12 +27,11 @@ def test_a_worker_publishes_a_leftover_event_and_enqueues_a_received_one_without
             "VALUES (%s, 'purchase.created', now() - interval '1 min', %s)",
             (event_id, json.dumps({"payment_id": "pay_left_behind"})),
         )
-        payment = s.razorpay_payment("pay_swept_inbox", str(uuid.uuid4()), str(uuid.uuid4()))
-        body = s.encode(s.razorpay_event("payment.captured", payment)).decode()
+        body = s.encode(s.razorpay_paid(str(uuid.uuid4()), str(uuid.uuid4()), "pay_swept_inbox")).decode()
         run_sql(
             database_url,
             "INSERT INTO payment_events (provider, event_id, type, payment_id, status, body, received_at) "
-            "VALUES ('razorpay', 'evt_swept', 'payment.captured', 'pay_swept_inbox', 'received', %s, "
+            "VALUES ('razorpay', 'evt_swept', 'order.paid', 'pay_swept_inbox', 'received', %s, "
             "now() - interval '1 min')",
             (body,),
         )

@@ -33,9 +33,9 @@ from tests.integration.test_inbox import queued
 Arrival = tuple[Event, bytes]
 
 
-def captured(payment_id: str | None = None) -> Arrival:
-    payment = s.razorpay_payment(payment_id or "pay_" + uuid.uuid4().hex[:14], str(uuid.uuid4()), str(uuid.uuid4()))
-    body = s.encode(s.razorpay_event("payment.captured", payment))
+def paid(payment_id: str | None = None) -> Arrival:
+    """An order.paid event whose order names a student and a course."""
+    body = s.encode(s.razorpay_paid(str(uuid.uuid4()), str(uuid.uuid4()), payment_id))
     return razorpay.parse(body, "evt_" + uuid.uuid4().hex[:14]), body
 
 
@@ -110,8 +110,8 @@ def inserts(sql: Callable[..., list[tuple]], event_ids: Sequence[str]) -> int:
 def test_a_burst_is_stored_in_a_few_inserts_and_each_request_gets_its_own_receipt(
     database_url: str, engine: Engine, broker: Celery, sql: Callable[..., list[tuple]]
 ) -> None:
-    first = captured()
-    rest = [captured() for _ in range(30)]
+    first = paid()
+    rest = [paid() for _ in range(30)]
     repeated = [again(rest[0]), again(rest[1])]
     held, outcomes = burst(Intake(engine, broker), first, rest + repeated, database_url)
 
@@ -130,10 +130,10 @@ def test_a_burst_is_stored_in_a_few_inserts_and_each_request_gets_its_own_receip
 def test_an_event_that_cannot_be_stored_fails_alone(
     database_url: str, engine: Engine, broker: Celery, sql: Callable[..., list[tuple]]
 ) -> None:
-    good, bad, other = captured(), captured(), captured()
+    good, bad, other = paid(), paid(), paid()
     # Not something a provider's body can make (parsing refuses it), but PostgreSQL refuses it.
     broken = (Event(bad[0].provider, "evt_\x00", bad[0].type, bad[0].action), bad[1])
-    _, outcomes = burst(Intake(engine, broker), captured(), [good, broken, other], database_url)
+    _, outcomes = burst(Intake(engine, broker), paid(), [good, broken, other], database_url)
 
     assert isinstance(outcomes[1], DatabaseError) and not isinstance(outcomes[1], DatabaseUnavailable)
     assert [(r.status, r.new) for r in (outcomes[0], outcomes[2])] == [("enqueued", True)] * 2
@@ -146,7 +146,7 @@ def test_postgresql_down_fails_every_request_of_the_batch_as_unavailable(broker:
     target = Intake(down, broker)
 
     async def scenario() -> list[Any]:
-        return await asyncio.gather(*(target.receive(*captured()) for _ in range(5)), return_exceptions=True)
+        return await asyncio.gather(*(target.receive(*paid()) for _ in range(5)), return_exceptions=True)
 
     try:
         outcomes = asyncio.run(scenario())
@@ -161,7 +161,7 @@ def test_with_the_broker_down_events_are_stored_and_left_received_for_the_relay(
     engine: Engine, sql: Callable[..., list[tuple]]
 ) -> None:
     target = Intake(engine, Celery(broker="amqp://guest:guest@127.0.0.1:1//"))
-    arrivals = [captured() for _ in range(4)]
+    arrivals = [paid() for _ in range(4)]
 
     async def scenario() -> list[Any]:
         return await asyncio.gather(*(target.receive(*a) for a in arrivals))
@@ -180,7 +180,7 @@ def test_batches_meeting_the_same_events_in_opposite_orders_never_deadlock(engin
     nowhere = Celery(broker="memory://")
     failures: list[BaseException] = []
     for _ in range(15):
-        arrivals = [captured() for _ in range(60)]
+        arrivals = [paid() for _ in range(60)]
 
         def store(batch: list[Arrival], start: threading.Barrier) -> None:
             start.wait(10)
@@ -210,7 +210,7 @@ def test_store_and_enqueue_publishes_one_task_per_new_event(
     kind: str, engine: Engine, broker: Celery, sql: Callable[..., list[tuple]]
 ) -> None:
     """On a kept confirmed channel: a task per event stored, none for what was stored before."""
-    arrival = captured()
+    arrival = paid()
     channel = intake.Kept(lambda: inbox.TaskChannel(broker))
     try:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

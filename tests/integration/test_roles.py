@@ -136,9 +136,7 @@ def test_the_web_role_stores_webhooks_and_reads_purchases_but_cannot_change_them
     )
     web = login(roles.WEB)
     engine = engine_for(web)
-    body = s.encode(
-        s.razorpay_event("payment.captured", s.razorpay_payment("pay_web", str(uuid.uuid4()), str(uuid.uuid4())))
-    )
+    body = s.encode(s.razorpay_paid(str(uuid.uuid4()), str(uuid.uuid4()), "pay_web"))
     try:
         receipt = inbox.receive(engine, Celery(broker="memory://"), razorpay.parse(body, "evt_web"), body)
         with engine.connect() as conn:

@@ -1,5 +1,10 @@
 """The provider modules, table-tested over each provider's documented sample events: pure,
-no services. Signatures are made with the providers' official libraries."""
+no services. Each sample is signed with the provider's official library and verified before
+it is read.
+
+The trust boundary is what most of these rows are about: a grant comes only from what the
+platform's server set (a Razorpay order's notes, a Stripe Checkout Session's or
+PaymentIntent's metadata), never from a Razorpay payment's own notes, which the browser sets."""
 
 from __future__ import annotations
 
@@ -11,83 +16,177 @@ from typing import Any
 
 import pytest
 
-from kc_tasks.providers import Event, Ignored, Malformed, Purchase, Revocation, Unmapped, kc, razorpay, stripe
+from kc_tasks.providers import (
+    NOT_A_COURSE,
+    Event,
+    Ignored,
+    Malformed,
+    Purchase,
+    Revocation,
+    Unmapped,
+    kc,
+    purchase_from,
+    razorpay,
+    stripe,
+)
 from tests import provider_samples as s
 
 STUDENT, COURSE = str(uuid.uuid4()), str(uuid.uuid4())
+# What a tampering browser writes into a Razorpay payment's own notes.
+OTHER_STUDENT, EXPENSIVE_COURSE = str(uuid.uuid4()), str(uuid.uuid4())
+TAMPERED = {"student_id": OTHER_STUDENT, "course_id": EXPENSIVE_COURSE}
 PAY = "pay_29QQoUBi66xm2f"
+REFUND_ID = "rfnd_FP8QHiV938haTz"
 PI = "pi_3MtwBwLkdIwHu7ix28a3tqPa"
+# Stripe's sample events carry a fixed `created`; only the signature's timestamp is taken at run time.
+CREATED = 1680064028
+NOT_A_COURSE_WHY = f"{NOT_A_COURSE}: its server-set notes/metadata name no student_id or course_id"
 
 
-def rzp(event: str, **payment: Any) -> bytes:
-    refund_amount = payment.pop("refund_amount", None)
-    return s.encode(s.razorpay_event(event, s.razorpay_payment(PAY, **payment), refund_amount))
+def payment(**fields: Any) -> dict[str, Any]:
+    return s.razorpay_payment(PAY, **fields)
 
 
+def order_paid(
+    student: str | None = STUDENT,
+    course: str | None = COURSE,
+    payment_notes: dict[str, Any] | None = None,
+    extra_notes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return s.razorpay_paid(student, course, PAY, payment_notes=payment_notes, extra_notes=extra_notes)
+
+
+def refund_processed(refunded: int, refund_amount: int) -> dict[str, Any]:
+    paid = payment(refunded=refunded)
+    return s.razorpay_event(
+        "refund.processed", paid, refund={**s.razorpay_refund(paid, refund_amount), "id": REFUND_ID}
+    )
+
+
+def disputed(event: str, status: str) -> dict[str, Any]:
+    paid = payment()
+    return s.razorpay_event(event, paid, dispute=s.razorpay_dispute(paid, status))
+
+
+def other_order() -> dict[str, Any]:
+    """An order.paid whose order is not the payment's own order."""
+    event = order_paid()
+    event["payload"]["order"]["entity"]["id"] = "order_someoneelses"
+    return event
+
+
+RAZORPAY_PURCHASE = Purchase(
+    {"payment_id": PAY, "student_id": STUDENT, "course_id": COURSE, "amount_cents": 49900, "currency": "INR"}
+)
 RAZORPAY_TABLE = [
+    ("order.paid", order_paid(), RAZORPAY_PURCHASE),
     (
-        "payment.captured",
-        rzp("payment.captured", student=STUDENT, course=COURSE, extra_notes={"coupon": "DIWALI"}),
-        Purchase(
-            {
-                "payment_id": PAY,
-                "student_id": STUDENT,
-                "course_id": COURSE,
-                "amount_cents": 49900,
-                "currency": "INR",
-                "metadata": {"coupon": "DIWALI"},
-            }
-        ),
+        "order.paid, other order notes go to metadata",
+        order_paid(extra_notes={"coupon": "DIWALI"}),
+        Purchase({**RAZORPAY_PURCHASE.kwargs, "metadata": {"coupon": "DIWALI"}}),
     ),
     (
-        "order.paid",
-        rzp("order.paid", student=STUDENT, course=COURSE),
-        Purchase(
-            {"payment_id": PAY, "student_id": STUDENT, "course_id": COURSE, "amount_cents": 49900, "currency": "INR"}
-        ),
+        "order.paid, the payment's own notes name another student and course",
+        order_paid(payment_notes=TAMPERED),
+        RAZORPAY_PURCHASE,
     ),
-    ("notes []", rzp("payment.captured"), Unmapped(PAY, ("student_id", "course_id"))),
-    ("only a student", rzp("payment.captured", student=STUDENT), Unmapped(PAY, ("course_id",))),
     (
-        "refund.processed, full",
-        rzp("refund.processed", student=STUDENT, course=COURSE, refunded=49900),
-        Revocation(PAY, "refund"),
+        "order.paid, the order names nothing, the payment's notes name a course",
+        order_paid(None, None, payment_notes=TAMPERED),
+        Ignored(NOT_A_COURSE_WHY, PAY),
+    ),
+    ("order.paid, order notes []", order_paid(None, None), Ignored(NOT_A_COURSE_WHY, PAY)),
+    (
+        "order.paid, order notes of another product",
+        order_paid(None, None, extra_notes={"sku": "mug-42"}),
+        Ignored(NOT_A_COURSE_WHY, PAY),
+    ),
+    (
+        "order.paid, only a student",
+        order_paid(course=None),
+        Unmapped(PAY, "its server-set notes/metadata name student_id but not course_id"),
+    ),
+    (
+        "order.paid, only a course, the payment's notes name the student",
+        order_paid(None, COURSE, payment_notes={"student_id": STUDENT}),
+        Unmapped(PAY, "its server-set notes/metadata name course_id but not student_id"),
+    ),
+    (
+        "order.paid, course not a UUID",
+        order_paid(course="python-101"),
+        Unmapped(PAY, "its server-set course_id is not a UUID"),
+    ),
+    (
+        "order.paid, neither a UUID",
+        order_paid("42", "python-101"),
+        Unmapped(PAY, "its server-set student_id and course_id are not a UUID"),
+    ),
+    (
+        "order.paid, another order",
+        other_order(),
+        Unmapped(PAY, f"the payment's order_id 'order_{PAY[4:]}' is not the order 'order_someoneelses'"),
+    ),
+    (
+        "payment.captured, the payment's notes name a course",
+        s.razorpay_event("payment.captured", payment(notes={"student_id": STUDENT, "course_id": COURSE})),
+        Ignored("payment.captured is not acted on: its notes are the browser's; order.paid makes the purchase", PAY),
+    ),
+    ("refund.processed, full", refund_processed(49900, 49900), Revocation(PAY, "refund", REFUND_ID)),
+    (
+        "refund.processed, the last of two partial refunds",
+        refund_processed(49900, 9900),
+        Revocation(PAY, "refund", REFUND_ID),
     ),
     (
         "refund.processed, partial",
-        rzp("refund.processed", student=STUDENT, course=COURSE, refunded=10000, refund_amount=10000),
+        refund_processed(10000, 10000),
         Ignored("partial refund: the purchase stays", PAY),
     ),
-    ("payment.failed", rzp("payment.failed"), Ignored("type payment.failed is not acted on", PAY)),
-    ("payment.authorized", rzp("payment.authorized"), Ignored("type payment.authorized is not acted on", PAY)),
+    ("payment.dispute.lost", disputed("payment.dispute.lost", "lost"), Revocation(PAY, "dispute")),
+    (
+        "payment.dispute.won",
+        disputed("payment.dispute.won", "won"),
+        Ignored("dispute won, not lost: the purchase stays", PAY),
+    ),
+    (
+        "payment.dispute.created",
+        disputed("payment.dispute.created", "open"),
+        Ignored("dispute open, not lost: the purchase stays", PAY),
+    ),
+    (
+        "payment.dispute.under_review",
+        disputed("payment.dispute.under_review", "under_review"),
+        Ignored("dispute under_review, not lost: the purchase stays", PAY),
+    ),
+    (
+        "payment.failed",
+        s.razorpay_event("payment.failed", payment()),
+        Ignored("type payment.failed is not acted on", PAY),
+    ),
+    (
+        "payment.authorized",
+        s.razorpay_event("payment.authorized", payment()),
+        Ignored("type payment.authorized is not acted on", PAY),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "body", "action"), RAZORPAY_TABLE, ids=[row[0] for row in RAZORPAY_TABLE])
-def test_razorpay_events_map_to_actions(name: str, body: bytes, action: Any) -> None:
+@pytest.mark.parametrize(("name", "sample", "action"), RAZORPAY_TABLE, ids=[row[0] for row in RAZORPAY_TABLE])
+def test_razorpay_events_map_to_actions(name: str, sample: dict[str, Any], action: Any) -> None:
+    body = s.encode(sample)
+    assert razorpay.verify(body, s.razorpay_headers(body)["X-Razorpay-Signature"], [s.RAZORPAY_SECRET]) is None
     event = razorpay.parse(body, "evt_1")
-    assert event.provider == "razorpay" and event.event_id == "evt_1"
-    if isinstance(action, Revocation):  # the refund id is the sample's own
-        assert isinstance(event.action, Revocation) and event.action.refund_id.startswith("rfnd_")  # type: ignore[union-attr]
-        assert (event.action.payment_id, event.action.reason) == (action.payment_id, action.reason)
-    else:
-        assert event.action == action
-
-
-def test_razorpay_order_notes_name_the_course_when_the_payment_has_none() -> None:
-    sample = s.razorpay_event("order.paid", s.razorpay_payment(PAY))
-    sample["payload"]["order"]["entity"]["notes"] = {"student_id": STUDENT, "course_id": COURSE}
-    action = razorpay.parse(s.encode(sample), None).action
-    assert isinstance(action, Purchase) and action.kwargs["course_id"] == COURSE
+    assert (event.provider, event.event_id, event.type) == ("razorpay", "evt_1", sample["event"])
+    assert event.action == action
 
 
 def test_razorpay_event_id_is_the_body_hash_without_the_header() -> None:
-    body = rzp("payment.captured", student=STUDENT, course=COURSE)
+    body = s.encode(order_paid())
     assert razorpay.parse(body, None).event_id == hashlib.sha256(body).hexdigest()
 
 
 def test_razorpay_signature_by_the_documented_hmac() -> None:
-    body = rzp("payment.captured", student=STUDENT, course=COURSE)
+    body = s.encode(order_paid())
     signature = s.razorpay_headers(body)["X-Razorpay-Signature"]
     assert razorpay.verify(body, signature, [s.RAZORPAY_SECRET]) is None
     assert razorpay.verify(body, signature, ["old-secret", s.RAZORPAY_SECRET]) is None, "rotation"
@@ -98,10 +197,24 @@ def test_razorpay_signature_by_the_documented_hmac() -> None:
     assert razorpay.verify(b"\xff", signature, [s.RAZORPAY_SECRET]) is not None
 
 
-def sevent(kind: str, obj: dict[str, Any]) -> bytes:
-    return s.encode(s.stripe_event(kind, obj, event_id="evt_1NG8Du2eZvKYlo2CUI79vXWy"))
+def sevent(kind: str, obj: dict[str, Any], livemode: bool = False) -> dict[str, Any]:
+    return s.stripe_event(kind, obj, event_id="evt_1NG8Du2eZvKYlo2CUI79vXWy", livemode=livemode, created=CREATED)
 
 
+def only_student_intent() -> dict[str, Any]:
+    return {**s.stripe_intent(PI, None, None), "metadata": {"student_id": STUDENT}}
+
+
+def refunds_embedded(count: int) -> dict[str, Any]:
+    """A charge as endpoints pinned to an API version before 2022-11-15 still get it."""
+    refunds = [
+        {"id": f"re_{n}{PI[3:]}", "object": "refund", "amount": 99900 // count, "status": "succeeded"}
+        for n in range(count)
+    ]
+    return {**s.stripe_charge(PI), "refunds": {"object": "list", "data": refunds, "has_more": False}}
+
+
+FREE = s.stripe_session(None, STUDENT, COURSE, payment_status="no_payment_required", amount_total=0)
 STRIPE_PURCHASE = Purchase(
     {"payment_id": PI, "student_id": STUDENT, "course_id": COURSE, "amount_cents": 99900, "currency": "INR"}
 )
@@ -112,9 +225,21 @@ STRIPE_TABLE = [
         STRIPE_PURCHASE,
     ),
     (
+        "checkout.session.completed, no_payment_required (a free course)",
+        sevent("checkout.session.completed", FREE),
+        Purchase(
+            {"payment_id": FREE["id"], "student_id": STUDENT, "course_id": COURSE, "amount_cents": 0, "currency": "INR"}
+        ),
+    ),
+    (
         "checkout.session.completed, unpaid",
         sevent("checkout.session.completed", s.stripe_session(PI, STUDENT, COURSE, paid=False)),
         Ignored("checkout session not paid yet (payment_status=unpaid)", PI),
+    ),
+    (
+        "checkout.session.completed, paid, no metadata",
+        sevent("checkout.session.completed", s.stripe_session(PI, None, None)),
+        Ignored(NOT_A_COURSE_WHY, PI),
     ),
     (
         "checkout.session.async_payment_succeeded",
@@ -129,13 +254,52 @@ STRIPE_TABLE = [
     (
         "payment_intent.succeeded, no metadata",
         sevent("payment_intent.succeeded", s.stripe_intent(PI, None, None)),
-        Unmapped(PI, ("student_id", "course_id")),
+        Ignored(NOT_A_COURSE_WHY, PI),
     ),
-    ("charge.refunded, full", sevent("charge.refunded", s.stripe_charge(PI)), Revocation(PI, "refund", "re_" + PI[3:])),
+    (
+        "payment_intent.succeeded, only a student",
+        sevent("payment_intent.succeeded", only_student_intent()),
+        Unmapped(PI, "its server-set notes/metadata name student_id but not course_id"),
+    ),
+    (
+        "payment_intent.succeeded, student not a UUID",
+        sevent("payment_intent.succeeded", s.stripe_intent(PI, "student-7", COURSE)),
+        Unmapped(PI, "its server-set student_id is not a UUID"),
+    ),
+    (
+        "charge.refunded, full, as the current API version sends it",
+        sevent("charge.refunded", s.stripe_charge(PI)),
+        Revocation(PI, "refund", None),
+    ),
+    (
+        "charge.refunded, full, one refund embedded (API version before 2022-11-15)",
+        sevent("charge.refunded", refunds_embedded(1)),
+        Revocation(PI, "refund", "re_0" + PI[3:]),
+    ),
+    (
+        "charge.refunded, full, two refunds embedded",
+        sevent("charge.refunded", refunds_embedded(2)),
+        Revocation(PI, "refund", None),
+    ),
     (
         "charge.refunded, partial",
         sevent("charge.refunded", s.stripe_charge(PI, refunded=False, amount_refunded=100)),
         Ignored("partial refund: the purchase stays", PI),
+    ),
+    (
+        "charge.dispute.closed, lost",
+        sevent("charge.dispute.closed", s.stripe_dispute(PI, "lost")),
+        Revocation(PI, "dispute"),
+    ),
+    (
+        "charge.dispute.closed, won",
+        sevent("charge.dispute.closed", s.stripe_dispute(PI, "won")),
+        Ignored("dispute closed won, not lost: the purchase stays", PI),
+    ),
+    (
+        "charge.dispute.created",
+        sevent("charge.dispute.created", s.stripe_dispute(PI, "needs_response")),
+        Ignored("type charge.dispute.created is not acted on", PI),
     ),
     (
         "customer.created",
@@ -145,22 +309,65 @@ STRIPE_TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("name", "body", "action"), STRIPE_TABLE, ids=[row[0] for row in STRIPE_TABLE])
-def test_stripe_events_map_to_actions(name: str, body: bytes, action: Any) -> None:
+@pytest.mark.parametrize(("name", "sample", "action"), STRIPE_TABLE, ids=[row[0] for row in STRIPE_TABLE])
+def test_stripe_events_map_to_actions(name: str, sample: dict[str, Any], action: Any) -> None:
+    body = s.encode(sample)
+    assert stripe.verify(body, s.stripe_headers(body)["Stripe-Signature"], [s.STRIPE_SECRET]) is None
     event = stripe.parse(body)
-    assert (event.provider, event.event_id) == ("stripe", "evt_1NG8Du2eZvKYlo2CUI79vXWy")
+    assert (event.provider, event.event_id, event.type) == ("stripe", "evt_1NG8Du2eZvKYlo2CUI79vXWy", sample["type"])
     assert event.action == action
+
+
+@pytest.mark.parametrize(
+    ("setting", "livemode", "acts"),
+    [
+        (None, False, True),
+        (None, True, True),
+        (False, False, True),
+        (True, True, True),
+        (True, False, False),
+        (False, True, False),
+    ],
+)
+def test_kc_stripe_livemode_ignores_the_other_modes_events(setting: bool | None, livemode: bool, acts: bool) -> None:
+    for sample, action in (
+        (sevent("payment_intent.succeeded", s.stripe_intent(PI, STUDENT, COURSE), livemode), STRIPE_PURCHASE),
+        (sevent("charge.refunded", s.stripe_charge(PI), livemode), Revocation(PI, "refund", None)),
+    ):
+        event = stripe.parse(s.encode(sample), setting)
+        if acts:
+            assert event.action == action
+        else:
+            mode, wanted = ("a live", "test-mode") if livemode else ("a test-mode", "live")
+            why = f"{stripe.OTHER_MODE}: {mode} event; this endpoint takes {wanted} events only"
+            assert event.action == Ignored(why, PI)
+
+
+def test_an_event_without_livemode_is_of_neither_mode() -> None:
+    sample = sevent("payment_intent.succeeded", s.stripe_intent(PI, STUDENT, COURSE))
+    del sample["livemode"]
+    for setting in (True, False):
+        action = stripe.parse(s.encode(sample), setting).action
+        assert isinstance(action, Ignored) and action.why.startswith(stripe.OTHER_MODE)
+    assert stripe.parse(s.encode(sample)).action == STRIPE_PURCHASE
 
 
 def test_stripe_expanded_payment_intent_gives_its_id() -> None:
     session = s.stripe_session(PI, STUDENT, COURSE)
     session["payment_intent"] = s.stripe_intent(PI, None, None)
-    action = stripe.parse(sevent("checkout.session.completed", session)).action
+    action = stripe.parse(s.encode(sevent("checkout.session.completed", session))).action
     assert isinstance(action, Purchase) and action.payment_id == PI
 
 
+def test_a_paid_session_without_a_payment_intent_grants_nothing() -> None:
+    """A subscription's session: paid, but no one-time PaymentIntent to be the payment."""
+    session = {**s.stripe_session(None, STUDENT, COURSE), "mode": "subscription"}
+    action = stripe.parse(s.encode(sevent("checkout.session.completed", session))).action
+    assert action == Ignored("paid checkout session names no payment_intent (not a one-time payment)", session["id"])
+
+
 def test_stripe_signature_made_by_stripes_library() -> None:
-    body = sevent("payment_intent.succeeded", s.stripe_intent(PI, STUDENT, COURSE))
+    body = s.encode(sevent("payment_intent.succeeded", s.stripe_intent(PI, STUDENT, COURSE)))
     header = s.stripe_headers(body)["Stripe-Signature"]
     assert stripe.verify(body, header, [s.STRIPE_SECRET]) is None
     assert stripe.verify(body, header, ["whsec_old", s.STRIPE_SECRET]) is None, "rotation"
@@ -172,6 +379,58 @@ def test_stripe_signature_made_by_stripes_library() -> None:
     assert stripe.verify(body, None, [s.STRIPE_SECRET]) == "missing Stripe-Signature header"
     several = f"{header},v1={'0' * 64}"
     assert stripe.verify(body, several, [s.STRIPE_SECRET]) is None, "several v1 signatures"
+
+
+def test_stripe_signature_over_a_body_that_is_not_utf8_is_refused() -> None:
+    body = b'{"id": "evt_1", "note": "\xff"}'
+    header = f"t={int(time.time())},v1={'0' * 64}"
+    assert stripe.verify(body, header, [s.STRIPE_SECRET]) == "body is not UTF-8"
+
+
+def test_stripe_signature_over_non_ascii_text_verifies() -> None:
+    """The body goes to the library as text: a customer named in Devanagari still verifies."""
+    charge = {**s.stripe_charge(PI), "billing_details": {"name": "\u0905\u0928\u0941"}}
+    body = json.dumps(sevent("charge.refunded", charge), ensure_ascii=False).encode()
+    assert stripe.verify(body, s.stripe_headers(body)["Stripe-Signature"], [s.STRIPE_SECRET]) is None
+
+
+PURCHASE_FROM_TABLE = [
+    ("neither key", {"coupon": "X"}, Ignored(NOT_A_COURSE_WHY, "p1")),
+    ("Razorpay's empty notes", [], Ignored(NOT_A_COURSE_WHY, "p1")),
+    ("no notes at all", None, Ignored(NOT_A_COURSE_WHY, "p1")),
+    ("empty strings", {"student_id": "", "course_id": ""}, Ignored(NOT_A_COURSE_WHY, "p1")),
+    (
+        "only a course",
+        {"course_id": COURSE},
+        Unmapped("p1", "its server-set notes/metadata name course_id but not student_id"),
+    ),
+    (
+        "a student that is a number",
+        {"student_id": 7, "course_id": COURSE},
+        Unmapped("p1", "its server-set student_id is not a UUID"),
+    ),
+    (
+        "both, the rest to metadata",
+        {"student_id": STUDENT, "course_id": COURSE, "coupon": "X"},
+        Purchase(
+            {
+                "payment_id": "p1",
+                "student_id": STUDENT,
+                "course_id": COURSE,
+                "amount_cents": 100,
+                "currency": "INR",
+                "metadata": {"coupon": "X"},
+            }
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "server_set", "action"), PURCHASE_FROM_TABLE, ids=[row[0] for row in PURCHASE_FROM_TABLE]
+)
+def test_purchase_from_tells_a_course_purchase_from_another_payment(name: str, server_set: Any, action: Any) -> None:
+    assert purchase_from("p1", 100, "inr", server_set) == action
 
 
 KC_TABLE = [
@@ -215,14 +474,21 @@ def test_stripe_malformed_bodies_are_refused(body: bytes) -> None:
         stripe.parse(body)
 
 
-def test_razorpay_odd_shapes_are_never_a_crash() -> None:
-    for payload in (
+@pytest.mark.parametrize(
+    "payload",
+    [
         {"event": "payment.captured", "payload": []},
         {"event": 5},
+        {"event": "order.paid", "payload": {}},
+        {"event": "order.paid", "payload": {"payment": {"entity": {"id": PAY}}, "order": {"entity": []}}},
         {"event": "refund.processed", "payload": {}},
-    ):
-        event = razorpay.parse(json.dumps(payload).encode(), "e")
-        assert isinstance(event.action, (Ignored, Unmapped))
+        {"event": "payment.dispute.lost", "payload": {"dispute": {"entity": {"status": "lost"}}}},
+        {"event": "payment.dispute.lost", "payload": {"dispute": "lost"}},
+    ],
+)
+def test_razorpay_odd_shapes_are_never_a_crash_nor_a_grant(payload: dict[str, Any]) -> None:
+    event = razorpay.parse(json.dumps(payload).encode(), "e")
+    assert isinstance(event.action, (Ignored, Unmapped))
 
 
 @pytest.mark.parametrize("bad", ["a\u0000b", "\ud800"])
@@ -233,4 +499,4 @@ def test_ids_postgresql_cannot_store_are_never_taken_as_ids(bad: str) -> None:
         kc.parse(json.dumps({"id": bad, "type": "payment.succeeded", "data": {}}).encode())
     intent = s.stripe_intent(PI, STUDENT, COURSE)
     intent["id"] = bad
-    assert stripe.parse(sevent("payment_intent.succeeded", intent)).payment_id is None
+    assert stripe.parse(s.encode(sevent("payment_intent.succeeded", intent))).payment_id is None

@@ -27,6 +27,8 @@ def test_defaults_are_those_of_the_contract() -> None:
     assert settings.queue_type == "classic"
     assert settings.log_format == "text"
     assert settings.batch_hold_ms == 2
+    assert settings.stripe_livemode is None, "unset: Stripe events of both modes are taken"
+    assert settings.reconcile_window == 259200
 
 
 def test_empty_variables_count_as_unset() -> None:
@@ -39,6 +41,8 @@ def test_empty_variables_count_as_unset() -> None:
             "KC_QUEUE_TYPE",
             "KC_LOG_FORMAT",
             "KC_BATCH_HOLD_MS",
+            "KC_STRIPE_LIVEMODE",
+            "KC_RECONCILE_WINDOW",
         ),
         "",
     )
@@ -136,6 +140,13 @@ def test_database_url_forms_all_use_psycopg_3(env: dict[str, str], expected: str
         ({}, "batching", True),
         ({"KC_BATCHING": "off"}, "batching", False),
         ({"KC_BATCHING": " On "}, "batching", True),
+        ({"KC_STRIPE_LIVEMODE": "true"}, "stripe_livemode", True),
+        ({"KC_STRIPE_LIVEMODE": "false"}, "stripe_livemode", False),
+        ({"KC_STRIPE_LIVEMODE": " True "}, "stripe_livemode", True),
+        ({"KC_STRIPE_LIVEMODE": "FALSE"}, "stripe_livemode", False),
+        ({"KC_STRIPE_LIVEMODE": " "}, "stripe_livemode", None),
+        ({"KC_RECONCILE_WINDOW": "60"}, "reconcile_window", 60),
+        ({"KC_RECONCILE_WINDOW": "2592000"}, "reconcile_window", 2592000),
     ],
 )
 def test_accepted_values(env: dict[str, str], attribute: str, expected: object) -> None:
@@ -157,6 +168,12 @@ def test_accepted_values(env: dict[str, str], attribute: str, expected: object) 
         ({"KC_BATCH_HOLD_MS": "101"}, "KC_BATCH_HOLD_MS"),
         ({"KC_BATCH_HOLD_MS": "0.5"}, "KC_BATCH_HOLD_MS"),
         ({"KC_BATCHING": "no"}, "KC_BATCHING"),
+        ({"KC_STRIPE_LIVEMODE": "yes"}, "KC_STRIPE_LIVEMODE"),
+        ({"KC_STRIPE_LIVEMODE": "1"}, "KC_STRIPE_LIVEMODE"),
+        ({"KC_STRIPE_LIVEMODE": "live"}, "KC_STRIPE_LIVEMODE"),
+        ({"KC_STRIPE_LIVEMODE": "truee"}, "KC_STRIPE_LIVEMODE"),
+        ({"KC_RECONCILE_WINDOW": "59"}, "KC_RECONCILE_WINDOW"),
+        ({"KC_RECONCILE_WINDOW": "3d"}, "KC_RECONCILE_WINDOW"),
         ({"POSTGRES_HOST": "db", "POSTGRES_PORT": "abc"}, "POSTGRES_PORT"),
         ({"DATABASE_URL": f"mysql://kc:{SECRET}@db/shop"}, "DATABASE_URL"),
         ({"DATABASE_URL": f"postgresql+asyncpg://kc:{SECRET}@db/shop"}, "DATABASE_URL"),
@@ -179,6 +196,13 @@ def test_bad_value_is_refused_naming_the_variable(env: dict[str, str], variable:
 
     assert str(caught.value).startswith(variable + " ")
     assert SECRET not in str(caught.value)
+
+
+def test_kc_stripe_livemode_refusal_says_what_it_accepts() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"KC_STRIPE_LIVEMODE": "yes"})
+
+    assert str(caught.value) == "KC_STRIPE_LIVEMODE must be true or false, got 'yes'"
 
 
 @pytest.mark.parametrize(
