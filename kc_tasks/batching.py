@@ -1,13 +1,14 @@
 """Batching: create_purchase requests that wait for a free pool process go to it together,
-and their purchases are inserted in one statement.
+and their purchases are made in one statement; task events leave gathered (worker.py).
 
 - `PurchaseBatcher`, in the worker's main process, stands in front of Celery's prefork pool.
-- `run_batch`, in a pool process, inserts a batch's purchases, then runs each request as
-  Celery's tracer would run it alone.
+- `run_batch`, in a pool process, makes a batch's purchases, then runs each request as
+  Celery's tracer would run it alone, its outcome in its request.
 
-This is the one module that relies on Celery's private API (leading underscores, the
-tracer's arguments, the pool's apply_async); tests/unit/test_celery_private_api.py names
-each attribute. KC_BATCHING=off sends every request down Celery's own path instead.
+This is the one module that relies on Celery's, kombu's and billiard's private API (leading
+underscores, the tracer's arguments, the pool's apply_async, the consumer's event flush);
+tests/unit/test_celery_private_api.py names each attribute. KC_BATCHING=off turns every one
+of them off: each request goes down Celery's own path, and task events leave Celery's way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import weakref
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from billiard.einfo import ExceptionInfo
@@ -25,7 +26,7 @@ from celery.worker.request import Request
 from kombu.serialization import loads as loads_message
 from kombu.serialization import prepare_accept_content
 
-from kc_tasks import purchases, revocations
+from kc_tasks import purchases
 from kc_tasks.celery import app, settings
 from kc_tasks.errors import InvalidPurchase, KcTasksError
 from kc_tasks.payload import Purchase, is_task_body, parse_purchase
@@ -185,15 +186,22 @@ def _each_outcome(batch: list[Request], outcomes: list[Any]) -> None:
             logger.exception("task %s: reporting its outcome failed", request.id)
 
 
-# Outcomes of a batch's purchases, inserted together before its tasks run, by task id.
-_prepared: dict[str, tuple[Purchase, purchases.Outcome]] = {}
+def flush_task_events(consumer: Any) -> None:
+    """Send the task events the consumer has buffered (Celery's Consumer._flush_events)."""
+    consumer._flush_events()
+
+
+# The key under which run_batch hands each request its purchase's outcome: the tracer makes
+# the request dict the task's `request` (celery.app.trace), so the outcome travels with the
+# request it belongs to, and with nothing else.
+OUTCOME = "kc_batch_outcome"
 
 
 def run_batch(jobs: list[tuple[Any, ...]]) -> list[Any]:
     """Run in a pool process: several create_purchase requests that arrived together
-    (PurchaseBatcher). Their new purchases are inserted in one statement
-    first; then each request runs as a task of its own, with its own result, retries and
-    dead letter, and finds its outcome ready or makes it as a lone task would.
+    (PurchaseBatcher). Their purchases are made together first (purchases.create_all, the
+    way a lone task makes its own, as a batch of one); then each request runs as a task of its
+    own, with its outcome in its request, its own result, retries and dead letter.
 
     Each job is what Celery's tracer takes for one request; the answer is, in order, its
     (failed, result, runtime), or Raised if the tracer itself raised: what the pool reports
@@ -201,17 +209,16 @@ def run_batch(jobs: list[tuple[Any, ...]]) -> list[Any]:
     trace = fast_trace_task if app.use_fast_trace_task else trace_task_ret
     accept = prepare_accept_content(app.conf.accept_content)
     bodies = [_decode(job, accept) for job in jobs]
-    try:
-        _prepare([(job[1], body) for job, body in zip(jobs, bodies, strict=True) if body is not None])
-        outcomes: list[Any] = []
-        for job, body in zip(jobs, bodies, strict=True):
-            try:
-                outcomes.append(trace(*job) if body is None else trace(*job[:3], body, None, None))
-            except Exception:  # noqa: BLE001  (reported for this request alone, as the pool would)
-                outcomes.append(Raised(ExceptionInfo()))
-        return outcomes
-    finally:
-        _prepared.clear()
+    made = _make([(job[2], body) for job, body in zip(jobs, bodies, strict=True) if body is not None])
+    outcomes: list[Any] = []
+    for job, body in zip(jobs, bodies, strict=True):
+        try:
+            outcomes.append(trace(*job) if body is None else trace(*job[:3], body, None, None))
+        except Exception:  # noqa: BLE001  (reported for this request alone, as the pool would)
+            outcomes.append(Raised(ExceptionInfo()))
+    if made:
+        logger.debug("a batch of %d purchases made together", made)
+    return outcomes
 
 
 def _decode(job: tuple[Any, ...], accept: set[str]) -> tuple[Any, ...] | None:
@@ -224,51 +231,37 @@ def _decode(job: tuple[Any, ...], accept: set[str]) -> tuple[Any, ...] | None:
     return tuple(decoded) if is_task_body(decoded) else None
 
 
-def _prepare(requests: list[tuple[str, tuple[Any, ...]]]) -> None:
-    """Insert the batch's new purchases at once: the first request of each payment and each
-    student/course pair; the others, and any the statement did not create, go their own way."""
-    chosen: dict[str, Purchase] = {}
-    payments: set[str] = set()
-    pairs: set[tuple[str, str]] = set()
-    for task_id, (args, kwargs, _) in requests:
+def _make(requests: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> int:
+    """Make the batch's purchases at once and put each outcome in its request dict; how many.
+    A request whose kwargs do not parse gets none (its task dead-letters it); if the batch
+    fails, none does, and each task makes its own outcome, retrying as it would alone."""
+    parsed: list[tuple[dict[str, Any], Purchase]] = []
+    for request, (args, kwargs, _) in requests:
         try:
-            purchase = parse_purchase(kwargs)
+            if not args:
+                parsed.append((request, parse_purchase(kwargs)))
         except InvalidPurchase:
             continue
-        pair = (purchase.student_id, purchase.course_id)
-        if args or task_id in chosen or purchase.payment_id in payments or pair in pairs:
-            continue
-        chosen[task_id] = purchase
-        payments.add(purchase.payment_id)
-        pairs.add(pair)
-    if len(chosen) < 2:
-        return
+    if not parsed:
+        return 0
     try:
         engine, guard = resources()
-        created = purchases.create_many(engine, guard, list(chosen.values()))
-    except KcTasksError as exc:  # each request tries again alone, and retries or dead-letters
-        logger.debug("a batch of %d purchases went one by one: %s", len(chosen), exc)
-        return
-    except Exception:  # only an optimisation failed: each request still makes its own outcome
-        logger.exception("inserting a batch of %d purchases failed; they go one by one", len(chosen))
-        return
-    try:
-        revoked = {e.data["payment_id"]: e for e in revocations.settle_created(engine, list(created))}
-    except KcTasksError as exc:  # each request settles its own purchase again when it runs
-        logger.debug("settling a batch of %d purchases failed: %s", len(created), exc)
-        return
-    for task_id, purchase in chosen.items():
-        outcome = created.get(purchase.payment_id)
-        if outcome is not None:
-            if purchase.payment_id in revoked:
-                outcome = replace(outcome, events=(*outcome.events, revoked[purchase.payment_id]))
-            _prepared[task_id] = (purchase, outcome)
+        made = purchases.create_all(engine, guard, [purchase for _, purchase in parsed])
+    except KcTasksError as exc:  # each task tries again alone, and retries or dead-letters
+        logger.debug("a batch of %d purchases went one by one: %s", len(parsed), exc)
+        return 0
+    except Exception:  # each request still makes its own outcome
+        logger.exception("making a batch of %d purchases failed; they go one by one", len(parsed))
+        return 0
+    for (request, purchase), outcome in zip(parsed, made, strict=True):
+        if isinstance(outcome, purchases.Outcome):  # else its task meets the error again, alone
+            request[OUTCOME] = (purchase, outcome)
+    return len(made)
 
 
-def take_prepared(task_id: str | None, purchase: Purchase) -> purchases.Outcome | None:
-    """The outcome made for this request by its batch, once (a task id can come twice)."""
-    prepared = _prepared.get(task_id) if task_id else None
-    if task_id is None or prepared is None or prepared[0] != purchase:
+def outcome_of(request: Any, purchase: Purchase) -> purchases.Outcome | None:
+    """The outcome its batch made for this task's purchase; None when it ran alone."""
+    made = getattr(request, OUTCOME, None)
+    if made is None or made[0] != purchase:
         return None
-    del _prepared[task_id]
-    return prepared[1]
+    return made[1]

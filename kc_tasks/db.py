@@ -62,6 +62,17 @@ event_outbox = sa.Table(
     sa.Column("published_at", sa.DateTime(timezone=True)),
 )
 
+# One row per payment kc_tasks has seen: create_purchase and revoke_purchase both upsert it
+# first, and its row lock orders them (purchases.py, revocations.py). `revoked_at` is set once
+# the payment is revoked, whether or not it has made a purchase yet.
+payments = sa.Table(
+    "payments",
+    metadata,
+    sa.Column("payment_id", sa.Text, primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+)
+
 # Refunds and other revocations, one per payment, kept whether or not its purchase exists yet.
 revocations = sa.Table(
     "revocations",

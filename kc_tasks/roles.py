@@ -30,6 +30,7 @@ PRIVILEGES: dict[str, dict[str, tuple[str, ...]]] = {
         db.purchases.name: ("SELECT",),
         db.duplicate_payments.name: ("SELECT",),
         db.revocations.name: ("SELECT",),
+        db.payments.name: ("SELECT",),
         db.event_outbox.name: ("SELECT",),
     },
     WORKER: {
@@ -38,6 +39,8 @@ PRIVILEGES: dict[str, dict[str, tuple[str, ...]]] = {
         db.purchases.name: ("SELECT", "INSERT", "UPDATE (is_active, updated_at)"),
         db.duplicate_payments.name: ("SELECT", "INSERT"),
         db.revocations.name: ("SELECT", "INSERT", "UPDATE (purchase_id, revoked_at)"),
+        # Each payment's row, upserted (and so locked) by create_purchase and revoke_purchase.
+        db.payments.name: ("SELECT", "INSERT", "UPDATE (revoked_at)"),
         # Events are written, marked published, then pruned.
         db.event_outbox.name: ("SELECT", "INSERT", "UPDATE (published_at)", "DELETE"),
         # The inbox relay marks what it enqueued; reconciliation stores what it enqueues.

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject, Retry
-from sqlalchemy.engine import Engine
 
 from kc_tasks import batching, dead_letters, events, inbox, purchases, revocations
 from kc_tasks.celery import app, settings
@@ -20,7 +18,7 @@ from kc_tasks.errors import (
     PermanentError,
     RetryableError,
 )
-from kc_tasks.index_guard import FIX_COMMAND, IndexGuard
+from kc_tasks.index_guard import FIX_COMMAND
 from kc_tasks.payload import Purchase, parse_purchase, parse_revocation
 from kc_tasks.process import resources
 from kc_tasks.retry import compute_backoff
@@ -81,11 +79,7 @@ def _make_purchase(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     if args:
         raise InvalidPurchase(f"create_purchase takes keyword arguments only, got {len(args)} positional")
     purchase = parse_purchase(kwargs)
-    outcome = batching.take_prepared(task.request.id, purchase)
-    if outcome is None:
-        outcome = _create_or_retry(task, purchase)
-        if outcome.created:
-            outcome = _settle(task, purchase.payment_id, outcome)
+    outcome = batching.outcome_of(task.request, purchase) or _create_or_retry(task, purchase)
     # The outcome is committed with its events in the outbox: this process's publisher sends
     # them within moments; if it cannot, the relay does.
     if outcome.events:
@@ -95,24 +89,19 @@ def _make_purchase(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
 
 
 def _create_or_retry(task: Task, purchase: Purchase) -> purchases.Outcome:
+    """The purchase made as a batch of one: the way a batch makes each of its purchases."""
     engine, guard = resources()
     try:
-        return _create(engine, guard, purchase)
+        try:
+            return purchases.create_purchase(engine, guard, purchase)
+        except DatabaseUnavailable:
+            # A pooled connection may have died since its last use (server restart, terminated
+            # backend); the pool has been renewed since, so one immediate second try is free.
+            # If the server is really down, this fails at once too and the task retries later.
+            return purchases.create_purchase(engine, guard, purchase)
     except RetryableError as exc:
         _retry(task, purchase.payment_id, exc)
         raise
-
-
-def _settle(task: Task, payment_id: str, outcome: purchases.Outcome) -> purchases.Outcome:
-    """A purchase just made whose payment was revoked meanwhile becomes inactive now (see
-    revocations.py). The purchase is committed: a retry finds it and settles again."""
-    engine, _ = resources()
-    try:
-        revoked = revocations.settle_created(engine, [payment_id])
-    except RetryableError as exc:
-        _retry(task, payment_id, exc)
-        raise
-    return replace(outcome, events=outcome.events + revoked) if revoked else outcome
 
 
 def _retry(task: Task, payment_id: str, exc: RetryableError) -> None:
@@ -145,16 +134,6 @@ def _dead_letter(task: Task, exc: BaseException, reason: str) -> None:
             error,
         )
         raise Reject(error, requeue=True) from error
-
-
-def _create(engine: Engine, guard: IndexGuard, purchase: Purchase) -> purchases.Outcome:
-    try:
-        return purchases.create_purchase(engine, guard, purchase)
-    except DatabaseUnavailable:
-        # A pooled connection may have died since its last use (server restart, terminated
-        # backend); the pool has been renewed since, so one immediate second try is free.
-        # If the server is really down, this fails at once too and the task retries later.
-        return purchases.create_purchase(engine, guard, purchase)
 
 
 @app.task(

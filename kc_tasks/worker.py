@@ -26,7 +26,7 @@ from celery.worker.request import Request
 from kombu import Message
 
 from kc_tasks import dead_letters
-from kc_tasks.batching import PurchaseBatcher, run_batch
+from kc_tasks.batching import PurchaseBatcher, flush_task_events, run_batch
 from kc_tasks.celery import settings as _settings
 from kc_tasks.payload import is_task_body
 
@@ -72,11 +72,14 @@ class Consumer(CeleryConsumer):
     def on_send_event_buffered(self) -> None:
         """Celery sends the buffered task events at the loop's next turn: under load, a message
         for every task or two. Gathered for EVENT_FLUSH_DELAY, they cost the worker and the
-        broker one message per interval; a full buffer (24 events) still goes at once.
+        broker one message per interval; a full buffer (24 events) still goes at once. Flushing
+        them is Celery's private API (kc_tasks.batching): KC_BATCHING=off leaves Celery's way.
 
         With -P threads this is called from pool threads: call_soon, as Celery's own, is safe
         there; the timer is set from the loop's thread."""
-        if self.hub is not None and not self._events_flush_due:
+        if not _settings.batching:
+            super().on_send_event_buffered()
+        elif self.hub is not None and not self._events_flush_due:
             self._events_flush_due = True
             self.hub.call_soon(self._gather_events)
 
@@ -85,7 +88,7 @@ class Consumer(CeleryConsumer):
 
     def _flush_gathered_events(self) -> None:
         self._events_flush_due = False
-        self._flush_events()
+        flush_task_events(self)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's handler, behind a check of the body's shape: a well-formed JSON body that is
@@ -155,7 +158,7 @@ class KcRequest(Request):
     def reject(self, requeue: bool = False) -> None:
         if not (requeue and self._lost_worker) or self.acknowledged:
             return super().reject(requeue=requeue)
-        message = self._message
+        message = self.message
         losses = int((message.headers or {}).get(LOST_HEADER, 0)) + 1
         try:
             if losses >= _settings.worker_lost_limit:

@@ -71,16 +71,20 @@ def test_a_batch_makes_each_purchase_once_and_reports_each_request_alone(celery_
 def test_when_the_batch_statement_fails_each_request_still_makes_its_own_purchase(
     celery_app: Celery, app_database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(*_: Any) -> dict:
-        raise RuntimeError("a bug in the batch path")
+    whole = purchases.create_all
 
-    monkeypatch.setattr(purchases, "create_many", broken)
+    def broken(engine: Any, guard: Any, batch: list) -> list:
+        if len(batch) > 1:
+            raise RuntimeError("a bug met by batches only")
+        return whole(engine, guard, batch)
+
+    monkeypatch.setattr(purchases, "create_all", broken)
     orders = [kwargs() for _ in range(3)]
     with caplog.at_level(logging.ERROR):
         seen = results(batching.run_batch([purchase_job(order) for order in orders]))
     assert [r["created"] for r in seen] == [True, True, True]
     assert run_sql(app_database, "SELECT count(DISTINCT created_at) FROM student_course_purchases") == [(3,)]
-    assert "inserting a batch of 3 purchases failed; they go one by one" in caplog.text
+    assert "making a batch of 3 purchases failed; they go one by one" in caplog.text
 
 
 def test_a_request_whose_tracer_raises_fails_alone(celery_app: Celery, app_database) -> None:

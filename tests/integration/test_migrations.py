@@ -17,6 +17,7 @@ ALL = [
     "003_duplicate_payments",
     "004_event_outbox",
     "005_payment_events",
+    "006_payments",
 ]
 
 
@@ -251,7 +252,9 @@ def test_with_text_ids_purchases_and_refunds_are_made_after_the_migration(
 ) -> None:
     from kc_tasks import db
     from kc_tasks.index_guard import IndexGuard
+    from kc_tasks.payload import Revocation
     from kc_tasks.purchases import Outcome, create_purchase
+    from kc_tasks.revocations import revoke
     from tests.integration.test_purchases import order
 
     legacy_database(
@@ -271,6 +274,12 @@ def test_with_text_ids_purchases_and_refunds_are_made_after_the_migration(
         assert create_purchase(engine, guard, rival) == Outcome(FIRST, created=False, duplicate_of=FIRST)
         assert create_purchase(engine, guard, order(S)).created
         assert create_purchase(engine, guard, order(payment="pay_first")) == Outcome(FIRST, created=False)
+        refund = Revocation(payment_id="pay_first", reason="refund", refund_id=None)
+        assert revoke(engine, refund).as_result() == {"purchase_id": FIRST, "revoked": True}
+        late = order(payment="pay_refunded_first")
+        revoke(engine, Revocation(payment_id=late.payment_id, reason="refund", refund_id=None))
+        assert create_purchase(engine, guard, late).created, "a purchase made after its refund, inactive"
+        assert dict(active_payments(empty_database_url))["pay_refunded_first"] is False
     finally:
         engine.dispose()
 

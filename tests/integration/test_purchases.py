@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from kc_tasks import db, errors
 from kc_tasks.index_guard import IndexGuard
 from kc_tasks.payload import Purchase, parse_purchase
-from kc_tasks.purchases import Outcome, create_many, create_purchase
+from kc_tasks.purchases import Outcome, create_all, create_purchase
 from kc_tasks.settings import normalize_database_url
 
 
@@ -241,11 +241,14 @@ def test_a_batch_creates_its_new_purchases_with_their_events_in_one_statement(en
     assert create_purchase(engine, guard, held).created and create_purchase(engine, guard, other).created
     batch = [order(metadata={"n": i}) for i in range(20)]
     rival = order(other.student_id, other.course_id)  # the student already holds that course
-    created = create_many(engine, guard, [*batch, held, rival])
-    assert sorted(created) == sorted(p.payment_id for p in batch), "what stands in the way is left out"
-    assert all(o.created and len(o.events) == 1 for o in created.values())
+    outcomes = create_all(engine, guard, [*batch, held, rival])
+    assert all(isinstance(o, Outcome) for o in outcomes)
+    created, (again, duplicate) = outcomes[:20], outcomes[20:]
+    assert all(o.created and len(o.events) == 1 for o in created)
+    assert again == Outcome(create_purchase(engine, guard, held).purchase_id, created=False)
+    assert duplicate.duplicate_of is not None and not duplicate.created, "what stands in the way is found"
     stored = dict(sql("SELECT payment_id, id::text FROM student_course_purchases"))
-    assert {p: o.purchase_id for p, o in created.items()} == {p.payment_id: stored[p.payment_id] for p in batch}
+    assert [o.purchase_id for o in created] == [stored[p.payment_id] for p in batch]
     assert sql(
         "SELECT count(DISTINCT created_at) FROM student_course_purchases WHERE payment_id = ANY(%s)",
         ([p.payment_id for p in batch],),
@@ -253,36 +256,39 @@ def test_a_batch_creates_its_new_purchases_with_their_events_in_one_statement(en
     events = sql("SELECT data->>'payment_id', data->'metadata' FROM event_outbox WHERE type = 'purchase.created'")
     expected = [(held.payment_id, None), (other.payment_id, None)] + [(p.payment_id, p.metadata) for p in batch]
     assert sorted(events) == sorted(expected), "one purchase.created event per new purchase, none for the others"
-    # What was left out takes the one-by-one path and finds what stands there.
-    assert not create_purchase(engine, guard, rival).created
     assert sql("SELECT payment_id FROM duplicate_payments") == [(rival.payment_id,)]
-    assert create_many(engine, guard, [rival, *batch[:3]]) == {}, "a refunded or used payment buys nothing"
+    assert not any(o.created for o in create_all(engine, guard, [rival, *batch[:3]])), "a used payment buys nothing"
     assert sql("SELECT count(*) FROM student_course_purchases") == [(22,)]
+    assert sql("SELECT count(*) FROM payments WHERE revoked_at IS NULL") == [(23,)], "a row for every payment seen"
 
 
-def test_a_batch_must_name_each_payment_and_each_pair_once(engine, guard, sql) -> None:
+def test_a_payment_or_a_pair_twice_in_one_batch_is_made_once(engine, guard, sql) -> None:
     p = order()
-    with pytest.raises(ValueError, match="each payment and each student/course pair once"):
-        create_many(engine, guard, [p, order(payment=p.payment_id)])
-    with pytest.raises(ValueError, match="each payment and each student/course pair once"):
-        create_many(engine, guard, [p, order(p.student_id, p.course_id)])
-    assert sql("SELECT count(*) FROM student_course_purchases") == [(0,)]
+    same_payment, same_pair = order(payment=p.payment_id), order(p.student_id, p.course_id)
+    first, second, third = create_all(engine, guard, [p, same_payment, same_pair])
+    assert isinstance(first, Outcome) and first.created
+    assert second == Outcome(first.purchase_id, created=False), "the second delivery finds the first's purchase"
+    assert third == Outcome(first.purchase_id, created=False, duplicate_of=first.purchase_id)
+    assert sql("SELECT count(*) FROM student_course_purchases") == [(1,)]
 
 
-def test_without_a_usable_index_a_batch_creates_nothing_and_leaves_it_to_the_fallback(engine, sql) -> None:
+def test_without_a_usable_index_a_batch_is_made_by_the_fallback(engine, sql) -> None:
     guard = IndexGuard(ttl=300)
-    assert create_many(engine, guard, [order(), order()])  # the check is now cached as usable
+    assert all(o.created for o in create_all(engine, guard, [order(), order()]))  # cached as usable
     sql("DROP INDEX unique_active_purchase")
-    assert create_many(engine, guard, [order(), order()]) == {}, "the broken index is met, not trusted"
+    assert all(o.created for o in create_all(engine, guard, [order(), order()])), "the broken index is met"
     assert guard.cached is not None and not guard.cached.usable
-    assert create_many(engine, guard, [order(), order()]) == {}
-    assert sql("SELECT count(*) FROM student_course_purchases") == [(2,)]
+    p = order()
+    assert [o.created for o in create_all(engine, guard, [p, order(p.student_id, p.course_id)])] == [True, False]
+    assert sql("SELECT count(*) FROM student_course_purchases") == [(5,)]
 
 
-def _batches_at_once(database_url: str, batches: list[list[Purchase]]) -> list[dict[str, Outcome]]:
-    def insert(engine: Engine, batch: list[Purchase], go: Callable[[], Any]) -> dict[str, Outcome]:
+def _batches_at_once(database_url: str, batches: list[list[Purchase]]) -> list[list[Outcome]]:
+    def insert(engine: Engine, batch: list[Purchase], go: Callable[[], Any]) -> list[Outcome]:
         go()
-        return create_many(engine, IndexGuard(ttl=300), batch)
+        outcomes = create_all(engine, IndexGuard(ttl=300), batch)
+        assert all(isinstance(o, Outcome) for o in outcomes), outcomes
+        return outcomes  # type: ignore[return-value]
 
     return _at_once(database_url, batches, insert)
 
@@ -294,5 +300,5 @@ def test_concurrent_batches_of_the_same_pairs_in_opposite_orders_do_not_deadlock
         shared = [order() for _ in range(30)]
         rivals = [order(p.student_id, p.course_id) for p in reversed(shared)]
         results = _batches_at_once(database_url, [shared, rivals])
-        assert sum(len(r) for r in results) == 30, "each pair bought once, by one batch or the other"
+        assert sum(o.created for r in results for o in r) == 30, "each pair bought once, by one batch or the other"
     assert sql("SELECT count(*) FROM student_course_purchases") == [(150,)]

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from kc_tasks.index_guard import IndexGuard
 from kc_tasks.payload import Purchase, Revocation, parse_purchase
 from kc_tasks.purchases import create_purchase
-from kc_tasks.revocations import revoke, settle_created
+from kc_tasks.revocations import revoke
 from tests.conftest import run_sql
 from tests.integration.test_tasks import Seen, kwargs, seen  # noqa: F401  (the fixture)
 
@@ -75,23 +75,24 @@ def test_a_refund_before_the_purchase_leaves_it_inactive_from_the_start(engine: 
     made = create_purchase(engine, guard, p)
     assert made.created
     assert active(sql, p.payment_id) == [False]
-    assert settle_created(engine, [p.payment_id]) == ()
+    assert revoked_events(sql, p.payment_id) == [], "it never was active: nothing to announce"
     assert sql("SELECT purchase_id::text FROM revocations WHERE payment_id = %s", (p.payment_id,)) == [
         (made.purchase_id,)
     ]
     assert not create_purchase(engine, guard, p).created, "one payment, one row, ever"
 
 
-def test_a_purchase_committed_before_settle_is_made_inactive_by_it(engine: Engine, guard: IndexGuard, sql) -> None:
-    """The race of a refund and its capture: the purchase is made active in a statement that
-    did not see the revocation; the settle that follows it deactivates it."""
+def test_a_revocation_recorded_without_the_payments_row_still_keeps_the_purchase_inactive(
+    engine: Engine, guard: IndexGuard, sql
+) -> None:
+    """A worker older than the payments table records revocations only: a purchase made
+    after one is inactive from the start, during a rolling upgrade too."""
     p = order()
-    create_purchase(engine, guard, p)
     sql("INSERT INTO revocations (payment_id, reason) VALUES (%s, 'refund')", (p.payment_id,))
-    events = settle_created(engine, [p.payment_id])
-    assert [e.type for e in events] == ["purchase.revoked"]
+    assert create_purchase(engine, guard, p).created
     assert active(sql, p.payment_id) == [False]
-    assert revoke(engine, refund(p.payment_id)).revoked is False
+    assert revoke(engine, refund(p.payment_id)).revoked is False, "already recorded, nothing to change"
+    assert sql("SELECT revoked_at IS NOT NULL FROM payments WHERE payment_id = %s", (p.payment_id,)) == [(True,)]
 
 
 def test_the_refund_of_a_duplicate_payment_leaves_the_held_purchase_active(
@@ -133,8 +134,7 @@ def test_concurrent_refunds_and_captures_never_leave_an_active_purchase(engine: 
 
     def capture(p: Purchase) -> None:
         try:
-            if create_purchase(engine, guard, p).created:
-                settle_created(engine, [p.payment_id])
+            create_purchase(engine, guard, p)
         except BaseException as exc:
             errors.append(exc)
 

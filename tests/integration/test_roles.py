@@ -223,7 +223,7 @@ def test_a_fresh_deployment_migrated_by_the_owners_login(empty_database_url: str
     finally:
         engine.dispose()
 
-    assert applied[-1] == "005_payment_events"
+    assert applied[-1] == "006_payments"
     assert status.usable, "the owner rebuilds the index"
     assert run_sql(empty_database_url, OWNERS) == [(roles.OWNER,)], "not the login role: kc_owner"
     assert grants(empty_database_url) == expected_grants()

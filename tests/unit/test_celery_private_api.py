@@ -2,8 +2,9 @@
 name, on the installed classes. An upgrade that removes or reshapes one fails here, with its
 name, instead of a worker that hangs. The way out meanwhile: KC_BATCHING=off.
 
-Batching (kc_tasks/batching.py) is the only module that drives the pool this way; the worker's
-Consumer (kc_tasks/worker.py) overrides a few of the consumer's and the request's methods."""
+kc_tasks/batching.py is the only module that uses them; the worker's Consumer
+(kc_tasks/worker.py) overrides a few of the consumer's public methods, and calls batching for
+the rest."""
 
 from __future__ import annotations
 
@@ -41,12 +42,13 @@ ATTRIBUTES = [
     (Request, "on_failure"),
     # batching.run_batch: which of the tracer's two entry points the worker set up.
     (Celery, "use_fast_trace_task"),
-    # worker.Consumer and worker.KcRequest.
+    # batching.flush_task_events, for worker.Consumer's gathered task events.
     (Consumer, "_flush_events"),
+    # Public methods worker.Consumer and worker.KcRequest override or read.
     (Consumer, "on_send_event_buffered"),
     (Consumer, "create_task_handler"),
     (Consumer, "on_close"),
-    (Request, "_message"),
+    (Request, "message"),
 ]
 
 
@@ -63,6 +65,26 @@ def test_the_worker_sets_the_semaphore_shortcuts() -> None:
     for attribute in ("_quick_acquire", "_quick_release"):
         assert f"w.{attribute} = w.semaphore." in source, f"celery.worker.components no longer sets {attribute}"
     assert "value" in inspect.getsource(LaxBoundedSemaphore.__init__), "LaxBoundedSemaphore.value is gone"
+
+
+def test_no_other_module_of_kc_tasks_uses_a_private_attribute_of_celery_kombu_or_billiard() -> None:
+    """The fence: one module, so that KC_BATCHING=off turns every use off."""
+    import pathlib
+    import re
+
+    import kc_tasks
+
+    names = {attribute for _, attribute in ATTRIBUTES if attribute.startswith("_")} | {
+        "_quick_acquire",
+        "_quick_release",
+    }
+    root = pathlib.Path(kc_tasks.__file__).parent
+    users = {
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*.py")
+        if any(re.search(rf"\.{name}\b", path.read_text()) for name in names)
+    }
+    assert users == {"batching.py"}
 
 
 def test_the_tracer_takes_what_batching_gives_it() -> None:
