@@ -177,6 +177,19 @@ def purchases_per_insert(since: Any, db_url: str = DB_URL) -> float:
     return rows / inserts
 
 
+def statements_per_purchase(since: Any, db_url: str = DB_URL) -> float:
+    """Autocommit statements per purchase created since `since`: the INSERTs that made them
+    (rows of one statement share its created_at) and the UPDATEs that marked their events
+    published (one per published batch, sharing its published_at). Each is one round trip."""
+    rows, inserts = sql(
+        f"SELECT count(*), count(DISTINCT created_at) FROM {TABLE} WHERE created_at >= %s", (since,), url=db_url
+    )[0]
+    (marks,) = sql(
+        "SELECT count(DISTINCT published_at) FROM event_outbox WHERE occurred_at >= %s", (since,), url=db_url
+    )[0]
+    return (inserts + marks) / rows
+
+
 def percentile(sorted_values: list[float], p: float) -> float:
     """Nearest-rank percentile of an already sorted list."""
     rank = max(1, round(p / 100 * len(sorted_values) + 0.5 - 1e-9))

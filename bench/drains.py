@@ -27,6 +27,7 @@ from common import (
     purge,
     queue_state,
     sql,
+    statements_per_purchase,
     wait_for,
 )
 from workers import Bench, Settings, Stuck, Worker, cpu_snapshot, start_worker
@@ -42,6 +43,8 @@ class Drain:
     # Purchases per transaction that created any (rows sharing a created_at, now() of the
     # transaction): above 1, the worker inserted queued purchases together.
     purchases_per_insert: float = float("nan")
+    # PostgreSQL round trips per purchase in the drain (common.statements_per_purchase).
+    round_trips_per_purchase: float = float("nan")
 
 
 def drain(bench: Bench, worker: Worker, kind: str, n: int, truncate: bool = True) -> Drain:
@@ -54,7 +57,7 @@ def drain(bench: Bench, worker: Worker, kind: str, n: int, truncate: bool = True
     wait_for("the worker to stop consuming", lambda: queue_state(bench.client)[1] == 0)  # the reply comes first
     db = worker.db_url
     if kind == "purchase" and truncate:
-        sql(f"TRUNCATE {TABLE}, duplicate_payments, event_outbox", url=db)
+        sql(f"TRUNCATE {TABLE}, duplicate_payments, event_outbox, payments", url=db)
     # Each drain starts right after a checkpoint, so that none pays for one the others did
     # not (the first change to a page after a checkpoint writes the whole page to the WAL).
     sql("CHECKPOINT")
@@ -94,6 +97,7 @@ def drain(bench: Bench, worker: Worker, kind: str, n: int, truncate: bool = True
     )
     if kind == "purchase":
         drain.purchases_per_insert = purchases_per_insert(started, db)
+        drain.round_trips_per_purchase = statements_per_purchase(started, db)
     cpus = f"CPUs {100 * drain.machine_busy:.0f} % busy"
     log(f"  {worker.settings.label}: {n} {kind} tasks at {drain.rate:.0f}/s, {cpus}")
     return drain
@@ -115,6 +119,7 @@ def ratio(bench: Bench, worker: Worker, n: int, rounds: int, truncate: bool = Tr
         "cpu_ms_per_task": {kind: d.cpu_ms_per_task for kind, d in best.items()},
         "machine_busy": {kind: d.machine_busy for kind, d in best.items()},
         "purchases_per_insert": best["purchase"].purchases_per_insert,
+        "round_trips_per_purchase": best["purchase"].round_trips_per_purchase,
         "all_rates": {kind: [round(d.rate, 1) for d in drains] for kind, drains in runs.items()},
     }
 

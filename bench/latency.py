@@ -48,7 +48,7 @@ def latency(bench: Bench, worker: Worker, rate: float, count: int, publisher: st
     each. `send_task` builds and publishes each message in the loop, at about twice the CPU
     per message."""
     db = worker.db_url
-    sql(f"TRUNCATE {TABLE}, duplicate_payments, event_outbox", url=db)
+    sql(f"TRUNCATE {TABLE}, duplicate_payments, event_outbox, payments", url=db)
     started = sql("SELECT now()", url=db)[0][0]
     messages = [purchase_message(bench, purchase_kwargs(bench.rnd)) for _ in range(count)]
     ids = [task_id for task_id, *_ in messages]

@@ -81,6 +81,7 @@ def ratio_only(settings: Settings, n: int, path: Path) -> int:
         f"{main['label']}, N={n}: purchases {main['purchases_per_s']:.0f}/s, no-op {main['noop_per_s']:.0f}/s, "
         f"ratio {main['ratio']:.2f}; CPUs busy (purchases / no-op): {busy(main)}; "
         f"purchases per INSERT {main['purchases_per_insert']:.1f}; "
+        f"round trips per purchase {main['round_trips_per_purchase']:.2f}; "
         f"all rates {main['all_rates']}; wrote {path}"
     )
     return 0
