@@ -133,7 +133,9 @@ class Publisher:
     def _publish(self, batch: list[Event]) -> None:
         try:
             self._channel.send(lambda channel: channel.publish(batch))
-            with db.translate_errors(self.engine.url), self.engine.begin() as conn:
+            # One statement: autocommit spares the BEGIN and COMMIT round trips.
+            autocommit = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            with db.translate_errors(self.engine.url), autocommit as conn:
                 mark_published(conn, [e.id for e in batch])
         except Exception as exc:  # noqa: BLE001  (any failure: the outbox keeps them for the relay)
             logger.warning("%d event(s) left for the relay: %s: %s", len(batch), type(exc).__name__, exc)
