@@ -34,6 +34,9 @@ RELAY_GRACE_SECONDS = 10
 RELAY_BATCH = 500
 # How long a process's publisher gathers events into one batch, seconds.
 PUBLISH_DELAY = 0.05
+# How long published events wait to be marked published together, seconds: one UPDATE for
+# many batches. Well under RELAY_GRACE_SECONDS, so the relay never sends them again.
+MARK_DELAY = 1.0
 # Published events are kept this long, for inspection, then pruned. Unpublished: never.
 PRUNE_AFTER_HOURS = 24
 # Connecting to the broker for events: a few quick tries, then the outbox keeps them.
@@ -85,9 +88,9 @@ def mark_published(conn: Connection, ids: Sequence[str]) -> None:
 
 class Publisher:
     """One per process: publishes committed events soon after commit (within PUBLISH_DELAY),
-    in batches, from a thread of its own, and marks each batch published in one statement.
-    The task that committed them does not wait for the broker. Whatever this does not get to
-    publish (broker down, process killed) stays in the outbox for the relay.
+    in batches, from a thread of its own, and marks what it published in one statement per
+    MARK_DELAY. The task that committed them does not wait for the broker. Whatever this does
+    not get to publish (broker down, process killed) stays in the outbox for the relay.
 
     Given a `sweep`, the thread also calls it every `sweep_interval` seconds: the worker's
     main process sweeps what was left behind (kc_tasks.process.sweep_leftovers), so the
@@ -103,6 +106,9 @@ class Publisher:
         self.engine, self.app = engine, app
         self.sweep, self.sweep_interval = sweep, sweep_interval
         self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        # Published, not yet marked published (the publisher's thread alone touches these).
+        self._unmarked: list[str] = []
+        self._mark_due: float | None = None
         self._channel = Kept(lambda: EventChannel(app))
         self._thread = threading.Thread(target=self._run, name="kc-events", daemon=True)
         self._thread.start()
@@ -112,15 +118,16 @@ class Publisher:
             self._queue.put(event)
 
     def _run(self) -> None:
-        next_sweep = time.monotonic() + self.sweep_interval
+        next_sweep = time.monotonic() + self.sweep_interval if self.sweep is not None else None
         while True:
-            if self.sweep is not None and time.monotonic() >= next_sweep:
+            if next_sweep is not None and time.monotonic() >= next_sweep:
                 self._sweep()
                 next_sweep = time.monotonic() + self.sweep_interval
+            due = [t for t in (next_sweep, self._mark_due) if t is not None]
             try:
-                timeout = None if self.sweep is None else max(0.0, next_sweep - time.monotonic())
-                batch = [self._queue.get(timeout=timeout)]
+                batch = [self._queue.get(timeout=max(0.0, min(due) - time.monotonic()) if due else None)]
             except queue.Empty:
+                self._mark(force=False)
                 continue
             deadline = time.monotonic() + PUBLISH_DELAY
             while len(batch) < RELAY_BATCH and (left := deadline - time.monotonic()) > 0:
@@ -129,16 +136,31 @@ class Publisher:
                 except queue.Empty:
                     break
             self._publish(batch)
+            self._mark(force=len(self._unmarked) >= RELAY_BATCH)
 
     def _publish(self, batch: list[Event]) -> None:
         try:
             self._channel.send(lambda channel: channel.publish(batch))
-            # One statement: autocommit spares the BEGIN and COMMIT round trips.
-            autocommit = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            with db.translate_errors(self.engine.url), autocommit as conn:
-                mark_published(conn, [e.id for e in batch])
         except Exception as exc:  # noqa: BLE001  (any failure: the outbox keeps them for the relay)
             logger.warning("%d event(s) left for the relay: %s: %s", len(batch), type(exc).__name__, exc)
+            return
+        self._unmarked.extend(e.id for e in batch)
+        if self._mark_due is None:
+            self._mark_due = time.monotonic() + MARK_DELAY
+
+    def _mark(self, force: bool) -> None:
+        """Mark what was published since the last mark, in one autocommit statement (no BEGIN
+        or COMMIT round trips), once MARK_DELAY has passed. If it fails, the events stay
+        unmarked: the relay sends them again (at least once; consumers dedupe by id)."""
+        if not self._unmarked or not (force or time.monotonic() >= (self._mark_due or 0)):
+            return
+        ids, self._unmarked, self._mark_due = self._unmarked, [], None
+        try:
+            autocommit = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            with db.translate_errors(self.engine.url), autocommit as conn:
+                mark_published(conn, ids)
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("%d published event(s) not marked, the relay may send them again: %s", len(ids), exc)
 
     def _sweep(self) -> None:
         try:

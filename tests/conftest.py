@@ -21,7 +21,12 @@ PG = os.environ.get("KC_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 RUN_ID = uuid.uuid4().hex[:8]
 AMQP = os.environ.get("KC_TEST_AMQP", f"amqp://guest:guest@127.0.0.1:5672/kc_test_{RUN_ID}")
 AMQP_VHOST = AMQP.rsplit("/", 1)[1] or "/"
+# A Redis database per run too: per pytest-xdist worker (gw0 -> 15, gw1 -> 14, ...) when the
+# suite runs in parallel, since Redis has no vhosts and the tests flush theirs.
+_XDIST = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
 REDIS = os.environ.get("KC_TEST_REDIS", "redis://127.0.0.1:6379/15")
+if _XDIST.isdigit() and int(_XDIST):
+    REDIS = f"{REDIS.rsplit('/', 1)[0]}/{int(REDIS.rsplit('/', 1)[1]) - int(_XDIST)}"
 # Per run too, so that two runs on one server never share a database.
 APP_DB = f"kc_app_{RUN_ID}"
 TEMPLATE_DB = f"kc_template_{RUN_ID}"
