@@ -97,6 +97,8 @@ payment_events = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("body", sa.Text, nullable=False),
+    # When the body was reduced to its redacted form (kc_tasks/redaction.py); null: still whole.
+    sa.Column("body_redacted_at", sa.DateTime(timezone=True)),
 )
 
 PAYMENT_ID_CONSTRAINT = "student_course_purchases_payment_id_key"

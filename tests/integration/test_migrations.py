@@ -18,6 +18,7 @@ ALL = [
     "004_event_outbox",
     "005_payment_events",
     "006_payments",
+    "007_inbox_body_redaction",
 ]
 
 
