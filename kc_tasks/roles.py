@@ -43,8 +43,9 @@ PRIVILEGES: dict[str, dict[str, tuple[str, ...]]] = {
         db.payments.name: ("SELECT", "INSERT", "UPDATE (revoked_at)"),
         # Events are written, marked published, then pruned.
         db.event_outbox.name: ("SELECT", "INSERT", "UPDATE (published_at)", "DELETE"),
-        # The inbox relay marks what it enqueued; reconciliation stores what it enqueues.
-        db.payment_events.name: ("SELECT", "INSERT", "UPDATE (status)"),
+        # The inbox relay marks what it enqueued; reconciliation stores what it enqueues; the
+        # redaction task reduces old bodies to their redacted form (kc_tasks/redaction.py).
+        db.payment_events.name: ("SELECT", "INSERT", "UPDATE (status, body, body_redacted_at)"),
     },
 }
 # Alembic's own table: the owner's alone.

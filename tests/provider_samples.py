@@ -16,6 +16,26 @@ import stripe
 RAZORPAY_SECRET = "razorpay-webhook-secret-for-tests"
 STRIPE_SECRET = "whsec_tests0123456789abcdefghijklmnop"
 
+# The buyer's personal data, where the providers' documented samples carry it: the payment's
+# email, phone and UPI address, the card's holder; a Checkout Session's customer_details, a
+# charge's billing_details, a dispute's evidence. kc_tasks reads none of it; after
+# KC_INBOX_BODY_DAYS it is nowhere (tests/e2e/test_personal_data.py).
+EMAIL = "gaurav.kumar@example.com"
+PHONE = "+919876543210"
+VPA = "gaurav.kumar@exampleupi"
+NAME = "Gaurav Kumar"
+STREET = "21 Residency Road"
+CARD_FINGERPRINT = "Xt5EWLLDS7FJjGnL"
+PERSONAL = (EMAIL, PHONE, VPA, NAME, STREET, CARD_FINGERPRINT)
+ADDRESS = {
+    "city": "Bengaluru",
+    "country": "IN",
+    "line1": STREET,
+    "line2": "Shanthala Nagar",
+    "postal_code": "560025",
+    "state": "KA",
+}
+
 
 def razorpay_payment(
     payment_id: str | None = None,
@@ -24,10 +44,25 @@ def razorpay_payment(
     notes: dict[str, Any] | None = None,
     order_id: str | None = None,
     created_at: int = 1732520000,
+    method: str = "upi",
 ) -> dict[str, Any]:
     """A payment entity as in Razorpay's payment.captured sample. `notes` are the payment's own,
-    which Razorpay Checkout lets the browser set (`[]` when empty): never trusted for a grant."""
+    which Razorpay Checkout lets the browser set (`[]` when empty): never trusted for a grant.
+    A card payment carries the card (`method` card)."""
     pid = payment_id or "pay_" + uuid.uuid4().hex[:14]
+    card = {
+        "id": "card_" + pid[4:],
+        "entity": "card",
+        "name": NAME,
+        "last4": "1111",
+        "network": "Visa",
+        "type": "credit",
+        "issuer": "HDFC",
+        "international": False,
+        "emi": False,
+        "sub_type": "consumer",
+        "token_iin": None,
+    }
     return {
         "id": pid,
         "entity": "payment",
@@ -37,23 +72,25 @@ def razorpay_payment(
         "order_id": order_id or "order_" + pid[4:],
         "invoice_id": None,
         "international": False,
-        "method": "upi",
+        "method": method,
         "amount_refunded": refunded,
         "refund_status": None if not refunded else ("full" if refunded >= amount else "partial"),
         "captured": True,
         "description": "Course purchase",
-        "card_id": None,
+        "card_id": card["id"] if method == "card" else None,
+        **({"card": card} if method == "card" else {}),
         "bank": None,
         "wallet": None,
-        "vpa": "student@okhdfcbank",
-        "email": "student@example.com",
-        "contact": "+919876543210",
+        "vpa": VPA if method == "upi" else None,
+        "email": EMAIL,
+        "contact": PHONE,
         "notes": notes or [],
         "fee": 1180,
         "tax": 180,
         "error_code": None,
         "error_description": None,
-        "acquirer_data": {"rrn": "123456789012"},
+        "acquirer_data": {"rrn": "123456789012", "upi_transaction_id": "2A1B3C4D5E6F"},
+        "upi": {"payer_account_type": "bank_account", "vpa": VPA} if method == "upi" else None,
         "created_at": created_at,
     }
 
@@ -183,13 +220,22 @@ def stripe_session(
         "amount_total": amount_total,
         "currency": "inr",
         "customer": None,
-        "customer_details": {"email": "student@example.com", "name": "A Student"},
+        "customer_details": {
+            "address": ADDRESS,
+            "email": EMAIL,
+            "name": NAME,
+            "phone": PHONE,
+            "tax_exempt": "none",
+            "tax_ids": [],
+        },
+        "customer_email": EMAIL,
         "livemode": False,
         "metadata": metadata,
         "mode": "payment",
         "payment_intent": None if status == "no_payment_required" else intent,
         "payment_method_types": ["card"],
         "payment_status": status,
+        "shipping_details": {"address": ADDRESS, "name": NAME},
         "status": "complete",
         "success_url": "https://example.com/success",
     }
@@ -209,6 +255,8 @@ def stripe_intent(intent: str, student: str | None, course: str | None) -> dict[
         "livemode": False,
         "metadata": metadata,
         "payment_method_types": ["card"],
+        "receipt_email": EMAIL,
+        "shipping": {"address": ADDRESS, "name": NAME, "phone": PHONE},
         "status": "succeeded",
     }
 
@@ -221,12 +269,23 @@ def stripe_charge(intent: str, refunded: bool = True, amount_refunded: int = 999
         "amount": 99900,
         "amount_captured": 99900,
         "amount_refunded": amount_refunded,
-        "billing_details": {"email": "student@example.com", "name": "A Student"},
+        "billing_details": {"address": ADDRESS, "email": EMAIL, "name": NAME, "phone": PHONE},
         "captured": True,
         "currency": "inr",
         "metadata": {},
         "paid": True,
         "payment_intent": intent,
+        "payment_method_details": {
+            "card": {
+                "brand": "visa",
+                "exp_month": 8,
+                "exp_year": 2030,
+                "fingerprint": CARD_FINGERPRINT,
+                "last4": "4242",
+            },
+            "type": "card",
+        },
+        "receipt_email": EMAIL,
         "refunded": refunded,
         "status": "succeeded",
     }
@@ -240,6 +299,12 @@ def stripe_dispute(intent: str, status: str = "lost") -> dict[str, Any]:
         "amount": 99900,
         "charge": "ch_" + intent[3:],
         "currency": "inr",
+        "evidence": {
+            "billing_address": STREET,
+            "customer_email_address": EMAIL,
+            "customer_name": NAME,
+            "shipping_address": STREET,
+        },
         "is_charge_refundable": False,
         "livemode": False,
         "metadata": {},

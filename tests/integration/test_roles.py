@@ -7,6 +7,7 @@ makes login roles of its own in them and drops them after.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from kc_tasks.migrate import migrate
 from kc_tasks.payload import Revocation, parse_purchase
 from kc_tasks.providers import razorpay
 from kc_tasks.purchases import create_purchase
+from kc_tasks.redaction import redact_final
 from kc_tasks.revocations import revoke
 from kc_tasks.settings import normalize_database_url
 from tests import provider_samples as s
@@ -108,6 +110,7 @@ def refused(url: str, statement: str) -> str:
 
 
 DENIED = "42501"  # insufficient_privilege, "must be owner" included
+FORBIDDEN = "23514"  # check_violation: what payment_events' trigger answers a forged body
 
 
 def test_roles_sql_then_migrate_give_each_role_exactly_its_privileges(roles_db: str) -> None:
@@ -200,7 +203,22 @@ def test_the_worker_role_makes_and_revokes_purchases_but_cannot_alter_the_schema
     ]
     assert refused(worker, "DELETE FROM student_course_purchases") == DENIED, "purchases are never deleted"
     assert refused(worker, "UPDATE student_course_purchases SET amount_cents = 0") == DENIED, "nor rewritten"
-    assert refused(worker, "UPDATE payment_events SET body = '{}'") == DENIED
+    run_sql(
+        roles_db,
+        "INSERT INTO payment_events (provider, event_id, type, status, body, received_at) "
+        "VALUES ('stripe', 'evt_old', 'charge.refunded', 'ignored', %s, now() - interval '40 days')",
+        (json.dumps({"id": "evt_old", "receipt_email": s.EMAIL}),),
+    )
+    assert refused(worker, "UPDATE payment_events SET body = '{}'") == FORBIDDEN, "a body is never forged"
+    engine = engine_for(worker)
+    try:
+        reduced = redact_final(engine, 30 * 86400)
+    finally:
+        engine.dispose()
+    assert reduced == 1, "but the redaction task, run as the worker, reduces an old one"
+    assert run_sql(roles_db, "SELECT body FROM payment_events") == [('{"id":"evt_old"}',)]
+    assert refused(worker, "UPDATE payment_events SET body = '{}'") == FORBIDDEN, "once, for good"
+    assert refused(worker, "UPDATE payment_events SET body_redacted_at = NULL") == FORBIDDEN
     assert refused(worker, "ALTER TABLE student_course_purchases ADD COLUMN note text") == DENIED
     assert refused(worker, "DROP INDEX unique_active_purchase") == DENIED, "ensure-index is the owner's"
     assert refused(worker, "CREATE TABLE kc_stray (id int)") == DENIED
@@ -223,7 +241,7 @@ def test_a_fresh_deployment_migrated_by_the_owners_login(empty_database_url: str
     finally:
         engine.dispose()
 
-    assert applied[-1] == "006_payments"
+    assert applied[-1] == "007_inbox_body_redaction"
     assert status.usable, "the owner rebuilds the index"
     assert run_sql(empty_database_url, OWNERS) == [(roles.OWNER,)], "not the login role: kc_owner"
     assert grants(empty_database_url) == expected_grants()
