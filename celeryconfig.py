@@ -97,4 +97,6 @@ beat_schedule = {
         "options": {"expires": float(settings.reconcile_interval)},
     },
     "prune-events": {"task": "kc_tasks.prune_events", "schedule": 3600.0, "options": {"expires": 3600.0}},
+    # Personal data is kept no longer than KC_INBOX_BODY_DAYS (and this hour) in the inbox.
+    "redact-inbox": {"task": "kc_tasks.redact_inbox", "schedule": 3600.0, "options": {"expires": 3600.0}},
 }

@@ -103,6 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("provider", metavar="PROVIDER")
     p.add_argument("event_ids", nargs="+", metavar="EVENT_ID")
     p.set_defaults(run=_inbox_replay)
+    p = box.add_parser("redact", help="reduce old final events' bodies to the fields kc_tasks reads")
+    p.add_argument(
+        "--older-than",
+        type=_duration,
+        metavar="DURATION",
+        help="events received before this: 90s, 30m, 12h, 7d (KC_INBOX_BODY_DAYS days)",
+    )
+    p.set_defaults(run=_inbox_redact)
 
     p = sub.add_parser("reconcile", help="ask the providers' APIs for the window's payments; enqueue what is missing")
     p.add_argument("--provider", choices=("razorpay", "stripe"), help="only this one (default: each whose key is set)")
@@ -308,6 +316,20 @@ def _inbox_replay(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{args.provider} {event_id}: {status}")
     failed = [e for e, status in done.items() if status == "not found" or status == inbox.RECEIVED]
     return EXIT_FAILED if failed else 0
+
+
+def _inbox_redact(settings: Settings, args: argparse.Namespace) -> int:
+    from kc_tasks import redaction
+    from kc_tasks.celery import app
+
+    older_than = settings.inbox_body_days * 86400.0 if args.older_than is None else args.older_than
+    engine = db.make_engine(settings.database_url, poolclass=NullPool)
+    try:
+        done = redaction.redact_final(engine, older_than, lambda: redaction.dead_lettered_task_ids(app))
+    finally:
+        engine.dispose()
+    print(f"redacted {done} event(s)")
+    return 0
 
 
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:

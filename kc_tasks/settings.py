@@ -84,6 +84,9 @@ class Settings:
     # true or false: Stripe events of the other mode (livemode) are stored ignored and act on
     # nothing, so a test endpoint's secret cannot grant a real course; None accepts both.
     stripe_livemode: bool | None = None
+    # Days a provider event's body is kept whole; then, once its outcome is final, beat's
+    # kc_tasks.redact_inbox reduces it to the fields kc_tasks reads (kc_tasks/redaction.py).
+    inbox_body_days: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -119,6 +122,7 @@ class Settings:
             reconcile_interval=_int(env, "KC_RECONCILE_INTERVAL", 900, minimum=1),
             reconcile_window=_int(env, "KC_RECONCILE_WINDOW", 259200, minimum=60),
             stripe_livemode=_bool_or_none(env, "KC_STRIPE_LIVEMODE"),
+            inbox_body_days=_int(env, "KC_INBOX_BODY_DAYS", 30, minimum=0),
         )
 
     @property

@@ -237,3 +237,14 @@ def reconcile_payments() -> dict[str, Any]:
     for provider in providers:
         summaries[provider] = reconcile.run_logged(engine, app, settings, provider, win).as_result()
     return summaries
+
+
+@app.task(name="kc_tasks.redact_inbox")
+def redact_inbox() -> dict[str, int]:
+    """Reduce the bodies of the final inbox events older than KC_INBOX_BODY_DAYS to the fields
+    kc_tasks reads (kc_tasks/redaction.py)."""
+    from kc_tasks import redaction
+
+    engine, _ = resources()
+    older_than = settings.inbox_body_days * 86400.0
+    return {"redacted": redaction.redact_final(engine, older_than, lambda: redaction.dead_lettered_task_ids(app))}

@@ -29,6 +29,7 @@ def test_defaults_are_those_of_the_contract() -> None:
     assert settings.batch_hold_ms == 2
     assert settings.stripe_livemode is None, "unset: Stripe events of both modes are taken"
     assert settings.reconcile_window == 259200
+    assert settings.inbox_body_days == 30
 
 
 def test_empty_variables_count_as_unset() -> None:
@@ -43,6 +44,7 @@ def test_empty_variables_count_as_unset() -> None:
             "KC_BATCH_HOLD_MS",
             "KC_STRIPE_LIVEMODE",
             "KC_RECONCILE_WINDOW",
+            "KC_INBOX_BODY_DAYS",
         ),
         "",
     )
@@ -147,6 +149,8 @@ def test_database_url_forms_all_use_psycopg_3(env: dict[str, str], expected: str
         ({"KC_STRIPE_LIVEMODE": " "}, "stripe_livemode", None),
         ({"KC_RECONCILE_WINDOW": "60"}, "reconcile_window", 60),
         ({"KC_RECONCILE_WINDOW": "2592000"}, "reconcile_window", 2592000),
+        ({"KC_INBOX_BODY_DAYS": "0"}, "inbox_body_days", 0),
+        ({"KC_INBOX_BODY_DAYS": "365"}, "inbox_body_days", 365),
     ],
 )
 def test_accepted_values(env: dict[str, str], attribute: str, expected: object) -> None:
@@ -174,6 +178,8 @@ def test_accepted_values(env: dict[str, str], attribute: str, expected: object) 
         ({"KC_STRIPE_LIVEMODE": "truee"}, "KC_STRIPE_LIVEMODE"),
         ({"KC_RECONCILE_WINDOW": "59"}, "KC_RECONCILE_WINDOW"),
         ({"KC_RECONCILE_WINDOW": "3d"}, "KC_RECONCILE_WINDOW"),
+        ({"KC_INBOX_BODY_DAYS": "-1"}, "KC_INBOX_BODY_DAYS"),
+        ({"KC_INBOX_BODY_DAYS": "30d"}, "KC_INBOX_BODY_DAYS"),
         ({"POSTGRES_HOST": "db", "POSTGRES_PORT": "abc"}, "POSTGRES_PORT"),
         ({"DATABASE_URL": f"mysql://kc:{SECRET}@db/shop"}, "DATABASE_URL"),
         ({"DATABASE_URL": f"postgresql+asyncpg://kc:{SECRET}@db/shop"}, "DATABASE_URL"),
