@@ -2,8 +2,9 @@
 
 `tell` gathers every trace of a payment id: the provider events in the inbox (the webhooks'
 and what reconciliation found that no webhook had brought), each with why it was ignored,
-unmapped or invalid as today's rules read its stored body; the purchase row, a duplicate-payment record, a revocation,
-the events written for them (event_outbox) and dead letters carrying that payment id. It
+unmapped or invalid as today's rules read its stored body (whole, or redacted: the same fields
+decide), and when that body was redacted; the purchase row, a duplicate-payment record, a
+revocation, the events written for them (event_outbox) and dead letters carrying that payment id. It
 ends with one verdict line: `granted`, `not granted: <why>` or `unknown`. `verdict` is pure.
 """
 
@@ -141,6 +142,9 @@ def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
             add(Entry(row.received_at, "reconcile", f"{text} (id {row.event_id})"))
         else:
             add(Entry(row.received_at, "inbox", f"{row.provider} event {row.type}: {status} (id {row.event_id})"))
+        if row.body_redacted_at is not None:
+            text = f"{row.provider} event {row.event_id}: body redacted to the fields kc_tasks reads"
+            add(Entry(row.body_redacted_at, "inbox", text))
     if bought is not None:
         add(
             Entry(
