@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -290,3 +291,26 @@ def test_every_string_of_a_redacted_body_is_a_field_name_or_an_id_type_status_or
         allowed |= {"event", "payment", "order", "refund", "dispute", "checkout.session", "payment_intent", "charge"}
         allowed |= {"captured", "refunded", "paid", "processed", "lost", "complete", "succeeded", "full"}
         assert values <= allowed, values - allowed
+
+
+def test_docs_security_lists_every_kept_field_of_every_table() -> None:
+    """The tables in code and in docs/security.md are the same lists."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    section = page.split("### The redacted form", 1)[1]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| `")}
+
+    def names(table: Any, prefix: str = "") -> set[str]:
+        if isinstance(table, list):
+            return names(table[0], prefix + "[]")
+        if not isinstance(table, dict):
+            return set()
+        return {n for key, sub in table.items() for n in {key} | names(sub, key)}
+
+    for key, table in redaction.KEPT.items():
+        # A reconcile table is documented as the webhook's entities it holds: both rows count.
+        providers = {f"`{name}`" for name in key.split()}
+        documented = " ".join(line for name, line in rows.items() if name.split(" ")[0] in providers)
+        missing = [
+            name for name in sorted(names(table)) if f"`{name}" not in documented and f".{name}" not in documented
+        ]
+        assert not missing, f"docs/security.md does not list {missing} for {key}"
