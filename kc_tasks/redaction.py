@@ -211,54 +211,65 @@ def redact_final(
 ) -> int:
     """Reduce the bodies of the final events received more than `older_than` seconds ago to
     their redacted form; the number reduced. `dead_lettered` gives the task ids waiting in the
-    DLQ: read once, and only when an `enqueued` event's task has no outcome in the database.
-    Without it, such an event is left as it is."""
-    after = ("", "")
-    done = 0
+    DLQ: read once, outside any transaction, and only when an `enqueued` event's task has no
+    outcome in the database. Without it, such an event is left as it is."""
+    after, done = ("", ""), 0
     dlq: Collection[str] | None = None if dead_lettered is not None else ()
     while True:
-        with db.translate_errors(engine.url), engine.begin() as conn:
-            rows = conn.execute(
-                sa.select(_e.c.provider, _e.c.event_id, _e.c.status, _e.c.body)
-                .where(
-                    _e.c.body_redacted_at.is_(None),
-                    _e.c.status != inbox.RECEIVED,
-                    _e.c.received_at <= sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than),
-                    sa.tuple_(_e.c.provider, _e.c.event_id) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])),
-                )
-                .order_by(_e.c.provider, _e.c.event_id)
-                .limit(batch)
-                .with_for_update(skip_locked=True)
-            ).all()
-            if not rows:
-                break
-            final, undecided = _final(conn, rows, dlq)
-            if undecided and dlq is None:
-                final = []  # the DLQ is read outside this transaction; then the batch again
-            else:
-                after = (rows[-1].provider, rows[-1].event_id)
-                if final:
-                    conn.execute(
-                        sa.update(_e)
-                        .where(
-                            _e.c.provider == sa.bindparam("p"),
-                            _e.c.event_id == sa.bindparam("e"),
-                            _e.c.body_redacted_at.is_(None),
-                        )
-                        .values(body=sa.bindparam("redacted"), body_redacted_at=sa.func.now()),
-                        [{"p": r.provider, "e": r.event_id, "redacted": redacted(r.provider, r.event_id, r.body)}
-                         for r in final],
-                    )  # fmt: skip
-                    done += len(final)
-        if undecided and dlq is None:
+        step = _redact_batch(engine, older_than, after, batch, dlq)
+        if step is None:  # the DLQ decides some of this batch: read it, then the batch again
             assert dead_lettered is not None
             dlq = _read_dlq(dead_lettered)
             continue
-        if len(rows) < batch:
+        read, last, redacted_now = step
+        done += redacted_now
+        if read < batch:
             break
+        after = last
     if done:
         logger.info("inbox: %d event body(ies) reduced to the fields kc_tasks reads", done)
     return done
+
+
+def _redact_batch(
+    engine: Engine, older_than: float, after: tuple[str, str], batch: int, dlq: Collection[str] | None
+) -> tuple[int, tuple[str, str], int] | None:
+    """One transaction: lock the next `batch` unlocked candidates after the key `after`, reduce
+    the final ones; (rows read, the last key, rows reduced), or None (nothing done) when the
+    DLQ, unread, would decide some."""
+    with db.translate_errors(engine.url), engine.begin() as conn:
+        rows = conn.execute(
+            sa.select(_e.c.provider, _e.c.event_id, _e.c.status, _e.c.body)
+            .where(
+                _e.c.body_redacted_at.is_(None),
+                _e.c.status != inbox.RECEIVED,
+                _e.c.received_at <= sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than),
+                sa.tuple_(_e.c.provider, _e.c.event_id) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])),
+            )
+            .order_by(_e.c.provider, _e.c.event_id)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if not rows:
+            return 0, after, 0
+        final, undecided = _final(conn, rows, dlq)
+        if undecided and dlq is None:
+            return None
+        if final:
+            conn.execute(
+                sa.update(_e)
+                .where(
+                    _e.c.provider == sa.bindparam("p"),
+                    _e.c.event_id == sa.bindparam("e"),
+                    _e.c.body_redacted_at.is_(None),
+                )
+                .values(body=sa.bindparam("reduced"), body_redacted_at=sa.func.now()),
+                [
+                    {"p": r.provider, "e": r.event_id, "reduced": redacted(r.provider, r.event_id, r.body)}
+                    for r in final
+                ],
+            )
+    return len(rows), (rows[-1].provider, rows[-1].event_id), len(final)
 
 
 def _final(conn: sa.Connection, rows: Sequence[Any], dlq: Collection[str] | None) -> tuple[list[Any], int]:
