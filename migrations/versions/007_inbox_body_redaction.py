@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "007_inbox_body_redaction"
@@ -9,16 +10,12 @@ down_revision = "006_payments"
 branch_labels = None
 depends_on = None
 
+INDEX = "payment_events_whole_body_idx"
+
 
 def upgrade() -> None:
     # Null while the body is whole (kc_tasks/redaction.py; KC_INBOX_BODY_DAYS).
     op.execute("ALTER TABLE payment_events ADD COLUMN IF NOT EXISTS body_redacted_at timestamptz")
-    # The redaction task goes through the bodies still whole in primary-key order: this index
-    # holds those alone, so the ones already reduced are never read again.
-    op.execute(
-        "CREATE INDEX IF NOT EXISTS payment_events_whole_body_idx ON payment_events (provider, event_id) "
-        "WHERE body_redacted_at IS NULL"
-    )
     # The raw body is never rewritten but once, to its redacted form, stamped with the time of
     # it: a role that may reduce bodies still cannot forge one. Only an UPDATE that sets one of
     # these columns runs it; marking an event enqueued does not.
@@ -46,3 +43,20 @@ def upgrade() -> None:
         "CREATE TRIGGER payment_events_body_reduced_once BEFORE UPDATE OF body, body_redacted_at ON payment_events "
         "FOR EACH ROW EXECUTE FUNCTION payment_events_body_reduced_once()"
     )
+    # The redaction task goes through the bodies still whole in primary-key order: this index
+    # holds those alone, so the ones already reduced are never read again. Built concurrently:
+    # the webhooks go on storing events meanwhile. A build that failed leaves an invalid index:
+    # dropped and built again.
+    with op.get_context().autocommit_block():
+        conn = op.get_bind()
+        invalid = conn.execute(
+            sa.text("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)"), {"name": INDEX}
+        ).scalar()
+        if invalid:
+            conn.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX}"))
+        conn.execute(
+            sa.text(
+                f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {INDEX} ON payment_events (provider, event_id) "
+                "WHERE body_redacted_at IS NULL"
+            )
+        )
