@@ -292,6 +292,10 @@ def test_beats_task_redacts_what_kc_inbox_body_days_allows(
             (event_id, json.dumps({"id": event_id, "data": {"object": {"email": s.EMAIL}}}), days),
         )
 
+    from celeryconfig import beat_schedule
+
+    assert beat_schedule["redact-inbox"]["task"] == "kc_tasks.redact_inbox"
+    assert beat_schedule["redact-inbox"]["schedule"] == 3600.0, "hourly: a body outlives its days by an hour at most"
     put("evt_31_days", 31)
     put("evt_29_days", 29)
     task_id = celery_app.send_task("kc_tasks.redact_inbox", queue="purchases").id
