@@ -138,9 +138,14 @@ def main() -> None:
         for round_ in range(1, args.rounds + 1):
             full = wrk(requests_for(f"s{round_}", 40_000), args.connections, args.seconds)
             wait_drained(f"s{round_}", full["requests"])
-            # Closed loop with a pause per connection of twice its saturated interval: about
-            # half the saturation rate (the achieved rate is reported).
-            pause_ms = 2 * args.connections * 1000 / full["rate"]
+            # Closed loop: each connection pauses between requests so that together they offer
+            # half the saturation rate. Its period is 2c/R; what a request itself takes at
+            # that load comes from a short calibration run, then the pause is the rest.
+            period_ms = 2 * args.connections * 1000 / full["rate"]
+            trial = wrk(requests_for(f"c{round_}", 40_000), args.connections, 5, delay_ms=period_ms)
+            wait_drained(f"c{round_}", trial["requests"])
+            answer_ms = args.connections * 1000 / trial["rate"] - int(period_ms)
+            pause_ms = max(0.0, period_ms - answer_ms)
             half = wrk(requests_for(f"h{round_}", 40_000), args.connections, args.seconds, delay_ms=pause_ms)
             made = wait_drained(f"h{round_}", half["requests"])
             ms = latencies(f"h{round_}")
@@ -148,6 +153,7 @@ def main() -> None:
                 "round": round_,
                 "saturation_per_s": round(full["rate"], 1),
                 "offered_per_s": round(half["rate"], 1),
+                "of_saturation": round(half["rate"] / full["rate"], 2),
                 "purchases": made,
                 "non_2xx": half["non_2xx"],
                 "p50_ms": round(pct(ms, 50), 2),
