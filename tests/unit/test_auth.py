@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -272,7 +273,8 @@ class Clock:
     """auth's view of time: a monotonic clock the test moves, the wall clock as it is."""
 
     def __init__(self) -> None:
-        self.now = 1000.0
+        # Early in the host's uptime: the first unknown kid may fetch at once all the same.
+        self.now = float(auth.JWKS_REFRESH_MIN_SECONDS)
 
     def monotonic(self) -> float:
         return self.now
@@ -337,3 +339,21 @@ def test_mint_without_issuer_or_scope_leaves_them_out() -> None:
     made = jwt.decode(token, SECRET, algorithms=["HS256"], audience=AUDIENCE)
     assert set(made) == {"sub", "aud", "iat", "exp"}
     assert made["exp"] - made["iat"] == 60
+
+
+def test_an_identity_provider_that_does_not_answer_is_given_up_on_within_seconds() -> None:
+    """A JWKS fetch that hangs refuses the token after the client's timeout (5 s) instead of
+    holding the request, and its thread, for as long as the provider stays silent."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts the connection, never answers
+    try:
+        verifier = auth.Verifier("", f"http://127.0.0.1:{silent.getsockname()[1]}/jwks.json", AUDIENCE)
+        token = jwt.encode(claims(), rsa.generate_private_key(65537, 2048), algorithm="RS256", headers={"kid": "k"})
+        started = time.monotonic()
+        reason = refusal(verifier, token)
+        assert 4 < time.monotonic() - started < 8
+        assert reason.startswith("PyJWKClientConnectionError: "), reason
+        assert "timed out" in reason
+    finally:
+        silent.close()

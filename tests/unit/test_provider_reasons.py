@@ -144,6 +144,11 @@ def test_an_order_payment_that_grants_nothing_says_why(payment: Any, order: Any,
             Revocation("pay_1", REFUND, "rfnd_1"),
         ),
         (
+            {"id": "rfnd_1", "payment_id": "pay_1", "status": "processed"},
+            {"id": "pay_other", "refund_status": "full"},
+            Revocation("pay_1", REFUND, "rfnd_1"),
+        ),
+        (
             {"id": "rfnd_1", "payment_id": "pay_1", "status": "pending"},
             {"id": "pay_1", "refund_status": "full"},
             Ignored("refund status pending, not processed", "pay_1"),
@@ -154,7 +159,7 @@ def test_an_order_payment_that_grants_nothing_says_why(payment: Any, order: Any,
             Ignored("partial refund: the purchase stays", "pay_1"),
         ),
     ],
-    ids=["no-payment", "payment-id-from-the-payment", "pending", "partial"],
+    ids=["no-payment", "payment-id-from-the-payment", "the-refunds-payment-first", "pending", "partial"],
 )
 def test_a_razorpay_refund_revokes_only_a_processed_full_refund(refund: Any, payment: Any, action: Any) -> None:
     assert razorpay.refund_action(refund, payment) == action
