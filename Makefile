@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test setup browser services migrate lint node
+.PHONY: run test setup browser services migrate lint node mutation coverage
 
 $(BIN)/kc-tasks: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,18 @@ lint: setup
 
 test: setup browser services node lint
 	$(BIN)/pytest
+
+# Not run by CI (docs/testing.md). Mutation testing of the pure modules (tool.mutmut in
+# pyproject.toml: providers/, signature, auth, payload, retry) against the unit tests, from
+# scratch, at low priority: a few minutes on two cores.
+mutation: setup
+	$(BIN)/pip install --quiet -e '.[dev,quality]'
+	rm -rf mutants
+	nice -n 19 $(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
+
+# Branch coverage of kc_tasks/ by the unit and integration tests (the end-to-end tests run
+# the code in other processes, which this does not measure).
+coverage: setup services
+	$(BIN)/pip install --quiet -e '.[dev,quality]'
+	$(BIN)/pytest -q --cov=kc_tasks --cov-branch --cov-report=term-missing:skip-covered tests/unit tests/integration

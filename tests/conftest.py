@@ -151,9 +151,17 @@ def broker_idle(broker_url: str) -> bool:
     if broker_url.startswith("redis"):
         client = redis.Redis.from_url(broker_url)
         return client.llen("purchases") == 0 and client.hlen("unacked") == 0
+    return queued(broker_url) == 0
+
+
+def queued(broker_url: str, queue: str = "purchases") -> int:
+    """How many messages `queue` holds (RabbitMQ: ready or unacknowledged; Redis: ready). With
+    no worker consuming, every task a client was told the broker took is counted."""
+    if broker_url.startswith("redis"):
+        return int(redis.Redis.from_url(broker_url).llen(queue))
     out = rabbitmqctl("list_queues", "-p", AMQP_VHOST, "name", "messages", check=False)
     for line in out.splitlines():
         name, _, messages = line.partition("\t")
-        if name == "purchases":
-            return messages.strip() == "0"
-    return True
+        if name == queue:
+            return int(messages.strip())
+    return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import re
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from tests.e2e.conftest import Client, Workers, count, hold_pairs, purchase, wai
 from tests.e2e.proxy import Proxy
 
 EVENTS = Exchange("kc.events", type="topic", durable=True)
+# A test's own message through kc.events, never counted as an event (Consumer.caught_up).
+MARKER = "test.marker"
 
 
 class Consumer:
@@ -26,6 +27,7 @@ class Consumer:
             f"test-events-{uuid.uuid4().hex[:8]}", EVENTS, routing_key="purchase.#", durable=False, auto_delete=False
         )
         self.received: list[dict] = []
+        self.markers: set[str] = set()
         self._conn = Connection(broker_url)
         self._conn.connect()
         self.queue(self._conn.default_channel).declare()
@@ -43,8 +45,21 @@ class Consumer:
                         pass
 
     def _on_message(self, body: dict, message) -> None:  # type: ignore[no-untyped-def]
-        self.received.append(body)
+        if body.get("type") == MARKER:
+            self.markers.add(body["id"])
+        else:
+            self.received.append(body)
         message.ack()
+
+    def caught_up(self) -> bool:
+        """Publish a marker into kc.events and wait until it arrives: the queue delivers in
+        order, so every event the broker had taken before it has arrived too."""
+        marker = str(uuid.uuid4())
+        with Connection(self._conn.as_uri(include_password=True)) as conn:
+            conn.Producer().publish(
+                {"id": marker, "type": MARKER}, exchange=EVENTS, routing_key="purchase.test-marker", declare=[EVENTS]
+            )
+        return wait_until(lambda: marker in self.markers, timeout=10)
 
     def unique(self) -> dict[str, dict]:
         return {e["id"]: e for e in self.received}
@@ -93,7 +108,12 @@ def test_each_committed_purchase_and_duplicate_payment_is_published(
         workers.start(database_url, broker_url, concurrency=4)
         client.send(_batch(pairs=30, rivals=8))
         assert wait_until(lambda: len(consumer.unique()) == 38, timeout=40), len(consumer.unique())
-        time.sleep(1)
+        # Nothing more is coming: the outbox has nothing left to publish, and all it
+        # published has reached the consumer.
+        assert wait_until(
+            lambda: run_sql(database_url, "SELECT count(*) FROM event_outbox WHERE published_at IS NULL") == [(0,)]
+        )
+        assert consumer.caught_up()
         _assert_events_match_the_database(consumer, database_url)
         assert len(consumer.unique()) == 38
     finally:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -26,6 +27,7 @@ INDEX_SQL = (
     "CREATE UNIQUE INDEX CONCURRENTLY unique_active_purchase "
     "ON student_course_purchases (student_id, course_id) WHERE is_active = true"
 )
+RETRY_LINE = re.compile(r"retry \d+ of \d+ in")
 TERMINATE_WORKER_BACKENDS = (
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'kc_tasks' "
     "AND datname = current_database() AND pid <> pg_backend_pid()"
@@ -60,6 +62,12 @@ def _wait_done(ids: list[str], *logs: Worker, timeout: float = 60.0, stall: floa
 def _all_succeed(ids: list[str], worker: Worker, timeout: float = 60.0) -> None:
     missing = _wait_done(ids, worker, timeout=timeout)
     assert not missing, f"{len(missing)} tasks never succeeded, e.g. {sorted(missing)[:3]}:\n{worker.text()[-3000:]}"
+
+
+def _any_made(database_url: str, payments: list[dict]) -> Callable[[], bool]:
+    """Whether any of these payments has its purchase yet."""
+    ids = [p["payment_id"] for p in payments]
+    return lambda: count(database_url, "payment_id = ANY(%s)", (ids,)) > 0
 
 
 def _rows_per_payment(database_url: str) -> dict[str, int]:
@@ -210,13 +218,19 @@ def test_transient_database_failure_is_retried(
     terminated = 0
     try:
         for chunk in range(5):  # the batch is sent in parts, so that each cut meets work in progress
-            ids += client.send(payments[chunk * 20 : (chunk + 1) * 20])
+            part = payments[chunk * 20 : (chunk + 1) * 20]
+            ids += client.send(part)
+            # The worker is on this part once its first purchase is committed: cut it then.
+            assert wait_until(_any_made(database_url, part), timeout=30)
             terminated += sum(1 for (ok,) in run_sql(database_url, TERMINATE_WORKER_BACKENDS) if ok)
-            time.sleep(0.3)
         assert terminated > 0, "the test cut no connection"
+        retries = len(RETRY_LINE.findall(worker.text()))
         ids += client.send(payments[100:])
         proxy.cut()
-        time.sleep(3)
+        # Unreachable until the deliveries that meet the outage are scheduled for a retry.
+        assert wait_until(lambda: len(RETRY_LINE.findall(worker.text())) > retries, timeout=30), (
+            "a delivery that met the outage is retried with backoff"
+        )
         proxy.restore()
         _all_succeed(ids, worker, timeout=90)
     finally:
@@ -224,7 +238,6 @@ def test_transient_database_failure_is_retried(
 
     assert _rows_per_payment(database_url) == {p["payment_id"]: 1 for p in payments}
     log = worker.text()
-    assert re.search(r"retry \d+ of \d+ in", log), "a delivery that met the outage is retried with backoff"
     assert "gave up on payment" not in log
     assert "current transaction is aborted" not in log
     connections = len(_worker_backends(database_url))
@@ -445,8 +458,9 @@ def test_bad_inputs_fail_permanently_and_worker_keeps_serving(
         return lines
 
     sent = set(good_ids) | set(expected)
-    wait_until(lambda: sent <= _succeeded(worker) | set(gave_up()), timeout=30)
-    time.sleep(1)  # a retry, if one were wrongly scheduled, would have shown by now
+    # Every delivery's last word is in the log: a retry, had one been scheduled, is logged
+    # before the attempt that scheduled it ends, so it would be there already.
+    assert wait_until(lambda: sent <= _succeeded(worker) | set(gave_up()), timeout=30), worker.text()[-3000:]
 
     assert _rows_per_payment(database_url) == {g["payment_id"]: 1 for g in good}, "no row from a bad input"
     assert set(good_ids) <= _succeeded(worker), "the good purchases around the bad ones are served"

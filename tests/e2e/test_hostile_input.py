@@ -97,13 +97,10 @@ def test_a_signed_but_deeply_nested_body_is_a_422(hostile_web: tuple[Web, list[s
     web, _ = hostile_web
     body = b'{"id":"evt_deep","type":"payment.succeeded","data":' + nested + b"}"
     response = httpx.post(web.base + "/webhooks/payments", content=body, headers=_kc_signed(body), timeout=10)
+    # Refused for its nesting, once parsed: not for its size (413) before that.
     assert response.status_code == 422, response.text[:200]
+    assert response.json() == {"detail": "body is not valid JSON: nested too deeply"}
     assert "Traceback" not in web.text()
-
-
-def test_the_signed_nested_body_is_within_the_size_limit() -> None:
-    """The nesting attack is not simply refused for its size (413) before it is parsed."""
-    assert len(b'{"id":"evt_deep","type":"payment.succeeded","data":' + b"[" * 32000 + b"]" * 32000 + b"}") < 64 * 1024
 
 
 def test_an_event_id_with_line_breaks_cannot_forge_a_log_line(hostile_web: tuple[Web, list[str]]) -> None:

@@ -118,9 +118,15 @@ class TaskEvents:
         self.results: dict[str, dict] = {}
         self.failed: set[str] = set()
         self.receiver: Any = None
+        self.listening = threading.Event()
         threading.Thread(target=self._listen, daemon=True).start()
-        assert wait_until(lambda: self.receiver is not None, timeout=10)
-        time.sleep(1)  # its queue is bound before any worker sends
+        # Listening once an event sent now comes back: from then on no worker's event is missed.
+        with self.app.events.default_dispatcher(hostname="kc-test-probe") as dispatcher:
+            deadline = time.monotonic() + 10
+            while not self.listening.is_set():
+                assert time.monotonic() < deadline, "the event receiver never heard its own probe"
+                dispatcher.send("kc-test-probe")
+                self.listening.wait(0.2)
 
     def _listen(self) -> None:
         with self.app.connection_for_read() as connection:
@@ -129,6 +135,7 @@ class TaskEvents:
                 handlers={
                     "task-succeeded": lambda e: self.results.__setitem__(e["uuid"], ast.literal_eval(e["result"])),
                     "task-failed": lambda e: self.failed.add(e["uuid"]),
+                    "kc-test-probe": lambda e: self.listening.set(),
                 },
             )
             self.receiver.capture(limit=None, timeout=None, wakeup=False)

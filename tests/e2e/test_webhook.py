@@ -14,7 +14,7 @@ import httpx
 from celery import Celery
 
 from kc_tasks.web import task_id_for
-from tests.conftest import AMQP, broker_idle, run_sql
+from tests.conftest import AMQP, broker_idle, queued, run_sql
 from tests.e2e.conftest import WEBHOOK_SECRET, Web, Workers, count, purchase, reader_headers, wait_until
 from tests.e2e.proxy import Proxy
 
@@ -43,9 +43,15 @@ def test_a_signed_payment_becomes_a_course_the_student_sees(
     assert wait_until(lambda: httpx.get(courses_url, headers=reader_headers()).json() != [], timeout=20)
     [course] = httpx.get(courses_url, headers=reader_headers()).json()
     assert course["course_id"] == data["course_id"] and course["payment_id"] == data["payment_id"]
+    assert wait_until(lambda: broker_idle(broker_url))
+    workers.stop_all()
+    # A provider's retry of the same event: answered from the inbox, not enqueued again. The
+    # answer comes after the broker confirmed whatever was sent, so with no worker left to
+    # take it, a second task would be in the queue now.
     replay = httpx.post(web.base + "/webhooks/payments", content=body, headers=signed(body))
     assert replay.status_code == 202 and replay.json()["task_id"] == task_id, "the same payment maps to one task id"
-    assert wait_until(lambda: broker_idle(broker_url)), "the repeated delivery was worked"
+    assert queued(broker_url) == 0, "the repeat was enqueued again"
+    assert run_sql(database_url, "SELECT type, status FROM payment_events") == [("payment.succeeded", "enqueued")]
     assert count(database_url) == 1
     log = web.text()
     assert WEBHOOK_SECRET not in log and signed(body)["X-KC-Signature"].split("v1=")[1] not in log
@@ -83,7 +89,10 @@ def test_bad_requests_are_refused_with_the_right_status(
     assert ignored.status_code == 200 and ignored.json() == {"status": "ignored", "type": "payment.created"}
     assert httpx.get(f"{web.base}/students/not-a-uuid/courses").status_code == 422
     assert httpx.get(web.base + "/readyz").json() == {"ready": True, "database": "ok", "broker": "ok"}
-    assert count(database_url) == 0
+    # No worker runs here: what a refused request left behind would still be in the inbox or
+    # the queue. Only the verified, well-formed event of another type is stored, and ignored.
+    assert queued(rabbitmq_url) == 0, "a refused request was enqueued"
+    assert run_sql(database_url, "SELECT type, status FROM payment_events") == [("payment.created", "ignored")]
 
 
 def test_a_broker_outage_is_answered_from_the_inbox_and_loses_nothing(

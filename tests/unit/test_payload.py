@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
-from kc_tasks.errors import InvalidPurchase, PermanentError
-from kc_tasks.payload import Purchase, parse_purchase
+from kc_tasks.errors import InvalidPurchase, InvalidRevocation, PermanentError
+from kc_tasks.payload import Purchase, Revocation, describe, is_task_body, parse_purchase, parse_revocation
 
 STUDENT = "6f1c2d3e-0000-4000-8000-000000000001"
 COURSE = "6f1c2d3e-0000-4000-8000-000000000002"
@@ -154,3 +155,159 @@ def test_deeply_nested_metadata_is_rejected_as_invalid() -> None:
 
     with pytest.raises(InvalidPurchase, match="metadata"):
         parse_purchase(kwargs(metadata=metadata))
+
+
+def _nested_objects(levels: int) -> dict[str, Any]:
+    value: Any = "v"
+    for _ in range(levels):
+        value = {"k": value}
+    return value
+
+
+def _nested_arrays(levels: int) -> dict[str, Any]:
+    value: Any = "v"
+    for _ in range(levels):
+        value = [value]
+    return {"k": value}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "accepted"),
+    [
+        (_nested_objects(64), True),  # its innermost key and value 64 levels down
+        (_nested_objects(65), False),
+        (_nested_arrays(63), True),  # the object's level, then 63 arrays
+        (_nested_arrays(64), False),
+    ],
+    ids=["objects-64", "objects-65", "arrays-63", "arrays-64"],
+)
+def test_metadata_nests_at_most_64_levels(metadata: dict[str, Any], accepted: bool) -> None:
+    if accepted:
+        assert parse_purchase(kwargs(metadata=metadata)).metadata == metadata
+        return
+    with pytest.raises(InvalidPurchase) as caught:
+        parse_purchase(kwargs(metadata=metadata))
+    assert str(caught.value).startswith("invalid create_purchase kwargs: metadata: must not nest deeper than 64 levels")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"student_id": "nope"},
+            "student_id: must be a UUID string (got 'nope')",
+        ),
+        (
+            {"metadata": {1: "a"}},
+            "metadata: must have string keys (got {1: 'a'})",
+        ),
+        (
+            {"metadata": {"a": "\ud800"}},
+            "metadata: must be valid Unicode text (it holds a lone surrogate) (got {'a': '\\ud800'})",
+        ),
+        (
+            {"metadata": {"a": ["x\x00"]}},
+            "metadata: must not contain a NUL character (got {'a': ['x\\x00']})",
+        ),
+        (
+            {"metadata": {"a": float("-inf")}},
+            "metadata: must be plain JSON (NaN and Infinity are not) (got {'a': -inf})",
+        ),
+        (
+            {"metadata": {"a": {1, 2}}},
+            "metadata: must be plain JSON (a set is not) (got {'a': {1, 2}})",
+        ),
+        (
+            {"surprise": True, "payment_id": MISSING},
+            "payment_id: is required; surprise: is not a create_purchase kwarg",
+        ),
+    ],
+    ids=["uuid", "key", "surrogate", "nul-in-array", "infinity", "set", "missing-and-extra"],
+)
+def test_a_rejected_delivery_is_told_each_rule_in_full(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidPurchase) as caught:
+        parse_purchase(kwargs(**changes))
+    assert str(caught.value) == "invalid create_purchase kwargs: " + message
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({}, "payment_id: is required; reason: is required"),
+        ({"payment_id": "pay_1", "reason": "refund", "x": 1}, "x: is not a revoke_purchase kwarg"),
+        (
+            {"payment_id": "pay\x00", "reason": "refund"},
+            "payment_id: must not contain a NUL character (got 'pay\\x00')",
+        ),
+        (
+            {"payment_id": "pay_1", "reason": "refund", "refund_id": 7},
+            "refund_id: Input should be a valid string (got 7)",
+        ),
+    ],
+    ids=["empty", "extra", "nul", "refund-id-int"],
+)
+def test_a_rejected_revocation_is_told_each_rule_in_full(given: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRevocation) as caught:
+        parse_revocation(given)
+    assert str(caught.value) == "invalid revoke_purchase kwargs: " + message
+    assert isinstance(caught.value, PermanentError)
+
+
+def test_a_revocation_within_the_rules_is_accepted() -> None:
+    assert parse_revocation({"payment_id": "pay_1", "reason": "dispute"}) == Revocation(
+        payment_id="pay_1", reason="dispute", refund_id=None
+    )
+
+
+def test_describe_joins_a_nested_location_with_dots_and_names_a_whole_input_kwargs() -> None:
+    with pytest.raises(ValidationError) as nested:
+        TypeAdapter(dict[str, list[int]]).validate_python({"items": [1, "two"]})
+    assert describe(nested.value) == (
+        "invalid create_purchase kwargs: items.1: Input should be a valid integer, unable to parse string as an"
+        " integer (got 'two')"
+    )
+    with pytest.raises(ValidationError) as whole:
+        TypeAdapter(dict[str, int]).validate_python([])
+    assert describe(whole.value, "revoke_purchase") == (
+        "invalid revoke_purchase kwargs: kwargs: Input should be a valid dictionary (got [])"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        # Its repr is 60 characters: shown whole.
+        (["a" * 11, "b" * 11, "c" * 11, "d" * 11], "['aaaaaaaaaaa', 'bbbbbbbbbbb', 'ccccccccccc', 'ddddddddddd']"),
+        # 61: its first 57, then "...".
+        (["a" * 11, "b" * 11, "c" * 11, "d" * 12], "['aaaaaaaaaaa', 'bbbbbbbbbbb', 'ccccccccccc', 'dddddddddd..."),
+    ],
+    ids=["60-shown-whole", "61-cut-to-57"],
+)
+def test_a_value_in_a_message_is_cut_after_60_characters(value: Any, shown: str) -> None:
+    with pytest.raises(InvalidPurchase) as caught:
+        parse_purchase(kwargs(metadata=value))
+    assert str(caught.value) == f"invalid create_purchase kwargs: metadata: must be a JSON object (got {shown})"
+
+
+@pytest.mark.parametrize(
+    ("body", "is_one"),
+    [
+        ([[], {"payment_id": "p"}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}], True),
+        (((), {}, {"callbacks": [], "errbacks": [{}], "chain": [], "chord": {}}), True),
+        ([[], {}, {}], True),
+        ([[], {}], False),
+        ([[], {}, {}, {}], False),
+        ({"args": [], "kwargs": {}, "embed": {}}, False),
+        ("[[], {}, {}]", False),
+        (None, False),
+        ([{}, {}, {}], False),
+        ([[], [], {}], False),
+        ([[], {}, []], False),
+        ([[], {}, {"callbacks": "x"}], False),
+        ([[], {}, {"errbacks": 1}], False),
+        ([[], {}, {"chain": "x"}], False),
+        ([[], {}, {"chord": True}], False),
+    ],
+)
+def test_is_task_body_knows_celery_protocol_2(body: Any, is_one: bool) -> None:
+    assert is_task_body(body) is is_one

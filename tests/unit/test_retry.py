@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from kc_tasks.retry import compute_backoff
@@ -50,3 +52,8 @@ def test_backoff_never_shrinks_as_retries_grow(jitter: float) -> None:
 
     assert waits == sorted(waits)
     assert waits[-1] == 150.0 + jitter * 150.0
+
+
+def test_the_exponent_stops_growing_at_62_so_an_uncapped_delay_never_overflows() -> None:
+    assert compute_backoff(62, math.inf, rng=lambda: 1.0) == 2.0**62
+    assert compute_backoff(10_000, math.inf, rng=lambda: 1.0) == 2.0**62

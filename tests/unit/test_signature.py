@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import hashlib
+import hmac
+import time
+
 import pytest
 
 from kc_tasks.signature import sign, verify
@@ -65,3 +69,41 @@ def test_a_timestamp_of_anything_but_a_few_ascii_digits_is_malformed(header: str
 
 def test_a_non_ascii_v1_is_a_mismatch_not_an_error() -> None:
     assert verify(SECRET, BODY, f"t={NOW},v1=\u00ff\u00b2", now=NOW) == "signature does not match the body"
+
+
+def test_the_signature_is_the_documented_hmac_of_timestamp_and_body() -> None:
+    # hex HMAC-SHA256(secret, "<t>.<raw body>"), as a payment service computes it.
+    expected = hmac.new(SECRET, f"{NOW}.".encode() + BODY, hashlib.sha256).hexdigest()
+    assert sign(SECRET, BODY, NOW) == f"t={NOW},v1={expected}"
+    assert sign(SECRET, BODY + b" ", NOW) != sign(SECRET, BODY, NOW)
+
+
+def test_without_a_given_time_the_clock_is_read() -> None:
+    now = int(time.time())
+    assert verify(SECRET, BODY, sign(SECRET, BODY, now)) is None
+    assert verify(SECRET, BODY, sign(SECRET, BODY, now - 301)) == "signature timestamp is more than 300 s old"
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (f"t={NOW}", "malformed X-KC-Signature header: expected t=<unix seconds>,v1=<hex>"),
+        (sign(SECRET, BODY, NOW + 31), "signature timestamp is in the future"),
+        (sign(SECRET, BODY, NOW - 301), "signature timestamp is more than 300 s old"),
+        (sign(b"another secret", BODY, NOW), "signature does not match the body"),
+        # "=" inside a value: the key is what precedes the first "=".
+        (sign(SECRET, BODY, NOW) + "=", "signature does not match the body"),
+        (f"t={NOW},v1=\udc80", "signature does not match the body"),  # a lone surrogate: no error
+        ("x" * 2049, "malformed X-KC-Signature header: longer than 2048 characters"),
+    ],
+    ids=["no-v1", "future", "stale", "other-secret", "equals-in-value", "surrogate", "too-long"],
+)
+def test_each_refusal_says_exactly_why(header: str, reason: str) -> None:
+    assert verify(SECRET, BODY, header, now=NOW) == reason
+
+
+def test_a_header_of_exactly_the_longest_length_is_read() -> None:
+    good = sign(SECRET, BODY, NOW)
+    header = f"{good},x={'0' * (2048 - len(good) - 3)}"
+    assert len(header) == 2048
+    assert verify(SECRET, BODY, header, now=NOW) is None
