@@ -129,6 +129,7 @@ def assert_nothing_lost_or_duplicated(verdict: Verdict) -> None:
         f"every accepted purchase ends as one row: {verdict}"
     )
     assert verdict.dead_letters == 0, f"a fault is transient: no good purchase is dead-lettered: {verdict}"
+    assert not verdict.rows_mismatch, f"one purchase row per student/course pair of the accepted payments: {verdict}"
 
 
 def pairs_with_several_active(database_url: str) -> list[tuple]:
