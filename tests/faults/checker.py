@@ -84,7 +84,7 @@ class Publisher:
             self.app.conf.broker_transport_options = {"confirm_publish": True}
         self.history = History()
 
-    def send(self, messages: Iterable[dict[str, Any]]) -> History:
+    def send(self, messages: Iterable[dict[str, Any]], task: str = "kc_tasks.create_purchase") -> History:
         with self.app.producer_or_acquire() as producer:
             for kwargs in messages:
                 self.history.publishes += 1
@@ -92,7 +92,7 @@ class Publisher:
                     self.history.pairs[kwargs["payment_id"]] = (kwargs["student_id"], kwargs["course_id"])
                 try:
                     sent = self.app.send_task(
-                        "kc_tasks.create_purchase",
+                        task,
                         kwargs=kwargs,
                         queue="purchases",
                         producer=producer,
