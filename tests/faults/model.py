@@ -108,6 +108,8 @@ class Judgement:
     unexpected: int = 0
     inbox_left_received: int = 0
     seconds: float = 0.0
+    # what the traffic held: payments by way in, repeats, refunds before captures, rivals...
+    traffic: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property

@@ -263,14 +263,17 @@ class MixedRun:
             uncertain_publishes=self.uncertain,
             uncertain_bound=self.broker_faults * IN_FLIGHT_PUBLISHES,
             seconds=round(time.monotonic() - self.started, 1),
+            traffic=self.traffic.figures(),
         )
 
 
 def release(holder: psycopg.Connection) -> None:
     try:
         holder.rollback()
+    except psycopg.Error:
+        pass  # the fault took the holding connection (a restart), and its lock with it
     finally:
-        holder.close()  # if the fault took the holding connection, the lock went with it
+        holder.close()
 
 
 def assert_model_holds(judgement: Judgement) -> None:

@@ -82,6 +82,25 @@ class Traffic:
     def slice(self, n: int) -> list[Delivery]:
         return sorted((d for d in self.deliveries if d.slice == n), key=lambda d: d.key)
 
+    def figures(self) -> dict[str, int]:
+        """What the traffic holds, by kind (for the run's figures)."""
+        first_capture: dict[str, float] = {}
+        for d in self.deliveries:
+            if d.capture:
+                first_capture[d.payment_id] = min(d.key, first_capture.get(d.payment_id, 1.0))
+        captures = Counter(d.payment_id for d in self.deliveries if d.capture)
+        return {
+            **{f"payments via {via}": n for via, n in sorted(Counter(p.via for p in self.payments).items())},
+            "webhook events": sum(1 for d in self.deliveries if d.provider),
+            "tasks": sum(1 for d in self.deliveries if d.task),
+            "repeated captures": sum(n - 1 for n in captures.values()),
+            "revocations before their capture": sum(
+                1 for d in self.deliveries if not d.capture and d.key < first_capture.get(d.payment_id, 0.0)
+            ),
+            "rivals": sum(1 for p in self.payments if p.rival_of),
+            "refunded at the provider only": len(self.refunded_at_provider),
+        }
+
 
 def build(provider: api.Provider, seed: int, per_way: int = 30) -> Traffic:
     """About `per_way` payments through each webhook and as tasks, a third as many known only
