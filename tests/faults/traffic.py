@@ -111,6 +111,8 @@ def build(provider: api.Provider, seed: int, per_way: int = 30) -> Traffic:
     later = lambda key: min(0.999, key + rnd.uniform(0.01, 0.15))  # noqa: E731
     earlier = lambda key: max(0.0, key - rnd.uniform(0.01, 0.1))  # noqa: E731
 
+    kept: Counter[str] = Counter()  # payments kept (not refunded by webhook or task), by way in
+
     def pay(via: str, key: float, student: str, course: str, rival_of: str | None = None) -> Payment:
         """One payment through `via`: its capture, maybe repeated, maybe refunded or disputed."""
         roll = rnd.random()
@@ -128,8 +130,10 @@ def build(provider: api.Provider, seed: int, per_way: int = 30) -> Traffic:
             replace(d, key=key if n == 0 else later(key), after=rival_of) for n, d in enumerate(captures)
         ]
         traffic.deliveries += [replace(d, key=back, after=rival_of) for d in revocations]
-        if via == "razorpay" and not revoked and not rival_of and rnd.random() < 0.1:
-            # refunded at Razorpay, its webhook never came: reconciliation revokes it
+        kept["razorpay"] += via == "razorpay" and not revoked and not rival_of
+        if via == "razorpay" and not revoked and not rival_of and kept["razorpay"] % 8 == 1:
+            # every eighth kept Razorpay payment is refunded at Razorpay, and its webhook never
+            # came: reconciliation revokes it
             payment.revoked = "refund"
             traffic.refunded_at_provider.append(pid)
             provider.razorpay_refund(next(p for p in provider.razorpay_payments if p["id"] == pid), now - 300)
