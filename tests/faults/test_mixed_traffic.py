@@ -23,7 +23,7 @@ inbox event is left `received`, and judges: nothing lost, wrongly active, double
 dead-lettered or unexpected, rows one per non-rival payment, uncertain publishes within their
 bound. Each test prints one `MIXED {...}` line (docs/faults.md quotes them).
 
-The batches are smaller than test_faults.py's (about 170 payments, 260 deliveries): every
+The batches are smaller than test_faults.py's (152 payments, about 185 deliveries): every
 webhook is an HTTP request through a uvicorn process sharing the machine's cores with the
 workers, and each test stays well under a minute.
 """
