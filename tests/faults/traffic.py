@@ -108,8 +108,12 @@ def build(provider: api.Provider, seed: int, per_way: int = 30) -> Traffic:
     rnd = random.Random(seed)
     now = int(time.time())
     traffic = Traffic()
-    later = lambda key: min(0.999, key + rnd.uniform(0.01, 0.15))  # noqa: E731
-    earlier = lambda key: max(0.0, key - rnd.uniform(0.01, 0.1))  # noqa: E731
+
+    def later(key: float) -> float:
+        return min(0.999, key + rnd.uniform(0.01, 0.15))
+
+    def earlier(key: float) -> float:
+        return max(0.0, key - rnd.uniform(0.01, 0.1))
 
     kept: Counter[str] = Counter()  # payments kept (not refunded by webhook or task), by way in
 
