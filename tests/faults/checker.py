@@ -6,12 +6,17 @@ the purchase rows, the refunds recorded for a second payment of a course already
 (duplicate_payments) and the dead letters (`kc-tasks dlq list --json`). Every accepted
 payment must end as exactly one of them:
 
-- lost: accepted, and neither a row, a refund nor a dead letter;
+- lost: accepted, and neither a row, a refund nor a dead letter; or only a refund while no other
+  payment of its student/course pair holds a row (a refund is the outcome of a rival payment,
+  a second payment of a course already held, never of the payment that was due the purchase);
 - duplicated: more than one outcome (two rows, a row and a dead letter, two dead letters...);
-- unexpected: a row, refund or dead letter of a payment that was never published.
+- unexpected: a row, refund or dead letter of a payment that was never published;
+- rows_mismatch: the purchase rows are not one per student/course pair of the accepted payments
+  that were not dead-lettered (a row made for nobody, or one missing that no count above saw).
 
-A publish that raised may or may not have reached the broker: its payment is "uncertain",
-and any single outcome, or none, is fine for it.
+A publish that raised a connection or broker error may or may not have reached the broker: its
+payment is "uncertain", and any single outcome, or none, is fine for it. A publish that raised
+anything else is the test's failure, not an uncertainty: it propagates.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import amqp.exceptions
+import kombu.exceptions
+import redis.exceptions
 from celery import Celery
 
 from tests.conftest import broker_idle, run_sql
@@ -35,6 +43,16 @@ KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 ROOT = Path(__file__).resolve().parents[2]
 # A publish that meets a dropped connection is retried this long before it counts as failed.
 PUBLISH_RETRY = {"max_retries": 20, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 1.0}
+# What a publish may raise when the broker, or the connection to it, fails: only these make it
+# uncertain (amqp's ChannelError: a channel the broker closed under the publish).
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    kombu.exceptions.OperationalError,
+    amqp.exceptions.ConnectionError,
+    amqp.exceptions.ChannelError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
 
 
 @dataclass
@@ -46,6 +64,11 @@ class History:
     publishes: int = 0
     # The task id of each accepted delivery, by payment: to find a lost one in worker logs.
     task_ids: dict[str, list[str]] = field(default_factory=dict)
+    # The student/course pair of each payment (a payment with none recorded is a pair alone).
+    pairs: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def pair(self, payment: str) -> tuple[str, str]:
+        return self.pairs.get(payment, ("payment", payment))
 
     @property
     def published(self) -> set[str]:
@@ -61,20 +84,22 @@ class Publisher:
             self.app.conf.broker_transport_options = {"confirm_publish": True}
         self.history = History()
 
-    def send(self, messages: Iterable[dict[str, Any]]) -> History:
+    def send(self, messages: Iterable[dict[str, Any]], task: str = "kc_tasks.create_purchase") -> History:
         with self.app.producer_or_acquire() as producer:
             for kwargs in messages:
                 self.history.publishes += 1
+                if "student_id" in kwargs and "course_id" in kwargs:
+                    self.history.pairs[kwargs["payment_id"]] = (kwargs["student_id"], kwargs["course_id"])
                 try:
                     sent = self.app.send_task(
-                        "kc_tasks.create_purchase",
+                        task,
                         kwargs=kwargs,
                         queue="purchases",
                         producer=producer,
                         retry=True,
                         retry_policy=PUBLISH_RETRY,
                     )
-                except Exception:
+                except BROKER_ERRORS:
                     self.history.uncertain.add(kwargs["payment_id"])
                 else:
                     self.history.accepted[kwargs["payment_id"]] += 1
@@ -128,10 +153,18 @@ class Verdict:
     duplicated: int
     unexpected: int
     seconds: float
+    # Purchase rows that should be there: one per student/course pair of the accepted payments
+    # not dead-lettered (up to `rows_expected_max` with the uncertain payments' pairs).
+    rows_expected: int = 0
+    rows_expected_max: int = 0
     # Of the lost: payments no worker ever received (no "Task ...[id] received" line for any
     # of their deliveries), i.e. lost by the broker before delivery. -1: not looked for.
     lost_undelivered: int = -1
     examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def rows_mismatch(self) -> bool:
+        return not self.rows_expected <= self.rows <= self.rows_expected_max
 
     def line(self) -> str:
         figures = {k: v for k, v in asdict(self).items() if k != "examples"}
@@ -150,7 +183,12 @@ def check(
     """The verdict of a run; given the workers' logs, the lost payments that no worker ever
     received are counted apart (lost_undelivered)."""
     accepted = set(history.accepted)
-    lost = sorted(p for p in accepted if outcomes.of(p) == 0)
+    held = {history.pair(p) for p in outcomes.rows}
+    lost = sorted(
+        p
+        for p in accepted
+        if outcomes.of(p) == 0 or (outcomes.of(p) == outcomes.refunds[p] and history.pair(p) not in held)
+    )
     undelivered = (
         -1
         if worker_logs is None
@@ -163,6 +201,8 @@ def check(
     duplicated = sorted(p for p in history.published if outcomes.of(p) > 1)
     seen = set(outcomes.rows) | set(outcomes.refunds) | set(outcomes.dead)
     unexpected = sorted(seen - history.published)
+    due = {history.pair(p) for p in accepted if not outcomes.dead[p]}
+    maybe = {history.pair(p) for p in history.uncertain - accepted if not outcomes.dead[p]}
     verdict = Verdict(
         fault=fault,
         broker="redis" if broker_url.startswith("redis") else "rabbitmq",
@@ -177,6 +217,8 @@ def check(
         duplicated=len(duplicated),
         unexpected=len(unexpected),
         seconds=round(seconds, 1),
+        rows_expected=len(due),
+        rows_expected_max=len(due | maybe),
         lost_undelivered=undelivered,
         examples={"lost": lost[:5], "duplicated": duplicated[:5], "unexpected": unexpected[:5]},
     )

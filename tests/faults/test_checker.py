@@ -6,17 +6,39 @@ from collections import Counter
 
 from tests.faults.checker import History, Outcomes, check
 
+AB = ("student-a", "course-b")
 
-def verdict(accepted: dict[str, int], rows=(), refunds=(), dead=(), uncertain=()):
-    history = History(accepted=Counter(accepted), uncertain=set(uncertain), publishes=sum(accepted.values()))
+
+def verdict(accepted: dict[str, int], rows=(), refunds=(), dead=(), uncertain=(), pairs=None):
+    history = History(
+        accepted=Counter(accepted), uncertain=set(uncertain), publishes=sum(accepted.values()), pairs=pairs or {}
+    )
     outcomes = Outcomes(Counter(rows), Counter(refunds), Counter(dead))
     return check(history, outcomes, "made up", "amqp://", faults_injected=0, seconds=0)
 
 
 def test_one_outcome_each_is_clean() -> None:
-    v = verdict({"a": 1, "b": 2, "c": 1, "d": 1}, rows=["a", "b"], refunds=["c"], dead=["d"])
-    assert (v.lost, v.duplicated, v.unexpected) == (0, 0, 0)
-    assert (v.accepted, v.rows, v.refunds, v.dead_letters) == (4, 2, 1, 1)
+    # c is a rival of a: a second payment of the course its student holds by a.
+    v = verdict({"a": 1, "b": 2, "c": 1, "d": 1}, rows=["a", "b"], refunds=["c"], dead=["d"], pairs={"a": AB, "c": AB})
+    assert (v.lost, v.duplicated, v.unexpected, v.rows_mismatch) == (0, 0, 0, False)
+    assert (v.accepted, v.rows, v.refunds, v.dead_letters, v.rows_expected) == (4, 2, 1, 1, 2)
+
+
+def test_a_refund_where_the_purchase_was_due_is_lost() -> None:
+    """A duplicate_payments row is the outcome of a rival payment only: a payment alone in its
+    pair (or whose pair holds no row) that ends as one was due a purchase, and has none."""
+    alone = verdict({"a": 1}, refunds=["a"])
+    assert (alone.lost, alone.examples["lost"]) == (1, ["a"])
+    both_refunds = verdict({"a": 1, "c": 1}, refunds=["a", "c"], pairs={"a": AB, "c": AB})
+    assert both_refunds.lost == 2, "the pair holds no row: whichever came first was due it"
+
+
+def test_rows_must_be_one_per_pair_of_the_accepted_payments() -> None:
+    assert verdict({"a": 1, "c": 1}, rows=["a", "c"], pairs={"a": AB, "c": AB}).rows_mismatch, "two rows, one pair"
+    assert verdict({"a": 1, "b": 1}, rows=["a", "b"]).rows_mismatch is False
+    uncertain = verdict({"a": 1}, rows=["a", "u"], uncertain=["u"])
+    assert (uncertain.rows_expected, uncertain.rows_expected_max, uncertain.rows_mismatch) == (1, 2, False)
+    assert verdict({"a": 1}, dead=["a"]).rows_expected == 0, "a dead letter is due no row"
 
 
 def test_an_accepted_payment_without_outcome_is_lost() -> None:

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import AMQP_VHOST, PG, REDIS, broker_idle, purge_redis, rabbitmqctl, run_sql
+from tests.conftest import AMQP_VHOST, REDIS, broker_idle, purge_redis, rabbitmqctl, run_sql
 from tests.e2e.conftest import Worker, Workers, count, hold_pairs, purchase, wait_until
 from tests.faults.checker import Publisher, Verdict, check, settle
 
@@ -129,6 +129,7 @@ def assert_nothing_lost_or_duplicated(verdict: Verdict) -> None:
         f"every accepted purchase ends as one row: {verdict}"
     )
     assert verdict.dead_letters == 0, f"a fault is transient: no good purchase is dead-lettered: {verdict}"
+    assert not verdict.rows_mismatch, f"one purchase row per student/course pair of the accepted payments: {verdict}"
 
 
 def pairs_with_several_active(database_url: str) -> list[tuple]:
@@ -180,33 +181,6 @@ def test_worker_main_process_sigkilled_repeatedly(database_url: str, workers: Wo
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
-
-
-def postgresql_answers() -> bool:
-    try:
-        psycopg.connect(f"{PG}/postgres", connect_timeout=2).close()
-    except psycopg.Error:
-        return False
-    return True
-
-
-@pytest.fixture
-def restart_postgresql() -> Iterator[Callable[[], None]]:
-    """Restarts PostgreSQL when called; whatever happens, PostgreSQL answers again at the end."""
-
-    def restart() -> None:
-        subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        assert wait_until(postgresql_answers, timeout=60), "PostgreSQL did not come back"
-
-    yield restart
-    if not postgresql_answers():
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "start"], check=False, timeout=120)
-        assert wait_until(postgresql_answers, timeout=60), "PostgreSQL did not come back"
 
 
 @pytest.mark.disruptive
