@@ -33,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from kc_tasks.errors import KcTasksError
+from kc_tasks.events import PURCHASE_CREATED
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ def purchase_made(request: Any, outcome: Any) -> None:
     if provider == TASK:  # both on the worker's clock
         elapsed = time.time() - seen_at
     else:  # both on PostgreSQL's: the inbox's received_at, the purchase.created event's
-        committed = next((e.occurred_at for e in outcome.events if e.type == "purchase.created"), None)
+        committed = next((e.occurred_at for e in outcome.events if e.type == PURCHASE_CREATED), None)
         elapsed = (committed.timestamp() if committed is not None else time.time()) - seen_at
     _series.payment_to_access.labels(provider).observe(max(elapsed, 0.0))
 
