@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test setup browser services migrate lint node mutation coverage
+.PHONY: run test setup browser services migrate lint node prometheus rules mutation coverage
 
 $(BIN)/kc-tasks: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,17 @@ setup: $(BIN)/kc-tasks
 # Debian's Chromium, for the browser tests (Playwright drives /usr/bin/chromium; no `playwright install`).
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+# Debian's Prometheus, for promtool (the alert rules' checks and unit tests) and the metrics'
+# end-to-end test; `kc-tasks dev` runs it too when it is installed.
+prometheus:
+	command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
+
+# The scrape configuration and alert rules of docker/prometheus/, checked and unit-tested.
+rules: prometheus
+	promtool check config docker/prometheus/prometheus.yml
+	promtool check rules docker/prometheus/kc_tasks.rules.yml
+	promtool test rules docker/prometheus/kc_tasks.test.yml
 
 services:
 	scripts/services.sh
@@ -37,7 +48,7 @@ lint: setup
 	$(BIN)/ruff format --check celeryconfig.py kc_tasks migrations tests bench
 	$(BIN)/mypy
 
-test: setup browser services node lint
+test: setup browser prometheus services node lint rules
 	$(BIN)/pytest
 
 # Not run by CI (docs/testing.md). Mutation testing of the pure modules (tool.mutmut in

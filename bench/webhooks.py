@@ -47,7 +47,18 @@ AMQP = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 WORK = Path(tempfile.gettempdir()) / f"kc_bench_web_{RUN_ID}"
 WORKERS = os.environ.get("WEB_CONCURRENCY", "1")  # uvicorn's own variable: its worker processes
 RESULTS = ROOT / "bench" / f"webhooks-results-{WORKERS}-worker{'' if WORKERS == '1' else 's'}.json"
-PORT = 8799
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# A free port: two runs on one machine must not answer each other's requests.
+PORT = _free_port()
 KC_SECRET = "bench-webhook-secret-0123456789abcdef"
 RAZORPAY_SECRET = "bench-razorpay-secret"
 STRIPE_SECRET = "whsec_bench0123456789abcdefghij"
@@ -243,6 +254,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--routes", default="bare,razorpay,stripe,payments")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"where to write the figures ({RESULTS.name})")
     args = parser.parse_args()
     routes = args.routes.split(",")
     WORK.mkdir(parents=True)
@@ -287,7 +299,7 @@ def main() -> None:
         rabbitmqctl("delete_vhost", VHOST)
         sql(f"DROP DATABASE IF EXISTS kc_bench_web_{RUN_ID} WITH (FORCE)")
     stored = {"web_concurrency": WORKERS, "seconds": args.seconds, "results": results}
-    RESULTS.write_text(json.dumps(stored, indent=2) + "\n")
+    args.results.write_text(json.dumps(stored, indent=2) + "\n")
     bare = max((r["rate"] for r in results if r["route"] == "bare" and not r["delay_ms"]), default=0)
     print(
         f"{'route':<10} {'round':>5} {'load':>10} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"

@@ -22,6 +22,7 @@ from typing import Any
 from celery import Celery
 from kombu import Message, Queue
 
+from kc_tasks import metrics
 from kc_tasks.celery import settings
 
 logger = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ def publish(app: Celery, letter: DeadLetter) -> None:
             retry=True,
             retry_policy=_CONFIRMED,
         )
+    metrics.dead_lettered(letter.task, letter.reason)
     logger.info(
         "dead-lettered %s %s (payment %s) to %s: %s: %s: %s",
         letter.task,

@@ -4,6 +4,10 @@ When DATABASE_URL is unset and nothing answers on localhost:5432, an embedded Po
 (the pgserver package) keeps its data in .kc-dev/pgdata. When no broker answers on
 localhost:5672, kombu's filesystem transport stands in for RabbitMQ (.kc-dev/broker): one
 machine only, no publisher confirms. Nothing outside this module depends on either.
+
+The web process and the worker serve their metrics (KC_WEB_METRICS_PORT, KC_WORKER_METRICS_PORT,
+free ports unless set), and when Prometheus is installed it runs beside them with the alert
+rules of docker/prometheus/, scraping them and Flower (.kc-dev/prometheus.yml).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +25,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 DEV_DIR = Path(".kc-dev")
+RULES = Path("docker") / "prometheus" / "kc_tasks.rules.yml"
+PROMETHEUS_PORT = 9090
 # The student of README's curl examples: development mode prints a read-API token for them.
 EXAMPLE_STUDENT = "0b6c5a4e-8d1e-4a49-9d1e-1b2c3d4e5f60"
 
@@ -63,6 +70,9 @@ def run(web_port: int, flower_port: int, embedded_db: bool, filesystem_broker: b
             KC_BEAT_SCHEDULE=str(DEV_DIR / "beat-schedule"),
             FLOWER_DB=str(DEV_DIR / "flower.db"),
         )
+        for name in ("KC_WEB_METRICS_PORT", "KC_WORKER_METRICS_PORT"):
+            env[name] = env.get(name) or str(free_port())
+        prometheus = _prometheus(env, flower_port)
         migrate = subprocess.run([sys.executable, "-m", "kc_tasks.cli", "migrate"], env=env, check=False)
         if migrate.returncode != 0:
             return migrate.returncode
@@ -78,11 +88,60 @@ def run(web_port: int, flower_port: int, embedded_db: bool, filesystem_broker: b
         manager = Manager(Printer(sys.stdout))
         for name, process in parse_procfile(procfile.read_text()).processes.items():
             manager.add_process(name, process, env=env)
+        if prometheus is not None:
+            manager.add_process("prometheus", prometheus, env=env)
         manager.loop()
         return int(manager.returncode or 0)
     finally:
         if server is not None:
             server.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _prometheus(env: dict[str, str], flower_port: int) -> str | None:
+    """The command that runs Prometheus on the metrics of the processes, or None (and where to
+    look instead) when it is not installed."""
+    address = env.get("KC_METRICS_ADDRESS") or "127.0.0.1"
+    web, worker = env["KC_WEB_METRICS_PORT"], env["KC_WORKER_METRICS_PORT"]
+    binary = shutil.which("prometheus")
+    if binary is None:
+        logger.warning(
+            "development mode: metrics on http://%s:%s/metrics (web) and http://%s:%s/metrics (worker); "
+            "install Prometheus (make prometheus) to graph them and evaluate the alerts",
+            address,
+            web,
+            address,
+            worker,
+        )
+        return None
+    targets = {"kc-web": f"{address}:{web}", "kc-worker": f"{address}:{worker}", "flower": f"127.0.0.1:{flower_port}"}
+    config = DEV_DIR / "prometheus.yml"
+    config.write_text(
+        "# Written by kc-tasks dev at each start: the processes of this run.\n"
+        "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n"
+        + (f"rule_files:\n  - {RULES.resolve()}\n" if RULES.exists() else "")
+        + "scrape_configs:\n"
+        + "".join(
+            f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
+            for job, target in targets.items()
+        )
+    )
+    port = PROMETHEUS_PORT if not answers("127.0.0.1", PROMETHEUS_PORT) else free_port()
+    logger.warning(
+        "development mode: Prometheus on http://127.0.0.1:%d (graphs: /graph, alerts: /alerts), "
+        "scraping the web, the worker and Flower (%s)",
+        port,
+        config,
+    )
+    return (
+        f"{binary} --config.file={config} --web.listen-address=127.0.0.1:{port} "
+        f"--storage.tsdb.path={DEV_DIR / 'prometheus'} --log.level=warn"
+    )
 
 
 def _database(env: dict[str, str], forced: bool) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db
+from kc_tasks import db, metrics
 from kc_tasks.confirms import ConfirmedChannel, Kept
 from kc_tasks.errors import InvalidPurchase, InvalidRevocation
 from kc_tasks.payload import parse_purchase, parse_revocation
@@ -69,6 +69,9 @@ class Task:
     name: str
     kwargs: dict[str, Any]
     task_id: str
+    # The payment's first sight (its event's provider and received_at), which travels with the
+    # task in its message headers (kc_tasks/metrics.py, kc_payment_to_access_seconds).
+    headers: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ def store_and_enqueue(
     )
     columns: dict[str, list[str | None]] = {"provider": [k[0] for k, _ in rows], "event_id": [k[1] for k, _ in rows]}
     columns |= {name: [values[i] for _, values in rows] for i, name in enumerate(_STORED[2:])}
-    stored = {(provider, event_id) for provider, event_id in conn.exec_driver_sql(_STORE_MANY, columns)}
+    stored = {(r.provider, r.event_id): r.received_at for r in conn.exec_driver_sql(_STORE_MANY, columns)}
     receipts: list[Receipt] = []
     sending: list[tuple[Event, Task]] = []
     for (event, _), (status, task, why) in zip(arrivals, plans, strict=True):
@@ -169,16 +172,21 @@ def store_and_enqueue(
             logger.debug("%s event %s: a repeat, already stored", event.provider, event.event_id)
             receipts.append(Receipt(status, False, task.task_id if task else None, why))
             continue
-        stored.discard(key)  # a second arrival of it in this batch is a repeat
+        received_at = stored.pop(key)  # a second arrival of it in this batch is a repeat
         _log(event, status, why)
         receipts.append(Receipt(status, True, task.task_id if task else None, why))
         if task is not None:
-            sending.append((event, task))
+            sending.append((event, seen(task, event.provider, received_at)))
     sent = _enqueue_many(app, sending, channel)
     return [
         Receipt(ENQUEUED, True, r.task_id) if r.new and (event.provider, event.event_id) in sent else r
         for (event, _), r in zip(arrivals, receipts, strict=True)
     ]
+
+
+def seen(task: Task, provider: str, received_at: datetime) -> Task:
+    """The task, with the headers that say when its payment was first seen, and by whom."""
+    return replace(task, headers=metrics.first_seen_headers(provider, received_at.timestamp()))
 
 
 def enqueued(arrivals: Sequence[tuple[Event, bytes]], receipts: Sequence[Receipt]) -> list[tuple[str, str]]:
@@ -214,7 +222,7 @@ def _store_many() -> str:
         pg_insert(_e)
         .from_select(list(_STORED), sa.select(*(rows.c[name] for name in _STORED)).order_by(rows.c.n))
         .on_conflict_do_nothing(index_elements=[_e.c.provider, _e.c.event_id])
-        .returning(_e.c.provider, _e.c.event_id)
+        .returning(_e.c.provider, _e.c.event_id, _e.c.received_at)
     )
     return str(statement.compile(dialect=postgresql.psycopg.dialect()))
 
@@ -247,7 +255,7 @@ def relay(engine: Engine, app: Celery, older_than: float = RELAY_GRACE_SECONDS) 
     enqueued = 0
     with db.translate_errors(engine.url), engine.begin() as conn:
         rows = conn.execute(
-            sa.select(_e.c.provider, _e.c.event_id, _e.c.body)
+            sa.select(_e.c.provider, _e.c.event_id, _e.c.body, _e.c.received_at)
             .where(
                 _e.c.status == RECEIVED,
                 _e.c.received_at <= sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than),
@@ -261,7 +269,7 @@ def relay(engine: Engine, app: Celery, older_than: float = RELAY_GRACE_SECONDS) 
             status, task, _ = plan(event)
             if task is None:  # stored before a rule changed: keep what it is now
                 _mark(conn, row.provider, [row.event_id], status)
-            elif _enqueue(app, event, task):
+            elif _enqueue(app, event, seen(task, row.provider, row.received_at)):
                 _mark(conn, row.provider, [row.event_id], ENQUEUED)
                 enqueued += 1
             else:
@@ -281,7 +289,9 @@ def replay(
         rows = {
             r.event_id: r
             for r in conn.execute(
-                sa.select(_e.c.event_id, _e.c.body).where(_e.c.provider == provider, _e.c.event_id.in_(event_ids))
+                sa.select(_e.c.event_id, _e.c.body, _e.c.received_at).where(
+                    _e.c.provider == provider, _e.c.event_id.in_(event_ids)
+                )
             )
         }
         for event_id in event_ids:
@@ -291,7 +301,7 @@ def replay(
                 continue
             event = parse(provider, row.body.encode("utf-8"), event_id, stripe_livemode)
             status, task, why = plan(event)
-            if task is not None and _enqueue(app, event, task):
+            if task is not None and _enqueue(app, event, seen(task, provider, row.received_at)):
                 status = ENQUEUED
             _mark(conn, provider, [event_id], status)
             done[event_id] = status if why is None else f"{status}: {why}"
@@ -330,6 +340,20 @@ def listing(engine: Engine, status: str | None = None, provider: str | None = No
     return [Stored(*row) for row in rows]
 
 
+def stuck_count(engine: Engine, older_than: float = RELAY_GRACE_SECONDS) -> int:
+    """Events still `received` `older_than` seconds after they were stored: the broker is down,
+    or nothing relays (no worker, no beat)."""
+    with db.translate_errors(engine.url), engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).where(
+                    _e.c.status == RECEIVED,
+                    _e.c.received_at <= sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than),
+                )
+            ).scalar_one()
+        )
+
+
 def unmapped_count(engine: Engine) -> int:
     """Paid payments that granted nothing: unmapped events whose payment has no purchase yet
     (a sibling event, e.g. Stripe's Checkout Session beside its PaymentIntent, may have made it)."""
@@ -366,6 +390,7 @@ class TaskChannel(ConfirmedChannel):
                 kwargs=task.kwargs,
                 queue=QUEUE,
                 task_id=task.task_id,
+                headers=task.headers,
                 producer=self.producer,
                 retry=False,
                 declare=[],
@@ -404,7 +429,12 @@ def _enqueue(app: Celery, event: Event, task: Task) -> bool:
     """Publish the task (confirmed on RabbitMQ); False if the broker did not take it."""
     try:
         app.send_task(
-            task.name, kwargs=task.kwargs, queue="purchases", task_id=task.task_id, retry_policy=_ENQUEUE_RETRY
+            task.name,
+            kwargs=task.kwargs,
+            queue="purchases",
+            task_id=task.task_id,
+            headers=task.headers,
+            retry_policy=_ENQUEUE_RETRY,
         )
     except Exception as exc:  # noqa: BLE001  (any broker failure: the event stays received, for the relay)
         logger.warning(

@@ -4,6 +4,7 @@ worker_ready signals)."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -15,7 +16,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from kc_tasks import db, events, inbox
+from kc_tasks import db, events, inbox, metrics
 from kc_tasks.celery import app, settings
 from kc_tasks.errors import KcTasksError
 from kc_tasks.index_guard import FIX_COMMAND, IndexGuard
@@ -54,6 +55,26 @@ def resources() -> tuple[Engine, IndexGuard]:
             engine = db.make_engine(settings.database_url, pool_size=tasks + 1, max_overflow=tasks)
             _process[pid] = (engine, IndexGuard(settings.index_check_ttl))
         return _process[pid]
+
+
+@worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    """With KC_WORKER_METRICS_PORT set, the worker's metrics (kc_tasks/metrics.py): kept by every
+    pool process, served by this one. Before the pool forks."""
+    if settings.worker_metrics_port:
+        metrics.start_worker(settings.worker_metrics_port, settings.metrics_address, _index_usable)
+
+
+@functools.cache
+def _index_engine() -> Engine:
+    """The main process's engine for the index check: NullPool keeps no connection open across
+    the pool's forks."""
+    return db.make_engine(settings.database_url, poolclass=NullPool)
+
+
+def _index_usable() -> float:
+    """kc_index_usable, checked at each scrape by the main process."""
+    return 1.0 if IndexGuard(0).refresh(_index_engine()).usable else 0.0
 
 
 @worker_process_init.connect

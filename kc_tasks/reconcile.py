@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, inbox, provider_api
+from kc_tasks import db, inbox, metrics, provider_api
 from kc_tasks.errors import KcTasksError
 from kc_tasks.providers import (
     DISPUTE,
@@ -406,5 +406,7 @@ def run_logged(
         return summary
     finally:
         api.close()
+    if not dry_run:
+        metrics.reconcile_found(provider, summary.found)
     logger.info("%s", summary.line())
     return summary

@@ -87,6 +87,12 @@ class Settings:
     # Days a provider event's body is kept whole; then, once its outcome is final, beat's
     # kc_tasks.redact_inbox reduces it to the fields kc_tasks reads (kc_tasks/redaction.py).
     inbox_body_days: int = 30
+    # Ports of the web process's and of the worker's Prometheus metrics (GET /metrics), never the
+    # public port; None: no metrics are kept or served (kc_tasks/metrics.py).
+    web_metrics_port: int | None = None
+    worker_metrics_port: int | None = None
+    # The address the metrics ports listen on.
+    metrics_address: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -123,6 +129,9 @@ class Settings:
             reconcile_window=_int(env, "KC_RECONCILE_WINDOW", 259200, minimum=60),
             stripe_livemode=_bool_or_none(env, "KC_STRIPE_LIVEMODE"),
             inbox_body_days=_int(env, "KC_INBOX_BODY_DAYS", 30, minimum=0),
+            web_metrics_port=_port_or_none(env, "KC_WEB_METRICS_PORT"),
+            worker_metrics_port=_port_or_none(env, "KC_WORKER_METRICS_PORT"),
+            metrics_address=(env.get("KC_METRICS_ADDRESS") or "127.0.0.1").strip(),
         )
 
     @property
@@ -212,6 +221,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum:
     if maximum is not None and value > maximum:
         raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
+
+
+def _port_or_none(env: Mapping[str, str], name: str) -> int | None:
+    """A TCP port, 1-65535; unset or empty: None."""
+    if not (env.get(name) or "").strip():
+        return None
+    return _int(env, name, 0, minimum=1, maximum=65535)
 
 
 def _bool_or_none(env: Mapping[str, str], name: str) -> bool | None:

@@ -9,7 +9,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject, Retry
 
-from kc_tasks import batching, dead_letters, events, inbox, purchases, revocations
+from kc_tasks import batching, dead_letters, events, inbox, metrics, purchases, revocations
 from kc_tasks.celery import app, settings
 from kc_tasks.errors import (
     DatabaseUnavailable,
@@ -85,6 +85,7 @@ def _make_purchase(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     if outcome.events:
         engine, _ = resources()
         events.publisher(engine, app).submit(outcome.events)
+    metrics.purchase_made(task.request, outcome)  # kc_purchases_total, kc_payment_to_access_seconds
     return outcome.as_result()
 
 

@@ -22,7 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
-from kc_tasks import admin, auth, db, inbox, logs, signature
+from kc_tasks import admin, auth, db, inbox, logs, metrics, signature
 from kc_tasks.errors import ConfigError, InvalidPurchase, KcTasksError
 from kc_tasks.intake import Intake
 from kc_tasks.payload import parse_purchase
@@ -131,6 +131,8 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         celery_app = default_app
     # The intake's writers and marker, and the read routes beside them.
     engine = db.make_engine(settings.database_url, pool_size=8)
+    if settings.web_metrics_port:
+        metrics.start_web(settings.web_metrics_port, settings.metrics_address, lambda: inbox.stuck_count(engine))
     api = FastAPI(title="kc_tasks", version="1", description="Payment webhook and purchases of kc_tasks")
     kc_secrets = secrets(settings.webhook_secret)
     razorpay_secrets = secrets(settings.razorpay_webhook_secret)
@@ -168,18 +170,20 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
     async def payment_webhook(request: Request) -> Any:
         """A signed payment event: payment.succeeded becomes a create_purchase task,
         payment.refunded a revoke_purchase task; stored in the inbox (provider kc) first."""
-        body = await _read_body(request, MAX_BODY_BYTES)
+        body = await _read_body(request, MAX_BODY_BYTES, kc_provider.NAME)
         problem = kc_provider.verify(body, request.headers.get(signature.HEADER), kc_secrets)
         if problem:
             logger.warning("webhook refused: %s", problem)
+            metrics.webhook(kc_provider.NAME, "rejected")
             raise HTTPException(401, problem)
         try:
             event = kc_provider.parse(body)
             if isinstance(event.action, Purchase):
                 parse_purchase(event.action.kwargs)  # kc_tasks' own format: an invalid one is the caller's bug
         except (Malformed, InvalidPurchase) as exc:
+            metrics.webhook(kc_provider.NAME, "invalid")
             raise HTTPException(422, str(exc)) from None
-        receipt = await intake.receive(event, body)
+        receipt = await _receive(event, body)
         if receipt.task_id is None:
             return JSONResponse({"status": "ignored", "type": event.type}, status_code=200)
         logger.debug(
@@ -192,16 +196,18 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         @api.post("/webhooks/razorpay", responses=provider_responses)
         async def razorpay_webhook(request: Request) -> Any:
             """Razorpay's webhook, as Razorpay sends it (X-Razorpay-Signature, X-Razorpay-Event-Id)."""
-            body = await _read_body(request, MAX_PROVIDER_BODY_BYTES)
+            body = await _read_body(request, MAX_PROVIDER_BODY_BYTES, razorpay_provider.NAME)
             problem = razorpay_provider.verify(
                 body, request.headers.get(razorpay_provider.SIGNATURE_HEADER), razorpay_secrets
             )
             if problem:
                 logger.warning("razorpay webhook refused: %s", problem)
+                metrics.webhook(razorpay_provider.NAME, "rejected")
                 raise HTTPException(401, problem)
             try:
                 event = razorpay_provider.parse(body, request.headers.get(razorpay_provider.EVENT_ID_HEADER))
             except Malformed as exc:
+                metrics.webhook(razorpay_provider.NAME, "invalid")
                 raise HTTPException(400, str(exc)) from None
             return await _received(event, body)
 
@@ -210,26 +216,38 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         @api.post("/webhooks/stripe", responses=provider_responses)
         async def stripe_webhook(request: Request) -> Any:
             """Stripe's webhook, as Stripe sends it (Stripe-Signature)."""
-            body = await _read_body(request, MAX_PROVIDER_BODY_BYTES)
+            body = await _read_body(request, MAX_PROVIDER_BODY_BYTES, stripe_provider.NAME)
             problem = stripe_provider.verify(
                 body, request.headers.get(stripe_provider.SIGNATURE_HEADER), stripe_secrets
             )
             if problem:
                 logger.warning("stripe webhook refused: %s", problem)
+                metrics.webhook(stripe_provider.NAME, "rejected")
                 raise HTTPException(401, problem)
             try:
                 event = stripe_provider.parse(body, settings.stripe_livemode)
             except Malformed as exc:
+                metrics.webhook(stripe_provider.NAME, "invalid")
                 raise HTTPException(400, str(exc)) from None
             return await _received(event, body)
 
     async def _received(event: Any, body: bytes) -> JSONResponse:
         """Stored before the answer; 200 whatever it is, broker up or down."""
-        receipt = await intake.receive(event, body)
+        receipt = await _receive(event, body)
         answer: dict[str, Any] = {"event_id": event.event_id, "status": receipt.status}
         if receipt.task_id is not None:
             answer["task_id"] = receipt.task_id
         return JSONResponse(answer, status_code=200)
+
+    async def _receive(event: Any, body: bytes) -> inbox.Receipt:
+        """intake.receive, counted by what became of the event (503: PostgreSQL is down)."""
+        try:
+            receipt = await intake.receive(event, body)
+        except KcTasksError:
+            metrics.webhook(event.provider, "unavailable")
+            raise
+        metrics.webhook_receipt(event.provider, receipt.status, receipt.new)
+        return receipt
 
     verifier = auth.Verifier(settings.jwt_secret, settings.jwt_jwks_url, settings.jwt_audience, settings.jwt_issuer)
 
@@ -296,15 +314,17 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
     return api
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The raw body, or 413 as soon as it is over `limit` bytes."""
+async def _read_body(request: Request, limit: int, provider: str) -> bytes:
+    """The raw body, or 413 as soon as it is over `limit` bytes (counted as invalid)."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
+        metrics.webhook(provider, "invalid")
         raise HTTPException(413, f"body over {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
+            metrics.webhook(provider, "invalid")
             raise HTTPException(413, f"body over {limit} bytes")
     return bytes(body)
 

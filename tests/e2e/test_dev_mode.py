@@ -116,6 +116,7 @@ def test_dev_mode_runs_everything_without_services(tmp_path: Path) -> None:
         page = httpx.get(f"{base}/admin/dead-letters", auth=(admin_user, admin_password), timeout=10)
         assert page.status_code == 200, "the page it advertises is served"
         assert httpx.get(f"{base}/admin/dead-letters", timeout=10).status_code == 401
+        _assert_prometheus_scrapes_the_processes(text)
     finally:
         os.kill(dev.pid, signal.SIGTERM)
         try:
@@ -131,3 +132,21 @@ def _ok(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _assert_prometheus_scrapes_the_processes(text: str) -> None:
+    """With Prometheus installed (make test installs it), it runs beside the processes and
+    says where; the web's and the worker's metrics are among its healthy targets."""
+    if shutil.which("prometheus") is None:
+        assert "install Prometheus (make prometheus) to graph them" in text
+        return
+    prometheus = re.search(r"Prometheus on (http://127\.0\.0\.1:\d+)", text).group(1)
+
+    def healthy() -> set[str]:
+        try:
+            targets = httpx.get(prometheus + "/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        except (httpx.HTTPError, ValueError):
+            return set()
+        return {t["labels"]["job"] for t in targets if t["health"] == "up"}
+
+    assert wait_until(lambda: {"kc-web", "kc-worker", "flower"} <= healthy(), timeout=30), healthy()

@@ -64,11 +64,12 @@ OPTIONAL_WITH_DEFAULTS = {
 }
 
 # How the code reads a variable: env.get("X"), os.environ.get("X"), os.getenv("X"),
-# _int(env, "X", ...), _choice(env, "X", ...), _bool_or_none(env, "X"), env["X"] (not an assignment to it).
+# _int(env, "X", ...), _choice(env, "X", ...), _bool_or_none(env, "X"), _port_or_none(env, "X"),
+# env["X"] (not an assignment to it).
 CODE_READS = (
     re.compile(r"""\b(?:env|environ)\.get\(\s*["']([A-Z][A-Z0-9_]*)["']"""),
     re.compile(r"""\bgetenv\(\s*["']([A-Z][A-Z0-9_]*)["']"""),
-    re.compile(r"""\b_(?:int|choice|bool_or_none)\(\s*env\s*,\s*["']([A-Z][A-Z0-9_]*)["']"""),
+    re.compile(r"""\b_(?:int|choice|bool_or_none|port_or_none)\(\s*env\s*,\s*["']([A-Z][A-Z0-9_]*)["']"""),
     re.compile(r"""\b(?:env|environ)\[\s*["']([A-Z][A-Z0-9_]*)["']\s*\](?!\s*=[^=])"""),
 )
 SHELL_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")

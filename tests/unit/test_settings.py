@@ -30,6 +30,9 @@ def test_defaults_are_those_of_the_contract() -> None:
     assert settings.stripe_livemode is None, "unset: Stripe events of both modes are taken"
     assert settings.reconcile_window == 259200
     assert settings.inbox_body_days == 30
+    assert settings.web_metrics_port is None, "unset: the web process serves no metrics"
+    assert settings.worker_metrics_port is None, "unset: the worker serves no metrics"
+    assert settings.metrics_address == "127.0.0.1"
 
 
 def test_empty_variables_count_as_unset() -> None:
@@ -45,6 +48,9 @@ def test_empty_variables_count_as_unset() -> None:
             "KC_STRIPE_LIVEMODE",
             "KC_RECONCILE_WINDOW",
             "KC_INBOX_BODY_DAYS",
+            "KC_WEB_METRICS_PORT",
+            "KC_WORKER_METRICS_PORT",
+            "KC_METRICS_ADDRESS",
         ),
         "",
     )
@@ -151,6 +157,10 @@ def test_database_url_forms_all_use_psycopg_3(env: dict[str, str], expected: str
         ({"KC_RECONCILE_WINDOW": "2592000"}, "reconcile_window", 2592000),
         ({"KC_INBOX_BODY_DAYS": "0"}, "inbox_body_days", 0),
         ({"KC_INBOX_BODY_DAYS": "365"}, "inbox_body_days", 365),
+        ({"KC_WEB_METRICS_PORT": "9101"}, "web_metrics_port", 9101),
+        ({"KC_WORKER_METRICS_PORT": " 9102 "}, "worker_metrics_port", 9102),
+        ({"KC_WORKER_METRICS_PORT": " "}, "worker_metrics_port", None),
+        ({"KC_METRICS_ADDRESS": "0.0.0.0"}, "metrics_address", "0.0.0.0"),
     ],
 )
 def test_accepted_values(env: dict[str, str], attribute: str, expected: object) -> None:
@@ -180,6 +190,9 @@ def test_accepted_values(env: dict[str, str], attribute: str, expected: object) 
         ({"KC_RECONCILE_WINDOW": "3d"}, "KC_RECONCILE_WINDOW"),
         ({"KC_INBOX_BODY_DAYS": "-1"}, "KC_INBOX_BODY_DAYS"),
         ({"KC_INBOX_BODY_DAYS": "30d"}, "KC_INBOX_BODY_DAYS"),
+        ({"KC_WEB_METRICS_PORT": "0"}, "KC_WEB_METRICS_PORT"),
+        ({"KC_WORKER_METRICS_PORT": "65536"}, "KC_WORKER_METRICS_PORT"),
+        ({"KC_WORKER_METRICS_PORT": "metrics"}, "KC_WORKER_METRICS_PORT"),
         ({"POSTGRES_HOST": "db", "POSTGRES_PORT": "abc"}, "POSTGRES_PORT"),
         ({"DATABASE_URL": f"mysql://kc:{SECRET}@db/shop"}, "DATABASE_URL"),
         ({"DATABASE_URL": f"postgresql+asyncpg://kc:{SECRET}@db/shop"}, "DATABASE_URL"),

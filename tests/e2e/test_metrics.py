@@ -1,0 +1,186 @@
+"""The contract's metrics as an operator reads them: a real Prometheus scraping a real web
+process (two uvicorn workers) and a real worker (several pool processes), asked in PromQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import broker_idle
+from tests.e2e.conftest import ROOT, Client, Web, Workers, count, free_port, purchase, stop_group, wait_until
+from tests.e2e.test_webhook import event, signed
+
+RULES = ROOT / "docker" / "prometheus" / "kc_tasks.rules.yml"
+
+
+class Prometheus:
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def value(self, query: str) -> float | None:
+        """The query's one answer now, or None while it has none."""
+        answer = httpx.get(self.base + "/api/v1/query", params={"query": query}, timeout=5).json()
+        results = answer["data"]["result"]
+        return float(results[0]["value"][1]) if results else None
+
+    def settles_at(self, query: str, expected: float, timeout: float = 30) -> bool:
+        return wait_until(lambda: self.value(query) == expected, timeout=timeout, interval=0.5)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[[dict[str, int]], Prometheus]]:
+    """Debian's prometheus (make test installs it), scraping the given jobs every second."""
+    binary = shutil.which("prometheus")
+    assert binary, "Prometheus is not installed: make prometheus"
+    started: list[subprocess.Popen] = []
+
+    def start(jobs: dict[str, int]) -> Prometheus:
+        scrapes = "".join(
+            f"  - job_name: {job}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+            for job, port in jobs.items()
+        )
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files:\n  - {RULES}\nscrape_configs:\n{scrapes}"
+        )
+        port = free_port()
+        with (tmp_path / "prometheus.log").open("w") as log:
+            process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append(process)
+        base = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            try:
+                return httpx.get(base + "/-/ready", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_until(ready, timeout=30), (tmp_path / "prometheus.log").read_text()[-3000:]
+        return Prometheus(base)
+
+    yield start
+    for process in started:
+        stop_group(process)
+
+
+def test_prometheus_sees_purchases_refunds_bad_signatures_and_dead_letters(
+    database_url: str,
+    workers: Workers,
+    rabbitmq_url: str,
+    webs: Callable[..., Web],
+    prometheus: Callable[[dict[str, int]], Prometheus],
+) -> None:
+    web_port, worker_port = free_port(), free_port()
+    workers.start(database_url, rabbitmq_url, concurrency=3, KC_WORKER_METRICS_PORT=str(worker_port))
+    web = webs(database_url, rabbitmq_url, KC_WEB_METRICS_PORT=str(web_port), WEB_CONCURRENCY="2")
+    prom = prometheus({"kc-web": web_port, "kc-worker": worker_port})
+    # Scraped from 0 before anything happens, as in a service that has been running: an
+    # increase() sees each counter's first event.
+    assert prom.settles_at('sum(up{job=~"kc-web|kc-worker"})', 2)
+    assert prom.settles_at("count(kc_dead_letters_total)", 6)
+
+    paid = [purchase() for _ in range(12)]
+    for data in paid:
+        body = event(data)
+        assert httpx.post(web.base + "/webhooks/payments", content=body, headers=signed(body)).status_code == 202
+    direct = [purchase() for _ in range(3)]
+    client = Client(rabbitmq_url)
+    client.send(direct)
+    client.send([{**purchase(), "amount_cents": -1}])  # a permanent error: a dead letter
+    for data in paid[:2]:
+        refund = event({"payment_id": data["payment_id"]}, type_="payment.refunded")
+        assert httpx.post(web.base + "/webhooks/payments", content=refund, headers=signed(refund)).status_code == 202
+    for _ in range(3):
+        body = event(purchase())
+        forged = httpx.post(web.base + "/webhooks/payments", content=body, headers=signed(body, "x" * 40))
+        assert forged.status_code == 401
+    repeat = event(paid[5])
+    httpx.post(web.base + "/webhooks/payments", content=repeat, headers=signed(repeat))  # a new event, same payment
+    assert wait_until(lambda: count(database_url, "NOT is_active") == 2, timeout=30)
+    assert wait_until(lambda: broker_idle(rabbitmq_url))
+    assert count(database_url) == 15
+
+    assert prom.settles_at('sum(kc_purchases_total{outcome="created"})', 15), "created purchases: those sent"
+    assert prom.settles_at('sum(kc_purchases_total{outcome="repeated"})', 1), "the payment sent twice"
+    assert prom.settles_at("sum(kc_payment_to_access_seconds_count)", 15), "one observation per purchase made"
+    assert prom.value('sum(kc_payment_to_access_seconds_count{provider="kc"})') == 12
+    assert prom.value('sum(kc_payment_to_access_seconds_count{provider="task"})') == 3
+    assert prom.value("histogram_quantile(0.5, sum by (le) (kc_payment_to_access_seconds_bucket))") < 10
+    assert prom.settles_at('sum(kc_webhook_events_total{outcome="rejected"})', 3), "rejected: the bad signatures"
+    assert prom.value('sum(kc_webhook_events_total{provider="kc", outcome="enqueued"})') == 15
+    assert prom.settles_at('sum(kc_revocations_total{reason="refund"})', 2)
+    assert prom.settles_at('sum(kc_dead_letters_total{task="kc_tasks.create_purchase", kind="permanent"})', 1)
+    assert prom.value("kc_index_usable") == 1
+    assert prom.value("kc_inbox_stuck_events") == 0
+    assert prom.settles_at('count(ALERTS{alertname="KcDeadLettersWaiting"})', 1), "the dead letter is an alert"
+    assert httpx.get(web.base + "/metrics").status_code == 404, "the public port serves no metrics"
+
+
+def scrape(port: int) -> float | None:
+    """kc_purchases_total{outcome="created"} as the worker's /metrics says it now."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "kc_purchases_total" and sample.labels.get("outcome") == "created":
+                return sample.value
+    return None
+
+
+def test_counters_never_go_backwards_while_pool_processes_are_replaced(
+    database_url: str, workers: Workers, rabbitmq_url: str
+) -> None:
+    port = free_port()
+    worker = workers.start(
+        database_url,
+        rabbitmq_url,
+        concurrency=2,
+        args=("--max-tasks-per-child", "3"),
+        KC_WORKER_METRICS_PORT=str(port),
+        KC_BATCHING="off",
+    )
+    first_children = set(worker.child_pids())
+    seen: list[float] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            value = scrape(port)
+            if value is not None:
+                seen.append(value)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    Client(rabbitmq_url).send([purchase() for _ in range(60)])
+    assert wait_until(lambda: count(database_url) == 60, timeout=60)
+    assert wait_until(lambda: scrape(port) == 60, timeout=10), "every purchase counted, dead processes' too"
+    stop.set()
+    watcher.join(5)
+
+    assert not first_children & set(worker.child_pids()), "the pool processes were replaced"
+    assert seen == sorted(seen), "kc_purchases_total never went backwards in a scrape"
+    assert len(set(seen)) > 3, "the scrapes saw it grow"
+    folder = next(Path(tempfile.gettempdir()).glob(f"kc-worker-metrics-{os.getuid()}-{worker.process.pid}-*"))
+    worker.stop()
+    assert not folder.exists(), "the worker removes its metrics folder when it stops"

@@ -1,0 +1,78 @@
+"""The metrics' pure parts: what each outcome is counted as, and the private folders."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from kc_tasks import dead_letters, inbox, metrics
+
+
+@pytest.mark.parametrize(
+    ("status", "new", "outcome"),
+    [
+        (inbox.ENQUEUED, True, "enqueued"),
+        (inbox.RECEIVED, True, "enqueued"),  # the broker was down: the relay enqueues it
+        (inbox.IGNORED, True, "ignored"),
+        (inbox.UNMAPPED, True, "unmapped"),
+        (inbox.INVALID, True, "invalid"),
+        (inbox.ENQUEUED, False, "duplicate"),
+        (inbox.IGNORED, False, "duplicate"),
+    ],
+)
+def test_a_stored_webhook_is_counted_by_what_became_of_it(status: str, new: bool, outcome: str) -> None:
+    assert metrics.webhook_outcome(status, new) == outcome
+    assert outcome in metrics.WEBHOOK_OUTCOMES
+
+
+@pytest.mark.parametrize(
+    ("created", "duplicate_of", "outcome"),
+    [(True, None, "created"), (False, None, "repeated"), (False, "a-purchase", "duplicate_payment")],
+)
+def test_a_purchase_is_counted_by_its_outcome(created: bool, duplicate_of: str | None, outcome: str) -> None:
+    assert metrics.purchase_outcome(created, duplicate_of) == outcome
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [
+        (dead_letters.PERMANENT, "permanent"),
+        (dead_letters.EXHAUSTED, "exhausted"),
+        (dead_letters.WORKER_LOST, "worker_lost"),
+        (dead_letters.UNDECODABLE, "permanent"),
+        (dead_letters.UNKNOWN_TASK, "permanent"),
+        (dead_letters.INVALID_MESSAGE, "permanent"),
+    ],
+)
+def test_a_dead_letter_is_counted_by_its_kind(reason: str, kind: str) -> None:
+    assert metrics.dead_letter_kind(reason) == kind
+
+
+def test_each_process_gets_a_private_folder_and_the_folders_of_gone_processes_are_removed() -> None:
+    base = Path(tempfile.gettempdir())
+    gone = base / f"kc-test-metrics-{os.getuid()}-999999999-123"
+    gone.mkdir(exist_ok=True)
+
+    folder = metrics.private_folder("test", os.getpid(), fresh=True)
+    try:
+        (folder / "counter_1.db").write_bytes(b"left")
+        assert folder.stat().st_mode & 0o777 == 0o700, "only this user reads or writes it"
+        assert not gone.exists(), "a folder of a process that is gone is removed"
+        assert metrics.private_folder("test", os.getpid(), fresh=False) == folder
+        assert (folder / "counter_1.db").exists(), "a uvicorn worker joins its siblings' folder"
+        assert not any(metrics.private_folder("test", os.getpid(), fresh=True).iterdir()), "fresh: emptied"
+    finally:
+        folder.rmdir()
+
+
+def test_a_folder_another_user_could_write_is_refused() -> None:
+    folder = metrics.private_folder("test", os.getpid(), fresh=True)
+    try:
+        folder.chmod(0o777)
+        with pytest.raises(RuntimeError, match="not a private folder"):
+            metrics.private_folder("test", os.getpid(), fresh=False)
+    finally:
+        folder.rmdir()
