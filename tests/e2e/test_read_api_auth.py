@@ -11,12 +11,10 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -27,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.conftest import AMQP, PG, admin, run_sql
 from tests.e2e.conftest import Web, start_web, wait_until
+from tests.jwks_server import JWKS
 
 SECRET = "e2e-jwt-secret-" + "s" * 32
 AUDIENCE = "kc_tasks"
@@ -34,44 +33,6 @@ ISSUER = "https://id.example.test/"
 STUDENT = str(uuid.uuid4())
 OTHER = str(uuid.uuid4())
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
-
-
-class JWKS:
-    """An identity provider's key set on a local HTTP server; keys can be added (rotation)."""
-
-    def __init__(self) -> None:
-        self.keys: list[dict] = []
-        self.fetches = 0
-        jwks = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                jwks.fetches += 1
-                body = json.dumps({"keys": jwks.keys}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/.well-known/jwks.json"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def add(self, kid: str, private_key: object, alg: str | None = None) -> None:
-        public = private_key.public_key()  # type: ignore[attr-defined]
-        algorithm = jwt.algorithms.RSAAlgorithm if isinstance(public, rsa.RSAPublicKey) else jwt.algorithms.ECAlgorithm
-        jwk = json.loads(algorithm.to_jwk(public))
-        jwk.update(kid=kid, use="sig")
-        if alg:
-            jwk["alg"] = alg
-        self.keys.append(jwk)
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 def claims(sub: str = STUDENT, **extra: object) -> dict:
