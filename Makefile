@@ -48,8 +48,13 @@ lint: setup
 	$(BIN)/ruff format --check celeryconfig.py kc_tasks migrations tests bench
 	$(BIN)/mypy
 
+# The suite in parallel (pytest-xdist, TEST_PROCESSES at a time: each has its own databases,
+# RabbitMQ vhost and Redis database, tests/conftest.py), then, alone, the few tests that restart
+# or disturb a service the whole machine shares (`disruptive`).
+TEST_PROCESSES ?= 2
 test: setup browser prometheus services node lint rules
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) -m "not disruptive"
+	$(BIN)/pytest -m disruptive
 
 # Not run by CI (docs/testing.md). Mutation testing of the pure modules (tool.mutmut in
 # pyproject.toml: providers/, signature, auth, payload, retry) against the unit tests, from

@@ -1,11 +1,14 @@
 """Metrics on against metrics off: the drain (bench/run.py --ratio-only) and the kc webhook
 (bench/webhooks.py --routes payments), in interleaved runs, with the median of each side.
 
-    .venv/bin/python bench/metrics_ab.py [--rounds 3] [--n 5000] [--seconds 10]
+    .venv/bin/python bench/metrics_ab.py [--rounds 3] [--n 5000] [--seconds 10] [--drain-only]
 
 "On" sets KC_WORKER_METRICS_PORT (the drain's worker) or KC_WEB_METRICS_PORT (the web
 process) to a free port, and scrapes it every SCRAPE_SECONDS while the run lasts, as Prometheus
-would; "off" leaves them unset: nothing is kept or served. Writes bench/metrics-ab.json.
+would; "off" leaves them unset: nothing is kept or served. Besides the rates, each drain's
+worker CPU time per purchase (main process and pool processes, from /proc): on two busy
+cores the drain is bound by CPU, and CPU time per purchase moves far less with the machine's
+drift between runs than a rate does. Writes bench/metrics-ab.json.
 """
 
 from __future__ import annotations
@@ -62,12 +65,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n", type=int, default=5000, help="purchases per drain")
     parser.add_argument("--seconds", type=int, default=10, help="wrk's seconds per webhook run")
+    parser.add_argument("--drain-only", action="store_true", help="no webhook runs")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kc-metrics-ab-"))
     drains: dict[str, list[float]] = {"off": [], "on": []}
     # Purchases/s over no-op tasks/s of the same worker, same run: less of the machine's drift.
     ratios: dict[str, list[float]] = {"off": [], "on": []}
     webhooks: dict[str, list[float]] = {"off": [], "on": []}
+    # The worker's CPU milliseconds per purchase (main process and pool processes).
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
     for round_ in range(args.rounds):
         # Interleaved, and the side that goes first alternates: the machine's drift hits both.
         sides = ("off", "on") if round_ % 2 == 0 else ("on", "off")
@@ -80,7 +86,8 @@ def main() -> None:
             )
             drains[side].append(drain["throughput"]["purchases_per_s"])
             ratios[side].append(drain["throughput"]["ratio"])
-        for side in sides:
+            cpu[side].append(round(drain["throughput"]["cpu_ms_per_task"]["purchase"]["worker"], 3))
+        for side in sides if not args.drain_only else ():
             hooks = run(
                 ["bench/webhooks.py", "--routes", "payments", "--rounds", "1", "--seconds", str(args.seconds)],
                 "KC_WEB_METRICS_PORT",
@@ -89,7 +96,7 @@ def main() -> None:
             )
             saturated = [r["rate"] for r in hooks["results"] if r["route"] == "payments" and not r["delay_ms"]]
             webhooks[side].append(saturated[0])
-        print(json.dumps({"round": round_ + 1, "drain": drains, "webhook": webhooks}), flush=True)
+        print(json.dumps({"round": round_ + 1, "drain": drains, "cpu": cpu, "webhook": webhooks}), flush=True)
     summary = {
         name: {
             "runs": runs,
@@ -100,8 +107,10 @@ def main() -> None:
         for name, runs in (
             ("drain_purchases_per_s", drains),
             ("drain_ratio_to_noop", ratios),
+            ("drain_worker_cpu_ms_per_purchase", cpu),
             ("webhook_requests_per_s", webhooks),
         )
+        if runs["off"] and runs["on"]
     }
     RESULTS.write_text(json.dumps({"rounds": args.rounds, "n": args.n, **summary}, indent=2) + "\n")
     for name, figures in summary.items():
