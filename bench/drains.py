@@ -6,6 +6,11 @@ task-received to the last task-succeeded event (as contract-check's drain_rate),
 purchases (distinct payments, empty table) and N `celery.accumulate` no-op tasks, same worker.
 Best of two rounds each. The settings sweep measures the same ratio, N/2 tasks, for a few
 pool / concurrency / prefetch settings.
+
+Live (`bench/run.py --ratio-only --live`): the consumer stays on and this process publishes
+the N tasks with send_task as fast as it can while the worker drains them, the publisher
+sharing the two CPUs with the worker, PostgreSQL and RabbitMQ, as a payment service on the
+same machine would.
 """
 
 from __future__ import annotations
@@ -47,14 +52,16 @@ class Drain:
     round_trips_per_purchase: float = float("nan")
 
 
-def drain(bench: Bench, worker: Worker, kind: str, n: int, truncate: bool = True) -> Drain:
+def drain(bench: Bench, worker: Worker, kind: str, n: int, truncate: bool = True, live: bool = False) -> Drain:
     """Fill `purchases` with n tasks while the worker does not consume it, then let it
-    drain them: n over first task-received to last task-succeeded."""
+    drain them: n over first task-received to last task-succeeded. `live`: publish them while
+    the worker consumes."""
     control = bench.client.control
-    reply = control.cancel_consumer(QUEUE, destination=[worker.name], reply=True, timeout=10)
-    if not reply:
-        raise Stuck(f"{worker.name} did not answer cancel_consumer")
-    wait_for("the worker to stop consuming", lambda: queue_state(bench.client)[1] == 0)  # the reply comes first
+    if not live:
+        reply = control.cancel_consumer(QUEUE, destination=[worker.name], reply=True, timeout=10)
+        if not reply:
+            raise Stuck(f"{worker.name} did not answer cancel_consumer")
+        wait_for("the worker to stop consuming", lambda: queue_state(bench.client)[1] == 0)  # the reply comes first
     db = worker.db_url
     if kind == "purchase" and truncate:
         sql(f"TRUNCATE {TABLE}, duplicate_payments, event_outbox, payments", url=db)
@@ -62,6 +69,8 @@ def drain(bench: Bench, worker: Worker, kind: str, n: int, truncate: bool = True
     # not (the first change to a page after a checkpoint writes the whole page to the WAL).
     sql("CHECKPOINT")
     rows_before = sql(f"SELECT count(*) FROM {TABLE}", url=db)[0][0] if kind == "purchase" else 0
+    started = sql("SELECT now()", url=db)[0][0]
+    before = cpu_snapshot(worker)
     ids = []
     with bench.client.producer_or_acquire() as producer:
         for i in range(n):
@@ -77,12 +86,13 @@ def drain(bench: Bench, worker: Worker, kind: str, n: int, truncate: bool = True
                     task_id=task_id,
                     producer=producer,
                 )
-    wait_for(f"{n} tasks in {QUEUE}", lambda: queue_state(bench.client)[0] == n)
-    started = sql("SELECT now()", url=db)[0][0]
-    before = cpu_snapshot(worker)
-    control.add_consumer(
-        QUEUE, exchange=QUEUE, exchange_type="direct", routing_key=QUEUE, destination=[worker.name], reply=True
-    )
+    if not live:
+        wait_for(f"{n} tasks in {QUEUE}", lambda: queue_state(bench.client)[0] == n)
+        started = sql("SELECT now()", url=db)[0][0]
+        before = cpu_snapshot(worker)
+        control.add_consumer(
+            QUEUE, exchange=QUEUE, exchange_type="direct", routing_key=QUEUE, destination=[worker.name], reply=True
+        )
     bench.events.wait(ids)
     after = cpu_snapshot(worker)
     if kind == "purchase":
@@ -103,16 +113,19 @@ def drain(bench: Bench, worker: Worker, kind: str, n: int, truncate: bool = True
     return drain
 
 
-def ratio(bench: Bench, worker: Worker, n: int, rounds: int, truncate: bool = True) -> dict[str, Any]:
+def ratio(
+    bench: Bench, worker: Worker, n: int, rounds: int, truncate: bool = True, live: bool = False
+) -> dict[str, Any]:
     runs: dict[str, list[Drain]] = {"noop": [], "purchase": []}
     for _ in range(rounds):
         for kind in ("noop", "purchase"):
-            runs[kind].append(drain(bench, worker, kind, n, truncate=truncate))
+            runs[kind].append(drain(bench, worker, kind, n, truncate=truncate, live=live))
     best = {kind: max(drains, key=lambda d: d.rate) for kind, drains in runs.items()}
     return {
         "settings": asdict(worker.settings),
         "label": worker.settings.label,
         "n": n,
+        "live": live,
         "noop_per_s": best["noop"].rate,
         "purchases_per_s": best["purchase"].rate,
         "ratio": best["purchase"].rate / best["noop"].rate,

@@ -74,11 +74,14 @@ def measure_alone(settings: Settings, path: Path, name: str, measure: Callable[[
     return results[name]
 
 
-def ratio_only(settings: Settings, n: int, path: Path) -> int:
+def ratio_only(settings: Settings, n: int, path: Path, live: bool = False) -> int:
     """The throughput measurement alone."""
-    main = measure_alone(settings, path, "throughput", lambda bench, worker: ratio(bench, worker, n, rounds=2))
+    main = measure_alone(
+        settings, path, "throughput", lambda bench, worker: ratio(bench, worker, n, rounds=2, live=live)
+    )
     print(
-        f"{main['label']}, N={n}: purchases {main['purchases_per_s']:.0f}/s, no-op {main['noop_per_s']:.0f}/s, "
+        f"{main['label']}, N={n}{', live' if live else ''}: "
+        f"purchases {main['purchases_per_s']:.0f}/s, no-op {main['noop_per_s']:.0f}/s, "
         f"ratio {main['ratio']:.2f}; CPUs busy (purchases / no-op): {busy(main)}; "
         f"purchases per INSERT {main['purchases_per_insert']:.1f}; "
         f"round trips per purchase {main['round_trips_per_purchase']:.2f}; "
@@ -132,6 +135,11 @@ def main() -> int:
         default="prebuilt",
         help="how the latency run publishes: messages built beforehand (default), or send_task in the loop",
     )
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="with --ratio-only: publish the tasks while the worker drains them (drains.py)",
+    )
     parser.add_argument("--results", type=Path, help=f"where to write the figures (default {RESULTS.name})")
     parser.add_argument("--chart", type=Path, default=CHART, help="where to draw the chart (docs/benchmark.png)")
     args = parser.parse_args()
@@ -145,7 +153,7 @@ def main() -> int:
     main_settings = Settings(args.pool, args.concurrency, args.prefetch)
     os.environ.update(DATABASE_URL=DB_URL, CELERY_BROKER_URL=AMQP)
     if args.ratio_only:
-        return ratio_only(main_settings, args.n, args.results or LOGS / "results.json")
+        return ratio_only(main_settings, args.n, args.results or LOGS / "results.json", args.live)
     if args.latency_only:
         path = args.results or LOGS / "results.json"
         return latency_only(main_settings, args.latency_only, args.n, path, args.publisher)

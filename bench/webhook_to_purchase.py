@@ -1,7 +1,7 @@
 """A signed webhook to its purchase: the whole service on one machine, at about half the rate
 it can take.
 
-    .venv/bin/python bench/webhook_to_purchase.py [--rounds 3] [--seconds 15] [--connections 8]
+    .venv/bin/python bench/webhook_to_purchase.py [--rounds 3] [--seconds 15] [--connections 8] [--hops]
 
 The web process (uvicorn, the Procfile's) and a worker (`celery -A kc_tasks worker`, its
 defaults: a pool process per CPU, batching on) run beside PostgreSQL and RabbitMQ on the same
@@ -12,6 +12,8 @@ connection waits between requests) and measures, per purchase, from the moment t
 stored the webhook (`payment_events.received_at`) to the commit of its purchase (`created_at`
 of the row, the time of its one-statement transaction): when the course is in the read API.
 Prints each round's p50, p90, p99 and max; the ranges over rounds go in docs/benchmark.md.
+With --hops, the web and the worker also time each hop on the way (bench/hops.py), and each
+round prints their percentiles; those wrappers add about a millisecond to the total.
 """
 
 from __future__ import annotations
@@ -80,6 +82,18 @@ def latencies(label: str) -> list[float]:
     return [float(r[0]) for r in rows]
 
 
+def timestamps(label: str) -> list[tuple[str, float, float]]:
+    """Per payment of the run: its id, when the web stored it and when its purchase began, as
+    epoch seconds."""
+    rows = w.sql(
+        "SELECT e.payment_id, extract(epoch FROM e.received_at), extract(epoch FROM p.created_at) "
+        "FROM payment_events e JOIN student_course_purchases p ON p.payment_id = e.payment_id "
+        f"WHERE e.provider = 'kc' AND e.payment_id LIKE 'pay_{w.RUN_ID}_{label}_%'",
+        url=w.DB_URL,
+    )
+    return [(str(r[0]), float(r[1]), float(r[2])) for r in rows]
+
+
 def wait_drained(label: str, sent: int, timeout: float = 120) -> int:
     deadline = time.monotonic() + timeout
     while True:
@@ -102,9 +116,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--hops", action="store_true", help="time each hop (bench/hops.py)")
     args = parser.parse_args()
     w.WORK.mkdir(parents=True)
-    (w.WORK / "bench_web.py").write_text(w.BARE_APP)
+    (w.WORK / "bench_web.py").write_text(("import hops  # noqa: F401\n" if args.hops else "") + w.BARE_APP)
+    hops_dir = w.WORK / "hops"
+    hops_dir.mkdir()
+    environment = w.env()
+    if args.hops:
+        path = f"{environment['PYTHONPATH']}:{Path(__file__).parent}"
+        environment |= {"KC_HOPS_DIR": str(hops_dir), "PYTHONPATH": path}
     (w.WORK / "bench.lua").write_text(w.LUA)
     w.rabbitmqctl("add_vhost", w.VHOST)
     w.rabbitmqctl("set_permissions", "-p", w.VHOST, "guest", ".*", ".*", ".*")
@@ -113,15 +134,18 @@ def main() -> None:
     logs = {name: (w.WORK / f"{name}.log").open("w") for name in ("web", "worker")}
     web = subprocess.Popen(
         [str(w.BIN / "uvicorn"), "--factory", "bench_web:create_app", "--host", "127.0.0.1", "--port", str(w.PORT)],
-        env=w.env(),
+        env=environment,
         stdout=logs["web"],
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     worker = subprocess.Popen(
-        [str(w.BIN / "celery"), "-A", "kc_tasks", "worker", "-l", "WARNING", "--without-mingle", "--without-gossip"],
+        [
+            *(str(w.BIN / "celery"), "-A", "hops" if args.hops else "kc_tasks", "worker"),
+            *("-l", "WARNING", "--without-mingle", "--without-gossip"),
+        ],
         cwd=w.ROOT,
-        env=w.env(),
+        env=environment,
         stdout=logs["worker"],
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -161,6 +185,10 @@ def main() -> None:
                 "p99_ms": round(pct(ms, 99), 2),
                 "max_ms": round(ms[-1], 2),
             }
+            if args.hops:
+                import hops  # the wrappers apply to this process too, harmlessly: it runs no task
+
+                result["hops_ms"] = hops.breakdown(hops_dir, timestamps(f"h{round_}"))
             results.append(result)
             print(json.dumps(result), flush=True)
     finally:
