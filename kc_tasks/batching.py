@@ -14,8 +14,6 @@ of them off: each request goes down Celery's own path, and task events leave Cel
 from __future__ import annotations
 
 import logging
-import math
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -40,13 +38,9 @@ PURCHASE_TASK = "kc_tasks.create_purchase"
 # The most create_purchase requests one pool process takes at once.
 BATCH_MAX = 32
 # While every other pool process is busy, the last free one is held back this long, seconds,
-# for more requests to join its batch, unless HOLD_UNTIL are waiting already; only while
-# requests arrive at least one per hold on average (PurchaseBatcher).
+# for more requests to join its batch, unless HOLD_UNTIL are waiting already.
 HOLD_SECONDS = settings.batch_hold_ms / 1000
 HOLD_UNTIL = 8
-# The weight of the latest gap between two create_purchase requests in their moving mean:
-# about the last eight gaps count.
-GAP_WEIGHT = 1 / 8
 
 
 class PurchaseBatcher:
@@ -54,21 +48,11 @@ class PurchaseBatcher:
 
     Celery hands a request to the pool once a pool process is free (its semaphore): until
     then, the requests that arrive wait here, and the free process gets all of them (up to
-    BATCH_MAX) as one job. A lone request goes its usual way, at once unless it is held
-    (below); under load, the batches grow by themselves. Each request keeps everything it
-    has alone: its task-started and task-succeeded events, its result, its retries, its dead
-    letter, and its message is acknowledged only after its own outcome is committed.
-
-    The hold: a request that arrives to find the last free process, every other one busy,
-    may hold it back up to `hold` seconds (KC_BATCH_HOLD_MS) for more requests to join it,
-    which makes the statements and commits per purchase fewer. It does so only while
-    requests arrive fast enough for company to be likely: while the moving mean of the gaps
-    between create_purchase requests (GAP_WEIGHT, timed by `clock`) is at most `hold`, i.e.
-    at least one more request is expected within the hold (2 ms: from about 500 requests/s
-    per worker). Slower, a held request would mostly wait for nobody, and a lone payment
-    would pay the hold in its latency. Never held: the first request a worker sees (no gap
-    yet), a request that had to wait for a busy process, one that finds several processes
-    free, any when `hold` is 0. A held process goes at once when HOLD_UNTIL requests wait.
+    BATCH_MAX) as one job. A lone request goes its usual way, at once if processes are idle,
+    after up to KC_BATCH_HOLD_MS if it found the last free one (see _dispatch); under load,
+    the batches grow by themselves. Each request keeps everything it has alone: its
+    task-started and task-succeeded events, its result, its retries, its dead letter, and its
+    message is acknowledged only after its own outcome is committed.
 
     Pools without Celery's semaphore (threads, solo) and tasks with time limits get every
     request alone, as without this."""
@@ -80,7 +64,6 @@ class PurchaseBatcher:
         run_batch: Callable[..., Any],
         call_later: Callable[..., Any] | None = None,
         hold: float = HOLD_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.controller = controller
         self.process_task = process_task
@@ -93,16 +76,10 @@ class PurchaseBatcher:
         self.hold = hold
         self.held: Any = None  # the timer entry while a free process is held back
         self.arriving = False
-        # How fast create_purchase requests arrive: when the last one came, and the moving
-        # mean of the gaps between them, seconds (infinite until there is a gap).
-        self.clock = clock
-        self.last_arrival: float | None = None
-        self.mean_gap = math.inf
 
     def __call__(self, request: Request) -> Any:
         if not self.enabled or request.name != PURCHASE_TASK or _has_time_limit(request):
             return self.process_task(request)
-        self._count_arrival()
         self.pending.append(request)
         if self.held is not None and len(self.pending) >= HOLD_UNTIL:
             self._send_held()
@@ -124,25 +101,17 @@ class PurchaseBatcher:
         self.pending.clear()
         self.waiting = False
 
-    def _count_arrival(self) -> None:
-        now = self.clock()
-        if self.last_arrival is not None:
-            gap = now - self.last_arrival
-            self.mean_gap = gap if self.mean_gap == math.inf else self.mean_gap + GAP_WEIGHT * (gap - self.mean_gap)
-        self.last_arrival = now
-
     def _dispatch(self) -> None:
         """A pool process is free (its slot is ours): give it what is waiting. If it was free
         when a request arrived and every other process is busy, it is the last one: hold it
-        back up to `hold` seconds for more requests to join it, if they arrive fast enough to
-        be expected within it (the class's docstring). A request that had to wait for a busy
-        process is not held back further, nor is one that finds several free."""
+        back up to `hold` seconds for more requests to join it. Under load that makes the
+        batches, hence the statements and commits per purchase, fewer; a request that had to
+        wait for a busy process is not held back further, nor is one that finds several free."""
         if (
             self.arriving
             and self.call_later is not None
             and len(self.pending) < HOLD_UNTIL
             and self.controller.semaphore.value == 0
-            and self.mean_gap <= self.hold
         ):
             self.held = self.call_later(self.hold, self._send_held)
             return

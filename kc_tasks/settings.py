@@ -42,8 +42,7 @@ class Settings:
     # How many times a task may kill its worker process before it is dead-lettered.
     worker_lost_limit: int = 3
     # How long the last free pool process waits for more purchases to insert with the first,
-    # while the others are busy and purchases arrive at least one per this on average,
-    # milliseconds; 0: never.
+    # while the others are busy, milliseconds; 0: never.
     batch_hold_ms: int = 2
     # on: create_purchase requests that wait together for a pool process are inserted in one
     # statement (kc_tasks/batching.py, which relies on Celery's private API); off: every

@@ -155,50 +155,21 @@ class Entry:
         self.cancelled = True
 
 
-class Clock:
-    """The monotonic clock, as the batcher reads it once per create_purchase request: each
-    request arrives `every` seconds after the one before."""
-
-    def __init__(self, every: float) -> None:
-        self.every = every
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        self.now += self.every
-        return self.now
-
-
-HOLD = 0.002
-FAST = HOLD / 4  # 2000 requests/s: four expected within a hold
-SLOW = 1 / 220  # 220 requests/s: 0.44 expected within a hold, company one time in three
-
-
-def holding_batcher(processes: int = 2, every: float = FAST) -> tuple[PurchaseBatcher, Controller, Timer]:
-    """A batcher that holds up to HOLD, its requests arriving `every` seconds apart. One
-    request has come and gone before the test's own (made, its process free again): the
-    first request a worker sees has no gap to go by, and is never held."""
+def holding_batcher(processes: int = 2) -> tuple[PurchaseBatcher, Controller, Timer]:
     controller, timer = Controller(processes), Timer()
     b = PurchaseBatcher(
-        controller,
-        controller._process_task_sem,
-        run_batch=lambda jobs: [],
-        call_later=timer.call_later,
-        hold=HOLD,
-        clock=Clock(every),
+        controller, controller._process_task_sem, run_batch=lambda jobs: [], call_later=timer.call_later, hold=0.002
     )
-    b(FakeRequest("earlier"))
-    controller.semaphore.release()  # its process is done
-    controller.alone.clear()
     return b, controller, timer
 
 
 def test_while_the_other_processes_are_busy_the_last_free_one_waits_for_more_requests() -> None:
-    b, controller, timer = holding_batcher(processes=2, every=FAST)  # a high rate: company is likely
+    b, controller, timer = holding_batcher(processes=2)
     b(FakeRequest("first"))  # the other process is free: goes at once
     b(FakeRequest("a"))  # the last free process: held back
     b(FakeRequest("b"))
     assert controller.alone == ["first"] and controller.pool.jobs == []
-    assert [entry.delay for entry in timer.entries] == [HOLD]
+    assert [entry.delay for entry in timer.entries] == [0.002]
     timer.fire()
     assert controller.pool.jobs == [["a", "b"]]
 
@@ -249,70 +220,3 @@ def test_after_a_lost_connection_a_held_process_is_not_sent_and_new_requests_go(
     b(FakeRequest("after"))
     timer.fire()
     assert controller.alone == ["after"]
-
-
-def test_at_a_low_rate_a_request_that_takes_the_last_free_process_goes_at_once() -> None:
-    """About half the saturation rate of two processes: another request rarely comes within
-    the hold, and holding the lone one would only add the hold to its latency."""
-    b, controller, timer = holding_batcher(processes=2, every=SLOW)
-    for i in range(20):
-        b(FakeRequest(f"busy{i}"))  # the other process is busy with it
-        b(FakeRequest(f"lone{i}"))  # the last free process
-        assert controller.alone[-2:] == [f"busy{i}", f"lone{i}"], "the lone payment goes at once"
-        controller.semaphore.release()
-        controller.semaphore.release()
-    assert timer.entries == [] and controller.pool.jobs == []
-
-
-def test_the_first_request_a_worker_sees_is_not_held() -> None:
-    controller, timer = Controller(1), Timer()
-    b = PurchaseBatcher(
-        controller,
-        controller._process_task_sem,
-        run_batch=lambda jobs: [],
-        call_later=timer.call_later,
-        hold=HOLD,
-        clock=Clock(FAST),
-    )
-    b(FakeRequest("first"))
-    assert controller.alone == ["first"] and timer.entries == []
-
-
-def taking_the_last_free_process(b: PurchaseBatcher, controller: Controller, timer: Timer, n: int) -> list[bool]:
-    """n requests, each arriving to find the one process free and gone before the next:
-    which of them were held back."""
-    held = []
-    for i in range(n):
-        b(FakeRequest(f"r{i}"))
-        held.append(bool(timer.entries))
-        timer.fire()
-        controller.semaphore.release()
-    return held
-
-
-def test_the_hold_follows_the_arrival_rate() -> None:
-    """The rate is a moving mean of the last gaps: the hold starts a few requests after the
-    rate rises past one per hold, and stops a few after it falls below."""
-    b, controller, timer = holding_batcher(processes=1, every=SLOW)
-    clock = b.clock
-    assert isinstance(clock, Clock)
-    assert not any(taking_the_last_free_process(b, controller, timer, 20)), "slow: never held"
-    clock.every = FAST
-    rising = taking_the_last_free_process(b, controller, timer, 20)
-    assert not rising[0] and all(rising[-5:]), rising
-    clock.every = SLOW
-    falling = taking_the_last_free_process(b, controller, timer, 20)
-    assert falling[0] and not any(falling[-5:]), falling
-
-
-def test_with_no_hold_set_the_last_free_process_is_never_held() -> None:
-    controller, timer = Controller(1), Timer()
-    b = PurchaseBatcher(
-        controller,
-        controller._process_task_sem,
-        run_batch=lambda jobs: [],
-        call_later=timer.call_later,
-        hold=0,  # KC_BATCH_HOLD_MS=0
-        clock=Clock(FAST),
-    )
-    assert not any(taking_the_last_free_process(b, controller, timer, 10))
