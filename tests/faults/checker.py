@@ -243,5 +243,8 @@ def settle(
         if done < len(history.accepted) and time.monotonic() - progress > 5 and broker_idle(broker_url):
             break  # the rest may be dead letters: the queue is empty and nothing moves
         time.sleep(0.5)
-    time.sleep(1.0)  # a late redelivery, if any, would show now
+    # No wait for "late" deliveries: with the queue idle, no message is ready, unacknowledged or
+    # held by a worker (a retry waits unacknowledged, a batch's requests too), and a dead letter
+    # is published before its message is acknowledged: nothing is left that could still change
+    # an outcome.
     return Outcomes.read(database_url, broker_url)
