@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from kc_tasks import errors
 from kc_tasks.index_guard import IndexGuard
 from kc_tasks.payload import Purchase
-from kc_tasks.purchases import RESOLVE_ATTEMPTS, Outcome, create_purchase
+from kc_tasks.purchases import RESOLVE_ATTEMPTS, Outcome, create_purchase, lock_keys
 from tests.conftest import run_sql
 from tests.integration.test_purchases import order
 
@@ -129,6 +129,20 @@ def test_the_same_delivery_on_the_fast_path_first_leaves_the_locked_path_nothing
     assert outcome.result(timeout=30) == Outcome(other_id, created=False)
     assert sql("SELECT id::text FROM student_course_purchases") == [(other_id,)]
     assert sql("SELECT count(*) FROM event_outbox") == [(0,)], "no purchase.created for a purchase not created"
+
+
+def test_the_locked_path_waits_for_its_own_pair_and_payment_only(engine, database_url, holder, sql) -> None:
+    """Its advisory locks are those of the purchase's pair and payment: held by another
+    session, they stop that purchase and no other."""
+    sql("DROP INDEX unique_active_purchase")
+    guard = IndexGuard(ttl=300)
+    p = order()
+    holder.execute("SELECT pg_advisory_xact_lock(%s), pg_advisory_xact_lock(%s)", lock_keys(p))
+    assert deliver(engine, guard, order()).result(timeout=20).created, "another pair and payment go by"
+    waits = deliver(engine, guard, p)
+    wait_blocked_by(database_url, holder, waits)
+    holder.rollback()
+    assert waits.result(timeout=30).created
 
 
 def test_a_purchase_that_keeps_changing_is_retried_later_not_failed(engine, sql) -> None:
