@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test setup browser services migrate lint node prometheus rules mutation coverage
+.PHONY: run test setup browser services migrate lint node prometheus rules mutation mutation-db coverage
 
 $(BIN)/kc-tasks: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,16 @@ mutation: setup
 	rm -rf mutants
 	nice -n 19 $(BIN)/mutmut run --max-children 2
 	$(BIN)/mutmut results
+
+# Not run by CI (docs/testing.md). Mutation testing of the database modules (purchases.py,
+# revocations.py: tool.kc-tasks.mutmut-db in pyproject.toml, which scripts/mutmut_db.py hands
+# to mutmut) against the integration tests, on the local services, from scratch, at low
+# priority: about half an hour on two cores. It shares mutants/ with `make mutation`.
+mutation-db: setup services
+	$(BIN)/pip install --quiet -e '.[dev,quality]'
+	rm -rf mutants
+	nice -n 19 $(BIN)/python scripts/mutmut_db.py run --max-children 2
+	$(BIN)/python scripts/mutmut_db.py results
 
 # Branch coverage of kc_tasks/ by the unit and integration tests (the end-to-end tests run
 # the code in other processes, which this does not measure).

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from kc_tasks import errors
 from kc_tasks.index_guard import IndexGuard
 from kc_tasks.payload import Purchase
-from kc_tasks.purchases import RESOLVE_ATTEMPTS, Outcome, create_purchase
+from kc_tasks.purchases import RESOLVE_ATTEMPTS, Outcome, create_all, create_purchase, lock_keys
 from tests.conftest import run_sql
 from tests.integration.test_purchases import order
 
@@ -95,6 +95,38 @@ def test_the_same_payment_for_two_courses_at_once_on_the_fast_path(engine, datab
     assert create_purchase(engine, guard, order()).created, "the pooled connection is still usable"
 
 
+def test_a_batch_whose_statement_meets_a_payment_in_flight_makes_the_others_one_by_one(
+    engine, database_url, holder, sql
+) -> None:
+    """The batch's statement meets UniqueConflict (one payment of it is being inserted for
+    another course right now) and creates nothing: each purchase is then made on its own, on
+    the fast path, with its event."""
+    busy, free = order(), order()
+    busy_id = str(uuid.uuid4())
+    holder.execute(INSERT_ROW, (busy_id, busy.student_id, str(uuid.uuid4()), busy.payment_id))
+    guard = IndexGuard(ttl=300)
+    assert guard.status(engine).usable
+    outcomes: Future[list] = Future()
+
+    def run() -> None:
+        try:
+            outcomes.set_result(create_all(engine, guard, [busy, free]))
+        except BaseException as exc:
+            outcomes.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    wait_blocked_by(database_url, holder, outcomes)
+    holder.commit()
+    first, second = outcomes.result(timeout=30)
+    assert first == Outcome(busy_id, created=False), "the payment's purchase, made for its other course"
+    assert isinstance(second, Outcome) and second.created
+    assert sql("SELECT id::text FROM student_course_purchases WHERE payment_id = %s", (free.payment_id,)) == [
+        (second.purchase_id,)
+    ]
+    assert [e.data["payment_id"] for e in second.events] == [free.payment_id]
+    assert sql("SELECT data->>'payment_id' FROM event_outbox") == [(free.payment_id,)]
+
+
 def test_a_fast_path_rival_met_in_the_locked_paths_savepoint(engine, database_url, holder, sql) -> None:
     """_with_locks meets UniqueConflict in its savepoint: a worker that trusts the index
     inserted another payment of the pair. The transaction goes on and records a refund."""
@@ -129,6 +161,20 @@ def test_the_same_delivery_on_the_fast_path_first_leaves_the_locked_path_nothing
     assert outcome.result(timeout=30) == Outcome(other_id, created=False)
     assert sql("SELECT id::text FROM student_course_purchases") == [(other_id,)]
     assert sql("SELECT count(*) FROM event_outbox") == [(0,)], "no purchase.created for a purchase not created"
+
+
+def test_the_locked_path_waits_for_its_own_pair_and_payment_only(engine, database_url, holder, sql) -> None:
+    """Its advisory locks are those of the purchase's pair and payment: held by another
+    session, they stop that purchase and no other."""
+    sql("DROP INDEX unique_active_purchase")
+    guard = IndexGuard(ttl=300)
+    p = order()
+    holder.execute("SELECT pg_advisory_xact_lock(%s), pg_advisory_xact_lock(%s)", lock_keys(p))
+    assert deliver(engine, guard, order()).result(timeout=20).created, "another pair and payment go by"
+    waits = deliver(engine, guard, p)
+    wait_blocked_by(database_url, holder, waits)
+    holder.rollback()
+    assert waits.result(timeout=30).created
 
 
 def test_a_purchase_that_keeps_changing_is_retried_later_not_failed(engine, sql) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Callable
@@ -58,6 +59,33 @@ def test_a_new_payment_creates_one_purchase_and_a_repeat_finds_it(engine: Engine
     assert stored == [(first.purchase_id, p.payment_id, 4999, "INR", {"coupon": "DIWALI", "seats": 2}, True)]
 
 
+def test_a_purchase_without_metadata_stores_none_not_a_json_null(engine, guard, sql) -> None:
+    p = order()
+    assert p.metadata is None
+    create_purchase(engine, guard, p)
+    assert sql("SELECT metadata IS NULL FROM student_course_purchases") == [(True,)]
+    assert sql("SELECT data->'metadata' IS NULL FROM event_outbox") == [(False,)], "the event has the key, as null"
+
+
+def test_what_each_path_logs_for_the_purchase_it_creates(engine, sql, caplog) -> None:
+    """Celery's "succeeded" line already reports each purchase: the fast path's own line is
+    DEBUG; the fallback's, the rarer path and worth an operator's notice, INFO."""
+    caplog.set_level(logging.DEBUG, logger="kc_tasks.purchases")
+    fast, slow = order(), order()
+    made = create_purchase(engine, IndexGuard(ttl=300), fast)
+    sql("DROP INDEX unique_active_purchase")
+    fallback = create_purchase(engine, IndexGuard(ttl=300), slow)
+    assert fallback.created
+    assert [r for r in caplog.record_tuples if r[0] == "kc_tasks.purchases"] == [
+        ("kc_tasks.purchases", logging.DEBUG, f"purchase {made.purchase_id} created for payment {fast.payment_id}"),
+        (
+            "kc_tasks.purchases",
+            logging.INFO,
+            f"purchase {fallback.purchase_id} created for payment {slow.payment_id} (fallback path)",
+        ),
+    ]
+
+
 def test_a_rival_payment_for_a_held_course_is_recorded_for_refund_not_purchased(engine, guard, sql) -> None:
     p = order()
     rival = order(p.student_id, p.course_id)
@@ -66,6 +94,35 @@ def test_a_rival_payment_for_a_held_course_is_recorded_for_refund_not_purchased(
     assert outcome == Outcome(held.purchase_id, created=False, duplicate_of=held.purchase_id)
     assert rows(sql, p) == [(p.payment_id, True)]
     assert sql("SELECT payment_id, purchase_id::text FROM duplicate_payments") == [(rival.payment_id, held.purchase_id)]
+
+
+def test_a_rival_payment_is_recorded_whole_with_its_event_and_one_warning(engine, guard, sql, caplog) -> None:
+    """What a refund of the rival payment needs: its amount, both payments, the purchase held."""
+    p = order()
+    rival = order(p.student_id, p.course_id, amount_cents=100, currency="USD")
+    held = create_purchase(engine, guard, p)
+    caplog.set_level(logging.DEBUG, logger="kc_tasks.purchases")
+    outcome = create_purchase(engine, guard, rival)
+    again = create_purchase(engine, guard, rival)
+    assert outcome == again == Outcome(held.purchase_id, created=False, duplicate_of=held.purchase_id)
+    assert [e.type for e in outcome.events] == ["purchase.duplicate_payment"] and again.events == ()
+    record = (rival.payment_id, held.purchase_id, p.payment_id, p.student_id, p.course_id, 100, "USD")
+    assert sql(
+        "SELECT payment_id, purchase_id::text, held_payment_id, student_id::text, course_id::text, amount_cents, "
+        "currency FROM duplicate_payments"
+    ) == [record]
+    events = sql("SELECT id::text, data FROM event_outbox WHERE type = 'purchase.duplicate_payment'")
+    assert [event_id for event_id, _ in events] == [outcome.events[0].id], "one event, once"
+    keys = ("payment_id", "purchase_id", "held_payment_id", "student_id", "course_id", "amount_cents", "currency")
+    assert tuple(events[0][1][k] for k in keys) == record
+    assert caplog.record_tuples == [
+        (
+            "kc_tasks.purchases",
+            logging.WARNING,
+            f"payment {rival.payment_id} is a duplicate: student {p.student_id} already holds course {p.course_id} "
+            f"by payment {p.payment_id} (purchase {held.purchase_id}); refund it",
+        )
+    ], "warned once, when recorded"
 
 
 def test_a_refunded_rival_payment_never_buys_the_course_later(engine, guard, sql) -> None:
@@ -210,6 +267,17 @@ def test_statements_per_purchase_and_no_index_queries_while_the_check_is_fresh(e
         create_purchase(engine, guard, order())
     assert len(statements) == 20, "one round trip per new purchase"
     assert not [s for s in statements if "pg_index" in s or "EXPLAIN" in s]
+
+
+def test_a_repeated_delivery_costs_two_statements_and_writes_nothing(engine, guard, sql) -> None:
+    """The batch's statement, which creates nothing, then one look that finds the purchase."""
+    p = order()
+    create_purchase(engine, guard, p)
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    assert not create_purchase(engine, guard, p).created
+    assert [s.lstrip().split(None, 1)[0] for s in statements] == ["WITH", "SELECT"]
+    assert sql("SELECT count(*) FROM event_outbox") == [(1,)]
 
 
 def test_a_terminated_connection_is_a_retryable_error_and_the_pool_recovers(engine, guard, sql) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Callable
@@ -11,10 +12,12 @@ import pytest
 from celery import Celery
 from sqlalchemy.engine import Engine
 
+from kc_tasks import db, errors
 from kc_tasks.index_guard import IndexGuard
 from kc_tasks.payload import Purchase, Revocation, parse_purchase
 from kc_tasks.purchases import create_purchase
 from kc_tasks.revocations import revoke
+from kc_tasks.settings import normalize_database_url
 from tests.conftest import run_sql
 from tests.integration.test_tasks import Seen, kwargs, seen  # noqa: F401  (the fixture)
 
@@ -93,6 +96,60 @@ def test_a_revocation_recorded_without_the_payments_row_still_keeps_the_purchase
     assert active(sql, p.payment_id) == [False]
     assert revoke(engine, refund(p.payment_id)).revoked is False, "already recorded, nothing to change"
     assert sql("SELECT revoked_at IS NOT NULL FROM payments WHERE payment_id = %s", (p.payment_id,)) == [(True,)]
+
+
+def test_what_a_revocation_logs_once(engine: Engine, guard: IndexGuard, caplog) -> None:
+    """One line when a revocation changes something, naming the purchase, the payment and the
+    reason; none for a repeat."""
+    bought, early = order(), order()
+    made = create_purchase(engine, guard, bought)
+    caplog.set_level(logging.DEBUG, logger="kc_tasks.revocations")
+    for _ in range(2):
+        revoke(engine, Revocation(payment_id=bought.payment_id, reason="dispute_lost", refund_id=None))
+        revoke(engine, refund(early.payment_id))
+    assert caplog.record_tuples == [
+        (
+            "kc_tasks.revocations",
+            logging.INFO,
+            f"purchase {made.purchase_id} of payment {bought.payment_id} revoked (dispute_lost)",
+        ),
+        (
+            "kc_tasks.revocations",
+            logging.INFO,
+            f"payment {early.payment_id} revoked (refund) before it made a purchase: it never will make an active one",
+        ),
+    ]
+
+
+def test_the_revocation_returns_the_event_it_wrote(engine: Engine, guard: IndexGuard, sql) -> None:
+    p = order()
+    create_purchase(engine, guard, p)
+    outcome = revoke(engine, refund(p.payment_id))
+    assert [(e.id, e.type) for e in outcome.events] == [
+        (event_id, "purchase.revoked")
+        for (event_id,) in sql("SELECT id::text FROM event_outbox WHERE type = 'purchase.revoked'")
+    ], "the task publishes what the outcome carries"
+
+
+def test_a_recorded_revocation_whose_purchase_is_still_active_is_finished(
+    engine: Engine, guard: IndexGuard, sql
+) -> None:
+    """A revocation recorded by a worker that deactivated in a second transaction, and did not
+    get there: the next delivery of it makes the purchase inactive, and says it changed something."""
+    p = order()
+    made = create_purchase(engine, guard, p)
+    sql("INSERT INTO revocations (payment_id, reason) VALUES (%s, 'refund')", (p.payment_id,))
+    assert revoke(engine, refund(p.payment_id)).as_result() == {"purchase_id": made.purchase_id, "revoked": True}
+    assert active(sql, p.payment_id) == [False]
+    assert len(revoked_events(sql, p.payment_id)) == 1
+
+
+def test_an_unreachable_database_is_retryable_and_named_without_its_password() -> None:
+    engine = db.make_engine(normalize_database_url("postgresql://kc:s3cret@127.0.0.1:1/shop"))
+    with pytest.raises(errors.DatabaseUnavailable) as caught:
+        revoke(engine, refund("pay_1"))
+    assert "127.0.0.1:1/shop" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
 
 
 def test_the_refund_of_a_duplicate_payment_leaves_the_held_purchase_active(
