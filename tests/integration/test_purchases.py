@@ -222,6 +222,30 @@ def test_without_the_index_the_fallback_is_race_free_even_with_no_unique_constra
         assert sql("SELECT count(*) FROM student_course_purchases WHERE student_id = %s", (p.student_id,)) == [(1,)]
 
 
+def test_the_locked_path_tells_a_held_course_from_the_same_course_or_student_elsewhere(engine, sql) -> None:
+    """Without a usable index each purchase is made by the locked path alone (no statement
+    relies on the index), and only the same student and course stand in its way."""
+    sql("DROP INDEX unique_active_purchase")
+    guard = IndexGuard(ttl=300)
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    p = order()
+    held = create_purchase(engine, guard, p)
+    assert create_purchase(engine, guard, order(course=p.course_id)).created, "another student, the same course"
+    assert create_purchase(engine, guard, order(student=p.student_id)).created, "the same student, another course"
+    rival = create_purchase(engine, guard, order(p.student_id, p.course_id))
+    assert rival == Outcome(held.purchase_id, created=False, duplicate_of=held.purchase_id)
+    assert not [s for s in statements if "ON CONFLICT (student_id, course_id)" in s]
+
+
+def test_a_guard_that_checks_the_index_every_time_still_resolves(engine, sql) -> None:
+    guard = IndexGuard(ttl=0)
+    p = order()
+    held = create_purchase(engine, guard, p)
+    rival = create_purchase(engine, guard, order(p.student_id, p.course_id))
+    assert rival == Outcome(held.purchase_id, created=False, duplicate_of=held.purchase_id)
+
+
 def test_an_index_dropped_after_the_check_is_met_in_the_same_call(engine, sql, caplog) -> None:
     guard = IndexGuard(ttl=300)
     assert create_purchase(engine, guard, order()).created
