@@ -304,6 +304,13 @@ def test_a_repeated_delivery_costs_two_statements_and_writes_nothing(engine, gua
     assert sql("SELECT count(*) FROM event_outbox") == [(1,)]
 
 
+def test_an_empty_batch_costs_no_statement(engine, guard) -> None:
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    assert create_all(engine, guard, []) == []
+    assert statements == []
+
+
 def test_a_terminated_connection_is_a_retryable_error_and_the_pool_recovers(engine, guard, sql) -> None:
     create_purchase(engine, guard, order())
     sql(
