@@ -16,7 +16,7 @@ from kc_tasks import db, errors
 from kc_tasks.index_guard import IndexGuard
 from kc_tasks.payload import Purchase, parse_purchase
 from kc_tasks.purchases import Outcome, create_all, create_purchase
-from kc_tasks.settings import normalize_database_url
+from kc_tasks.settings import describe_database, normalize_database_url
 
 
 def order(
@@ -304,14 +304,22 @@ def test_a_repeated_delivery_costs_two_statements_and_writes_nothing(engine, gua
     assert sql("SELECT count(*) FROM event_outbox") == [(1,)]
 
 
+def test_an_empty_batch_costs_no_statement(engine, guard) -> None:
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    assert create_all(engine, guard, []) == []
+    assert statements == []
+
+
 def test_a_terminated_connection_is_a_retryable_error_and_the_pool_recovers(engine, guard, sql) -> None:
     create_purchase(engine, guard, order())
     sql(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'kc_tasks' "
         "AND datname = current_database()"
     )
-    with pytest.raises(errors.RetryableError):
+    with pytest.raises(errors.RetryableError) as caught:
         create_purchase(engine, guard, order())
+    assert f"({describe_database(engine.url)})" in str(caught.value), "the database is named"
     for _ in range(3):
         assert create_purchase(engine, guard, order()).created
     held = sql(
