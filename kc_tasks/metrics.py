@@ -14,6 +14,7 @@ once, and nothing is kept.
 
 from __future__ import annotations
 
+import glob
 import logging
 import multiprocessing
 import os
@@ -162,13 +163,28 @@ def _start_time(pid: int) -> str:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+class FilesCollector(MultiProcessCollector):
+    """prometheus_client's collector of every process's files, but for the files still empty.
+
+    prometheus_client creates a process's file first and sizes it after: a scrape in between
+    read no header, raised struct.error and failed whole (500), and a pool process killed in
+    between left its empty file for good, failing every scrape until the worker restarted
+    (prometheus/client_python#1199, not fixed in the pinned 0.26.0). An empty file holds no
+    value yet, so it is left out; a file never shrinks, so one found with content is read whole.
+    """
+
+    def collect(self) -> Any:
+        files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if os.path.getsize(f) > 0]
+        return self.merge(files, accumulate=True)
+
+
 def serve(port: int, address: str, gauges: Any, share_port: bool) -> None:
     """GET /metrics on `address`:`port`, from a thread: the files of every process, and the
     gauges asked at scrape. `share_port`: each uvicorn worker listens on the port too
     (SO_REUSEPORT), and any of them answers for all."""
     global _server
     registry = CollectorRegistry(auto_describe=True)
-    MultiProcessCollector(registry, path=str(_folder))
+    FilesCollector(registry, path=str(_folder))
     registry.register(gauges)
 
     class Server(ThreadingMixIn, WSGIServer):

@@ -1,4 +1,5 @@
-"""The metrics' pure parts: what each outcome is counted as, and the private folders."""
+"""The metrics' pure parts: what each outcome is counted as, the private folders, and the
+collector of the processes' files."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.parser import text_string_to_metric_families
 
 from kc_tasks import dead_letters, inbox, metrics
 
@@ -76,3 +80,21 @@ def test_a_folder_another_user_could_write_is_refused() -> None:
             metrics.private_folder("test", os.getpid(), fresh=False)
     finally:
         folder.rmdir()
+
+
+def test_a_process_file_still_empty_does_not_fail_the_scrape(tmp_path: Path) -> None:
+    """A process's file as prometheus_client leaves it between creating and sizing it (for
+    good, if the process was killed then), beside the file of a process that counted: the
+    scrape answers with what was counted."""
+    counted = MmapedDict(str(tmp_path / "counter_101.db"))
+    key = mmap_key("kc_purchases", "kc_purchases_total", ["outcome"], ["created"], "purchases")
+    counted.write_value(key, 3.0, 0.0)
+    counted.close()
+    (tmp_path / "counter_102.db").touch()
+    (tmp_path / "histogram_103.db").touch()
+
+    registry = CollectorRegistry()
+    metrics.FilesCollector(registry, path=str(tmp_path))
+    samples = [s for f in text_string_to_metric_families(generate_latest(registry).decode()) for s in f.samples]
+
+    assert [(s.name, s.labels, s.value) for s in samples] == [("kc_purchases_total", {"outcome": "created"}, 3.0)]
