@@ -2,7 +2,8 @@
 
 Every line written while a task runs carries its task id and payment id (a context set by
 Celery's task_prerun/task_postrun signals). Celery's own logging set-up is replaced
-(setup_logging signal), so worker, beat and the kc-tasks commands share one format.
+(setup_logging signal), and uvicorn's once the web app is made, so worker, beat, the web
+process and the kc-tasks commands share one format.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from celery.signals import setup_logging, task_postrun, task_prerun
 
 _task: contextvars.ContextVar[dict[str, str | None] | None] = contextvars.ContextVar("kc_task", default=None)
 
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 # In text logs, a line is an event: control characters in a message (an event id or payment
 # id from a request may hold a newline) are escaped, so that no one can forge a line.
@@ -85,6 +87,12 @@ def configure(log_format: str = "text", level: int | str = logging.INFO) -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # uvicorn (the web process) gives its own loggers handlers of its own format before it loads
+    # the app: their lines, the access lines among them, go through this handler too.
+    for name in UVICORN_LOGGERS:
+        named = logging.getLogger(name)
+        named.handlers[:] = []
+        named.propagate = True
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 

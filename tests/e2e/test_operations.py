@@ -7,10 +7,12 @@ import json
 import os
 import signal
 import uuid
+from collections.abc import Callable
 
+import httpx
 import psycopg
 
-from tests.e2e.conftest import Client, Workers, count, hold_pairs, purchase, wait_until
+from tests.e2e.conftest import Client, Web, Workers, count, hold_pairs, purchase, wait_until
 
 
 def test_json_logs_carry_the_task_and_payment_ids_and_no_secret(
@@ -40,6 +42,28 @@ def test_json_logs_carry_the_task_and_payment_ids_and_no_secret(
     assert all("task_id" in line for line in in_tasks), "every line a task writes names its task"
     log = worker.text()
     assert db_password not in log and "whsec-not-for-logs" not in log and "guest:guest" not in log
+
+
+def test_the_web_process_logs_json_lines_too_uvicorn_s_own_included(
+    database_url: str, rabbitmq_url: str, webs: Callable[..., Web]
+) -> None:
+    """With KC_LOG_FORMAT=json every line the web process writes is a JSON object: kc_tasks'
+    own, and uvicorn's (start, every request's access line, shutdown), which a log shipper
+    reading JSON would otherwise drop or choke on."""
+    web = webs(database_url, rabbitmq_url, KC_LOG_FORMAT="json")
+    assert httpx.get(web.base + "/healthz").status_code == 200
+    unsigned = httpx.post(web.base + "/webhooks/payments", content=b"{}")
+    assert unsigned.status_code == 401
+    assert wait_until(lambda: "/webhooks/payments" in web.text())
+    web.stop()
+
+    text = web.text()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # raises on a line of text
+    assert all({"time", "level", "logger", "process", "message"} <= set(line) for line in lines), text
+    access = [line["message"] for line in lines if line["logger"] == "uvicorn.access"]
+    assert any('"GET /healthz HTTP/1.1" 200' in m for m in access), access
+    assert any('"POST /webhooks/payments HTTP/1.1" 401' in m for m in access), access
+    assert any(line["logger"] == "uvicorn.error" and "Started server process" in line["message"] for line in lines)
 
 
 def test_sigterm_lets_the_tasks_in_progress_finish(database_url: str, workers: Workers, rabbitmq_url: str) -> None:
