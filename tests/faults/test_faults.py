@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import AMQP_VHOST, REDIS, broker_idle, purge_redis, rabbitmqctl, run_sql
+from tests.conftest import AMQP_VHOST, REDIS, broker_idle, purge_redis, rabbitmqctl, run_sql, vhost_connections
 from tests.e2e.conftest import Worker, Workers, count, hold_pairs, purchase, wait_until
 from tests.faults.checker import Publisher, Verdict, check, settle
 
@@ -220,8 +220,7 @@ def test_worker_database_connections_terminated_repeatedly(
 
 
 def rabbitmq_connections() -> int:
-    out = rabbitmqctl("list_connections", "-p", AMQP_VHOST, "name", check=False)
-    return len([line for line in out.splitlines() if line.strip()])
+    return len(vhost_connections())
 
 
 @pytest.mark.disruptive

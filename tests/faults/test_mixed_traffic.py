@@ -34,6 +34,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,10 +42,11 @@ from contextlib import contextmanager
 
 import psycopg
 import pytest
+from kombu import Connection, Queue
 
 from tests import provider_api_server as api
 from tests import provider_samples as s
-from tests.conftest import AMQP_VHOST, broker_idle, rabbitmqctl, run_sql
+from tests.conftest import AMQP, AMQP_VHOST, broker_idle, rabbitmqctl, run_sql, vhost_connections
 from tests.e2e.conftest import ROOT, Web, Worker, Workers, hold_pairs, wait_until
 from tests.faults.checker import KC_TASKS, Publisher
 from tests.faults.model import Final, Judgement, judge
@@ -343,10 +345,36 @@ def test_web_process_killed_mid_request(mixed: Callable[[str, str, int], MixedRu
 
 def close_vhost_connections() -> int:
     """`rabbitmqctl close_connection` of every connection of this run's vhost (and no other)."""
-    pids = rabbitmqctl("list_connections", "-p", AMQP_VHOST, "pid", check=False).split()
+    pids = vhost_connections()
     for pid in pids:
         rabbitmqctl("close_connection", pid, "kc_tasks mixed fault suite", check=False)
     return len(pids)
+
+
+def states(vhost: str) -> list[str]:
+    """The states of RabbitMQ's connections to `vhost` (a closed one is listed until its client
+    answers the close)."""
+    listed = rabbitmqctl("list_connections", "vhost", "state", "--no-table-headers", check=False)
+    return [state for name, _, state in (line.partition("\t") for line in listed.splitlines()) if name == vhost]
+
+
+def test_closing_the_run_s_connections_leaves_other_vhosts_alone() -> None:
+    """The fault closes this run's connections and no other: another test process (its own
+    vhost) runs beside it, and a connection of its closed under it would fail that test."""
+    other = f"kc_other_{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", other)
+    rabbitmqctl("set_permissions", "-p", other, "guest", ".*", ".*", ".*")
+    try:
+        with Connection(AMQP) as ours, Connection(f"amqp://guest:guest@127.0.0.1:5672/{other}") as theirs:
+            ours.ensure_connection(max_retries=1)
+            theirs.ensure_connection(max_retries=1)
+            assert "running" in states(AMQP_VHOST) and states(other) == ["running"]
+            close_vhost_connections()
+            assert wait_until(lambda: "running" not in states(AMQP_VHOST)), "this run's connections are closed"
+            assert states(other) == ["running"], "the other vhost's connection is still open"
+            Queue(f"kc_probe_{other}", auto_delete=True)(theirs.default_channel).declare()  # and it works
+    finally:
+        rabbitmqctl("delete_vhost", other, check=False)
 
 
 def test_rabbitmq_connections_closed(mixed: Callable[[str, str, int], MixedRun], rabbitmq_url: str) -> None:
