@@ -47,11 +47,11 @@ def rabbitmqctl(*args: str, check: bool = True) -> str:
     return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=check).stdout
 
 
-def vhost_connections(vhost: str = AMQP_VHOST) -> list[str]:
-    """The pids of RabbitMQ's connections to `vhost`. `list_connections` lists every
-    connection of the node whatever `-p` says: the other test processes' ones too."""
-    listed = rabbitmqctl("list_connections", "pid", "vhost", "--no-table-headers", check=False)
-    return [pid for pid, _, name in (line.partition("\t") for line in listed.splitlines()) if name == vhost]
+def vhost_connections(vhost: str = AMQP_VHOST, column: str = "pid") -> list[str]:
+    """`column` (pid, state...) of each of RabbitMQ's connections to `vhost`. `list_connections`
+    lists every connection of the node whatever `-p` says: the other test processes' ones too."""
+    listed = rabbitmqctl("list_connections", "vhost", column, "--no-table-headers", check=False)
+    return [value for name, _, value in (line.partition("\t") for line in listed.splitlines()) if name == vhost]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

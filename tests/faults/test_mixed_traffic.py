@@ -354,8 +354,7 @@ def close_vhost_connections() -> int:
 def states(vhost: str) -> list[str]:
     """The states of RabbitMQ's connections to `vhost` (a closed one is listed until its client
     answers the close)."""
-    listed = rabbitmqctl("list_connections", "vhost", "state", "--no-table-headers", check=False)
-    return [state for name, _, state in (line.partition("\t") for line in listed.splitlines()) if name == vhost]
+    return vhost_connections(vhost, "state")
 
 
 def test_closing_the_run_s_connections_leaves_other_vhosts_alone() -> None:

@@ -72,8 +72,7 @@ def razorpay_header(secret: str, body: bytes) -> str:
 
 def outcomes(name: str) -> dict[str, Any]:
     """What kc_tasks.providers.<name>.verify says of a genuine, a wrongly signed and (Stripe) a
-    stale webhook, with the imported library's version and file."""
-    library = importlib.import_module(name)
+    stale webhook, with the imported library's version."""
     provider = importlib.import_module(f"kc_tasks.providers.{name}")
     now = int(time.time())
     if name == "stripe":
@@ -86,7 +85,6 @@ def outcomes(name: str) -> dict[str, Any]:
         headers = {"genuine": razorpay_header(SECRET, BODY), "wrong": razorpay_header("someone_else", BODY)}
     return {
         "version": library_version(name),
-        "file": library.__file__,
         "verify": {case: provider.verify(BODY, header, [SECRET]) for case, header in headers.items()},
     }
 
