@@ -566,6 +566,9 @@ def _dlq_purge(settings: Settings, args: argparse.Namespace) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing purged")
                 return EXIT_FAILED
+        # Recorded first: a purged dead letter is its task's outcome, so its inbox event is final
+        # and never sent again (kc_tasks.outcomes). Unrecorded, nothing is purged.
+        dead_letters.record_purged(db.make_engine(settings.database_url, poolclass=NullPool), [dl for dl, _ in doomed])
         for letter, message in doomed:
             message.ack()
             logger.warning("purged dead letter %s (task %s, payment %s)", letter.id, letter.task_id, letter.payment_id)
