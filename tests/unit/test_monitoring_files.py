@@ -24,6 +24,7 @@ CONTRACT_SERIES = {
     "kc_reconcile_found_total",
     "kc_index_usable",
     "kc_inbox_stuck_events",
+    "kc_refund_failures_total",
 }
 KC_NAME = re.compile(r"\bkc_[a-z_]+\b")
 ALERTS = {
@@ -33,6 +34,7 @@ ALERTS = {
     "KcRejectedSignatureBurst",
     "KcWebhooksMissing",
     "KcSlowPaymentToAccess",
+    "KcRefundFailed",
 }
 
 
