@@ -61,6 +61,8 @@ OPTIONAL_WITH_DEFAULTS = {
     # secret of each provider it takes payments from, and only those.
     "KC_RAZORPAY_WEBHOOK_SECRET": "POST /webhooks/razorpay is off while unset",
     "KC_STRIPE_WEBHOOK_SECRET": "POST /webhooks/stripe is off while unset",
+    # migrate's and ensure-index's server when DATABASE_URL is a pooler's; compose has no pooler.
+    "KC_DIRECT_DATABASE_URL": "DATABASE_URL by default; compose reaches PostgreSQL directly",
 }
 
 # How the code reads a variable: env.get("X"), os.environ.get("X"), os.getenv("X"),
