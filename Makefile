@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test setup browser services migrate lint node prometheus rules mutation mutation-db coverage
+.PHONY: run test setup browser services migrate lint node prometheus pgbouncer rules mutation mutation-db coverage
 
 $(BIN)/kc-tasks: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ browser:
 # end-to-end test; `kc-tasks dev` runs it too when it is installed.
 prometheus:
 	command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
+
+# Debian's PgBouncer, for the tests that reach PostgreSQL through it in transaction pooling mode
+# (tests/servers.py starts its own, on a free port).
+pgbouncer:
+	command -v pgbouncer >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends pgbouncer)
 
 # The scrape configuration and alert rules of docker/prometheus/, checked and unit-tested.
 rules: prometheus
@@ -52,7 +57,7 @@ lint: setup
 # RabbitMQ vhost and Redis database, tests/conftest.py), then, alone, the few tests that restart
 # or disturb a service the whole machine shares (`disruptive`).
 TEST_PROCESSES ?= 2
-test: setup browser prometheus services node lint rules
+test: setup browser prometheus pgbouncer services node lint rules
 	$(BIN)/pytest -n $(TEST_PROCESSES) -m "not disruptive"
 	$(BIN)/pytest -m disruptive
 
