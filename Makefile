@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test setup browser services migrate lint node prometheus rules mutation mutation-db coverage
+.PHONY: run test setup browser services migrate lint node prometheus rules mutation mutation-db coverage \
+	image stack test-stack
 
 $(BIN)/kc-tasks: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,13 @@ rules: prometheus
 
 services:
 	scripts/services.sh
+
+# docker/Dockerfile built as kc-tasks:local with podman or docker, whichever works here (Debian's
+# podman and runc installed when neither does). Its base is python:3.11-slim, or where that cannot
+# be pulled a stand-in built from Debian's packages (docker/standins/). Cached: a second run
+# builds nothing. scripts/containers.sh.
+image:
+	scripts/containers.sh image
 
 # The Node.js example (examples/node), run by the end-to-end tests against the real worker.
 node:
