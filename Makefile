@@ -39,6 +39,24 @@ services:
 image:
 	scripts/containers.sh image
 
+# podman-compose (pyproject.toml's extra `stack`) in the virtualenv, for the two targets below.
+$(VENV)/.stack: $(BIN)/kc-tasks pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,stack]'
+	touch $@
+
+# docker/compose.yaml up on this machine's engine (Grafana's profile left out; the service images
+# official where they can be pulled, else stand-ins from Debian's packages), every service healthy,
+# a signed webhook through its web made a course the read API shows, Prometheus scraping every
+# kc_tasks target with the alert rules loaded, every process stopped by SIGTERM, then down
+# (tests/stack/test_compose.py).
+stack: setup image $(VENV)/.stack
+	$(BIN)/pytest tests/stack/test_compose.py
+
+# The image and the stack run for real (tests/stack): the image's web process and worker against
+# this machine's services, then `make stack`. Not part of `make test`; CI runs both (.ci/run).
+test-stack: setup services image $(VENV)/.stack
+	$(BIN)/pytest tests/stack
+
 # The Node.js example (examples/node), run by the end-to-end tests against the real worker.
 node:
 	cd examples/node && npm ci --no-audit --no-fund --loglevel=error
