@@ -49,7 +49,7 @@ $(VENV)/.stack: $(BIN)/kc-tasks pyproject.toml
 # a signed webhook through its web made a course the read API shows, Prometheus scraping every
 # kc_tasks target with the alert rules loaded, every process stopped by SIGTERM, then down
 # (tests/stack/test_compose.py).
-stack: setup image $(VENV)/.stack
+stack: setup services image $(VENV)/.stack
 	$(BIN)/pytest tests/stack/test_compose.py
 
 # The image and the stack run for real (tests/stack): the image's web process and worker against
