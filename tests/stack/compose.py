@@ -120,9 +120,9 @@ class Stack:
             self.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "300")
             return
         for wave in waves(self.services):
-            for name in wave:
-                for dep, condition in dependencies(self.services[name]).items():
-                    self.wait_for(dep, condition)
+            awaited = {(dep, how) for name in wave for dep, how in dependencies(self.services[name]).items()}
+            for dep, condition in sorted(awaited):
+                self.wait_for(dep, condition)
             self.compose("up", "-d", "--no-build", "--no-deps", *wave)
 
     def wait_for(self, service: str, condition: str) -> None:

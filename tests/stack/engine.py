@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,6 +27,7 @@ def engine(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
     return containers("run", *args, check=check, timeout=timeout)
 
 
+@cache
 def engine_name() -> str:
     return containers("engine").stdout.strip()
 
