@@ -63,7 +63,11 @@ pick_engine() {
     command -v runc >/dev/null || missing+=(runc)
     # compose's `init: true`
     command -v catatonit >/dev/null || [ -e /usr/libexec/podman/catatonit ] || missing+=(catatonit)
-    [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}" slirp4netns uidmap
+    # The network of a compose project, and its DNS (services find each other by name): only
+    # recommended by podman's packages.
+    [ -x /usr/lib/podman/netavark ] || missing+=(netavark)
+    [ -x /usr/lib/podman/aardvark-dns ] || missing+=(aardvark-dns)
+    [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}" iptables slirp4netns uidmap
     podman_env
   fi
   ENGINE=$engine
@@ -165,7 +169,7 @@ compose() {
     # The virtualenv's podman-compose (pyproject.toml, extra `stack`), else Debian's.
     local tool=$ROOT/.venv/bin/podman-compose
     [ -x "$tool" ] || tool=$(command -v podman-compose || true)
-    [ -n "$tool" ] || { say "podman-compose is not installed: make setup-stack"; exit 1; }
+    [ -n "$tool" ] || { say "podman-compose is not installed (make stack installs it)"; exit 1; }
     "$tool" "$@"
   elif docker compose version >/dev/null 2>&1; then
     docker compose "$@"
@@ -183,5 +187,5 @@ case "$command" in
   service-images) service_images ;;
   compose) compose "$@" ;;
   run) engine "$@" ;;
-  *) sed -n '2,19p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,18p' "$0" >&2; exit 2 ;;
 esac
