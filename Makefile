@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test setup browser services migrate lint node prometheus pgbouncer rules mutation mutation-db coverage
+.PHONY: run test setup browser services migrate lint node prometheus pgbouncer rules mutation mutation-db \
+	coverage image stack test-stack
 
 $(BIN)/kc-tasks: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,31 @@ rules: prometheus
 
 services:
 	scripts/services.sh
+
+# docker/Dockerfile built as kc-tasks:local with podman or docker, whichever works here (Debian's
+# podman and runc installed when neither does). Its base is python:3.11-slim, or where that cannot
+# be pulled a stand-in built from Debian's packages (docker/standins/). Cached: a second run
+# builds nothing. scripts/containers.sh.
+image:
+	scripts/containers.sh image
+
+# podman-compose (pyproject.toml's extra `stack`) in the virtualenv, for the two targets below.
+$(VENV)/.stack: $(BIN)/kc-tasks pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,stack]'
+	touch $@
+
+# docker/compose.yaml up on this machine's engine (Grafana's profile left out; the service images
+# official where they can be pulled, else stand-ins from Debian's packages), every service healthy,
+# a signed webhook through its web made a course the read API shows, Prometheus scraping every
+# kc_tasks target with the alert rules loaded, every process stopped by SIGTERM, then down
+# (tests/stack/test_compose.py).
+stack: setup services image $(VENV)/.stack
+	$(BIN)/pytest tests/stack/test_compose.py
+
+# The image and the stack run for real (tests/stack): the image's web process and worker against
+# this machine's services, then `make stack`. Not part of `make test`; CI runs both (.ci/run).
+test-stack: setup services image $(VENV)/.stack
+	$(BIN)/pytest tests/stack
 
 # The Node.js example (examples/node), run by the end-to-end tests against the real worker.
 node:
