@@ -58,7 +58,7 @@ stack: setup services image $(VENV)/.stack
 	$(BIN)/pytest tests/stack/test_compose.py
 
 # The image and the stack run for real (tests/stack): the image's web process and worker against
-# this machine's services, then `make stack`. Not part of `make test`; CI runs both (.ci/run).
+# this machine's services, then `make stack`. The last step of `make test`.
 test-stack: setup services image $(VENV)/.stack
 	$(BIN)/pytest tests/stack
 
@@ -86,6 +86,7 @@ TEST_PROCESSES ?= 2
 test: setup browser prometheus pgbouncer services node lint rules
 	$(BIN)/pytest -n $(TEST_PROCESSES) -m "not disruptive"
 	$(BIN)/pytest -m disruptive
+	$(MAKE) test-stack
 
 # Not run by CI (docs/testing.md). Mutation testing of the pure modules (tool.mutmut in
 # pyproject.toml: providers/, signature, auth, payload, retry) against the unit tests, from
