@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test setup browser services migrate lint node prometheus rules mutation mutation-db coverage
+.PHONY: run test setup browser services migrate lint node prometheus pgbouncer rules mutation mutation-db \
+	coverage image stack test-stack
 
 $(BIN)/kc-tasks: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,11 @@ browser:
 prometheus:
 	command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
 
+# Debian's PgBouncer, for the tests that reach PostgreSQL through it in transaction pooling mode
+# (tests/servers.py starts its own, on a free port).
+pgbouncer:
+	command -v pgbouncer >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends pgbouncer)
+
 # The scrape configuration and alert rules of docker/prometheus/, checked and unit-tested.
 rules: prometheus
 	promtool check config docker/prometheus/prometheus.yml
@@ -30,6 +36,31 @@ rules: prometheus
 
 services:
 	scripts/services.sh
+
+# docker/Dockerfile built as kc-tasks:local with podman or docker, whichever works here (Debian's
+# podman and runc installed when neither does). Its base is python:3.11-slim, or where that cannot
+# be pulled a stand-in built from Debian's packages (docker/standins/). Cached: a second run
+# builds nothing. scripts/containers.sh.
+image:
+	scripts/containers.sh image
+
+# podman-compose (pyproject.toml's extra `stack`) in the virtualenv, for the two targets below.
+$(VENV)/.stack: $(BIN)/kc-tasks pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,stack]'
+	touch $@
+
+# docker/compose.yaml up on this machine's engine (Grafana's profile left out; the service images
+# official where they can be pulled, else stand-ins from Debian's packages), every service healthy,
+# a signed webhook through its web made a course the read API shows, Prometheus scraping every
+# kc_tasks target with the alert rules loaded, every process stopped by SIGTERM, then down
+# (tests/stack/test_compose.py).
+stack: setup services image $(VENV)/.stack
+	$(BIN)/pytest tests/stack/test_compose.py
+
+# The image and the stack run for real (tests/stack): the image's web process and worker against
+# this machine's services, then `make stack`. The last step of `make test`.
+test-stack: setup services image $(VENV)/.stack
+	$(BIN)/pytest tests/stack
 
 # The Node.js example (examples/node), run by the end-to-end tests against the real worker.
 node:
@@ -52,9 +83,10 @@ lint: setup
 # RabbitMQ vhost and Redis database, tests/conftest.py), then, alone, the few tests that restart
 # or disturb a service the whole machine shares (`disruptive`).
 TEST_PROCESSES ?= 2
-test: setup browser prometheus services node lint rules
+test: setup browser prometheus pgbouncer services node lint rules
 	$(BIN)/pytest -n $(TEST_PROCESSES) -m "not disruptive"
 	$(BIN)/pytest -m disruptive
+	$(MAKE) test-stack
 
 # Not run by CI (docs/testing.md). Mutation testing of the pure modules (tool.mutmut in
 # pyproject.toml: providers/, signature, auth, payload, retry) against the unit tests, from

@@ -10,6 +10,7 @@ import os
 from kombu import Exchange, Queue
 
 from kc_tasks.celery import settings
+from kc_tasks.metrics import HEARTBEAT_INTERVAL, HEARTBEAT_TASK
 
 PURCHASE_QUEUE = "purchases"
 
@@ -99,4 +100,11 @@ beat_schedule = {
     "prune-events": {"task": "kc_tasks.prune_events", "schedule": 3600.0, "options": {"expires": 3600.0}},
     # Personal data is kept no longer than KC_INBOX_BODY_DAYS (and this hour) in the inbox.
     "redact-inbox": {"task": "kc_tasks.redact_inbox", "schedule": 3600.0, "options": {"expires": 3600.0}},
+    # Through `purchases` like a purchase: how far behind the queue is, seen by the worker that
+    # takes it (kc_queue_heartbeat_timestamp_seconds; never run, kc_tasks/metrics.py).
+    "queue-heartbeat": {
+        "task": HEARTBEAT_TASK,
+        "schedule": HEARTBEAT_INTERVAL,
+        "options": {"expires": 3600.0},
+    },
 }

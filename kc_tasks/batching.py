@@ -28,7 +28,7 @@ from kombu.serialization import prepare_accept_content
 
 from kc_tasks import purchases
 from kc_tasks.celery import app, settings
-from kc_tasks.errors import InvalidPurchase, KcTasksError
+from kc_tasks.errors import DatabaseUnavailable, InvalidPurchase, KcTasksError
 from kc_tasks.payload import Purchase, is_task_body, parse_purchase
 from kc_tasks.process import resources
 
@@ -234,7 +234,9 @@ def _decode(job: tuple[Any, ...], accept: set[str]) -> tuple[Any, ...] | None:
 def _make(requests: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> int:
     """Make the batch's purchases at once and put each outcome in its request dict; how many.
     A request whose kwargs do not parse gets none (its task dead-letters it); if the batch
-    fails, none does, and each task makes its own outcome, retrying as it would alone."""
+    fails, none does, and each task makes its own outcome, retrying as it would alone. If
+    PostgreSQL is away (twice: a pooled connection may have died since its last use), each
+    request gets that error, and its task gives its message back at once (kc_tasks/outage.py)."""
     parsed: list[tuple[dict[str, Any], Purchase]] = []
     for request, (args, kwargs, _) in requests:
         try:
@@ -244,9 +246,17 @@ def _make(requests: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> int:
             continue
     if not parsed:
         return 0
+    batch = [purchase for _, purchase in parsed]
     try:
         engine, guard = resources()
-        made = purchases.create_all(engine, guard, [purchase for _, purchase in parsed])
+        try:
+            made = purchases.create_all(engine, guard, batch)
+        except DatabaseUnavailable:
+            made = purchases.create_all(engine, guard, batch)
+    except DatabaseUnavailable as exc:
+        for request, purchase in parsed:
+            request[OUTCOME] = (purchase, exc)
+        return 0
     except KcTasksError as exc:  # each task tries again alone, and retries or dead-letters
         logger.debug("a batch of %d purchases went one by one: %s", len(parsed), exc)
         return 0
@@ -259,8 +269,9 @@ def _make(requests: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> int:
     return len(made)
 
 
-def outcome_of(request: Any, purchase: Purchase) -> purchases.Outcome | None:
-    """The outcome its batch made for this task's purchase; None when it ran alone."""
+def outcome_of(request: Any, purchase: Purchase) -> purchases.Outcome | DatabaseUnavailable | None:
+    """The outcome its batch made for this task's purchase, or the outage its batch met; None
+    when it ran alone."""
     made = getattr(request, OUTCOME, None)
     if made is None or made[0] != purchase:
         return None

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery
 
 # Imported for what they connect to Celery's signals: the logging set-up, and the start-up
 # checks of flower and beat.
 from kc_tasks import logs, process_guard  # noqa: F401
+from kc_tasks.errors import ConfigError
 from kc_tasks.settings import Settings
 
 # The environment's settings, read once per process: the modules of the package import them
-# from here, and celeryconfig.py derives Celery's settings from them.
-settings = Settings.from_env()
+# from here, and celeryconfig.py derives Celery's settings from them. Every process (worker,
+# beat, flower, web, kc-tasks) imports this first: a malformed variable stops it here with one
+# line that names it, not a traceback.
+try:
+    settings = Settings.from_env()
+except ConfigError as exc:
+    print(f"kc_tasks: configuration error: {exc}", file=sys.stderr)
+    raise SystemExit(1) from None
 
 app = Celery("kc_tasks", task_cls="kc_tasks.worker:KcTask")
 app.config_from_object("celeryconfig")  # ./celeryconfig.py, installed beside the package

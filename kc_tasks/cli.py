@@ -14,7 +14,7 @@ from sqlalchemy.pool import NullPool
 
 from kc_tasks import db, logs
 from kc_tasks.errors import ConfigError, DatabaseUnavailable, InvalidPurchase, KcTasksError
-from kc_tasks.settings import Settings, describe_database, redact_url
+from kc_tasks.settings import Settings, redact_url
 
 logger = logging.getLogger("kc_tasks.cli")
 
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kc-tasks: configuration error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except DatabaseUnavailable as exc:
-        where = describe_database(settings.database_url)
+        where = db.server_in_use(settings.database_url)
         print(
             f"kc-tasks: cannot reach PostgreSQL at {where}: {exc}. Check that the server is running and that "
             "DATABASE_URL (or POSTGRES_URL / POSTGRES_HOST...) points at it.",
@@ -199,8 +199,9 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from kc_tasks.migrate import migrate
 
-    applied = migrate(settings.database_url)
-    where = describe_database(settings.database_url)
+    url = settings.session_database_url  # KC_DIRECT_DATABASE_URL, if the other is a pooler's
+    applied = migrate(url)
+    where = db.server_in_use(url)
     if applied:
         print(f"applied {len(applied)} migration(s) to {where}: {', '.join(applied)}")
     else:
@@ -211,9 +212,10 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 def _ensure_index(settings: Settings, args: argparse.Namespace) -> int:
     from kc_tasks.index_guard import FIX_COMMAND, diagnose, ensure_index
 
-    engine = db.make_engine(settings.database_url, poolclass=NullPool)
+    url = settings.session_database_url  # KC_DIRECT_DATABASE_URL, if the other is a pooler's
+    engine = db.make_engine(url, poolclass=NullPool)
     try:
-        with db.translate_errors(settings.database_url), engine.connect() as conn:
+        with db.translate_errors(url), engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             if args.check:
                 status = diagnose(conn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.pool import Pool
+from sqlalchemy.pool import NullPool, Pool
 
 from kc_tasks import errors
 from kc_tasks.settings import describe_database
@@ -145,14 +146,34 @@ purged_dead_letters = sa.Table(
 )
 
 PAYMENT_ID_CONSTRAINT = "student_course_purchases_payment_id_key"
-CONNECT_TIMEOUT = 5  # seconds; libpq waits forever by default
+CONNECT_TIMEOUT = 5  # seconds, for each host of the URL; libpq waits forever by default
+# How long a probe (is PostgreSQL taking writes?) waits to connect, seconds, for each host.
+PROBE_CONNECT_TIMEOUT = 2
 
-# SQLSTATEs a retry can cure. Connection-class errors (08xxx) are added by prefix.
-_UNAVAILABLE = {"57P01", "57P02", "57P03"}  # admin/crash shutdown, cannot connect now
-_BUSY = {"40001", "40P01", "55P03", "53300", "53000", "57014"}
+# SQLSTATEs that say the server cannot take writes now, whatever the statement: an outage, to
+# be waited out. Connection-class errors (08xxx, PgBouncer's own among them) are added by prefix.
+_UNAVAILABLE = {
+    "57P01",  # admin shutdown: the server is stopping (a failover, maintenance)
+    "57P02",  # crash shutdown
+    "57P03",  # cannot connect now: starting up, shutting down, in recovery
+    "25006",  # read-only transaction: a standby, or a primary not yet promoted
+    "53100",  # disk full
+    "53200",  # out of memory
+    "53300",  # too many connections
+}
+# SQLSTATEs of one statement meeting others: a retry of that task can cure them.
+_BUSY = {"40001", "40P01", "55P03", "53000", "57014"}
+# The server each engine's last connection reached, by URL (a multi-host URL names several).
+_in_use: dict[str, str] = {}
 
 
-def make_engine(url: URL, pool_size: int = 2, max_overflow: int = 0, poolclass: type[Pool] | None = None) -> Engine:
+def make_engine(
+    url: URL,
+    pool_size: int = 2,
+    max_overflow: int = 0,
+    poolclass: type[Pool] | None = None,
+    connect_timeout: int = CONNECT_TIMEOUT,
+) -> Engine:
     """The engine of one process: call it after the fork, never share it across processes.
 
     `pool_size` connections are kept, up to `max_overflow` more are opened when needed and
@@ -164,11 +185,77 @@ def make_engine(url: URL, pool_size: int = 2, max_overflow: int = 0, poolclass: 
         if poolclass
         else {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": 10}
     )
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
-        connect_args={"connect_timeout": CONNECT_TIMEOUT, "application_name": "kc_tasks"},
+        connect_args={
+            "connect_timeout": connect_timeout,
+            "application_name": "kc_tasks",
+            # No server-side prepared statements: behind a transaction pooler (PgBouncer's
+            # pool_mode = transaction) the next transaction may run on another server connection,
+            # where a statement psycopg prepared does not exist, or already does. Unnamed
+            # statements cost a parse and a plan per execution, no extra round trip
+            # (docs/benchmark.md measures it).
+            "prepare_threshold": None,
+        },
         **pooling,
     )
+    sa.event.listen(engine, "connect", functools.partial(_note_server, _key(url)))
+    sa.event.listen(engine, "handle_error", _outage_is_a_disconnect)
+    return engine
+
+
+def _outage_is_a_disconnect(context: sa.engine.ExceptionContext) -> None:
+    """A server that cannot take writes (a standby, one shutting down, out of disk) is treated as
+    a lost connection: SQLAlchemy drops this connection and renews the pool's others, so that the
+    next attempt connects afresh, to the primary of a multi-host URL, or with the server's
+    current settings (a default_transaction_read_only that was lifted)."""
+    sqlstate = getattr(context.original_exception, "sqlstate", None)
+    if sqlstate is not None and classify(sqlstate, False) is errors.DatabaseUnavailable:
+        context.is_disconnect = True
+
+
+def _note_server(key: str, dbapi_connection: Any, _record: Any) -> None:
+    """Remember which server of the URL this connection reached: log lines name that one."""
+    info = dbapi_connection.info
+    _in_use[key] = f"{info.host}:{info.port}/{info.dbname}"
+
+
+def _key(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def server_in_use(url: URL) -> str:
+    """host:port/database of the server the last connection made on `url` in this process
+    reached; before any did, every server the URL names."""
+    return _in_use.get(_key(url)) or describe_database(url)
+
+
+# A write: a transaction id is given only where a write may follow (never on a standby), and a
+# server in read-only mode (default_transaction_read_only) says so. Rolled back: nothing stays.
+_PROBE = sa.text("SELECT pg_current_xact_id()::text, current_setting('transaction_read_only')")
+_probe_engines: dict[str, Engine] = {}
+
+
+def probe_engine(url: URL) -> Engine:
+    """This process's engine for probes: no pool, so a probe never meets a dead connection, and
+    a short connect timeout, so that a scrape that probes answers in time."""
+    key = _key(url)
+    if key not in _probe_engines:
+        _probe_engines[key] = make_engine(url, poolclass=NullPool, connect_timeout=PROBE_CONNECT_TIMEOUT)
+    return _probe_engines[key]
+
+
+def writable(engine: Engine) -> str | None:
+    """None when PostgreSQL takes a write now; else why not."""
+    try:
+        with translate_errors(engine.url), engine.connect() as conn:
+            _, read_only = conn.execute(_PROBE).one()
+            conn.rollback()
+    except errors.KcTasksError as exc:
+        return str(exc)
+    if read_only == "on":
+        return f"{server_in_use(engine.url)} is read-only (transaction_read_only is on)"
+    return None
 
 
 def classify(sqlstate: str | None, disconnected: bool) -> type[errors.KcTasksError]:
@@ -197,7 +284,7 @@ def translate_errors(url: URL | None = None) -> Iterator[None]:
 
 def _translate(orig: BaseException | None, invalidated: bool, url: URL | None) -> errors.KcTasksError:
     sqlstate = getattr(orig, "sqlstate", None)
-    where = f" ({describe_database(url)})" if url is not None else ""
+    where = f" ({server_in_use(url)})" if url is not None else ""
     message = f"{type(orig).__name__}{where}: {_first_line(orig)}"
     if sqlstate == "23505":
         diag = getattr(orig, "diag", None)

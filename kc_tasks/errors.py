@@ -16,11 +16,14 @@ class RetryableError(KcTasksError):
 
 
 class DatabaseUnavailable(RetryableError):
-    """Raised when PostgreSQL cannot be reached or dropped the connection."""
+    """Raised when PostgreSQL cannot be reached, dropped the connection, or cannot take writes
+    now (a standby, a server starting up or shutting down, out of disk or connection slots):
+    an outage, which the worker waits out without spending retries (kc_tasks/outage.py)."""
 
 
 class DatabaseBusy(RetryableError):
-    """Raised on serialization failures, deadlocks, lock timeouts and full connection slots."""
+    """Raised on serialization failures, deadlocks, lock and statement timeouts: what one
+    statement met, which a retry of its task with backoff can cure."""
 
 
 class PermanentError(KcTasksError):

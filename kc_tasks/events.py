@@ -158,9 +158,9 @@ class Publisher:
             return
         ids, self._unmarked, self._mark_due = self._unmarked, [], None
         try:
-            autocommit = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            with db.translate_errors(self.engine.url), autocommit as conn:
-                mark_published(conn, ids)
+            with db.translate_errors(self.engine.url):
+                with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    mark_published(conn, ids)
         except Exception as exc:  # noqa: BLE001
             logger.warning("%d published event(s) not marked, the relay may send them again: %s", len(ids), exc)
 

@@ -171,7 +171,7 @@ def ensure_index(conn: Connection) -> tuple[IndexStatus, int]:
     if "does not exist (run" in status.reason:
         return status, 0
     deactivated = 0
-    with advisory_lock(conn, "kc_tasks:ensure-index"):
+    with advisory_lock(conn.engine, "kc_tasks:ensure-index"):
         for attempt in range(1, BUILD_ATTEMPTS + 1):
             status = diagnose(conn)
             if status.usable:
@@ -200,22 +200,46 @@ def _drop_index(conn: Connection) -> None:
 
 
 class advisory_lock:
-    """A session-level advisory lock, polled so that no statement waits inside the server.
+    """An advisory lock, held by an open transaction on a connection of its own
+    (pg_try_advisory_xact_lock) and released when the block ends, or the connection dies.
 
-    A CREATE INDEX CONCURRENTLY waits for every older snapshot, including that of a
-    session blocked in pg_advisory_lock(): polling pg_try_advisory_lock avoids that deadlock.
+    A transaction keeps its server connection through a transaction pooler (PgBouncer's
+    `pool_mode = transaction`), where a session-level lock would stay on a server connection
+    that other clients then use, or be released under us. Polled, so that no statement waits
+    inside the server: a CREATE INDEX CONCURRENTLY waits for every older snapshot, including
+    that of a session blocked in pg_advisory_lock(). An idle transaction of READ COMMITTED holds
+    none, provided its last statement had no bound parameter: a statement with one goes by the
+    extended query protocol, whose unnamed portal keeps its snapshot until the transaction ends,
+    and the build would wait for the lock's holder forever. The name is a constant of kc_tasks,
+    rendered into the statement.
     """
 
-    def __init__(self, conn: Connection, name: str, poll: float = 0.2) -> None:
-        self.conn, self.name, self.poll = conn, name, poll
+    def __init__(self, engine: Engine, name: str, poll: float = 0.2) -> None:
+        self.engine, self.name, self.poll = engine, name, poll
+        self.conn: Connection | None = None
 
     def __enter__(self) -> None:
-        waited = False
-        while not self.conn.execute(sa.text("SELECT pg_try_advisory_lock(hashtext(:n))"), {"n": self.name}).scalar():
-            if not waited:
-                logger.info("waiting for another process holding %s", self.name)
-                waited = True
-            time.sleep(self.poll)
+        conn = self.engine.connect()
+        try:
+            waited = False
+            try_lock = sa.select(
+                sa.func.pg_try_advisory_xact_lock(sa.func.hashtext(sa.literal(self.name, literal_execute=True)))
+            )
+            while not conn.execute(try_lock).scalar():
+                conn.rollback()  # between tries, no transaction keeps a pooler's server connection
+                if not waited:
+                    logger.info("waiting for another process holding %s", self.name)
+                    waited = True
+                time.sleep(self.poll)
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
 
     def __exit__(self, *exc: object) -> None:
-        self.conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:n))"), {"n": self.name})
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.rollback()  # the transaction ends, and its lock with it
+            finally:
+                conn.close()

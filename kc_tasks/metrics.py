@@ -23,13 +23,13 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -51,6 +51,14 @@ TASK = "task"
 # Message headers that carry a payment's first sight to the worker: who saw it, and when (unix
 # seconds). The inbox sets them when it enqueues; Celery keeps them across retries.
 SEEN_BY, SEEN_AT = "kc-seen-by", "kc-seen-at"
+FIRST_SEEN_HEADERS = (SEEN_BY, SEEN_AT)
+# The heartbeat beat sends through `purchases` (HEARTBEAT_INTERVAL, seconds) and the header that
+# says when it was sent: the worker's consumer takes it like a purchase, in the queue's order,
+# and notes its send time (kc_queue_heartbeat_timestamp_seconds), never running it. While no
+# worker takes anything from the queue, or the queue is behind, that time stays in the past.
+HEARTBEAT_TASK = "kc_tasks.queue_heartbeat"
+HEARTBEAT_INTERVAL = 30.0
+SENT_AT = "kc-sent-at"
 # From a few tenths of a second (a webhook, at once) to an hour (a reconciliation, a retry).
 ACCESS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 # prometheus_client's environment variable: where a process writes its values.
@@ -58,8 +66,8 @@ MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Series:
-    """The contract's counters and histogram (the gauges are read at scrape: _IndexUsable,
-    _InboxStuck). Made by `enable`, after the multiprocess mode is on."""
+    """The contract's counters, histogram and the gauges processes set (those read at scrape
+    are ScrapeGauges). Made by `enable`, after the multiprocess mode is on."""
 
     def __init__(self, role: str) -> None:
         self.webhook_events = Counter(
@@ -93,6 +101,22 @@ class Series:
         )
         for provider in ("razorpay", "stripe"):
             self.refund_failures.labels(provider)
+        # Set by whichever process ran the task (a pool process), or by the worker's main process
+        # at start: the newest of them is the one that counts, also once its process is gone.
+        self.periodic_success = Gauge(
+            "kc_periodic_last_success_timestamp_seconds",
+            "When each beat-scheduled task last succeeded (or this worker started), unix seconds",
+            ["task"],
+            registry=None,
+            multiprocess_mode="max",
+        )
+        self.heartbeat = Gauge(
+            "kc_queue_heartbeat_timestamp_seconds",
+            "When the newest heartbeat a worker took from the queue was sent (or this worker started)",
+            ["queue"],
+            registry=None,
+            multiprocess_mode="max",
+        )
         # Every known series from 0, so that a rate or an increase sees its first event.
         if role == WEB:
             for provider in PROVIDERS:
@@ -184,14 +208,15 @@ class FilesCollector(MultiProcessCollector):
         return self.merge(files, accumulate=True)
 
 
-def serve(port: int, address: str, gauges: Any, share_port: bool) -> None:
+def serve(port: int, address: str, gauges: Sequence[Any], share_port: bool) -> None:
     """GET /metrics on `address`:`port`, from a thread: the files of every process, and the
     gauges asked at scrape. `share_port`: each uvicorn worker listens on the port too
     (SO_REUSEPORT), and any of them answers for all."""
     global _server
     registry = CollectorRegistry(auto_describe=True)
     FilesCollector(registry, path=str(_folder))
-    registry.register(gauges)
+    for collector in gauges:
+        registry.register(collector)
 
     class Server(ThreadingMixIn, WSGIServer):
         daemon_threads = True
@@ -301,8 +326,8 @@ def first_seen_headers(provider: str, received_at: float) -> dict[str, Any]:
 
 
 class ScrapeGauge:
-    """A gauge asked of PostgreSQL at each scrape: `read` gives its value; when it raises
-    KcTasksError (PostgreSQL is down), the scrape goes without it."""
+    """A gauge asked at each scrape: `read` gives its value; when it raises KcTasksError
+    (PostgreSQL is down), the scrape goes without it."""
 
     def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         self.name, self.documentation, self.read = name, documentation, read
@@ -316,35 +341,108 @@ class ScrapeGauge:
         yield GaugeMetricFamily(self.name, self.documentation, value=value)
 
 
+class DatabaseGauges:
+    """kc_database_up, a write probe asked at each scrape, then the gauges asked of PostgreSQL
+    (`others`), only while it is up: during an outage the scrape answers at once."""
+
+    def __init__(self, writable: Callable[[], str | None], others: Sequence[ScrapeGauge]) -> None:
+        self.writable, self.others = writable, others
+
+    def collect(self) -> Iterator[Metric]:
+        why = self.writable()
+        yield GaugeMetricFamily(
+            "kc_database_up", "1 while this process's probe of PostgreSQL takes a write, else 0", value=why is None
+        )
+        if why is not None:
+            logger.debug("metrics: PostgreSQL cannot take writes: %s", why)
+            return
+        for gauge in self.others:
+            yield from gauge.collect()
+
+
+class WorkerGauges:
+    """What the worker's main process knows at scrape: whether it consumes `purchases` (0 while it
+    waits out a database outage), and the period of each beat-scheduled task."""
+
+    def __init__(self, consuming: Callable[[], bool], periods: Mapping[str, float]) -> None:
+        self.consuming, self.periods = consuming, periods
+
+    def collect(self) -> Iterator[Metric]:
+        consuming = GaugeMetricFamily(
+            "kc_worker_consuming", "1 while this worker takes tasks from the queue, else 0", labels=["queue"]
+        )
+        consuming.add_metric(["purchases"], 1.0 if self.consuming() else 0.0)
+        yield consuming
+        periods = GaugeMetricFamily(
+            "kc_periodic_interval_seconds", "The beat period of each scheduled task, seconds", labels=["task"]
+        )
+        for task, seconds in sorted(self.periods.items()):
+            periods.add_metric([task], seconds)
+        yield periods
+
+
 # --- starting ---------------------------------------------------------------------------------
 
 
-def start_web(port: int, address: str, stuck: Callable[[], float]) -> None:
+def start_web(port: int, address: str, writable: Callable[[], str | None], stuck: Callable[[], float]) -> None:
     """In each uvicorn worker: one folder for all the workers of one uvicorn (their parent's),
-    and each listens on `port`. `stuck`: the inbox events still received (a query)."""
+    and each listens on `port`. `writable`: a write probe of PostgreSQL (None: it takes writes);
+    `stuck`: the inbox events still received (a query)."""
     if _series is not None:
         return
     parent = multiprocessing.parent_process()
     owner = parent.pid if parent is not None and parent.pid is not None else os.getpid()
     enable(WEB, owner, fresh=parent is None)
     gauge = ScrapeGauge("kc_inbox_stuck_events", "Inbox events still received after the relay's grace period", stuck)
-    _start_serving(port, address, gauge, share_port=True)
+    _start_serving(port, address, [DatabaseGauges(writable, [gauge])], share_port=True)
 
 
-def start_worker(port: int, address: str, index_usable: Callable[[], float]) -> None:
-    """In the worker's main process, before the pool forks: a fresh folder. `index_usable`:
-    1 while unique_active_purchase is usable, else 0 (a check)."""
+def start_worker(
+    port: int,
+    address: str,
+    writable: Callable[[], str | None],
+    index_usable: Callable[[], float],
+    consuming: Callable[[], bool],
+    periods: Mapping[str, float],
+) -> None:
+    """In the worker's main process, before the pool forks: a fresh folder. `writable`: a write
+    probe of PostgreSQL; `index_usable`: 1 while unique_active_purchase is usable, else 0 (a
+    check); `consuming`: whether the worker takes tasks from `purchases`; `periods`: beat's
+    tasks and their periods, seconds."""
     if _series is not None:
         return
     from celery.signals import task_received, task_retry, task_success, worker_shutdown
 
     enable(WORKER, os.getpid(), fresh=True)
+    assert _series is not None
+    started = time.time()
+    for task in periods:
+        _series.periodic_success.labels(task).set(started)
+    _series.heartbeat.labels("purchases").set(started)
     task_received.connect(_stamp_arrival, weak=False)
     task_retry.connect(_count_retry, weak=False)
     task_success.connect(_count_revocation, weak=False)
+    task_success.connect(_note_periodic_success, weak=False)
     worker_shutdown.connect(_stop_worker, weak=False)
+    _PERIODIC.update(periods)
     gauge = ScrapeGauge("kc_index_usable", "1 while unique_active_purchase is usable, else 0", index_usable)
-    _start_serving(port, address, gauge, share_port=False)
+    gauges = [DatabaseGauges(writable, [gauge]), WorkerGauges(consuming, periods)]
+    _start_serving(port, address, gauges, share_port=False)
+
+
+# beat's tasks, whose successes are noted (set by start_worker, inherited by the pool processes).
+_PERIODIC: dict[str, float] = {}
+
+
+def _note_periodic_success(sender: Any = None, **_: Any) -> None:
+    if _series is not None and sender is not None and sender.name in _PERIODIC:
+        _series.periodic_success.labels(sender.name).set(time.time())
+
+
+def heartbeat_received(sent_at: Any) -> None:
+    """The worker took a heartbeat from `purchases` that was sent at `sent_at` (unix seconds)."""
+    if _series is not None and isinstance(sent_at, int | float):
+        _series.heartbeat.labels("purchases").set(sent_at)
 
 
 def _start_serving(port: int, address: str, gauges: Any, share_port: bool) -> None:

@@ -26,8 +26,17 @@ SCRIPT_LOCATION = Path(importlib.util.find_spec("kc_tasks.migrations").origin or
 
 
 def create_database_if_missing(url: URL) -> bool:
-    """CREATE DATABASE through the maintenance database; True if it was created here."""
-    admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    """CREATE DATABASE through the maintenance database, when the database does not answer
+    because it does not exist; True if it was created here. A database that exists is never
+    asked for more (a pooler or a managed server may not serve the maintenance database)."""
+    try:
+        psycopg.connect(_conninfo(url), connect_timeout=db.CONNECT_TIMEOUT).close()
+        return False
+    except psycopg.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            with db.translate_errors(url):
+                raise
+    admin = _conninfo(url.set(database="postgres"))
     with db.translate_errors(url), psycopg.connect(admin, autocommit=True, connect_timeout=db.CONNECT_TIMEOUT) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)).fetchone():
             return False
@@ -40,6 +49,11 @@ def create_database_if_missing(url: URL) -> bool:
     return True
 
 
+def _conninfo(url: URL) -> str:
+    """The URL as libpq reads it (its host and port lists included)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def migrate(url: URL) -> list[str]:
     """Apply pending migrations in order, then the roles' grants; return the revisions applied
     (empty when up to date)."""
@@ -49,16 +63,14 @@ def migrate(url: URL) -> list[str]:
     script = ScriptDirectory.from_config(config)
     engine = db.make_engine(url, poolclass=NullPool)
     try:
-        with db.translate_errors(url), engine.connect() as lock_conn, engine.connect() as conn:
-            lock_conn = lock_conn.execution_options(isolation_level="AUTOCOMMIT")
-            with advisory_lock(lock_conn, "kc_tasks:migrate"):
-                before = MigrationContext.configure(conn).get_current_revision()
-                conn.commit()
-                config.attributes["connection"] = conn
-                command.upgrade(config, "head")
-                conn.commit()
-                roles.grant(conn)
-                conn.commit()
+        with db.translate_errors(url), advisory_lock(engine, "kc_tasks:migrate"), engine.connect() as conn:
+            before = MigrationContext.configure(conn).get_current_revision()
+            conn.commit()
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+            conn.commit()
+            roles.grant(conn)
+            conn.commit()
     finally:
         engine.dispose()
     pending = [rev.revision for rev in script.iterate_revisions("head", before)]

@@ -18,9 +18,9 @@ from sqlalchemy.pool import NullPool
 
 from kc_tasks import db, events, inbox, metrics
 from kc_tasks.celery import app, settings
-from kc_tasks.errors import KcTasksError
+from kc_tasks.errors import DatabaseUnavailable, KcTasksError
 from kc_tasks.index_guard import FIX_COMMAND, IndexGuard
-from kc_tasks.settings import describe_database
+from kc_tasks.outage import gate
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,19 @@ def _serve_metrics(**_: Any) -> None:
     """With KC_WORKER_METRICS_PORT set, the worker's metrics (kc_tasks/metrics.py): kept by every
     pool process, served by this one. Before the pool forks."""
     if settings.worker_metrics_port:
-        metrics.start_worker(settings.worker_metrics_port, settings.metrics_address, _index_usable)
+        periods = {
+            entry["task"]: float(entry["schedule"])
+            for entry in app.conf.beat_schedule.values()
+            if entry["task"] != metrics.HEARTBEAT_TASK  # never run: kc_queue_heartbeat_timestamp_seconds
+        }
+        metrics.start_worker(
+            settings.worker_metrics_port,
+            settings.metrics_address,
+            lambda: db.writable(db.probe_engine(settings.database_url)),
+            _index_usable,
+            gate.consuming,
+            periods,
+        )
 
 
 @functools.cache
@@ -108,11 +120,12 @@ def _report_index(**_: Any) -> None:
         status = IndexGuard(0).refresh(engine)
     except KcTasksError as exc:
         logger.warning(
-            "cannot check the unique_active_purchase index: PostgreSQL at %s: %s; "
-            "purchases will be retried until it answers",
-            describe_database(settings.database_url),
+            "cannot check the unique_active_purchase index: PostgreSQL at %s: %s",
+            db.server_in_use(settings.database_url),
             exc,
         )
+        if isinstance(exc, DatabaseUnavailable):
+            gate.close(exc)  # nothing is taken from the queue until PostgreSQL takes writes
         return
     finally:
         engine.dispose()
@@ -124,9 +137,16 @@ def _report_index(**_: Any) -> None:
 
 def sweep_leftovers(engine: Engine) -> None:
     """Publish the purchase events left unpublished, and enqueue the provider events left
-    received (broker down, process killed): what kc_tasks.relay_events and relay_inbox do."""
-    events.relay(engine, app)
-    inbox.relay(engine, app)
+    received (broker down, process killed): what kc_tasks.relay_events and relay_inbox do.
+    Skipped while the worker waits out a database outage; one met here starts the wait."""
+    if gate.closed:
+        return
+    try:
+        events.relay(engine, app)
+        inbox.relay(engine, app)
+    except DatabaseUnavailable as exc:
+        gate.close(exc)
+        raise
 
 
 @worker_ready.connect

@@ -14,3 +14,12 @@ def compute_backoff(retries: int, cap: float, base: float = 1.0, rng: Callable[[
     """
     ceiling = min(float(cap), base * 2.0 ** min(retries, 62))
     return ceiling / 2 + rng() * ceiling / 2
+
+
+def may_retry(retries: int, next_attempt_after: float, horizon: float, max_retries: int | None) -> bool:
+    """Whether a transient failure is retried: the next attempt (`next_attempt_after` seconds
+    after the task's first attempt) still falls within the horizon, and `retries` (already made)
+    is under the cap, when there is one."""
+    if max_retries is not None and retries >= max_retries:
+        return False
+    return next_attempt_after <= horizon

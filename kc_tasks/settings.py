@@ -20,13 +20,21 @@ DEFAULT_STRIPE_API_URL = "https://api.stripe.com"
 
 @dataclass(frozen=True)
 class Settings:
-    # PostgreSQL, as a SQLAlchemy URL for the psycopg 3 driver.
+    # PostgreSQL, as a SQLAlchemy URL for the psycopg 3 driver; it may point at a transaction
+    # pooler (PgBouncer) and may list several hosts (a primary and its standbys).
     database_url: URL
     # Where tasks are published and consumed: amqp:// (RabbitMQ) or redis://. Not in repr:
     # it may hold a password.
     broker_url: str = field(repr=False)
-    # Retries of a transient failure before the task is given up.
-    max_retries: int = 8
+    # The server reached without a pooler, for the session-level work of `kc-tasks migrate` and
+    # `kc-tasks ensure-index` (KC_DIRECT_DATABASE_URL); None: database_url.
+    direct_database_url: URL | None = None
+    # How long after a task's first attempt a transient failure (a deadlock, a lock timeout, a
+    # serialization failure) is still retried, seconds; then the task is dead-lettered. An
+    # outage of PostgreSQL spends none of it: the worker stops consuming until it is over.
+    retry_horizon: int = 86400
+    # An optional cap on the number of those retries; None: only the horizon limits them.
+    max_retries: int | None = None
     # Cap of the exponential backoff between retries, in seconds.
     retry_backoff_max: int = 300
     # How long a worker process trusts its last check of unique_active_purchase, seconds.
@@ -100,7 +108,13 @@ class Settings:
         return cls(
             database_url=database_url_from_env(env),
             broker_url=env.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL,
-            max_retries=_int(env, "KC_MAX_RETRIES", 8, minimum=0),
+            direct_database_url=(
+                normalize_database_url(env["KC_DIRECT_DATABASE_URL"], "KC_DIRECT_DATABASE_URL")
+                if env.get("KC_DIRECT_DATABASE_URL")
+                else None
+            ),
+            retry_horizon=_int(env, "KC_RETRY_HORIZON", 86400, minimum=1),
+            max_retries=_int_or_none(env, "KC_MAX_RETRIES", minimum=0),
             retry_backoff_max=_int(env, "KC_RETRY_BACKOFF_MAX", 300, minimum=1),
             index_check_ttl=_int(env, "KC_INDEX_CHECK_TTL", 300, minimum=0),
             index_verify_interval=_int(env, "KC_INDEX_VERIFY_INTERVAL", 300, minimum=1),
@@ -133,6 +147,12 @@ class Settings:
             worker_metrics_port=_port_or_none(env, "KC_WORKER_METRICS_PORT"),
             metrics_address=(env.get("KC_METRICS_ADDRESS") or "127.0.0.1").strip(),
         )
+
+    @property
+    def session_database_url(self) -> URL:
+        """Where session-level work goes (advisory locks held across statements, CREATE INDEX
+        CONCURRENTLY): KC_DIRECT_DATABASE_URL, else DATABASE_URL."""
+        return self.direct_database_url or self.database_url
 
     @property
     def uses_redis(self) -> bool:
@@ -170,12 +190,21 @@ def database_url_from_env(env: Mapping[str, str]) -> URL:
 
 
 def normalize_database_url(raw: str, name: str = "DATABASE_URL") -> URL:
-    """Accept postgresql://, postgres:// and postgresql+psycopg://; use psycopg 3."""
+    """Accept postgresql://, postgres:// and postgresql+psycopg://; use psycopg 3.
+
+    Several hosts may be listed as libpq lists them, `postgresql://u@h1:5432,h2:5432/db`, or as
+    `?host=h1,h2&port=5432,5432`; both become libpq's own host and port lists, which psycopg
+    tries in order (with `target_session_attrs=read-write`, until one takes writes)."""
     # "user:p@ss@host" would be read as host "ss@host": a piece of the password in every
     # connection error. Refused, and never echoed (nor is the parser's message, which would).
     _, scheme_sep, rest = raw.partition("://")
-    if scheme_sep and rest.split("/", 1)[0].split("?", 1)[0].count("@") > 1:
+    authority = rest.split("/", 1)[0].split("?", 1)[0]
+    if scheme_sep and authority.count("@") > 1:
         raise ConfigError(f"{name}: the user or password holds an unencoded '@': percent-encode it (%40)")
+    userinfo, at, hosts = authority.rpartition("@")
+    if scheme_sep and "," in hosts:
+        head = raw[: len(raw) - len(rest)] + userinfo + at  # scheme://user:password@
+        raw = head + _host_list_as_query(hosts, rest[len(authority) :], name)
     try:
         url = make_url(raw)
         _ = url.port  # a non-numeric port raises here
@@ -189,12 +218,68 @@ def normalize_database_url(raw: str, name: str = "DATABASE_URL") -> URL:
         raise ConfigError(f"{name} must be a postgresql:// URL, not {url.drivername}://")
     if driver not in ("", "psycopg", "psycopg2"):
         raise ConfigError(f"{name} driver {driver} is not supported; use postgresql:// or postgresql+psycopg://")
+    servers(url, name)  # every host named, every port a number
     return url.set(drivername="postgresql+psycopg")
 
 
+def _host_list_as_query(hosts: str, after: str, name: str) -> str:
+    """`h1:p1,h2:p2` and what follows them (`/db?q`) as `/db?q&host=h1,h2&port=p1,p2`."""
+    names, ports = [], []
+    for n, entry in enumerate(hosts.split(","), 1):
+        host, port = _host_and_port(entry)
+        if not host:
+            raise ConfigError(f"{name}: host {n} of the host list {hosts!r} is empty")
+        names.append(host)
+        ports.append(port or "5432")
+    path, _, query = after.partition("?")
+    if "host=" in query or "port=" in query:
+        raise ConfigError(f"{name}: list the hosts either before the database or as ?host=...&port=..., not both")
+    query = "&".join(q for q in (query, f"host={','.join(names)}", f"port={','.join(ports)}") if q)
+    return f"{path or '/'}?{query}"
+
+
+def _host_and_port(entry: str) -> tuple[str, str]:
+    """("h", "5432") of "h:5432", ("::1", "5432") of "[::1]:5432"; the port may be ""."""
+    entry = entry.strip()
+    if entry.startswith("["):
+        host, _, tail = entry[1:].partition("]")
+        return host, tail.removeprefix(":")
+    host, _, port = entry.partition(":")
+    return host, port
+
+
+def servers(url: URL, name: str = "DATABASE_URL") -> list[tuple[str, int]]:
+    """The (host, port) of each server the URL names, in libpq's order: the URL's own host, or
+    the lists of its `host` and `port` parameters; a socket folder stands for its host."""
+    query_hosts = url.query.get("host")
+    query_ports = url.query.get("port")
+    if query_hosts is None:
+        return [(url.host or "localhost", url.port or 5432)]
+    hosts = _listed(query_hosts)
+    ports = _listed(query_ports) if query_ports is not None else []
+    if isinstance(query_hosts, tuple | list):  # ?host=h1:p1&host=h2:p2, SQLAlchemy's own form
+        pairs = [_host_and_port(h) for h in hosts]
+        hosts, ports = [h for h, _ in pairs], [p for _, p in pairs]
+    if len(ports) > 1 and len(ports) != len(hosts):
+        raise ConfigError(f"{name} lists {len(hosts)} host(s) but {len(ports)} port(s)")
+    found = []
+    for n, host in enumerate(hosts):
+        port = (ports[n] if len(ports) > 1 else ports[0] if ports else "") or str(url.port or 5432)
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{name}: the port of host {host!r} is not a port number: {port!r}")
+        found.append((host or "localhost", int(port)))
+    return found
+
+
+def _listed(value: str | tuple[str, ...] | list[str]) -> list[str]:
+    items = list(value) if isinstance(value, tuple | list) else [value]
+    return [part.strip() for item in items for part in item.split(",")]
+
+
 def describe_database(url: URL) -> str:
-    """host:port/database, the way an operator looks for it; never the password."""
-    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+    """host:port/database (each host of a multi-host URL), the way an operator looks for it;
+    never the password."""
+    return f"{','.join(f'{h}:{p}' for h, p in servers(url))}/{url.database}"
 
 
 def redact_url(url: str) -> str:
@@ -221,6 +306,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum:
     if maximum is not None and value > maximum:
         raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
+
+
+def _int_or_none(env: Mapping[str, str], name: str, minimum: int) -> int | None:
+    """A whole number; unset or empty: None."""
+    if not (env.get(name) or "").strip():
+        return None
+    return _int(env, name, 0, minimum=minimum)
 
 
 def _port_or_none(env: Mapping[str, str], name: str) -> int | None:

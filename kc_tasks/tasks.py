@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Task
 from celery.exceptions import Reject, Retry
+from celery.signals import before_task_publish
 
 from kc_tasks import batching, dead_letters, events, inbox, metrics, purchases, revocations
 from kc_tasks.celery import app, settings
@@ -19,12 +21,18 @@ from kc_tasks.errors import (
     RetryableError,
 )
 from kc_tasks.index_guard import FIX_COMMAND
+from kc_tasks.outage import DatabaseOutage
 from kc_tasks.payload import Purchase, parse_purchase, parse_revocation
 from kc_tasks.process import resources
-from kc_tasks.retry import compute_backoff
+from kc_tasks.retry import compute_backoff, may_retry
 from kc_tasks.worker import KcTask
 
 logger = logging.getLogger(__name__)
+
+# The message header that carries a task's first attempt (unix seconds) across its retries:
+# KC_RETRY_HORIZON counts from it.
+FIRST_ATTEMPT = "kc-first-attempt"
+T = TypeVar("T")
 
 
 class PurchaseTask(KcTask):
@@ -53,8 +61,9 @@ class PurchaseTask(KcTask):
 def create_purchase(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Make the purchase of one paid order; see CONTRACT.md for the kwargs and the result.
 
-    A failure that retries cannot fix, or that outlived KC_MAX_RETRIES, is dead-lettered
-    (purchases.dlq) before the message is acknowledged."""
+    A failure that retries cannot fix, or that outlived KC_RETRY_HORIZON, is dead-lettered
+    (purchases.dlq) before the message is acknowledged; while PostgreSQL is away the message
+    goes back to the broker and waits (kc_tasks/outage.py)."""
     return _dead_letter_on_failure(self, _make_purchase, args, kwargs)
 
 
@@ -62,10 +71,10 @@ def _dead_letter_on_failure(
     task: Task, work: Callable[[Task, tuple[Any, ...], dict[str, Any]], dict[str, Any]], args: Any, kwargs: Any
 ) -> dict[str, Any]:
     """Run the task's work; a failure that retries cannot fix, or that outlived
-    KC_MAX_RETRIES, is dead-lettered before the message is acknowledged."""
+    KC_RETRY_HORIZON, is dead-lettered before the message is acknowledged."""
     try:
         return work(task, args, kwargs)
-    except Retry:
+    except (Retry, DatabaseOutage):  # retried later, or given back to the broker: not a failure
         raise
     except RetryableError as exc:  # only when the retries are used up
         _dead_letter(task, exc, dead_letters.EXHAUSTED)
@@ -79,7 +88,10 @@ def _make_purchase(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     if args:
         raise InvalidPurchase(f"create_purchase takes keyword arguments only, got {len(args)} positional")
     purchase = parse_purchase(kwargs)
-    outcome = batching.outcome_of(task.request, purchase) or _create_or_retry(task, purchase)
+    made = batching.outcome_of(task.request, purchase)
+    if isinstance(made, DatabaseUnavailable):  # its batch found PostgreSQL away
+        raise DatabaseOutage(str(made))
+    outcome = made or _create_or_retry(task, purchase)
     # The outcome is committed with its events in the outbox: this process's publisher sends
     # them within moments; if it cannot, the relay does.
     if outcome.events:
@@ -92,35 +104,50 @@ def _make_purchase(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
 def _create_or_retry(task: Task, purchase: Purchase) -> purchases.Outcome:
     """The purchase made as a batch of one: the way a batch makes each of its purchases."""
     engine, guard = resources()
+    return _or_retry(task, purchase.payment_id, lambda: purchases.create_purchase(engine, guard, purchase))
+
+
+def _or_retry(task: Task, payment_id: str, work: Callable[[], T]) -> T:
+    """`work()`. PostgreSQL away: DatabaseOutage (the message goes back to the broker and the
+    worker stops consuming, kc_tasks/outage.py). Anything else a retry may cure: a retry."""
     try:
         try:
-            return purchases.create_purchase(engine, guard, purchase)
+            return work()
         except DatabaseUnavailable:
             # A pooled connection may have died since its last use (server restart, terminated
-            # backend); the pool has been renewed since, so one immediate second try is free.
-            # If the server is really down, this fails at once too and the task retries later.
-            return purchases.create_purchase(engine, guard, purchase)
+            # backend, failover); the pool has been renewed since, so one immediate second try
+            # is free. If PostgreSQL is really away, this fails at once too.
+            return work()
+    except DatabaseUnavailable as exc:
+        raise DatabaseOutage(str(exc)) from None
     except RetryableError as exc:
-        _retry(task, purchase.payment_id, exc)
+        _retry(task, payment_id, exc)
         raise
 
 
 def _retry(task: Task, payment_id: str, exc: RetryableError) -> None:
-    """Raise Celery's Retry with backoff; return (to re-raise exc) once the retries are used up."""
-    if task.request.retries >= task.max_retries:
+    """Raise Celery's Retry with backoff; return (to re-raise exc) once the next attempt would
+    come later than KC_RETRY_HORIZON after the first (or KC_MAX_RETRIES are used up)."""
+    request = task.request
+    first = request.get(FIRST_ATTEMPT)
+    first = float(first) if isinstance(first, int | float) else time.time()
+    countdown = compute_backoff(request.retries, settings.retry_backoff_max)
+    if not may_retry(request.retries, time.time() - first + countdown, settings.retry_horizon, settings.max_retries):
         return
-    countdown = compute_backoff(task.request.retries, settings.retry_backoff_max)
     logger.warning(
-        "%s %s payment %s: %s; retry %d of %d in %.1f s",
+        "%s %s payment %s: %s; retry %d in %.1f s (retried until %.0f s after the first attempt)",
         task.name.removeprefix("kc_tasks."),
-        task.request.id,
+        request.id,
         payment_id,
         exc,
-        task.request.retries + 1,
-        task.max_retries,
+        request.retries + 1,
         countdown,
+        settings.retry_horizon,
     )
-    raise task.retry(exc=exc, countdown=countdown) from None
+    # The retry is a new message: the headers that say when the task was first tried, and when
+    # its payment was first seen (kc_tasks/metrics.py), go with it.
+    kept = {name: request.get(name) for name in metrics.FIRST_SEEN_HEADERS if request.get(name) is not None}
+    raise task.retry(exc=exc, countdown=countdown, headers={**kept, FIRST_ATTEMPT: first}) from None
 
 
 def _dead_letter(task: Task, exc: BaseException, reason: str) -> None:
@@ -157,14 +184,7 @@ def _revoke(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[s
         raise InvalidRevocation(f"revoke_purchase takes keyword arguments only, got {len(args)} positional")
     revocation = parse_revocation(kwargs)
     engine, _ = resources()
-    try:
-        try:
-            outcome = revocations.revoke(engine, revocation)
-        except DatabaseUnavailable:  # a pooled connection died since its last use: once more, at once
-            outcome = revocations.revoke(engine, revocation)
-    except RetryableError as exc:
-        _retry(task, revocation.payment_id, exc)
-        raise
+    outcome = _or_retry(task, revocation.payment_id, lambda: revocations.revoke(engine, revocation))
     if outcome.events:
         events.publisher(engine, app).submit(outcome.events)
     return outcome.as_result()
@@ -258,3 +278,16 @@ def redact_inbox() -> dict[str, int]:
     engine, _ = resources()
     older_than = settings.inbox_body_days * 86400.0
     return {"redacted": redaction.redact_final(engine, older_than, lambda: redaction.dead_lettered_task_ids(app))}
+
+
+@app.task(name=metrics.HEARTBEAT_TASK, send_events=False)
+def queue_heartbeat() -> None:
+    """beat's heartbeat through `purchases` (kc_tasks/metrics.py): the worker's consumer notes when
+    it was sent and never runs it; a consumer that does not know it runs this, which does nothing."""
+
+
+@before_task_publish.connect
+def _stamp_heartbeat(sender: str | None = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """beat's heartbeat carries the time it was sent."""
+    if sender == metrics.HEARTBEAT_TASK and headers is not None:
+        headers[metrics.SENT_AT] = time.time()

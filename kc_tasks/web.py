@@ -43,6 +43,9 @@ PAYMENT_SUCCEEDED = "payment.succeeded"
 TASK_ID_NAMESPACE = inbox.PURCHASE_TASK_IDS
 # A page of a student's courses holds at most this many; the Link header names the next one.
 MAX_PAGE = 100
+# What a 503 asks the caller to wait before trying again, seconds (Retry-After): PostgreSQL is
+# away, for a restart or a failover, often for less.
+RETRY_AFTER_SECONDS = 5
 # Shorter secrets can be guessed offline from one signed request or token.
 MIN_SECRET_BYTES = 32
 MIN_ADMIN_PASSWORD_CHARS = 16
@@ -140,7 +143,12 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
     # The intake's writers and marker, and the read routes beside them.
     engine = db.make_engine(settings.database_url, pool_size=8)
     if settings.web_metrics_port:
-        metrics.start_web(settings.web_metrics_port, settings.metrics_address, lambda: inbox.stuck_count(engine))
+        metrics.start_web(
+            settings.web_metrics_port,
+            settings.metrics_address,
+            lambda: db.writable(db.probe_engine(settings.database_url)),
+            lambda: inbox.stuck_count(engine),
+        )
     api = FastAPI(title="kc_tasks", version="1", description="Payment webhook and purchases of kc_tasks")
     kc_secrets = secrets(settings.webhook_secret)
     razorpay_secrets = secrets(settings.razorpay_webhook_secret)
@@ -309,7 +317,9 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
     def readyz() -> JSONResponse:
         """PostgreSQL and the broker are reachable: each `ok` or `unreachable` (details in the log)."""
         answer = readiness.answer()
-        return JSONResponse(answer, status_code=200 if answer["ready"] else 503)
+        if answer["ready"]:
+            return JSONResponse(answer)
+        return JSONResponse(answer, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     admin_routes = admin.router(settings, celery_app, engine)
     if admin_routes is not None:
@@ -318,7 +328,11 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
     @api.exception_handler(KcTasksError)
     async def database_trouble(request: Request, exc: KcTasksError) -> JSONResponse:
         logger.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return JSONResponse({"detail": "the database is unavailable; retry later"}, status_code=503)
+        return JSONResponse(
+            {"detail": "the database is unavailable; retry later"},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
 
     # What start-up made lives as long as the process: out of the collector's sight, a full
     # collection looks at what requests made only, not at every module and route.

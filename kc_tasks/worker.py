@@ -21,13 +21,15 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task
+from celery.worker import state
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.request import Request
 from kombu import Message
 
-from kc_tasks import dead_letters
+from kc_tasks import dead_letters, metrics
 from kc_tasks.batching import PurchaseBatcher, flush_task_events, run_batch
 from kc_tasks.celery import settings as _settings
+from kc_tasks.outage import DatabaseOutage, gate
 from kc_tasks.payload import is_task_body
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ def dead_letter_message(app: Any, message: Message, reason: str, exc: BaseExcept
 class Consumer(CeleryConsumer):
     def __init__(self, on_task_request: Callable[[Request], Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(on_task_request, *args, **kwargs)
+        if self.controller is not None:
+            gate.attach(self)  # closed while PostgreSQL cannot take writes (kc_tasks/outage.py)
         if self.controller is not None and _settings.batching:  # KC_BATCHING=off: Celery's own path
             hub = getattr(self.controller, "hub", None)
             call_later = hub.call_later if hub is not None else None
@@ -96,6 +100,12 @@ class Consumer(CeleryConsumer):
         handle = super().create_task_handler(*args, **kwargs)
 
         def on_task_received(message: Message) -> Any:
+            headers = message.headers or {}
+            if headers.get("task") == metrics.HEARTBEAT_TASK:
+                # beat's heartbeat: noted when it was sent, never run (kc_tasks/metrics.py)
+                metrics.heartbeat_received(headers.get(metrics.SENT_AT))
+                message.ack()
+                return None
             if message.content_type == "application/json" and (message.headers or {}).get("task"):
                 try:
                     body = message.decode()
@@ -147,13 +157,41 @@ class Consumer(CeleryConsumer):
 
 class KcRequest(Request):
     _lost_worker = False
+    # Given back to the broker during a database outage (kc_tasks/outage.py): never run here.
+    given_back = False
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
         from billiard.exceptions import WorkerLostError
 
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
         self._lost_worker = isinstance(exc, (WorkerLostError, SystemExit, KeyboardInterrupt))
+        if isinstance(exc, DatabaseOutage):
+            # Stop consuming first: the message given back next is then not delivered here again.
+            gate.close(exc.reason)
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def give_back(self) -> None:
+        """Reject the message, requeued, and forget this request: it waits in the broker."""
+        self.given_back = True
+        self._forget()
+        self.reject(requeue=True)
+
+    def revoked(self) -> bool:
+        """Celery asks this before it hands a request to the pool: a request given back is
+        skipped, as a revoked one is, without a word (its message is the broker's again). A
+        retry's countdown that ends later reserves it again: forgotten again."""
+        if self.given_back:
+            self._forget()
+            return True
+        return super().revoked()
+
+    def _forget(self) -> None:
+        """Out of the worker's books (celery.worker.state), leaving a later delivery of the same
+        task id, which may be running, in them."""
+        if state.requests.get(self.id) is self:
+            del state.requests[self.id]
+        for held in (state.reserved_requests, state.scheduled_requests, state.active_requests):
+            held.discard(self)
 
     def reject(self, requeue: bool = False) -> None:
         if not (requeue and self._lost_worker) or self.acknowledged:

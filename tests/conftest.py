@@ -16,6 +16,8 @@ import pytest
 import redis
 from kombu import Connection
 
+from tests.servers import PgBouncer
+
 PG = os.environ.get("KC_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 # Per run, so that two runs on one machine never share a queue: a vhost of its own.
 RUN_ID = uuid.uuid4().hex[:8]
@@ -137,6 +139,24 @@ def app_database() -> Iterator[str]:
     _migrate(os.environ["DATABASE_URL"])
     yield os.environ["DATABASE_URL"]
     admin(f"DROP DATABASE IF EXISTS {APP_DB} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def pgbouncer() -> Iterator[PgBouncer]:
+    """PgBouncer in transaction pooling mode in front of the test server, for this test process."""
+    bouncer = PgBouncer().start()
+    yield bouncer
+    bouncer.stop()
+
+
+@pytest.fixture(params=["direct", "pgbouncer"])
+def db_route(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """How the code under test reaches a test database: directly, or through PgBouncer in
+    transaction pooling mode, as managed PostgreSQL offerings put it in front. The same test runs
+    once each way; the test itself checks what it sees directly."""
+    if request.param == "direct":
+        return lambda url: url
+    return request.getfixturevalue("pgbouncer").url
 
 
 def purge_amqp(queues: tuple[str, ...] = ("purchases", "purchases.dlq"), url: str = AMQP) -> None:

@@ -285,6 +285,12 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
+# A worker's environment in which a statement waiting for a lock longer than this fails with
+# lock_not_available (55P03, libpq's PGOPTIONS): with a lock held by the test, a transient failure
+# of that one task, retried, not an outage.
+SHORT_LOCK_TIMEOUT = {"PGOPTIONS": "-c lock_timeout=100"}
+
+
 def hold_pairs(database_url: str, pairs: list[dict]) -> psycopg.Connection:
     """An open transaction holding an uncommitted active purchase of each pair: a worker that
     inserts a purchase of one of these pairs waits, mid-task, until the transaction ends."""

@@ -15,7 +15,7 @@ from kombu import Connection, Message, Producer, Queue
 
 from kc_tasks import dead_letters
 from tests.conftest import AMQP, broker_idle, rabbitmqctl, run_sql
-from tests.e2e.conftest import ROOT, Client, Workers, count, purchase, wait_until
+from tests.e2e.conftest import ROOT, SHORT_LOCK_TIMEOUT, Client, Workers, count, hold_pairs, purchase, wait_until
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 FIELDS = {
@@ -63,14 +63,18 @@ def wait_for_message(queue: Queue, timeout: float = 5.0) -> Message:
 def test_permanent_and_exhausted_failures_are_kept_and_replayed_once(
     database_url: str, workers: Workers, client: Client, broker_url: str
 ) -> None:
+    bad = [dict(purchase(), student_id="nope"), dict(purchase(), amount_cents=-5), dict(purchase(), surprise=1)]
+    good = [purchase() for _ in range(12)]
+    # Each good purchase meets an uncommitted one of its pair, held longer than the worker's lock
+    # timeout: a transient failure of that task (55P03), retried, then given up.
+    holder = hold_pairs(database_url, good)
     broken = workers.start(
-        "postgresql://postgres:pw-not-logged@127.0.0.1:1/nowhere",
+        database_url.replace("postgres@", "postgres:pw-not-logged@"),  # trust auth: a password, unused
         broker_url,
         KC_MAX_RETRIES="1",
         KC_RETRY_BACKOFF_MAX="1",
+        **SHORT_LOCK_TIMEOUT,
     )
-    bad = [dict(purchase(), student_id="nope"), dict(purchase(), amount_cents=-5), dict(purchase(), surprise=1)]
-    good = [purchase() for _ in range(12)]
     client.send(bad + good + good[:4])
     assert wait_until(lambda: len(dead(broker_url)) == len(bad) + 16, timeout=60), len(dead(broker_url))
     letters = dead(broker_url)
@@ -84,10 +88,14 @@ def test_permanent_and_exhausted_failures_are_kept_and_replayed_once(
     assert all(p["attempts"] == 1 and p["error_type"] == "InvalidPurchase" for p in permanent)
     assert any("student_id: must be a UUID string" in p["error_message"] for p in permanent)
     exhausted = by_reason["retries exhausted"]
-    assert all(e["attempts"] == 2 and e["error_type"] == "DatabaseUnavailable" for e in exhausted)
-    assert all("Traceback" in e["traceback"] and "127.0.0.1:1/nowhere" in e["error_message"] for e in exhausted)
+    assert all(e["attempts"] == 2 and e["error_type"] == "DatabaseBusy" for e in exhausted)
+    database = database_url.rsplit("/", 1)[1]
+    assert all("Traceback" in e["traceback"] and f"127.0.0.1:5432/{database}" in e["error_message"] for e in exhausted)
+    assert all("lock timeout" in e["error_message"] for e in exhausted)
     assert "pw-not-logged" not in broken.text() + json.dumps(letters)
     broken.stop()
+    holder.rollback()
+    holder.close()
 
     worker = workers.start(database_url, broker_url)
     replay = kc(broker_url, "dlq", "replay", "--all", database_url=database_url)
@@ -164,7 +172,7 @@ def test_a_task_that_kills_its_worker_is_dead_lettered_after_the_limit(
 def test_reading_the_dlq_keeps_its_order_and_loses_nothing(
     workers: Workers, client: Client, broker_url: str, database_url: str
 ) -> None:
-    workers.start("postgresql://postgres@127.0.0.1:5432/unused", broker_url)
+    workers.start(database_url, broker_url)
     payments = [f"pay_bad_{i}" for i in range(6)]
     for n, payment in enumerate(payments, start=1):  # one by one, so that the DLQ order is known
         client.send([dict(purchase(payment=payment), currency="rupees")])

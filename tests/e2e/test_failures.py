@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import run_sql
+from tests.conftest import AMQP_VHOST, rabbitmqctl, run_sql
 from tests.e2e.conftest import Client, Worker, Workers, count, hold_pairs, purchase, wait_until
 from tests.e2e.proxy import Proxy
 
@@ -480,23 +480,46 @@ def test_bad_inputs_fail_permanently_and_worker_keeps_serving(
 # --- 7. no database at start -----------------------------------------------------------------
 
 
-def test_worker_starts_while_database_is_unreachable(workers: Workers, rabbitmq_url: str) -> None:
+def test_worker_starts_while_database_is_unreachable(database_url: str, workers: Workers, rabbitmq_url: str) -> None:
     """A worker started while PostgreSQL is unreachable comes up, says so without leaking the
-    password, and retries each purchase before giving it up."""
+    password, takes no purchase from the queue while it cannot write, and makes it by itself once
+    PostgreSQL answers: no retry spent, nothing dead-lettered."""
     password = "s3cret-Pw-" + uuid.uuid4().hex[:8]
-    url = f"postgresql://postgres:{password}@127.0.0.1:1/nowhere"
-    worker = workers.start(url, rabbitmq_url, KC_MAX_RETRIES="1", KC_RETRY_BACKOFF_MAX="1")
-    log = worker.text()
-    warning = next((line for line in log.splitlines() if "cannot check the unique_active_purchase index" in line), "")
-    assert warning, log[-3000:]
-    assert "WARNING" in warning and "127.0.0.1:1/nowhere" in warning, warning
+    proxy = Proxy("127.0.0.1", 5432)  # not listening yet: every connection is refused
+    name = database_url.rsplit("/", 1)[1]
+    try:
+        worker = workers.start(f"postgresql://postgres:{password}@127.0.0.1:{proxy.port}/{name}", rabbitmq_url)
+        log = worker.text()
+        warning = next(
+            (line for line in log.splitlines() if "cannot check the unique_active_purchase index" in line), ""
+        )
+        assert warning, log[-3000:]
+        assert "WARNING" in warning and f"127.0.0.1:{proxy.port}/{name}" in warning, warning
+        assert wait_until(lambda: "this worker takes no task from purchases until it can" in worker.text(), 30)
 
-    [task_id] = Client(rabbitmq_url).send([purchase()])
-    assert wait_until(lambda: f"create_purchase {task_id} gave up on payment" in worker.text(), timeout=30), (
-        worker.text()[-3000:]
-    )
-    gave_up = next(line for line in worker.text().splitlines() if f"create_purchase {task_id} gave up" in line)
-    assert "after 2 attempt(s)" in gave_up, gave_up
-    assert "retry 1 of 1" in worker.text()
-    assert password not in worker.text(), "no password in the log"
+        order = purchase()
+        Client(rabbitmq_url).send([order])
+        assert wait_until(lambda: queue_state(rabbitmq_url) == (1, 0, 0), timeout=10), (
+            "it waits in the broker, ready, with no consumer",
+            queue_state(rabbitmq_url),
+        )
+        proxy.restore()
+        assert wait_until(lambda: count(database_url) == 1, timeout=30), worker.text()[-3000:]
+        assert wait_until(lambda: queue_state(rabbitmq_url) == (0, 0, 1), timeout=10)
+    finally:
+        proxy.cut()
+    text = worker.text()
+    assert "takes writes again" in text and "consuming purchases again" in text
+    assert not re.search(r"retry \d+", text) and "gave up" not in text and "dead-lettered" not in text
+    assert password not in text, "no password in the log"
     assert worker.process.poll() is None
+
+
+def queue_state(broker_url: str) -> tuple[int, int, int]:
+    """(ready, unacknowledged, consumers) of `purchases` on RabbitMQ."""
+    out = rabbitmqctl("list_queues", "-p", AMQP_VHOST, "name", "messages_ready", "messages_unacknowledged", "consumers")
+    for line in out.splitlines():
+        name, *numbers = line.split("\t")
+        if name == "purchases":
+            return (int(numbers[0]), int(numbers[1]), int(numbers[2]))
+    return (0, 0, 0)

@@ -16,8 +16,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import broker_idle
+from tests.conftest import broker_idle, queued
 from tests.e2e.conftest import ROOT, Client, Web, Workers, count, free_port, purchase, stop_group, wait_until
+from tests.e2e.proxy import Proxy
 from tests.e2e.test_webhook import event, signed
 
 RULES = ROOT / "docker" / "prometheus" / "kc_tasks.rules.yml"
@@ -193,3 +194,63 @@ def test_counters_never_go_backwards_while_pool_processes_are_replaced(
     assert len(set(seen)) > 3, "the scrapes saw it grow"
     worker.stop()
     assert not folder.exists(), "the worker removes its metrics folder when it stops"
+
+
+def test_an_outage_the_stalled_queue_and_the_periodic_tasks_are_seen(
+    database_url: str,
+    workers: Workers,
+    rabbitmq_url: str,
+    webs: Callable[..., Web],
+    prometheus: Callable[[dict[str, int]], Prometheus],
+) -> None:
+    """PostgreSQL cut away: both processes' kc_database_up goes to 0, the worker stops consuming,
+    beat's heartbeat waits in the queue (its send time stays behind); back, everything returns to
+    1 and the heartbeat sent during the outage is taken. A periodic task's success is noted."""
+    import kc_tasks.tasks  # noqa: F401  (its before_task_publish hook stamps the heartbeat's send time)
+    from kc_tasks.metrics import HEARTBEAT_TASK
+
+    proxy = Proxy("127.0.0.1", 5432)
+    proxy.restore()
+    proxied = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    web_port, worker_port = free_port(), free_port()
+    try:
+        workers.start(proxied, rabbitmq_url, KC_WORKER_METRICS_PORT=str(worker_port))
+        webs(proxied, rabbitmq_url, KC_WEB_METRICS_PORT=str(web_port))
+        prom = prometheus({"kc-web": web_port, "kc-worker": worker_port})
+        client = Client(rabbitmq_url)
+        assert prom.settles_at("sum(kc_database_up)", 2)
+        assert prom.settles_at('sum(kc_worker_consuming{queue="purchases"})', 1)
+        assert prom.value("count(kc_periodic_last_success_timestamp_seconds)") == 6, "each of beat's tasks"
+        assert prom.value('kc_periodic_interval_seconds{task="kc_tasks.verify_purchase_index"}') == 300
+        started = prom.value('kc_periodic_last_success_timestamp_seconds{task="kc_tasks.verify_purchase_index"}')
+        client.app.send_task("kc_tasks.verify_purchase_index", queue="purchases")
+        assert wait_until(
+            lambda: (
+                prom.value('kc_periodic_last_success_timestamp_seconds{task="kc_tasks.verify_purchase_index"}')
+                > started
+            ),
+            timeout=30,
+        )
+        client.app.send_task(HEARTBEAT_TASK, queue="purchases")
+        first = time.time()
+        assert wait_until(lambda: (prom.value("max(kc_queue_heartbeat_timestamp_seconds)") or 0) >= first - 1, 30)
+
+        proxy.cut()
+        client.send([purchase()])  # the worker meets the outage and stops consuming
+        assert prom.settles_at("sum(kc_database_up)", 0)
+        assert prom.settles_at('sum(kc_worker_consuming{queue="purchases"})', 0)
+        during = time.time()
+        client.app.send_task(HEARTBEAT_TASK, queue="purchases")
+        assert wait_until(lambda: queued(rabbitmq_url) == 2, timeout=10), "the purchase and the heartbeat wait"
+        waiting = time.time()
+        # A scrape made after both were in the queue still shows the heartbeat sent before the cut.
+        assert wait_until(lambda: prom.value("timestamp(max(kc_queue_heartbeat_timestamp_seconds))") > waiting + 1, 30)
+        assert prom.value("max(kc_queue_heartbeat_timestamp_seconds)") < during, "it waits in the queue"
+
+        proxy.restore()
+        assert prom.settles_at("sum(kc_database_up)", 2)
+        assert prom.settles_at('sum(kc_worker_consuming{queue="purchases"})', 1)
+        assert wait_until(lambda: prom.value("max(kc_queue_heartbeat_timestamp_seconds)") >= during - 1, timeout=30)
+        assert wait_until(lambda: count(database_url) == 1, timeout=30)
+    finally:
+        proxy.cut()

@@ -7,6 +7,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -41,9 +42,9 @@ def _active_per_pair(database_url: str) -> dict[tuple[str, str], int]:
 
 
 def test_duplicate_deliveries_make_one_purchase_per_pair(
-    database_url: str, workers: Workers, client: Client, broker_url: str
+    database_url: str, workers: Workers, client: Client, broker_url: str, db_route: Callable[[str], str]
 ) -> None:
-    worker = workers.start(database_url, broker_url, concurrency=4)
+    worker = workers.start(db_route(database_url), broker_url, concurrency=4)
     pairs, messages = _storm(pairs=40, repeats=3, rivals=10)
     client.send(messages)
     assert wait_until(lambda: broker_idle(broker_url)), "every delivery, the last duplicate included, was worked"

@@ -68,10 +68,10 @@ def evt() -> str:
 
 
 def test_razorpay_and_stripe_payments_become_one_purchase_each_and_refunds_revoke_them(
-    database_url: str, workers: Workers, broker_url: str, webs: Callable[..., Web]
+    database_url: str, workers: Workers, broker_url: str, webs: Callable[..., Web], db_route: Callable[[str], str]
 ) -> None:
-    workers.start(database_url, broker_url)
-    web = webs(database_url, broker_url, **SECRETS)
+    workers.start(db_route(database_url), broker_url)
+    web = webs(db_route(database_url), broker_url, **SECRETS)
     student, course = str(uuid.uuid4()), str(uuid.uuid4())
     order_paid = s.razorpay_paid(student, course, extra_notes={"coupon": "DIWALI"})
     payment = order_paid["payload"]["payment"]["entity"]

@@ -1,10 +1,13 @@
-"""revoke_purchase fails as create_purchase does: a bad one is dead-lettered at once, one that
-outlived its retries after them, and a replay carries it out once the database is back."""
+"""revoke_purchase fails as create_purchase does: a bad one is dead-lettered at once, one whose
+lock stays held is retried until its retries are used up, then dead-lettered, and a replay
+carries it out once the lock is gone."""
 
 from __future__ import annotations
 
+import psycopg
+
 from tests.conftest import broker_idle
-from tests.e2e.conftest import Client, Workers, count, purchase, wait_until
+from tests.e2e.conftest import SHORT_LOCK_TIMEOUT, Client, Workers, count, purchase, wait_until
 from tests.e2e.test_dead_letters import dead, kc
 
 
@@ -16,11 +19,14 @@ def test_revocations_are_dead_lettered_and_replayed(
     client.send([order])
     assert wait_until(lambda: count(database_url, "is_active") == 1, timeout=30)
     # Acknowledged, not only committed: stopped before its ack, the purchase would be delivered
-    # again, to the worker below that cannot reach the database, and dead-lettered.
+    # again, to the worker below, and time out on the lock.
     assert wait_until(lambda: broker_idle(broker_url), timeout=30)
     worker.stop()
 
-    workers.start("postgresql://postgres@127.0.0.1:1/nowhere", broker_url, KC_MAX_RETRIES="1", KC_RETRY_BACKOFF_MAX="1")
+    # The payment's row stays locked: each attempt of the revocation times out on it (55P03).
+    holder = psycopg.connect(database_url)
+    holder.execute("SELECT 1 FROM payments WHERE payment_id = %s FOR UPDATE", (order["payment_id"],))
+    workers.start(database_url, broker_url, KC_MAX_RETRIES="1", KC_RETRY_BACKOFF_MAX="1", **SHORT_LOCK_TIMEOUT)
     revoke = {"payment_id": order["payment_id"], "reason": "refund"}
     for kwargs in (revoke, {"payment_id": order["payment_id"], "reason": ""}):
         client.app.send_task("kc_tasks.revoke_purchase", kwargs=kwargs, queue="purchases")
@@ -29,9 +35,13 @@ def test_revocations_are_dead_lettered_and_replayed(
     assert (
         by_error["InvalidRevocation"]["attempts"] == 1 and by_error["InvalidRevocation"]["reason"] == "permanent error"
     )
-    assert by_error["DatabaseUnavailable"]["attempts"] == 2
+    assert by_error["DatabaseBusy"]["attempts"] == 2 and by_error["DatabaseBusy"]["reason"] == "retries exhausted"
+    assert "lock timeout" in by_error["DatabaseBusy"]["error_message"]
     assert all(letter["task"] == "kc_tasks.revoke_purchase" for letter in dead(broker_url))
+    assert count(database_url, "is_active") == 1, "nothing revoked meanwhile"
     workers.stop_all()
+    holder.rollback()
+    holder.close()
 
     workers.start(database_url, broker_url)
     replay = kc(broker_url, "dlq", "replay", "--all", database_url=database_url)

@@ -30,10 +30,10 @@ def event(data: dict, type_: str = "payment.succeeded") -> bytes:
 
 
 def test_a_signed_payment_becomes_a_course_the_student_sees(
-    database_url: str, workers: Workers, broker_url: str, webs: Callable[..., Web]
+    database_url: str, workers: Workers, broker_url: str, webs: Callable[..., Web], db_route: Callable[[str], str]
 ) -> None:
-    workers.start(database_url, broker_url)
-    web = webs(database_url, broker_url)
+    workers.start(db_route(database_url), broker_url)
+    web = webs(db_route(database_url), broker_url)
     data = purchase()
     body = event(data)
     posted = httpx.post(web.base + "/webhooks/payments", content=body, headers=signed(body))
@@ -148,10 +148,10 @@ def test_the_web_process_refuses_to_start_without_a_secret(database_url: str, tm
 
 
 def test_a_signed_refund_revokes_the_purchase(
-    database_url: str, workers: Workers, broker_url: str, webs: Callable[..., Web]
+    database_url: str, workers: Workers, broker_url: str, webs: Callable[..., Web], db_route: Callable[[str], str]
 ) -> None:
-    workers.start(database_url, broker_url)
-    web = webs(database_url, broker_url)
+    workers.start(db_route(database_url), broker_url)
+    web = webs(db_route(database_url), broker_url)
     data = purchase()
     body = event(data)
     assert httpx.post(web.base + "/webhooks/payments", content=body, headers=signed(body)).status_code == 202

@@ -52,6 +52,7 @@ from tests.faults.checker import KC_TASKS, Publisher
 from tests.faults.model import Final, Judgement, judge
 from tests.faults.test_faults import TERMINATE_WORKER_BACKENDS, blocked_by
 from tests.faults.traffic import CREATE, SLICES, Delivery, Webhooks, build
+from tests.servers import PgBouncer
 
 PER_WAY = 30
 CONCURRENCY = 4
@@ -80,8 +81,11 @@ class MixedRun:
         webs: Callable[..., Web],
         provider: api.Provider,
         seed: int,
+        route: Callable[[str], str] = str,
     ) -> None:
         self.fault, self.database_url, self.broker_url = fault, database_url, broker_url
+        # How the web process and the worker reach the database (the judge reads it directly).
+        self.route = route
         self.workers, self.webs, self.provider = workers, webs, provider
         self.traffic = build(provider, seed, PER_WAY)
         self.worker = self.start_worker()
@@ -97,7 +101,7 @@ class MixedRun:
 
     def start_worker(self) -> Worker:
         return self.workers.start(
-            self.database_url,
+            self.route(self.database_url),
             self.broker_url,
             concurrency=CONCURRENCY,
             KC_RETRY_BACKOFF_MAX="2",
@@ -106,7 +110,7 @@ class MixedRun:
 
     def start_web(self) -> Web:
         return self.webs(
-            self.database_url,
+            self.route(self.database_url),
             self.broker_url,
             KC_RAZORPAY_WEBHOOK_SECRET=s.RAZORPAY_SECRET,
             KC_STRIPE_WEBHOOK_SECRET=s.STRIPE_SECRET,
@@ -287,11 +291,11 @@ def assert_model_holds(judgement: Judgement) -> None:
 @pytest.fixture
 def mixed(
     database_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
-) -> Iterator[Callable[[str, str, int], MixedRun]]:
+) -> Iterator[Callable[..., MixedRun]]:
     runs: list[MixedRun] = []
 
-    def make(fault: str, broker_url: str, seed: int) -> MixedRun:
-        runs.append(MixedRun(fault, database_url, broker_url, workers, webs, provider, seed))
+    def make(fault: str, broker_url: str, seed: int, route: Callable[[str], str] = str) -> MixedRun:
+        runs.append(MixedRun(fault, database_url, broker_url, workers, webs, provider, seed, route))
         return runs[-1]
 
     yield make
@@ -324,6 +328,22 @@ def test_database_connections_terminated(mixed: Callable[[str, str, int], MixedR
         return terminated
 
     assert_model_holds(run.run(terminate))
+
+
+def test_through_pgbouncer_its_server_connections_terminated(
+    mixed: Callable[..., MixedRun], broker_url: str, pgbouncer: PgBouncer
+) -> None:
+    """The web process and the worker reach PostgreSQL through PgBouncer in transaction pooling
+    mode, a few server connections shared by all their transactions; in each of the middle
+    slices every one of those server connections is terminated. Nothing is dead-lettered."""
+    run = mixed("mixed: through PgBouncer, its server connections terminated", broker_url, 26, pgbouncer.url)
+
+    def terminate() -> int:
+        return sum(1 for (ok,) in run_sql(run.database_url, TERMINATE_WORKER_BACKENDS) if ok)
+
+    judgement = run.run(terminate)
+    assert_model_holds(judgement)
+    assert judgement.dead_letters == 0, judgement
 
 
 def test_web_process_killed_mid_request(mixed: Callable[[str, str, int], MixedRun], broker_url: str) -> None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from kombu import Connection
@@ -23,12 +24,27 @@ def kc(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([KC_TASKS, *args], env=environment, capture_output=True, text=True, timeout=120)
 
 
-def test_migrate_creates_the_database_then_reports_it_up_to_date(empty_database_url: str) -> None:
-    first = kc("migrate", DATABASE_URL=empty_database_url)
+def test_migrate_creates_the_database_then_reports_it_up_to_date(
+    empty_database_url: str, db_route: Callable[[str], str]
+) -> None:
+    first = kc("migrate", DATABASE_URL=db_route(empty_database_url))
     assert first.returncode == 0, first.stderr
     assert f"applied {len(ALL)} migration(s)" in first.stdout
-    second = kc("migrate", DATABASE_URL=empty_database_url)
+    second = kc("migrate", DATABASE_URL=db_route(empty_database_url))
     assert second.returncode == 0 and "is up to date" in second.stdout
+
+
+def test_migrate_and_ensure_index_do_their_session_level_work_on_kc_direct_database_url(database_url: str) -> None:
+    """With DATABASE_URL a pooler's, `kc-tasks migrate` and `kc-tasks ensure-index` hold their
+    advisory locks and build the index on KC_DIRECT_DATABASE_URL, and say which server that is:
+    here the pooler does not even answer."""
+    name = database_url.rsplit("/", 1)[1]
+    run_sql(database_url, "DROP INDEX unique_active_purchase")
+    environment = {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:1/{name}", "KC_DIRECT_DATABASE_URL": database_url}
+    migrated = kc("migrate", **environment)
+    assert migrated.returncode == 0 and migrated.stdout.strip() == f"127.0.0.1:5432/{name} is up to date"
+    repaired = kc("ensure-index", **environment)
+    assert repaired.returncode == 0 and "index created successfully" in repaired.stdout, repaired.stderr
 
 
 def test_migrate_understands_the_old_workers_postgres_variables(empty_database_url: str) -> None:
@@ -55,16 +71,18 @@ def test_a_malformed_setting_is_named() -> None:
     assert "DATABASE_URL must be a postgresql:// URL" in result.stderr
 
 
-def test_ensure_index_check_reports_and_repair_makes_it_usable(database_url: str) -> None:
+def test_ensure_index_check_reports_and_repair_makes_it_usable(
+    database_url: str, db_route: Callable[[str], str]
+) -> None:
     run_sql(database_url, "DROP INDEX unique_active_purchase")
-    check = kc("ensure-index", "--check", DATABASE_URL=database_url)
+    check = kc("ensure-index", "--check", DATABASE_URL=db_route(database_url))
     assert check.returncode == 1
     assert "unique_active_purchase index not usable: it does not exist; fix: kc-tasks ensure-index" in check.stdout
-    repair = kc("ensure-index", DATABASE_URL=database_url)
+    repair = kc("ensure-index", DATABASE_URL=db_route(database_url))
     assert repair.returncode == 0, repair.stdout + repair.stderr
     assert "index created successfully" in repair.stdout
     assert "unique_active_purchase index found" in repair.stdout
-    again = kc("ensure-index", "--check", DATABASE_URL=database_url)
+    again = kc("ensure-index", "--check", DATABASE_URL=db_route(database_url))
     assert again.returncode == 0 and again.stdout.strip() == "unique_active_purchase index found"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -48,8 +49,10 @@ def index_state(url: str, name: str) -> tuple | None:
     return rows[0] if rows else None
 
 
-def test_from_nothing_it_creates_the_database_and_the_contract_schema(empty_database_url: str) -> None:
-    assert migrate(normalize_database_url(empty_database_url)) == ALL
+def test_from_nothing_it_creates_the_database_and_the_contract_schema(
+    empty_database_url: str, db_route: Callable[[str], str]
+) -> None:
+    assert migrate(normalize_database_url(db_route(empty_database_url))) == ALL
     assert columns(empty_database_url) == {
         "id": ("uuid", "NO"),
         "student_id": ("uuid", "NO"),
@@ -69,17 +72,21 @@ def test_from_nothing_it_creates_the_database_and_the_contract_schema(empty_data
         empty_database_url,
         "SELECT contype FROM pg_constraint WHERE conname = 'student_course_purchases_payment_id_key'",
     ) == [("u",)]
-    assert migrate(normalize_database_url(empty_database_url)) == [], "a second run does nothing"
+    assert migrate(normalize_database_url(db_route(empty_database_url))) == [], "a second run does nothing"
     assert run_sql(empty_database_url, "SELECT version_num FROM alembic_version") == [(ALL[-1],)]
 
 
-def test_two_runs_at_once_both_succeed_and_apply_everything_once(empty_database_url: str) -> None:
+def test_two_runs_at_once_both_succeed_and_apply_everything_once(
+    empty_database_url: str, db_route: Callable[[str], str]
+) -> None:
+    """Through a transaction pooler too: the lock is a transaction's, and the runs that wait for
+    it hold none of the pooler's few server connections between their tries."""
     results: list[list[str]] = []
     failures: list[BaseException] = []
 
     def run() -> None:
         try:
-            results.append(migrate(normalize_database_url(empty_database_url)))
+            results.append(migrate(normalize_database_url(db_route(empty_database_url))))
         except BaseException as exc:
             failures.append(exc)
 

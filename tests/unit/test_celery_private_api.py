@@ -14,7 +14,7 @@ import pytest
 from billiard.pool import Pool as BilliardPool
 from celery.app.base import Celery
 from celery.app.trace import fast_trace_task, trace_task_ret
-from celery.worker import components
+from celery.worker import components, state
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from celery.worker.worker import WorkController
@@ -44,6 +44,19 @@ ATTRIBUTES = [
     (Celery, "use_fast_trace_task"),
     # batching.flush_task_events, for worker.Consumer's gathered task events.
     (Consumer, "_flush_events"),
+    # outage.Gate: how the worker stops and resumes consuming a queue (what `celery control
+    # cancel_consumer` and `add_consumer` call), from another thread too, and the requests it
+    # holds, given back to the broker (worker.KcRequest.give_back).
+    (Consumer, "cancel_task_queue"),
+    (Consumer, "add_task_queue"),
+    (Consumer, "call_soon"),
+    (Consumer, "task_consumer"),
+    (state, "requests"),
+    (state, "reserved_requests"),
+    (state, "scheduled_requests"),
+    (state, "active_requests"),
+    (Request, "reject"),
+    (Request, "acknowledged"),
     # Public methods worker.Consumer and worker.KcRequest override or read.
     (Consumer, "on_send_event_buffered"),
     (Consumer, "create_task_handler"),
@@ -55,7 +68,8 @@ ATTRIBUTES = [
 @pytest.mark.parametrize(("owner", "attribute"), ATTRIBUTES, ids=lambda x: getattr(x, "__name__", x))
 def test_celery_still_has(owner: type, attribute: str) -> None:
     assert hasattr(owner, attribute) or attribute in inspect.getsource(owner), (
-        f"{owner.__module__}.{owner.__qualname__}.{attribute} is gone: batching relies on it (KC_BATCHING=off)"
+        f"{getattr(owner, '__module__', owner.__name__)}.{getattr(owner, '__qualname__', '')}.{attribute} is gone: "
+        "kc_tasks relies on it (batching: KC_BATCHING=off)"
     )
 
 

@@ -61,6 +61,8 @@ OPTIONAL_WITH_DEFAULTS = {
     # secret of each provider it takes payments from, and only those.
     "KC_RAZORPAY_WEBHOOK_SECRET": "POST /webhooks/razorpay is off while unset",
     "KC_STRIPE_WEBHOOK_SECRET": "POST /webhooks/stripe is off while unset",
+    # migrate's and ensure-index's server when DATABASE_URL is a pooler's; compose has no pooler.
+    "KC_DIRECT_DATABASE_URL": "DATABASE_URL by default; compose reaches PostgreSQL directly",
 }
 
 # How the code reads a variable: env.get("X"), os.environ.get("X"), os.getenv("X"),
@@ -197,19 +199,41 @@ def assert_runs_procfile_line(name: str) -> None:
         assert words == shlex.split(line), f"the {name} service runs {words}, the Procfile's {name} is {line!r}"
 
 
-def dockerfile_stages() -> list[list[tuple[str, str]]]:
-    """The Dockerfile as stages of (INSTRUCTION, arguments), continuation lines joined."""
+def dockerfile_lines() -> list[tuple[str, str]]:
+    """The Dockerfile as (INSTRUCTION, arguments), continuation lines joined."""
     text = re.sub(r"\\\n", "", DOCKERFILE.read_text())
-    stages: list[list[tuple[str, str]]] = []
+    lines = []
     for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        instruction, _, arguments = line.strip().partition(" ")
-        instruction = instruction.upper()
+        if line.strip() and not line.lstrip().startswith("#"):
+            instruction, _, arguments = line.strip().partition(" ")
+            lines.append((instruction.upper(), arguments.strip()))
+    return lines
+
+
+def dockerfile_arguments() -> dict[str, str]:
+    """The build arguments declared before the first FROM (usable in FROM), with their defaults."""
+    arguments = {}
+    for instruction, words in dockerfile_lines():
         if instruction == "FROM":
+            break
+        assert instruction == "ARG", f"only ARG comes before the Dockerfile's first FROM, not {instruction}"
+        name, _, default = words.partition("=")
+        arguments[name] = default
+    return arguments
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's stages, each a list of (INSTRUCTION, arguments) from its FROM on, its
+    FROM's build arguments replaced by their defaults."""
+    stages: list[list[tuple[str, str]]] = []
+    defaults = dockerfile_arguments()
+    for instruction, arguments in dockerfile_lines():
+        if instruction == "FROM":
+            arguments = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: defaults[m.group(1) or m.group(2)], arguments)
             stages.append([])
-        assert stages, "the Dockerfile must start with FROM"
-        stages[-1].append((instruction, arguments.strip()))
+        if stages:
+            stages[-1].append((instruction, arguments))
+    assert stages, "the Dockerfile has a FROM"
     return stages
 
 
@@ -308,12 +332,48 @@ def test_the_compose_file_is_a_compose_specification_file_with_every_service() -
 
 
 def test_postgres_and_rabbitmq_are_the_contracts_services_with_healthchecks() -> None:
-    assert service("postgres")["image"] == "postgres:15"
+    assert as_compose_interpolates(service("postgres")["image"], {}) == "postgres:15"
     assert "pg_isready" in healthcheck_text("postgres")
     assert volume_targets("postgres") == [PurePosixPath("/var/lib/postgresql/data")], "the database has a volume"
 
-    assert service("rabbitmq")["image"] == "rabbitmq:3-management"
+    assert as_compose_interpolates(service("rabbitmq")["image"], {}) == "rabbitmq:3-management"
     assert "rabbitmq-diagnostics -q ping" in healthcheck_text("rabbitmq")
+
+
+@pytest.mark.parametrize(
+    ("name", "variable", "official"),
+    [
+        ("postgres", "POSTGRES_IMAGE", "postgres:15"),
+        ("db-roles", "POSTGRES_IMAGE", "postgres:15"),
+        ("rabbitmq", "RABBITMQ_IMAGE", "rabbitmq:3-management"),
+        ("prometheus", "PROMETHEUS_IMAGE", "prom/prometheus:v2.53.0"),
+        ("grafana", "GRAFANA_IMAGE", "grafana/grafana:11.1.0"),
+    ],
+)
+def test_each_service_image_is_a_variable_whose_default_is_the_official_image(
+    name: str, variable: str, official: str
+) -> None:
+    """make stack sets them to stand-ins where no registry answers; an operator leaves them unset."""
+    assert service(name)["image"] == f"${{{variable}:-{official}}}"
+
+
+def test_grafana_is_in_a_profile_of_its_own_and_every_other_service_in_none() -> None:
+    """Grafana has no stand-in: make stack brings the stack up without its profile."""
+    assert service("grafana").get("profiles") == ["grafana"]
+    assert [name for name in compose()["services"] if service(name).get("profiles")] == ["grafana"]
+
+
+def test_what_the_image_checks_is_no_ones_health_but_the_workers() -> None:
+    """The image's check asks its worker for a ping: every other service of the image has a
+    check of its own, or none (a one-shot, and beat, which answers no ping)."""
+    for name in KC_SERVICES:
+        check = service(name).get("healthcheck") or {}
+        if name == "worker":
+            assert "inspect ping" in healthcheck_text(name)
+        else:
+            assert check.get("disable") is True or "ping" not in healthcheck_text(name), name
+    assert service("migrate")["healthcheck"] == {"disable": True}
+    assert service("beat")["healthcheck"] == {"disable": True}
 
 
 @pytest.mark.parametrize("name", KC_SERVICES)
@@ -463,9 +523,9 @@ def test_the_processes_have_healthchecks_of_their_own() -> None:
     web, worker, flower = healthcheck_text("web"), healthcheck_text("worker"), healthcheck_text("flower")
 
     assert "/healthz" in web and "PORT" in web, "web is healthy when GET /healthz answers"
-    assert "celery -A kc_tasks inspect ping -d celery@$HOSTNAME" in worker, "a worker is healthy when it answers ping"
+    assert "celery -A kc_tasks inspect ping -d celery@$(hostname)" in worker, "a worker is healthy when it answers ping"
     worker_test = service("worker")["healthcheck"]["test"]
-    assert isinstance(worker_test, str) or worker_test[0] == "CMD-SHELL", "the check needs a shell for $HOSTNAME"
+    assert isinstance(worker_test, str) or worker_test[0] == "CMD-SHELL", "the check needs a shell for $(hostname)"
     assert "/healthcheck" in flower and "FLOWER_PORT" in flower, "Flower is healthy when GET /healthcheck answers"
 
 
@@ -553,11 +613,21 @@ def test_the_dockerfile_builds_on_python_3_11_slim_and_runs_as_a_non_root_user()
     final = stages[-1]
     users = instructions(final, "USER")
 
+    assert dockerfile_arguments().get("PYTHON_IMAGE") == "python:3.11-slim", "the base is a build argument"
     for stage in stages:
         assert re.fullmatch(r"python:3\.11-slim(\s+AS\s+\S+)?", stage[0][1], re.IGNORECASE), stage[0][1]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the processes do not run as root"
-    assert instructions(final, "HEALTHCHECK"), "the image has a HEALTHCHECK"
-    assert "python" in instructions(final, "HEALTHCHECK")[-1], "the image's HEALTHCHECK is a small python -c"
+
+
+def test_the_images_healthcheck_is_its_default_commands_own() -> None:
+    """The image runs the worker unless told otherwise: its check asks that very worker
+    (celery@<the container's hostname>) to answer, as compose's worker service does."""
+    final = dockerfile_stages()[-1]
+    [check] = instructions(final, "HEALTHCHECK")[-1:] or [""]
+
+    assert json.loads(instructions(final, "CMD")[-1])[:4] == ["celery", "-A", "kc_tasks", "worker"]
+    assert re.search(r"\bCMD\s+celery -A kc_tasks inspect ping -d \"?celery@\$\(hostname\)\"?", check), check
+    assert healthcheck_text("worker").startswith("CMD-SHELL celery -A kc_tasks inspect ping -d celery@$(hostname)")
 
 
 def test_the_dockerfile_installs_the_package_with_templates_and_migrations() -> None:

@@ -98,3 +98,50 @@ def test_a_process_file_still_empty_does_not_fail_the_scrape(tmp_path: Path) -> 
     samples = [s for f in text_string_to_metric_families(generate_latest(registry).decode()) for s in f.samples]
 
     assert [(s.name, s.labels, s.value) for s in samples] == [("kc_purchases_total", {"outcome": "created"}, 3.0)]
+
+
+def scraped(*collectors: object) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """What a scrape of `collectors` shows: each series' samples."""
+    registry = CollectorRegistry()
+    for collector in collectors:
+        registry.register(collector)  # type: ignore[arg-type]
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def test_while_postgresql_takes_writes_its_gauges_are_asked_too() -> None:
+    asked: list[str] = []
+
+    def stuck() -> float:
+        asked.append("stuck")
+        return 3.0
+
+    gauges = metrics.DatabaseGauges(lambda: None, [metrics.ScrapeGauge("kc_inbox_stuck_events", "stuck", stuck)])
+
+    assert scraped(gauges) == {"kc_database_up": [({}, 1.0)], "kc_inbox_stuck_events": [({}, 3.0)]}
+    assert asked == ["stuck"]
+
+
+def test_while_postgresql_takes_no_write_the_scrape_says_so_and_asks_nothing_more() -> None:
+    def stuck() -> float:
+        raise AssertionError("asked while the database is down: the scrape would wait for its timeout")
+
+    gauges = metrics.DatabaseGauges(lambda: "read-only", [metrics.ScrapeGauge("kc_inbox_stuck_events", "stuck", stuck)])
+
+    assert scraped(gauges) == {"kc_database_up": [({}, 0.0)]}
+
+
+@pytest.mark.parametrize("consuming", [True, False])
+def test_the_worker_says_whether_it_consumes_and_each_periodic_tasks_period(consuming: bool) -> None:
+    periods = {"kc_tasks.verify_purchase_index": 300.0, "kc_tasks.reconcile_payments": 900.0}
+
+    shown = scraped(metrics.WorkerGauges(lambda: consuming, periods))
+
+    assert shown["kc_worker_consuming"] == [({"queue": "purchases"}, 1.0 if consuming else 0.0)]
+    assert sorted((labels["task"], value) for labels, value in shown["kc_periodic_interval_seconds"]) == [
+        ("kc_tasks.reconcile_payments", 900.0),
+        ("kc_tasks.verify_purchase_index", 300.0),
+    ]

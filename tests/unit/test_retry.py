@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from kc_tasks.retry import compute_backoff
+from kc_tasks.retry import compute_backoff, may_retry
 
 
 @pytest.mark.parametrize(
@@ -57,3 +57,22 @@ def test_backoff_never_shrinks_as_retries_grow(jitter: float) -> None:
 def test_the_exponent_stops_growing_at_62_so_an_uncapped_delay_never_overflows() -> None:
     assert compute_backoff(62, math.inf, rng=lambda: 1.0) == 2.0**62
     assert compute_backoff(10_000, math.inf, rng=lambda: 1.0) == 2.0**62
+
+
+@pytest.mark.parametrize(
+    ("retries", "next_attempt_after", "horizon", "max_retries", "retried"),
+    [
+        pytest.param(0, 1.0, 86400, None, True, id="first-retry"),
+        pytest.param(500, 86000.0, 86400, None, True, id="many-retries-inside-the-horizon"),
+        pytest.param(500, 86400.0, 86400, None, True, id="exactly-at-the-horizon"),
+        pytest.param(3, 86400.5, 86400, None, False, id="past-the-horizon"),
+        pytest.param(7, 10.0, 86400, 8, True, id="under-the-cap"),
+        pytest.param(8, 10.0, 86400, 8, False, id="at-the-cap"),
+        pytest.param(0, 1.0, 86400, 0, False, id="a-cap-of-none-retries"),
+        pytest.param(2, 61.0, 60, 8, False, id="the-horizon-comes-first"),
+    ],
+)
+def test_a_transient_failure_is_retried_inside_the_horizon_and_under_the_cap(
+    retries: int, next_attempt_after: float, horizon: float, max_retries: int | None, retried: bool
+) -> None:
+    assert may_retry(retries, next_attempt_after, horizon, max_retries) is retried

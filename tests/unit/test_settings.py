@@ -20,7 +20,10 @@ def test_defaults_are_those_of_the_contract() -> None:
     assert url_of({}) == "postgresql+psycopg://postgres@localhost:5432/kc_tasks"
     assert settings.broker_url == "amqp://guest:guest@localhost:5672//"
     assert not settings.uses_redis
-    assert settings.max_retries == 8
+    assert settings.retry_horizon == 86400, "a day after the first attempt"
+    assert settings.max_retries is None, "unset: only the horizon limits retries"
+    assert settings.direct_database_url is None
+    assert settings.session_database_url == settings.database_url
     assert settings.retry_backoff_max == 300
     assert settings.index_check_ttl == 300
     assert settings.index_verify_interval == 300
@@ -41,6 +44,8 @@ def test_empty_variables_count_as_unset() -> None:
             "DATABASE_URL",
             "CELERY_BROKER_URL",
             "KC_MAX_RETRIES",
+            "KC_RETRY_HORIZON",
+            "KC_DIRECT_DATABASE_URL",
             "KC_RETRY_BACKOFF_MAX",
             "KC_QUEUE_TYPE",
             "KC_LOG_FORMAT",
@@ -136,6 +141,7 @@ def test_database_url_forms_all_use_psycopg_3(env: dict[str, str], expected: str
         ({"CELERY_BROKER_URL": "rediss://cache:6380/0"}, "uses_redis", True),
         ({"CELERY_BROKER_URL": "amqp://kc@rabbit//"}, "uses_redis", False),
         ({"KC_MAX_RETRIES": "0"}, "max_retries", 0),
+        ({"KC_RETRY_HORIZON": "60"}, "retry_horizon", 60),
         ({"KC_MAX_RETRIES": "20"}, "max_retries", 20),
         ({"KC_RETRY_BACKOFF_MAX": "2"}, "retry_backoff_max", 2),
         ({"KC_INDEX_CHECK_TTL": "0"}, "index_check_ttl", 0),
@@ -171,6 +177,9 @@ def test_accepted_values(env: dict[str, str], attribute: str, expected: object) 
     ("env", "variable"),
     [
         ({"KC_MAX_RETRIES": "abc"}, "KC_MAX_RETRIES"),
+        ({"KC_RETRY_HORIZON": "0"}, "KC_RETRY_HORIZON"),
+        ({"KC_RETRY_HORIZON": "1d"}, "KC_RETRY_HORIZON"),
+        ({"KC_DIRECT_DATABASE_URL": "mysql://db/kc"}, "KC_DIRECT_DATABASE_URL"),
         ({"KC_MAX_RETRIES": "-1"}, "KC_MAX_RETRIES"),
         ({"KC_MAX_RETRIES": "2.5"}, "KC_MAX_RETRIES"),
         ({"KC_RETRY_BACKOFF_MAX": "0"}, "KC_RETRY_BACKOFF_MAX"),
@@ -231,6 +240,12 @@ def test_kc_stripe_livemode_refusal_says_what_it_accepts() -> None:
         ({"DATABASE_URL": f"postgresql://kc:{SECRET}@db.internal/shop"}, "db.internal:5432/shop"),
         ({"DATABASE_URL": f"postgresql://kc:{SECRET}@/shop"}, "localhost:5432/shop"),
         ({"POSTGRES_HOST": "db.internal", "POSTGRES_PASSWORD": SECRET}, "db.internal:5432/kc_tasks"),
+        (
+            {"DATABASE_URL": f"postgresql://kc:{SECRET}@db1:5441,db2:5442/shop?target_session_attrs=read-write"},
+            "db1:5441,db2:5442/shop",
+        ),
+        ({"DATABASE_URL": f"postgresql://kc:{SECRET}@/shop?host=db1,db2&port=5441,5442"}, "db1:5441,db2:5442/shop"),
+        ({"DATABASE_URL": f"postgresql://kc:{SECRET}@db1,db2/shop"}, "db1:5432,db2:5432/shop"),
     ],
 )
 def test_describe_database_names_where_and_never_the_password(env: dict[str, str], described: str) -> None:
@@ -269,3 +284,63 @@ def test_redact_url_masks_the_password(url: str, shown: str) -> None:
 )
 def test_redact_url_hides_every_password_of_a_failover_list(url: str) -> None:
     assert SECRET not in redact_url(url)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgresql://kc@db1:5441,db2:5442/shop?target_session_attrs=read-write",
+        "postgresql://kc@/shop?host=db1,db2&port=5441,5442&target_session_attrs=read-write",
+        "postgres://kc@db1:5441,db2:5442/shop?target_session_attrs=read-write",
+        "postgresql+psycopg://kc@/shop?host=db1:5441&host=db2:5442&target_session_attrs=read-write",
+    ],
+)
+def test_a_multi_host_url_in_any_form_reaches_libpq_as_its_host_and_port_lists(raw: str) -> None:
+    """libpq tries the hosts in order; with target_session_attrs=read-write it keeps the one that
+    takes writes: the primary, before and after a failover."""
+    from sqlalchemy import create_engine
+
+    url = Settings.from_env({"DATABASE_URL": raw}).database_url
+    _, params = create_engine(url).dialect.create_connect_args(url)
+
+    assert (params["host"], params["port"], params["dbname"]) == ("db1,db2", "5441,5442", "shop")
+    assert params["target_session_attrs"] == "read-write"
+
+
+def test_a_host_list_keeps_the_password_and_every_other_parameter() -> None:
+    url = Settings.from_env(
+        {"DATABASE_URL": f"postgresql://kc:p%40ss{SECRET}@[::1]:5441,db2/shop?sslmode=require&application_name=x"}
+    ).database_url
+
+    assert (url.username, url.password, url.database) == ("kc", f"p@ss{SECRET}", "shop")
+    assert (url.query["host"], url.query["port"], url.query["sslmode"]) == ("::1,db2", "5441,5432", "require")
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ("postgresql://kc@db1:54x1,db2/shop", "the port of host 'db1' is not a port number: '54x1'"),
+        ("postgresql://kc@db1,,db2/shop", "host 2 of the host list 'db1,,db2' is empty"),
+        (
+            "postgresql://kc@db1,db2/shop?host=db3",
+            "list the hosts either before the database or as ?host=...&port=..., not both",
+        ),
+        ("postgresql://kc@/shop?host=db1,db2&port=1,2,3", "lists 2 host(s) but 3 port(s)"),
+        ("postgresql://kc@/shop?host=db1&port=99999", "the port of host 'db1' is not a port number: '99999'"),
+    ],
+)
+def test_a_malformed_host_list_is_one_line_that_says_what_is_wrong(raw: str, says: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"DATABASE_URL": f"{raw.replace('kc@', f'kc:{SECRET}@')}"})
+
+    assert str(refused.value) == f"DATABASE_URL{'' if says.startswith('lists') else ':'} {says}"
+    assert SECRET not in str(refused.value)
+
+
+def test_kc_direct_database_url_is_where_session_level_work_goes() -> None:
+    settings = Settings.from_env(
+        {"DATABASE_URL": "postgresql://kc@pgbouncer:6432/shop", "KC_DIRECT_DATABASE_URL": "postgresql://kc@db1/shop"}
+    )
+
+    assert settings.session_database_url.render_as_string() == "postgresql+psycopg://kc@db1/shop"
+    assert settings.database_url.render_as_string() == "postgresql+psycopg://kc@pgbouncer:6432/shop"
