@@ -169,8 +169,10 @@ def test_a_task_that_kills_its_worker_is_dead_lettered_after_the_limit(
     assert worker.process.poll() is None
 
 
-def test_reading_the_dlq_keeps_its_order_and_loses_nothing(workers: Workers, client: Client, broker_url: str) -> None:
-    workers.start("postgresql://postgres@127.0.0.1:5432/unused", broker_url)
+def test_reading_the_dlq_keeps_its_order_and_loses_nothing(
+    database_url: str, workers: Workers, client: Client, broker_url: str
+) -> None:
+    workers.start(database_url, broker_url)
     payments = [f"pay_bad_{i}" for i in range(6)]
     for n, payment in enumerate(payments, start=1):  # one by one, so that the DLQ order is known
         client.send([dict(purchase(payment=payment), currency="rupees")])
