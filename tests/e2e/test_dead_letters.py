@@ -170,7 +170,7 @@ def test_a_task_that_kills_its_worker_is_dead_lettered_after_the_limit(
 
 
 def test_reading_the_dlq_keeps_its_order_and_loses_nothing(
-    workers: Workers, client: Client, broker_url: str, database_url: str
+    database_url: str, workers: Workers, client: Client, broker_url: str
 ) -> None:
     workers.start(database_url, broker_url)
     payments = [f"pay_bad_{i}" for i in range(6)]

@@ -48,3 +48,32 @@ def test_revocations_are_dead_lettered_and_replayed(
     assert replay.returncode == 0 and "replayed 2 dead letter(s) to purchases" in replay.stdout
     assert wait_until(lambda: count(database_url, "NOT is_active") == 1, timeout=40)
     assert wait_until(lambda: [d["error_type"] for d in dead(broker_url)] == ["InvalidRevocation"], timeout=30)
+
+
+def test_a_transient_failure_is_retried_until_the_horizon_then_dead_lettered(
+    database_url: str, workers: Workers, client: Client, broker_url: str
+) -> None:
+    """KC_RETRY_HORIZON bounds retries by time, from the task's first attempt (a header carries
+    it from retry to retry): with no KC_MAX_RETRIES, a purchase whose pair stays locked is retried
+    with backoff, each retry's log line naming the horizon, then dead-lettered."""
+    from tests.e2e.conftest import hold_pairs
+
+    order = purchase()
+    holder = hold_pairs(database_url, [order])
+    try:
+        worker = workers.start(
+            database_url, broker_url, KC_RETRY_HORIZON="4", KC_RETRY_BACKOFF_MAX="1", **SHORT_LOCK_TIMEOUT
+        )
+        [task_id] = client.send([order])
+        assert wait_until(lambda: len(dead(broker_url)) == 1, timeout=60), worker.text()[-3000:]
+    finally:
+        holder.rollback()
+        holder.close()
+    [letter] = dead(broker_url)
+    assert letter["task_id"] == task_id and letter["reason"] == "retries exhausted"
+    assert letter["error_type"] == "DatabaseBusy"
+    assert letter["attempts"] >= 2, "retried: no count limits it (KC_MAX_RETRIES is unset), the horizon ended it"
+    retried = [line for line in worker.text().splitlines() if f"{task_id} payment" in line and " retry " in line]
+    assert len(retried) == letter["attempts"] - 1
+    assert all("retried until 4 s after the first attempt" in line for line in retried)
+    assert count(database_url) == 0
