@@ -120,8 +120,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print what it would do; change nothing")
     p.set_defaults(run=_reconcile)
 
-    p = sub.add_parser("payment", help="one payment's story, in time order, and whether it granted the course")
+    p = sub.add_parser(
+        "payment",
+        help="one payment's story, in time order, and whether it granted the course; "
+        "`payment restore PAYMENT_ID --reason TEXT` makes its revoked purchase active again",
+        usage="kc-tasks payment PAYMENT_ID [--json]\n       kc-tasks payment restore PAYMENT_ID --reason TEXT",
+    )
     p.add_argument("payment_id", metavar="PAYMENT_ID")
+    p.add_argument("restore_id", nargs="?", metavar="PAYMENT_ID", help="after `restore`: the payment to restore")
+    p.add_argument("--reason", help="with restore: why the course is given back (kept with the restoration)")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(run=_payment)
 
@@ -368,6 +375,11 @@ def _payment(settings: Settings, args: argparse.Namespace) -> int:
     from kc_tasks import story
     from kc_tasks.celery import app
 
+    if args.restore_id is not None or args.reason is not None:
+        if args.payment_id != "restore" or args.restore_id is None or not args.reason:
+            print("kc-tasks: usage: kc-tasks payment restore PAYMENT_ID --reason TEXT", file=sys.stderr)
+            return EXIT_FAILED
+        return _restore(settings, args.restore_id, args.reason)
     engine = db.make_engine(settings.database_url, poolclass=NullPool)
     try:
         told = story.tell(engine, app, args.payment_id)
@@ -377,6 +389,33 @@ def _payment(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(told.as_json(), ensure_ascii=False))
     else:
         print(told.text())
+    return 0
+
+
+def _restore(settings: Settings, payment_id: str, reason: str) -> int:
+    """The tables' owner's work: the revocation moves to `restorations` (kc_tasks/restorations.py)."""
+    from kc_tasks import restorations
+    from kc_tasks.errors import DatabaseError
+
+    engine = db.make_engine(settings.database_url, poolclass=NullPool)
+    try:
+        restored = restorations.restore(engine, payment_id, reason)
+    except DatabaseError as exc:
+        if "InsufficientPrivilege" not in str(exc):
+            raise
+        print(
+            f"kc-tasks: {exc}; payment restore runs as the tables' owner (kc_owner's login, as kc-tasks migrate does)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    finally:
+        engine.dispose()
+    refund = f", refund {restored.refund_id}" if restored.refund_id else ""
+    print(
+        f"purchase {restored.purchase_id} of payment {payment_id} is active again: student {restored.student_id}, "
+        f"course {restored.course_id}; revocation ({restored.revocation_reason}{refund}) overruled; "
+        f"{restored.event.type} written"
+    )
     return 0
 
 
@@ -529,6 +568,9 @@ def _dlq_purge(settings: Settings, args: argparse.Namespace) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing purged")
                 return EXIT_FAILED
+        # Recorded first: a purged dead letter is its task's outcome, so its inbox event is final
+        # and never sent again (kc_tasks.outcomes). Unrecorded, nothing is purged.
+        dead_letters.record_purged(db.make_engine(settings.database_url, poolclass=NullPool), [dl for dl, _ in doomed])
         for letter, message in doomed:
             message.ack()
             logger.warning("purged dead letter %s (task %s, payment %s)", letter.id, letter.task_id, letter.payment_id)

@@ -100,6 +100,49 @@ payment_events = sa.Table(
     sa.Column("body", sa.Text, nullable=False),
     # When the body was reduced to its redacted form (kc_tasks/redaction.py); null: still whole.
     sa.Column("body_redacted_at", sa.DateTime(timezone=True)),
+    # SHA-256 of the raw body as it came over HTTP, kept through redaction: a second arrival of
+    # the id is a repeat only with the same bytes (inbox.same_event). Null for what reconciliation
+    # stored (a provider's API object) and for events stored before migration 008.
+    sa.Column("body_sha256", sa.LargeBinary),
+)
+
+# Purchases an operator made active again after their revocation (kc-tasks payment restore),
+# one row each time: the revocation they overruled leaves `revocations` and is kept here.
+restorations = sa.Table(
+    "restorations",
+    metadata,
+    sa.Column("id", UUID(as_uuid=False), primary_key=True),
+    sa.Column("payment_id", sa.Text, nullable=False),
+    sa.Column("purchase_id", UUID(as_uuid=False), nullable=False),
+    # The operator's reason.
+    sa.Column("reason", sa.Text, nullable=False),
+    # The revocation overruled, as `revocations` held it.
+    sa.Column("revocation_reason", sa.Text, nullable=False),
+    sa.Column("refund_id", sa.Text),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("restored_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+# Razorpay refunds reconciliation saw `pending`: fetched again on later runs until they are final,
+# even after they leave the window (kc_tasks/reconcile.py).
+pending_refunds = sa.Table(
+    "pending_refunds",
+    metadata,
+    sa.Column("refund_id", sa.Text, primary_key=True),
+    sa.Column("payment_id", sa.Text, nullable=False),
+    sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+# Dead letters an operator purged (kc-tasks dlq purge): the task's outcome is final, so its inbox
+# event is never sent again and its body is redacted in time.
+purged_dead_letters = sa.Table(
+    "purged_dead_letters",
+    metadata,
+    sa.Column("task_id", sa.Text, primary_key=True),
+    sa.Column("task", sa.Text),
+    sa.Column("payment_id", sa.Text),
+    sa.Column("purged_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
 PAYMENT_ID_CONSTRAINT = "student_course_purchases_payment_id_key"

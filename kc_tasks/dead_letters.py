@@ -13,7 +13,7 @@ import base64
 import logging
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -21,8 +21,10 @@ from typing import Any
 
 from celery import Celery
 from kombu import Message, Queue
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Engine
 
-from kc_tasks import metrics
+from kc_tasks import db, metrics
 from kc_tasks.celery import settings
 
 logger = logging.getLogger(__name__)
@@ -220,6 +222,20 @@ def replay(app: Celery, letter: DeadLetter) -> str | None:
     except Exception as exc:  # noqa: BLE001  (reported; the dead letter stays)
         return f"the broker did not take it: {exc}"
     return None
+
+
+def record_purged(engine: Engine, letters: Sequence[DeadLetter]) -> None:
+    """Record that these dead letters are purged, before they are: each is its task's outcome
+    (kc_tasks.outcomes), so the inbox event that asked for it is final and never sent again."""
+    rows = [{"task_id": dl.task_id, "task": dl.task, "payment_id": dl.payment_id} for dl in letters if dl.task_id]
+    if not rows:
+        return
+    purged = db.purged_dead_letters
+    try:
+        with db.translate_errors(engine.url), engine.begin() as conn:
+            conn.execute(pg_insert(purged).on_conflict_do_nothing(index_elements=[purged.c.task_id]), rows)
+    finally:
+        engine.dispose()
 
 
 def depth(app: Celery) -> int:

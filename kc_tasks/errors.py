@@ -38,6 +38,10 @@ class InvalidRevocation(PermanentError):
     """Raised when revoke_purchase's kwargs break the contract's rules."""
 
 
+class RestoreRefused(PermanentError):
+    """Raised when a payment's purchase cannot be restored; the message says why, and what to do."""
+
+
 class DatabaseError(PermanentError):
     """Raised when PostgreSQL rejects a statement for a reason a retry cannot fix."""
 

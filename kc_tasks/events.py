@@ -29,6 +29,8 @@ EXCHANGE = Exchange("kc.events", type="topic", durable=True)
 PURCHASE_CREATED = "purchase.created"
 DUPLICATE_PAYMENT = "purchase.duplicate_payment"
 PURCHASE_REVOKED = "purchase.revoked"
+# An operator made a revoked purchase active again (kc_tasks/restorations.py).
+PURCHASE_RESTORED = "purchase.restored"
 # The relay leaves younger events to the task that wrote them, which publishes at once.
 RELAY_GRACE_SECONDS = 10
 RELAY_BATCH = 500

@@ -6,10 +6,16 @@ enqueues the task it asks for with a task id derived from the payment id and the
 (a provider's repeats map to one task id; a purchase and a revocation never share one). The
 event is then marked `enqueued`. If the broker does not answer, it stays `received` and
 `relay` (beat, worker side) enqueues it once the broker answers. Statuses: see CONTRACT.md.
+
+An event id names one event: an id stored before is a repeat when its body is the same, byte for
+byte (`same_event`), and a conflict otherwise: refused, logged as an error, nothing stored or
+enqueued. The raw body's SHA-256 is kept beside it (`body_sha256`), so the comparison still holds
+once the body is redacted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -34,6 +40,7 @@ from kc_tasks.providers import (
     Ignored,
     Malformed,
     Purchase,
+    RefundFailed,
     Revocation,
     Unmapped,
     kc,
@@ -47,6 +54,19 @@ logger = logging.getLogger(__name__)
 RECEIVED, ENQUEUED, IGNORED, UNMAPPED, INVALID = "received", "enqueued", "ignored", "unmapped", "invalid"
 STATUSES = (RECEIVED, ENQUEUED, IGNORED, UNMAPPED, INVALID)
 PROVIDERS = (kc.NAME, razorpay.NAME, stripe.NAME, reconcile.NAME)
+# The types of the events that revoke (Revocation), every provider's: the resend sweep looks at
+# these even when their payment has its purchase (kc_tasks.reconcile.resend_waiting).
+REVOKING_TYPES = (
+    kc.PAYMENT_REFUNDED,
+    razorpay.REFUND_PROCESSED,
+    razorpay.DISPUTE_LOST,
+    stripe.CHARGE_REFUNDED,
+    stripe.DISPUTE_CLOSED,
+    *(kind for (_, found), kind in reconcile.TYPES.items() if found != reconcile.PAID),
+)
+# What becomes of an arrival whose event id is stored with another body: nothing is stored (so
+# it is no status of the inbox); the web answers 409.
+CONFLICT = "conflict"
 CREATE_PURCHASE = "kc_tasks.create_purchase"
 QUEUE = "purchases"
 REVOKE_PURCHASE = "kc_tasks.revoke_purchase"
@@ -61,7 +81,7 @@ RELAY_BATCH = 200
 _ENQUEUE_RETRY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 
 _e = db.payment_events
-_STORED = ("provider", "event_id", "type", "payment_id", "status", "body")
+_STORED = ("provider", "event_id", "type", "payment_id", "status", "body", "body_sha256")
 
 
 @dataclass(frozen=True)
@@ -77,7 +97,8 @@ class Task:
 @dataclass(frozen=True)
 class Receipt:
     status: str
-    # False when (provider, event_id) was stored before: nothing was done again.
+    # False when (provider, event_id) was stored before: nothing was done again. A CONFLICT
+    # receipt (that id stored with another body) is never new.
     new: bool
     task_id: str | None = None
     # Why the event is ignored, unmapped or invalid.
@@ -108,6 +129,10 @@ def plan(event: Event) -> tuple[str, Task | None, str | None]:
         return RECEIVED, Task(REVOKE_PURCHASE, kwargs, task_id_for(revocation.payment_id, REVOKE_PURCHASE)), None
     if isinstance(action, Unmapped):
         return UNMAPPED, None, action.why
+    if isinstance(action, RefundFailed):
+        # No task: the purchase stays as it is; the inbox warns and counts it (`_log`), and an
+        # operator decides (kc-tasks payment restore).
+        return IGNORED, None, action.why
     assert isinstance(action, Ignored)
     return IGNORED, None, action.why
 
@@ -125,54 +150,77 @@ def parse(provider: str, body: bytes, event_id: str | None = None, stripe_livemo
     raise Malformed(f"unknown provider {provider}")
 
 
-def receive(engine: Engine, app: Celery, event: Event, body: bytes) -> Receipt:
+def receive(engine: Engine, app: Celery, event: Event, body: bytes, raw: bool = True) -> Receipt:
     """Store the event (once), then enqueue its task. Raises KcTasksError only when
-    PostgreSQL fails: then nothing was stored and the provider must be told to retry."""
-    return receive_many(engine, app, [(event, body)])[0]
+    PostgreSQL fails: then nothing was stored and the provider must be told to retry.
+    `raw`: `body` is the request's body, byte for byte (see `store_and_enqueue`)."""
+    return receive_many(engine, app, [(event, body)], raw=raw)[0]
 
 
 def receive_many(
-    engine: Engine, app: Celery, arrivals: Sequence[tuple[Event, bytes]], channel: Kept[TaskChannel] | None = None
+    engine: Engine,
+    app: Celery,
+    arrivals: Sequence[tuple[Event, bytes]],
+    channel: Kept[TaskChannel] | None = None,
+    raw: bool = True,
 ) -> list[Receipt]:
     """`receive` for many events at once, a receipt each, in order: `store_and_enqueue`,
     then `mark_enqueued`."""
     with db.translate_errors(engine.url), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        receipts = store_and_enqueue(conn, app, arrivals, channel)
+        receipts = store_and_enqueue(conn, app, arrivals, channel, raw)
         mark_enqueued(conn, enqueued(arrivals, receipts))
     return receipts
 
 
 def store_and_enqueue(
-    conn: sa.Connection, app: Celery, arrivals: Sequence[tuple[Event, bytes]], channel: Kept[TaskChannel] | None
+    conn: sa.Connection,
+    app: Celery,
+    arrivals: Sequence[tuple[Event, bytes]],
+    channel: Kept[TaskChannel] | None,
+    raw: bool = True,
 ) -> list[Receipt]:
     """Store the events with one INSERT (autocommit `conn`), then publish their tasks with
     one wait for the broker's confirms (on `channel`, when given; else each is confirmed on
     its own); a receipt each, in order. The rows say `received` until `mark_enqueued`.
 
     An event whose (provider, event_id) is already stored, or comes twice in `arrivals`, is a
-    repeat after its first: nothing is done for it again. Raises (a driver error: wrap it in
-    db.translate_errors) only when PostgreSQL fails: then nothing was stored."""
+    repeat after its first when its body is the same (`same_event`): nothing is done for it
+    again. With another body it is a CONFLICT: logged as an error, nothing stored or enqueued.
+    `raw`: the bodies are requests' bodies, byte for byte, and their SHA-256 is stored with
+    them; reconciliation's are the providers' API objects, stored without one. Raises (a
+    driver error: wrap it in db.translate_errors) only when PostgreSQL fails: then nothing was
+    stored."""
     plans = [plan(event) for event, _ in arrivals]
+    digests = [hashlib.sha256(body).digest() if raw else None for _, body in arrivals]
     # In key order: two INSERTs meeting the same events (a provider's retry racing the
     # original) then wait for each other in one order, never in a circle (a deadlock).
     rows = sorted(
         {
-            (event.provider, event.event_id): (event.type, event.payment_id, status, body.decode("utf-8"))
-            for (event, body), (status, _, _) in zip(reversed(arrivals), reversed(plans), strict=True)
+            (event.provider, event.event_id): (event.type, event.payment_id, status, body.decode("utf-8"), digest)
+            for (event, body), (status, _, _), digest in zip(
+                reversed(arrivals), reversed(plans), reversed(digests), strict=True
+            )
         }.items()
     )
-    columns: dict[str, list[str | None]] = {"provider": [k[0] for k, _ in rows], "event_id": [k[1] for k, _ in rows]}
+    columns: dict[str, list[Any]] = {"provider": [k[0] for k, _ in rows], "event_id": [k[1] for k, _ in rows]}
     columns |= {name: [values[i] for _, values in rows] for i, name in enumerate(_STORED[2:])}
     stored = {(r.provider, r.event_id): r.received_at for r in conn.exec_driver_sql(_STORE_MANY, columns)}
+    earlier = _stored_before(conn, {(e.provider, e.event_id) for e, _ in arrivals} - stored.keys())
+    firsts: dict[tuple[str, str], tuple[bytes, bytes | None]] = {}
     receipts: list[Receipt] = []
     sending: list[tuple[Event, Task]] = []
-    for (event, _), (status, task, why) in zip(arrivals, plans, strict=True):
+    for (event, body), (status, task, why), digest in zip(arrivals, plans, digests, strict=True):
         key = (event.provider, event.event_id)
         if key not in stored:
+            before = firsts.get(key) or earlier.get(key)
+            if before is not None and not same_event(event.provider, event.event_id, (body, digest), before):
+                receipts.append(_conflict(event))
+                continue
             logger.debug("%s event %s: a repeat, already stored", event.provider, event.event_id)
             receipts.append(Receipt(status, False, task.task_id if task else None, why))
             continue
         received_at = stored.pop(key)  # a second arrival of it in this batch is a repeat
+        firsts[key] = (body, digest)
         _log(event, status, why)
         receipts.append(Receipt(status, True, task.task_id if task else None, why))
         if task is not None:
@@ -182,6 +230,52 @@ def store_and_enqueue(
         Receipt(ENQUEUED, True, r.task_id) if r.new and (event.provider, event.event_id) in sent else r
         for (event, _), r in zip(arrivals, receipts, strict=True)
     ]
+
+
+def same_event(
+    provider: str, event_id: str, arriving: tuple[bytes, bytes | None], stored: tuple[bytes, bytes | None]
+) -> bool:
+    """Whether a second arrival of (provider, event_id) is the event stored under that id: each
+    side its body and the SHA-256 of the raw body (None where there is none). Both raw: the same
+    bytes. Otherwise (one side is a provider's API object that reconciliation stored, a rendering
+    of the event and not the webhook's bytes; or the stored body predates its digest and may be
+    redacted): the same type and action by today's rules, which read a redacted body as the
+    original (pure)."""
+    (body, digest), (stored_body, stored_digest) = arriving, stored
+    if digest is not None and stored_digest is not None:
+        return digest == stored_digest
+    try:
+        one, other = parse(provider, body, event_id), parse(provider, stored_body, event_id)
+    except ValueError:  # Malformed included: a body that reads as no event is not that event
+        return False
+    return (one.type, one.action) == (other.type, other.action)
+
+
+def _stored_before(
+    conn: sa.Connection, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[bytes, bytes | None]]:
+    """The body and raw-body digest already stored under each of these keys (the repeats)."""
+    if not keys:
+        return {}
+    rows = conn.execute(
+        sa.select(_e.c.provider, _e.c.event_id, _e.c.body, _e.c.body_sha256).where(
+            sa.tuple_(_e.c.provider, _e.c.event_id).in_(sorted(keys))
+        )
+    )
+    return {(r.provider, r.event_id): (r.body.encode("utf-8"), r.body_sha256) for r in rows}
+
+
+def _conflict(event: Event) -> Receipt:
+    why = f"event id {event.event_id} is stored with another body: an event id names one event"
+    logger.error(
+        "%s event %s (%s, payment %s) refused: %s; nothing stored or enqueued. Send it under an id of its own",
+        event.provider,
+        event.event_id,
+        event.type,
+        event.payment_id,
+        why,
+    )
+    return Receipt(CONFLICT, False, None, why)
 
 
 def seen(task: Task, provider: str, received_at: datetime) -> Task:
@@ -265,7 +359,11 @@ def relay(engine: Engine, app: Celery, older_than: float = RELAY_GRACE_SECONDS) 
             .with_for_update(skip_locked=True)
         ).all()
         for row in rows:
-            event = parse(row.provider, row.body.encode("utf-8"), row.event_id)
+            try:
+                event = parse(row.provider, row.body.encode("utf-8"), row.event_id)
+            except Exception as exc:  # noqa: BLE001  (one row that no longer reads never stops the others)
+                _unreadable(conn, row.provider, row.event_id, exc)
+                continue
             status, task, _ = plan(event)
             if task is None:  # stored before a rule changed: keep what it is now
                 _mark(conn, row.provider, [row.event_id], status)
@@ -299,7 +397,11 @@ def replay(
             if row is None:
                 done[event_id] = "not found"
                 continue
-            event = parse(provider, row.body.encode("utf-8"), event_id, stripe_livemode)
+            try:
+                event = parse(provider, row.body.encode("utf-8"), event_id, stripe_livemode)
+            except Exception as exc:  # noqa: BLE001  (reported as its status, like any other)
+                done[event_id] = f"{INVALID}: {_unreadable(conn, provider, event_id, exc)}"
+                continue
             status, task, why = plan(event)
             if task is not None and _enqueue(app, event, seen(task, provider, row.received_at)):
                 status = ENQUEUED
@@ -448,12 +550,35 @@ def _enqueue(app: Celery, event: Event, task: Task) -> bool:
     return True
 
 
+def _unreadable(conn: sa.Connection, provider: str, event_id: str, exc: Exception) -> str:
+    """Mark a stored event that no longer reads as an event `invalid`, log and count it; why."""
+    why = f"its stored body no longer reads as an event: {type(exc).__name__}: {exc}"
+    logger.error("%s event %s is invalid, nothing enqueued: %s", provider, event_id, why)
+    _mark(conn, provider, [event_id], INVALID)
+    metrics.webhook(reconcile.source(provider, event_id), INVALID)
+    return why
+
+
 def _mark(conn: sa.Connection, provider: str, event_ids: Sequence[str], status: str) -> None:
     conn.execute(sa.update(_e).where(_e.c.provider == provider, _e.c.event_id.in_(event_ids)).values(status=status))
 
 
 def _log(event: Event, status: str, why: str | None) -> None:
-    if status == UNMAPPED:
+    if isinstance(event.action, RefundFailed):
+        metrics.refund_failed(reconcile.source(event.provider, event.event_id))
+        logger.warning(
+            "%s event %s (%s): %s: the buyer of payment %s was not paid back. If that refund revoked its "
+            "purchase, the buyer paid and has no course: see kc-tasks payment %s; refund again, or give the "
+            "course back with kc-tasks payment restore %s --reason TEXT",
+            event.provider,
+            event.event_id,
+            event.type,
+            why,
+            event.payment_id,
+            event.payment_id,
+            event.payment_id,
+        )
+    elif status == UNMAPPED:
         logger.warning(
             "%s event %s (%s): payment %s was paid but %s, so it grants nothing; make the platform's server "
             "set both (Razorpay: the order's notes; Stripe: the Checkout Session's or PaymentIntent's metadata), "

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 WEB, WORKER = "web", "worker"
 PROVIDERS = ("kc", "razorpay", "stripe")
-WEBHOOK_OUTCOMES = ("enqueued", "duplicate", "ignored", "unmapped", "invalid", "rejected", "unavailable")
+WEBHOOK_OUTCOMES = ("enqueued", "duplicate", "ignored", "unmapped", "invalid", "rejected", "conflict", "unavailable")
 PURCHASE_OUTCOMES = ("created", "repeated", "duplicate_payment")
 DEAD_LETTER_KINDS = ("permanent", "exhausted", "worker_lost")
 TASKS = ("kc_tasks.create_purchase", "kc_tasks.revoke_purchase")
@@ -95,6 +95,12 @@ class Series:
             ["provider", "kind"],
             registry=None,
         )
+        # Counted where the inbox first stores the event: the web (webhooks), the worker (reconciliation).
+        self.refund_failures = Counter(
+            "kc_refund_failures_total", "Refunds that failed after they were processed", ["provider"], registry=None
+        )
+        for provider in ("razorpay", "stripe"):
+            self.refund_failures.labels(provider)
         # Set by whichever process ran the task (a pool process), or by the worker's main process
         # at start: the newest of them is the one that counts, also once its process is gone.
         self.periodic_success = Gauge(
@@ -304,6 +310,11 @@ def reconcile_found(provider: str, found: Mapping[str, int]) -> None:
     if _series is not None:
         for kind, count in found.items():
             _series.reconcile_found.labels(provider, kind).inc(count)
+
+
+def refund_failed(provider: str) -> None:
+    if _series is not None:
+        _series.refund_failures.labels(provider).inc()
 
 
 def first_seen_headers(provider: str, received_at: float) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 
 Flower can run tasks (`POST /api/task/async-apply`: a free course) and revoke them: it
 refuses to listen on a non-loopback address without authentication (FLOWER_BASIC_AUTH or
-Flower's OAuth), and refuses FLOWER_UNAUTHENTICATED_API there.
+Flower's OAuth), and refuses FLOWER_UNAUTHENTICATED_API on every address, loopback included:
+without authentication Flower skips its cross-site check, so any page open in a browser that
+reaches the port (an SSH tunnel's too) could post a task. Development mode (`kc-tasks dev`)
+never passes the variable on.
 
 beat's schedule and Flower's database are shelve (pickle) files: whoever can write one runs
 code as the process that opens it. Each must live in a directory only its user can write;
@@ -28,11 +31,14 @@ from celery import signals
 
 def flower_refusal(address: str, basic_auth: Sequence[str], oauth: str, unauthenticated_api: bool) -> str | None:
     """Why Flower must not start with these options, or None."""
-    if is_loopback(address):
-        return None
     where = f"{address}" if address else "every interface"
     if unauthenticated_api:
-        return f"FLOWER_UNAUTHENTICATED_API opens Flower's API to anyone who reaches {where}; unset it"
+        return (
+            f"FLOWER_UNAUTHENTICATED_API opens Flower's API to anyone who reaches {where}, and to any web page "
+            "open in a browser that does (Flower then skips its cross-site check); unset it"
+        )
+    if is_loopback(address):
+        return None
     if basic_auth or oauth:
         return None
     return (

@@ -6,7 +6,7 @@ caps Retry-After at a few seconds; one small client treats both providers alike,
 it raises names the provider and the request, never the key (errors.ProviderApiError).
 
 Razorpay: GET /v1/payments, /v1/refunds and /v1/disputes ?from&to&count=100&skip=n, and one
-order or payment by id; basic auth (key id, key secret).
+order, payment or refund by id; basic auth (key id, key secret).
 Stripe: GET /v1/events?created[gte]&limit=100&types[]=...&starting_after, bearer key.
 """
 
@@ -149,7 +149,7 @@ def razorpay_list(api: Api, path: str, window: Window) -> Iterator[dict[str, Any
 
 
 def razorpay_entity(api: Api, collection: str, entity_id: str) -> dict[str, Any]:
-    """One entity by id (GET /v1/orders/{id}, /v1/payments/{id}); the id is escaped, never a path."""
+    """One entity by id (GET /v1/orders/{id}, /v1/payments/{id}, /v1/refunds/{id}); the id is escaped, never a path."""
     return api.get(f"/v1/{collection}/{quote(entity_id, safe='')}")
 
 

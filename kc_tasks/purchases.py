@@ -329,7 +329,12 @@ def _event_from(rows: sa.CTE, event_type: str) -> sa.Insert:
 
 def lock_keys(purchase: Purchase) -> list[int]:
     """Advisory lock keys of the pair and of the payment, sorted so that no two lockers deadlock."""
-    names = (f"pair:{purchase.student_id}:{purchase.course_id}", f"payment:{purchase.payment_id}")
+    return pair_lock_keys(purchase.student_id, purchase.course_id, purchase.payment_id)
+
+
+def pair_lock_keys(student_id: str, course_id: str, payment_id: str) -> list[int]:
+    """`lock_keys` of a purchase row (kc_tasks.restorations takes them too); UUIDs as text."""
+    names = (f"pair:{student_id}:{course_id}", f"payment:{payment_id}")
     return sorted(_key(n) for n in names)
 
 

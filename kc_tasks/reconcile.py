@@ -12,11 +12,21 @@ webhook's own rules (providers), and hands what kc_tasks has no outcome for to t
   the Stripe webhook's rules into the inbox under its own event id: one whose webhook came is
   already there and does nothing; a missed one is handled exactly as if delivered.
 
+An order paid in parts (Razorpay's `partial_payment`) has a captured payment per instalment:
+only the latest of them can complete it, as `order.paid` says, so only it is a candidate, and
+it grants once the order is paid in full; an order not paid in full is fetched again on later
+runs, never stored. A refund listed `pending` is kept in `pending_refunds` and fetched again
+(GET /v1/refunds/{id}, at most PENDING_REFUND_CHECKS a run) until it is final, even after it
+leaves the window.
+
 A stored event whose payment still has no outcome after `resend_after` seconds (its message was
-lost, e.g. by Redis) is sent again. The lists are read in full before anything is enqueued, so
-a failing list enqueues nothing; Razorpay's orders and refunded payments are fetched one by one
-as their events are handed over, so one that fails stops the run there (raising
-ProviderApiError) with what was handed over before it kept, and the next run goes on.
+lost, e.g. by Redis) is sent again; beat's task does that for the whole inbox first, whatever
+the provider, kc_tasks' own webhook included (`resend_waiting`).
+
+The lists are read in full before anything is enqueued, so a failing list enqueues nothing;
+Razorpay's orders and refunded payments are fetched one by one as their events are handed over,
+so one that fails stops the run there (raising ProviderApiError) with what was handed over
+before it kept, and the next run goes on.
 
 Disputes are listed over DISPUTE_LOOKBACK at least: Razorpay lists a dispute by the time it was
 opened, and one is often lost weeks later.
@@ -27,15 +37,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from celery import Celery
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, inbox, metrics, provider_api
+from kc_tasks import db, inbox, metrics, outcomes, provider_api
 from kc_tasks.errors import KcTasksError
 from kc_tasks.providers import (
     DISPUTE,
@@ -59,6 +71,10 @@ PROVIDERS = (razorpay.NAME, stripe.NAME)
 PAYMENT, REFUND, DISPUTE_FOUND = "payment", "refund", "dispute"
 # How far back disputes are listed, at least, seconds: a chargeback can take months to close.
 DISPUTE_LOOKBACK = 120 * 86400
+# Razorpay refunds still pending fetched again per run, at most: the ones checked longest ago.
+PENDING_REFUND_CHECKS = 50
+# Inbox events looked at per run by the resend sweep, at most.
+RESEND_BATCH = 200
 
 
 @dataclass
@@ -79,6 +95,10 @@ class Summary:
     invalid: int = 0
     # Stored, but the broker did not take them: the inbox relay enqueues them.
     left_for_relay: int = 0
+    # Razorpay: earlier instalments of an order paid in parts (its last one makes the purchase).
+    part_payments: int = 0
+    # Razorpay: refunds still pending, fetched again by later runs until they are final.
+    refunds_pending: int = 0
     # What no webhook had brought, by kind (payment, refund, dispute).
     found: dict[str, int] = field(default_factory=dict)
     error: str | None = None
@@ -98,6 +118,10 @@ class Summary:
             text += f", {self.invalid} invalid"
         if self.left_for_relay:
             text += f", {self.left_for_relay} left for the inbox relay (broker unreachable)"
+        if self.part_payments:
+            text += f", {self.part_payments} earlier instalment(s) of an order paid in parts"
+        if self.refunds_pending:
+            text += f", {self.refunds_pending} refund(s) still pending"
         if self.error:
             text += f"; FAILED: {self.error}"
         return text
@@ -174,6 +198,7 @@ class Known:
 
     purchases: dict[str, bool]  # payment id -> is_active
     duplicates: set[str]
+    # Revoked, or restored by an operator after a revocation: either way, not to revoke again.
     revoked: set[str]
     # (provider, event id) -> (status, received_at) of the events already stored
     stored: dict[tuple[str, str], tuple[str, datetime]]
@@ -196,6 +221,8 @@ def known(engine: Engine, payment_ids: list[str], keys: list[tuple[str, str]]) -
         )
         duplicates = set(conn.execute(sa.select(dup.c.payment_id).where(dup.c.payment_id.in_(payment_ids))).scalars())
         revoked = set(conn.execute(sa.select(rev.c.payment_id).where(rev.c.payment_id.in_(payment_ids))).scalars())
+        res = db.restorations
+        revoked |= set(conn.execute(sa.select(res.c.payment_id).where(res.c.payment_id.in_(payment_ids))).scalars())
         for provider in sorted({p for p, _ in keys}):
             ids = [eid for p, eid in keys if p == provider]
             for row in conn.execute(
@@ -213,11 +240,12 @@ def run(
     api: provider_api.Api,
     win: provider_api.Window,
     dry_run: bool = False,
-    resend_after: float = 900,
+    resend_after: float | None = 900,
     stripe_livemode: bool | None = None,
 ) -> Summary:
     """Reconcile one provider over the window; raises ProviderApiError (nothing enqueued) or a
-    database error. With dry_run, changes nothing and says what it would do."""
+    database error. With dry_run, changes nothing and says what it would do. `resend_after`
+    None: what is stored is never sent again here (beat's task sent it with `resend_waiting`)."""
     summary = Summary(api.provider, _iso(win.since), _iso(win.until), dry_run)
     if api.provider == razorpay.NAME:
         _razorpay(engine, app, api, win, summary, resend_after)
@@ -232,20 +260,24 @@ def _razorpay(
     api: provider_api.Api,
     win: provider_api.Window,
     summary: Summary,
-    resend_after: float,
+    resend_after: float | None,
 ) -> None:
     payments = list(provider_api.razorpay_list(api, "/v1/payments", win))
     refunds = list(provider_api.razorpay_list(api, "/v1/refunds", win))
     disputes_since = min(win.since, win.until - DISPUTE_LOOKBACK)
     disputes = list(provider_api.razorpay_list(api, "/v1/disputes", provider_api.Window(disputes_since, win.until)))
-    paid = {pid: p for p in payments if razorpay.paid(p) and (pid := text(p.get("id")))}
-    # One refund a payment: the processed ones, by refund time; lost disputes. A captured
-    # payment is not fully refunded (that one's status is `refunded`): it may make its purchase.
+    captured = {pid: p for p in payments if razorpay.paid(p) and (pid := text(p.get("id")))}
+    paid = latest_of_each_order(captured)
+    summary.part_payments = len(captured) - len(paid)
+    # One refund a payment: the processed ones, by refund time (and those seen pending before,
+    # processed since); lost disputes. A captured payment is not fully refunded (that one's
+    # status is `refunded`): it may make its purchase.
+    refunds += _pending_refunds(engine, api, refunds, summary)
     refunded = {pid: r for r in refunds if r.get("status") == "processed" and (pid := text(r.get("payment_id")))}
     lost = {pid: d for d in disputes if d.get("status") == "lost" and (pid := text(d.get("payment_id")))}
     for p in payments:
         pid = text(p.get("id"))
-        if pid and pid not in paid and p.get("status") != "refunded":
+        if pid and pid not in captured and p.get("status") != "refunded":
             if p.get("status") == "captured":
                 summary.not_course += 1  # captured without an order: nothing server-set names a course
             else:
@@ -272,7 +304,7 @@ def _razorpay(
     for pid, kind, obj in todo:
         key = (reconcile.NAME, reconcile.event_id(razorpay.NAME, pid, kind))
         if key in have.stored:
-            if _resend_if_stale(engine, app, summary, key, have.stored[key], resend_after):
+            if resend_after is not None and _resend_if_stale(engine, app, summary, key, have.stored[key], resend_after):
                 fine.discard(pid)
             continue
         # Fetched only now: for a payment, refund or dispute that has no outcome and no claim yet.
@@ -288,9 +320,84 @@ def _razorpay(
         event, body = made
         if isinstance(event.action, Ignored) and kind != reconcile.PAID:
             continue  # a partial refund: a later, full one is listed by its own time
+        if isinstance(event.action, Ignored) and event.action.why.startswith(razorpay.PART_PAID):
+            # Not stored: the next run fetches the order again, until its last instalment.
+            fine.discard(pid)
+            summary.not_paid += 1
+            summary.actions.append(f"not paid in full yet: {pid}: {event.action.why}")
+            continue
         if _hand_over(engine, app, summary, event, body):
             fine.discard(pid)
     summary.already_fine = len(fine)
+    if not summary.dry_run:
+        _forget_final_refunds(engine, refunds)
+
+
+def latest_of_each_order(captured: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Of the captured payments, by id, the latest of each order (by `created_at`, then id): an
+    order paid in parts is completed by its last instalment, the payment its `order.paid`
+    carries; the earlier ones never make a purchase of their own (pure)."""
+    latest: dict[str, tuple[Any, str]] = {}
+    for pid, payment in captured.items():
+        created = payment.get("created_at") if isinstance(payment.get("created_at"), int) else 0
+        order = str(payment.get("order_id"))
+        if order not in latest or (created, pid) > latest[order]:
+            latest[order] = (created, pid)
+    keep = {pid for _, pid in latest.values()}
+    return {pid: payment for pid, payment in captured.items() if pid in keep}
+
+
+def _pending_refunds(
+    engine: Engine, api: provider_api.Api, listed: list[dict[str, Any]], summary: Summary
+) -> list[dict[str, Any]]:
+    """Remember the refunds of the listing that are still pending; fetch again those seen pending
+    by earlier runs and not listed now (PENDING_REFUND_CHECKS at most, checked longest ago first):
+    what they are now, to be read with the listing."""
+    p = db.pending_refunds
+    waiting = {
+        rid: pid
+        for r in listed
+        if r.get("status") == "pending" and (rid := text(r.get("id"))) and (pid := text(r.get("payment_id")))
+    }
+    listed_ids = [rid for r in listed if (rid := text(r.get("id")))]
+    with db.translate_errors(engine.url), engine.begin() as conn:
+        if waiting and not summary.dry_run:
+            conn.execute(
+                pg_insert(p).on_conflict_do_nothing(index_elements=[p.c.refund_id]),
+                [{"refund_id": rid, "payment_id": pid} for rid, pid in sorted(waiting.items())],
+            )
+        earlier = (
+            conn.execute(
+                sa.select(p.c.refund_id)
+                .where(p.c.refund_id.not_in(listed_ids))
+                .order_by(p.c.checked_at, p.c.refund_id)
+                .limit(PENDING_REFUND_CHECKS)
+            )
+            .scalars()
+            .all()
+        )
+    fetched = []
+    for refund_id in earlier:
+        refund = provider_api.razorpay_entity(api, "refunds", refund_id)
+        fetched.append(refund)
+        if refund.get("status") == "pending":
+            waiting[refund_id] = str(refund.get("payment_id"))
+            if not summary.dry_run:
+                with db.translate_errors(engine.url), engine.begin() as conn:
+                    conn.execute(sa.update(p).where(p.c.refund_id == refund_id).values(checked_at=sa.func.now()))
+        else:
+            summary.actions.append(f"refund {refund_id} seen pending before is {refund.get('status')} now")
+    summary.refunds_pending = len(waiting)
+    return fetched
+
+
+def _forget_final_refunds(engine: Engine, refunds: list[dict[str, Any]]) -> None:
+    """Once a run got through, the refunds it saw final leave pending_refunds."""
+    final = sorted({rid for r in refunds if r.get("status") != "pending" and (rid := text(r.get("id")))})
+    if final:
+        p = db.pending_refunds
+        with db.translate_errors(engine.url), engine.begin() as conn:
+            conn.execute(sa.delete(p).where(p.c.refund_id.in_(final)))
 
 
 def _stripe(
@@ -299,7 +406,7 @@ def _stripe(
     api: provider_api.Api,
     win: provider_api.Window,
     summary: Summary,
-    resend_after: float,
+    resend_after: float | None,
     livemode: bool | None,
 ) -> None:
     arrivals: list[tuple[Event, bytes]] = []
@@ -319,7 +426,8 @@ def _stripe(
             action = event.action
             waiting = isinstance(action, Purchase) and not have.settled(event.payment_id)
             waiting = waiting or (isinstance(action, Revocation) and event.payment_id not in have.revoked)
-            if not (waiting and _resend_if_stale(engine, app, summary, key, have.stored[key], resend_after)):
+            waiting = waiting and resend_after is not None
+            if not (waiting and _resend_if_stale(engine, app, summary, key, have.stored[key], resend_after or 0)):
                 summary.already_fine += 1
             continue
         if not _hand_over(engine, app, summary, event, body):
@@ -333,7 +441,7 @@ def _hand_over(engine: Engine, app: Celery, summary: Summary, event: Event, body
     if summary.dry_run:
         summary.count(event, inbox.ENQUEUED if status == inbox.RECEIVED else status, why)
         return True
-    receipt = inbox.receive(engine, app, event, body)
+    receipt = inbox.receive(engine, app, event, body, raw=False)  # a provider's API objects
     if not receipt.new:
         return False
     summary.count(event, receipt.status, receipt.why)
@@ -374,6 +482,72 @@ def _resend_if_stale(
     return True
 
 
+def resend_waiting(
+    engine: Engine,
+    app: Celery,
+    older_than: float,
+    within: float,
+    dead_lettered: Callable[[], Collection[str]],
+    batch: int = RESEND_BATCH,
+) -> list[str]:
+    """Send again every inbox event, of any provider, stored `older_than` seconds ago or more (and
+    less than `within` seconds ago) that is `enqueued` and whose task has no outcome
+    (kc_tasks.outcomes: none in the database, no dead letter waiting, none purged): its message
+    was lost (Redis without durable writes, say). Under its task id, as the relay does. The
+    (provider, event id) of those sent again, `batch` at most, oldest first.
+
+    The database narrows it down first: events whose payment has no revocation or restoration,
+    and either no purchase or duplicate record yet or a type that may revoke."""
+    e = db.payment_events
+    t, dup, rev, res = db.purchases, db.duplicate_payments, db.revocations, db.restorations
+    age = sa.func.now() - e.c.received_at
+    with db.translate_errors(engine.url), engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(e.c.provider, e.c.event_id, e.c.body)
+            .where(
+                e.c.status == inbox.ENQUEUED,
+                age >= sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than),
+                age < sa.func.make_interval(0, 0, 0, 0, 0, 0, within),
+                ~sa.exists().where(rev.c.payment_id == e.c.payment_id),
+                ~sa.exists().where(res.c.payment_id == e.c.payment_id),
+                sa.or_(
+                    e.c.type.in_(inbox.REVOKING_TYPES),
+                    sa.and_(
+                        ~sa.exists().where(t.c.payment_id == e.c.payment_id),
+                        ~sa.exists().where(dup.c.payment_id == e.c.payment_id),
+                    ),
+                ),
+            )
+            .order_by(e.c.received_at)
+            .limit(batch)
+        ).all()
+        tasks = {(r.provider, r.event_id): outcomes.task_of(r.provider, r.event_id, r.body) for r in rows}
+        finished = outcomes.done(conn, [task for task in tasks.values() if task is not None])
+    waiting = [key for key, task in tasks.items() if task is not None and task.task_id not in finished]
+    if not waiting:
+        return []
+    try:
+        dlq = set(dead_lettered())
+    except Exception as exc:  # noqa: BLE001  (the broker: they wait for the next run)
+        logger.warning("reconcile: dead letters not read (%s: %s); nothing sent again", type(exc).__name__, exc)
+        return []
+    sent = []
+    for provider, event_id in waiting:
+        task = tasks[(provider, event_id)]
+        if task is None or task.task_id in dlq:
+            continue
+        done = inbox.replay(engine, app, provider, [event_id])[event_id]
+        logger.warning(
+            "reconcile: %s event %s was enqueued but its %s has no outcome yet: sent again (%s)",
+            provider,
+            event_id,
+            task.name.removeprefix("kc_tasks."),
+            done,
+        )
+        sent.append(f"{provider} {event_id}")
+    return sent
+
+
 def _iso(unix: int) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds")
 
@@ -386,9 +560,11 @@ def run_logged(
     win: provider_api.Window,
     dry_run: bool = False,
     read_timeout: float = provider_api.READ_TIMEOUT,
+    resend: bool = True,
 ) -> Summary:
     """`run`, with its summary logged; a failing API or database is a WARNING and the
-    summary's error, never an exception: the next run tries again."""
+    summary's error, never an exception: the next run tries again. `resend` false: nothing
+    stored is sent again (beat's task did it first, for the whole inbox)."""
     api = api_for(settings, provider, read_timeout)
     try:
         summary = run(
@@ -397,7 +573,7 @@ def run_logged(
             api,
             win,
             dry_run,
-            resend_after=settings.reconcile_interval,
+            resend_after=settings.reconcile_interval if resend else None,
             stripe_livemode=settings.stripe_livemode,
         )
     except KcTasksError as exc:

@@ -13,7 +13,8 @@ purchase's metadata already holds, are gone).
 `redact_final` is what beat's `kc_tasks.redact_inbox` and `kc-tasks inbox redact` run: the
 events older than a cutoff whose outcome is final get their redacted body and the time of it
 (`body_redacted_at`). An event still waiting (`received`, or `enqueued` while its task has
-neither an outcome nor a dead letter) is never touched. It goes through the inbox in primary
+neither an outcome nor a dead letter, kc_tasks.outcomes) is never touched; a dead letter an
+operator purged is an outcome. It goes through the inbox in primary
 key order, in batches of BATCH rows each locked with SKIP LOCKED and committed on its own: a
 row another transaction holds is left for the next run, never waited for.
 """
@@ -28,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, inbox
+from kc_tasks import db, inbox, outcomes
 from kc_tasks.providers import KEYS, Malformed, kc, razorpay, reconcile, stripe
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,10 @@ SERVER_SET: Table = _leaves(*KEYS)
 RAZORPAY_PAYMENT = _leaves(
     "id", "entity", "amount", "currency", "status", "order_id", "amount_refunded", "refund_status"
 )
-RAZORPAY_ORDER = {**_leaves("id", "entity", "amount", "currency", "status"), "notes": SERVER_SET}
+RAZORPAY_ORDER = {
+    **_leaves("id", "entity", "amount", "amount_paid", "amount_due", "partial_payment", "currency", "status"),
+    "notes": SERVER_SET,
+}
 RAZORPAY_REFUND = _leaves("id", "entity", "payment_id", "amount", "currency", "status")
 RAZORPAY_DISPUTE = _leaves("id", "entity", "payment_id", "amount", "currency", "status")
 # A webhook body: {"event": ..., "payload": {"payment": {"entity": ...}, "order": ..., ...}}.
@@ -78,8 +82,10 @@ STRIPE_OBJECT: Table = {
         "id",
         "object",
         "livemode",
+        "mode",
         "status",
         "payment_status",
+        "failure_reason",
         "amount",
         "amount_total",
         "amount_received",
@@ -275,17 +281,12 @@ def _redact_batch(
 def _final(conn: sa.Connection, rows: Sequence[Any], dlq: Collection[str] | None) -> tuple[list[Any], int]:
     """The rows whose outcome is final, and how many `enqueued` rows the DLQ would decide
     (counted while `dlq` is None, unread)."""
-    tasks: dict[tuple[str, str], inbox.Task | None] = {}
-    for row in rows:
-        if row.status == inbox.ENQUEUED:
-            try:
-                tasks[(row.provider, row.event_id)] = inbox.plan(
-                    inbox.parse(row.provider, row.body.encode("utf-8"), row.event_id)
-                )[1]
-            except (Malformed, ValueError):
-                tasks[(row.provider, row.event_id)] = None  # nothing it could ask for waits
-    payment_ids = sorted({task.kwargs["payment_id"] for task in tasks.values() if task is not None})
-    bought, revoked = _outcomes(conn, payment_ids) if payment_ids else (set(), set())
+    tasks = {
+        (row.provider, row.event_id): outcomes.task_of(row.provider, row.event_id, row.body)
+        for row in rows
+        if row.status == inbox.ENQUEUED
+    }
+    finished = outcomes.done(conn, [task for task in tasks.values() if task is not None])
     final, undecided = [], 0
     for row in rows:
         if row.status in FINAL:
@@ -294,25 +295,11 @@ def _final(conn: sa.Connection, rows: Sequence[Any], dlq: Collection[str] | None
         if row.status != inbox.ENQUEUED:
             continue  # received: still waiting
         task = tasks[(row.provider, row.event_id)]
-        if task is None:
-            final.append(row)
-            continue
-        payment_id = task.kwargs["payment_id"]
-        done = payment_id in revoked if task.name == inbox.REVOKE_PURCHASE else payment_id in bought | revoked
-        if done or (dlq is not None and task.task_id in dlq):
-            final.append(row)
+        if task is None or task.task_id in finished or (dlq is not None and task.task_id in dlq):
+            final.append(row)  # nothing it asked for waits, or its task is done or dead-lettered
         elif dlq is None:
             undecided += 1
     return final, undecided
-
-
-def _outcomes(conn: sa.Connection, payment_ids: list[str]) -> tuple[set[str], set[str]]:
-    """Of these payments: those with a purchase or a duplicate record, those revoked."""
-    t, dup, rev = db.purchases, db.duplicate_payments, db.revocations
-    bought = set(conn.execute(sa.select(t.c.payment_id).where(t.c.payment_id.in_(payment_ids))).scalars())
-    bought |= set(conn.execute(sa.select(dup.c.payment_id).where(dup.c.payment_id.in_(payment_ids))).scalars())
-    revoked = set(conn.execute(sa.select(rev.c.payment_id).where(rev.c.payment_id.in_(payment_ids))).scalars())
-    return bought, revoked
 
 
 def _read_dlq(dead_lettered: Callable[[], Collection[str]]) -> Collection[str]:

@@ -32,6 +32,8 @@ PRIVILEGES: dict[str, dict[str, tuple[str, ...]]] = {
         db.revocations.name: ("SELECT",),
         db.payments.name: ("SELECT",),
         db.event_outbox.name: ("SELECT",),
+        db.restorations.name: ("SELECT",),
+        db.purged_dead_letters.name: ("SELECT",),
     },
     WORKER: {
         # Purchases are inserted and deactivated, never rewritten or deleted; the index check
@@ -46,6 +48,13 @@ PRIVILEGES: dict[str, dict[str, tuple[str, ...]]] = {
         # The inbox relay marks what it enqueued; reconciliation stores what it enqueues; the
         # redaction task reduces old bodies to their redacted form (kc_tasks/redaction.py).
         db.payment_events.name: ("SELECT", "INSERT", "UPDATE (status, body, body_redacted_at)"),
+        # A restoration is the owner's (kc-tasks payment restore deletes the revocation it
+        # overrules); the worker reads it, as it reads revocations.
+        db.restorations.name: ("SELECT",),
+        # Reconciliation's list of Razorpay refunds still pending: bookkeeping, deleted once final.
+        db.pending_refunds.name: ("SELECT", "INSERT", "UPDATE (checked_at)", "DELETE"),
+        # Recorded by kc-tasks dlq purge, run by operators as kc_worker.
+        db.purged_dead_letters.name: ("SELECT", "INSERT"),
     },
 }
 # Alembic's own table: the owner's alone.

@@ -4,8 +4,9 @@
 and what reconciliation found that no webhook had brought), each with why it was ignored,
 unmapped or invalid as today's rules read its stored body (whole, or redacted: the same fields
 decide), and when that body was redacted; the purchase row, a duplicate-payment record, a
-revocation, the events written for them (event_outbox) and dead letters carrying that payment id. It
-ends with one verdict line: `granted`, `not granted: <why>` or `unknown`. `verdict` is pure.
+revocation, a refund that failed afterwards, an operator's restorations, the events written for
+them (event_outbox) and dead letters carrying that payment id, waiting or purged. It ends with one
+verdict line: `granted`, `not granted: <why>` or `unknown`. `verdict` is pure.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.engine import Engine
 
 from kc_tasks import db, dead_letters, inbox
-from kc_tasks.providers import NOT_A_COURSE, Malformed, reconcile, stripe
+from kc_tasks.providers import NOT_A_COURSE, REFUND_FAILED, reconcile, stripe
 
 logger = logging.getLogger(__name__)
 
 GRANTED = "granted"
 UNKNOWN = "unknown"
+# The verdict of a payment whose refund revoked its purchase, then failed (CONTRACT.md).
+PAID_NO_COURSE = f"{REFUND_FAILED}: paid, no course"
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,11 @@ def verdict(facts: Facts) -> str:
     if facts.active:
         return GRANTED
     if facts.active is False:
+        if facts.revoked_reason and any(why.startswith(REFUND_FAILED) for why in facts.whys):
+            return (
+                f"not granted: {PAID_NO_COURSE} (revoked ({facts.revoked_reason}), then the refund failed); "
+                "refund again, or give the course back with kc-tasks payment restore <payment> --reason TEXT"
+            )
         why = f"revoked ({facts.revoked_reason})" if facts.revoked_reason else "the purchase is inactive"
         return f"not granted: {why}"
     if facts.held_by:
@@ -111,11 +119,14 @@ def verdict(facts: Facts) -> str:
 def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
     story = Story(payment_id)
     t, dup, rev, e, out = db.purchases, db.duplicate_payments, db.revocations, db.payment_events, db.event_outbox
+    res, purged = db.restorations, db.purged_dead_letters
     with db.translate_errors(engine.url), engine.connect() as conn:
         received = conn.execute(sa.select(e).where(e.c.payment_id == payment_id)).all()
         bought = conn.execute(sa.select(t).where(t.c.payment_id == payment_id)).first()
         duplicate = conn.execute(sa.select(dup).where(dup.c.payment_id == payment_id)).first()
         revoked = conn.execute(sa.select(rev).where(rev.c.payment_id == payment_id)).first()
+        restored = conn.execute(sa.select(res).where(res.c.payment_id == payment_id)).all()
+        purges = conn.execute(sa.select(purged).where(purged.c.payment_id == payment_id)).all()
         written = conn.execute(
             sa.select(out.c.type, out.c.occurred_at, out.c.published_at).where(
                 out.c.data["payment_id"].astext == payment_id
@@ -165,9 +176,21 @@ def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
                 f"by payment {duplicate.held_payment_id} (purchase {duplicate.purchase_id})",
             )
         )
+    for restoration in restored:
+        refund = f", refund {restoration.refund_id}" if restoration.refund_id else ""
+        if restoration.revoked_at is not None:
+            text = f"revocation recorded: {restoration.revocation_reason}{refund} (later overruled)"
+            add(Entry(restoration.revoked_at, "revocation", text))
+        text = (
+            f"purchase {restoration.purchase_id} restored by an operator: {restoration.reason} "
+            f"(overruled the revocation: {restoration.revocation_reason}{refund})"
+        )
+        add(Entry(restoration.restored_at, "restoration", text))
     if revoked is not None:
         refund = f", refund {revoked.refund_id}" if revoked.refund_id else ""
         add(Entry(revoked.created_at, "revocation", f"revocation recorded: {revoked.reason}{refund}"))
+    for purge in purges:
+        add(Entry(purge.purged_at, "dead letter", f"{purge.task} dead letter purged (task {purge.task_id})"))
     for event in written:
         published = f"published {event.published_at:%H:%M:%S}" if event.published_at else "not published yet"
         add(Entry(event.occurred_at, "event", f"{event.type} written ({published})"))
@@ -214,7 +237,8 @@ def _found_by_reconciliation(body: str) -> bool:
 
 
 def _why(provider: str, body: str, event_id: str, status: str) -> str | None:
-    """Why a stored event acts on nothing, as today's rules read its body; None if unreadable.
+    """Why a stored event acts on nothing, as today's rules read its body (or why it reads as no
+    event at all).
 
     A Stripe event stored `ignored` that acts when read without a mode was kept out by
     KC_STRIPE_LIVEMODE: it is read again as an endpoint of the other mode read it."""
@@ -224,5 +248,5 @@ def _why(provider: str, body: str, event_id: str, status: str) -> str | None:
             other_mode = json.loads(body).get("livemode") is not True
             why = inbox.plan(inbox.parse(provider, body.encode("utf-8"), event_id, other_mode))[2]
         return why
-    except (Malformed, ValueError):
-        return None
+    except ValueError as exc:  # Malformed included
+        return f"its stored body no longer reads as an event: {exc}"

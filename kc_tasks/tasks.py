@@ -243,20 +243,29 @@ def prune_events() -> dict[str, int]:
 
 @app.task(name="kc_tasks.reconcile_payments")
 def reconcile_payments() -> dict[str, Any]:
-    """Ask each configured provider's API for the payments, refunds and disputes of the last
-    KC_RECONCILE_WINDOW seconds and enqueue what their webhooks never brought
-    (kc_tasks/reconcile.py). A provider that fails is a warning; the next run tries again. The
-    result is each provider's summary."""
-    from kc_tasks import reconcile
+    """Send again the inbox events of the window that were enqueued KC_RECONCILE_INTERVAL ago and
+    still have no outcome, whatever their provider; then ask each configured provider's API for
+    the payments, refunds and disputes of the last KC_RECONCILE_WINDOW seconds and enqueue what
+    their webhooks never brought (kc_tasks/reconcile.py). A provider that fails is a warning; the
+    next run tries again. The result is each provider's summary, and what was sent again."""
+    from kc_tasks import reconcile, redaction
 
     engine, _ = resources()
     win = reconcile.window(settings.reconcile_window)
-    summaries: dict[str, Any] = {}
+    summaries: dict[str, Any] = {
+        "sent_again": reconcile.resend_waiting(
+            engine,
+            app,
+            settings.reconcile_interval,
+            settings.reconcile_window,
+            lambda: redaction.dead_lettered_task_ids(app),
+        )
+    }
     providers = reconcile.configured(settings)
     if not providers:
         logger.info("reconcile: no provider API key is set (KC_RAZORPAY_KEY_ID/SECRET, KC_STRIPE_API_KEY)")
     for provider in providers:
-        summaries[provider] = reconcile.run_logged(engine, app, settings, provider, win).as_result()
+        summaries[provider] = reconcile.run_logged(engine, app, settings, provider, win, resend=False).as_result()
     return summaries
 
 

@@ -109,6 +109,14 @@ def _check_secrets(settings: Settings) -> None:
                 f"{name} is shorter than {MIN_SECRET_BYTES} bytes; generate one with "
                 'python3 -c "import secrets; print(secrets.token_hex(32))"'
             )
+    # Razorpay's signature has no timestamp: the secret is all that stands between a forger and
+    # an order.paid. Its dashboard takes any text, so kc_tasks asks for a long one.
+    if any(len(part) < MIN_SECRET_BYTES for part in secrets(settings.razorpay_webhook_secret)):
+        raise ConfigError(
+            f"KC_RAZORPAY_WEBHOOK_SECRET is shorter than {MIN_SECRET_BYTES} characters; Razorpay's dashboard takes "
+            'any text: generate one with python3 -c "import secrets; print(secrets.token_hex(32))" and paste it in '
+            "both the webhook's Secret field and this variable"
+        )
     if settings.admin_user and settings.admin_password and len(settings.admin_password) < MIN_ADMIN_PASSWORD_CHARS:
         raise ConfigError(f"KC_ADMIN_PASSWORD is shorter than {MIN_ADMIN_PASSWORD_CHARS} characters")
 
@@ -154,6 +162,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
 
     responses: dict[int | str, dict[str, Any]] = {
         401: {"model": Problem, "description": "missing, wrong or stale signature"},
+        409: {"model": Problem, "description": "the event id is stored with another body; nothing stored"},
         413: {"model": Problem, "description": f"body over {MAX_BODY_BYTES} bytes"},
         422: {"model": Problem, "description": "invalid JSON or field"},
         503: {"model": Problem, "description": "the database is unreachable: retry later"},
@@ -162,6 +171,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         200: {"description": "verified and stored (whatever its type)"},
         400: {"model": Problem, "description": "not a JSON event"},
         401: {"model": Problem, "description": "missing or wrong signature; nothing stored"},
+        409: {"model": Problem, "description": "the event id is stored with another body; nothing stored"},
         413: {"model": Problem, "description": f"body over {MAX_PROVIDER_BODY_BYTES} bytes"},
         503: {"model": Problem, "description": "the database is unreachable: retry later"},
     }
@@ -248,12 +258,16 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         return JSONResponse(answer, status_code=200)
 
     async def _receive(event: Any, body: bytes) -> inbox.Receipt:
-        """intake.receive, counted by what became of the event (503: PostgreSQL is down)."""
+        """intake.receive, counted by what became of the event (503: PostgreSQL is down; 409:
+        its id is stored with another body, nothing stored)."""
         try:
             receipt = await intake.receive(event, body)
         except KcTasksError:
             metrics.webhook(event.provider, "unavailable")
             raise
+        if receipt.status == inbox.CONFLICT:
+            metrics.webhook(event.provider, inbox.CONFLICT)
+            raise HTTPException(409, receipt.why)
         metrics.webhook_receipt(event.provider, receipt.status, receipt.new)
         return receipt
 

@@ -50,7 +50,8 @@ BEGIN
         SELECT c.oid::regclass FROM pg_class c
          WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
            AND c.relname IN ('student_course_purchases', 'duplicate_payments', 'event_outbox',
-                             'revocations', 'payments', 'payment_events', 'alembic_version')
+                             'revocations', 'payments', 'payment_events', 'restorations',
+                             'pending_refunds', 'purged_dead_letters', 'alembic_version')
            AND c.relowner <> 'kc_owner'::regrole
     LOOP
         EXECUTE format('ALTER TABLE %s OWNER TO kc_owner', t);

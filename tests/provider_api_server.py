@@ -76,14 +76,47 @@ class Provider:
         self.razorpay_payments.append(payment)
         return payment
 
-    def razorpay_refund(self, payment: dict[str, Any], created_at: int, amount: int | None = None) -> dict[str, Any]:
-        """A processed refund of `payment` made at `created_at`; the payment shows it."""
-        refund = s.razorpay_refund(payment, amount, created_at=created_at)
+    def razorpay_refund(
+        self, payment: dict[str, Any], created_at: int, amount: int | None = None, status: str = "processed"
+    ) -> dict[str, Any]:
+        """A refund of `payment` made at `created_at`; once processed, the payment shows it."""
+        refund = s.razorpay_refund(payment, amount, status="pending", created_at=created_at)
+        self.razorpay_refunds.append(refund)
+        if status == "processed":
+            self.razorpay_refund_processed(payment, refund)
+        return refund
+
+    def razorpay_refund_processed(self, payment: dict[str, Any], refund: dict[str, Any]) -> None:
+        """A pending refund (Razorpay's `status` pending) is processed: the payment shows it."""
+        refund["status"] = "processed"
         payment["amount_refunded"] += refund["amount"]
         full = payment["amount_refunded"] >= payment["amount"]
         payment.update(refund_status="full" if full else "partial", status="refunded" if full else "captured")
-        self.razorpay_refunds.append(refund)
-        return refund
+
+    def razorpay_instalments(
+        self,
+        created_at: int,
+        student: str,
+        course: str,
+        parts: int,
+        paid: int,
+        amount: int = 49900,
+        order_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """An order that takes partial payments (`partial_payment`: true) of `parts` instalments of
+        `amount`, `paid` of them captured a minute apart: one payment each, all of the order, which
+        shows its `amount_paid`, `amount_due` and `status` (`attempted` until paid in full, then
+        `paid`). Called again with the order's id and more `paid`: the next instalments."""
+        order_id = order_id or "order_" + uuid.uuid4().hex[:14]
+        payments = [p for p in self.razorpay_payments if p["order_id"] == order_id]
+        while len(payments) < paid:
+            payment = s.razorpay_payment(amount=amount, order_id=order_id, created_at=created_at + 60 * len(payments))
+            self.razorpay_payments.append(payment)
+            payments.append(payment)
+        self.razorpay_orders[order_id] = s.razorpay_order(
+            payments[-1], student, course, amount=parts * amount, amount_paid=paid * amount
+        )
+        return payments
 
     def razorpay_dispute(self, payment: dict[str, Any], created_at: int, status: str = "lost") -> dict[str, Any]:
         dispute = s.razorpay_dispute(payment, status, created_at=created_at)
@@ -138,6 +171,8 @@ def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
                 found = provider.razorpay_orders.get(entity_id)
             elif collection == "payments":
                 found = next((p for p in provider.razorpay_payments if p["id"] == entity_id), None)
+            elif collection == "refunds":
+                found = next((r for r in provider.razorpay_refunds if r["id"] == entity_id), None)
             if found is None:
                 error = {"code": "BAD_REQUEST_ERROR", "description": "The id provided does not exist"}
                 return self._send(400, {"error": error})

@@ -100,28 +100,40 @@ def razorpay_order(
     student: str | None = None,
     course: str | None = None,
     extra_notes: dict[str, Any] | None = None,
+    amount: int | None = None,
+    amount_paid: int | None = None,
 ) -> dict[str, Any]:
     """The order entity the platform's server created for `payment` (Orders API), with its
-    notes: the only notes kc_tasks trusts. `[]` when empty, as Razorpay sends them."""
+    notes: the only notes kc_tasks trusts. `[]` when empty, as Razorpay sends them.
+
+    An order that takes partial payments (`amount` over the payment's; created with
+    `partial_payment: true`, which the entity echoes here) as Razorpay's order entity documents it
+    after a payment: `amount_paid` so far, `amount_due` the rest, `status` `attempted` until it is
+    paid in full, then `paid`; `attempts` counts the payments."""
     notes: dict[str, Any] = {
         **({"student_id": student} if student else {}),
         **({"course_id": course} if course else {}),
         **(extra_notes or {}),
     }
-    return {
+    total = payment["amount"] if amount is None else amount
+    paid = total if amount_paid is None else amount_paid
+    order = {
         "id": payment["order_id"],
         "entity": "order",
-        "amount": payment["amount"],
-        "amount_paid": payment["amount"],
-        "amount_due": 0,
+        "amount": total,
+        "amount_paid": paid,
+        "amount_due": total - paid,
         "currency": "INR",
         "receipt": "rcpt_1",
         "offer_id": None,
-        "status": "paid",
+        "status": "paid" if paid >= total else "attempted",
         "attempts": 1,
         "notes": notes or [],
         "created_at": payment["created_at"] - 10,
     }
+    if total != payment["amount"]:
+        order["partial_payment"] = True
+    return order
 
 
 def razorpay_refund(
@@ -208,9 +220,13 @@ def stripe_session(
     paid: bool = True,
     payment_status: str | None = None,
     amount_total: int = 99900,
+    mode: str = "payment",
 ) -> dict[str, Any]:
     """A Checkout Session as in Stripe's checkout.session.completed sample. A free one
-    (`payment_status` no_payment_required) has no PaymentIntent."""
+    (`payment_status` no_payment_required) has no PaymentIntent. `mode` `subscription`: a
+    subscription's session, with its `subscription` and `invoice` and no PaymentIntent (one that
+    starts with a free trial is completed `no_payment_required`, its `amount_total` the first
+    invoice's, 0 for a trial); `setup`: a session that only saves a card."""
     metadata = {"student_id": student, "course_id": course} if student and course else {}
     status = payment_status or ("paid" if paid else "unpaid")
     return {
@@ -231,8 +247,13 @@ def stripe_session(
         "customer_email": EMAIL,
         "livemode": False,
         "metadata": metadata,
-        "mode": "payment",
-        "payment_intent": None if status == "no_payment_required" else intent,
+        "mode": mode,
+        "payment_intent": None if status == "no_payment_required" or mode != "payment" else intent,
+        **(
+            {"subscription": "sub_" + uuid.uuid4().hex[:24], "invoice": "in_" + uuid.uuid4().hex[:24]}
+            if mode == "subscription"
+            else {}
+        ),
         "payment_method_types": ["card"],
         "payment_status": status,
         "shipping_details": {"address": ADDRESS, "name": NAME},
@@ -288,6 +309,38 @@ def stripe_charge(intent: str, refunded: bool = True, amount_refunded: int = 999
         "receipt_email": EMAIL,
         "refunded": refunded,
         "status": "succeeded",
+    }
+
+
+def stripe_refund(
+    intent: str, status: str = "failed", failure_reason: str | None = "expired_or_canceled_card"
+) -> dict[str, Any]:
+    """A Refund as Stripe's `charge.refund.updated` and `refund.failed` events carry it: a refund
+    that succeeded (charge.refunded went out then) and later failed, the card closed say; its
+    `failure_reason` and `failure_balance_transaction` set then (`status` `canceled`: a refund
+    canceled before it was made)."""
+    failed = status == "failed"
+    return {
+        "id": "re_" + uuid.uuid4().hex[:24],
+        "object": "refund",
+        "amount": 99900,
+        "balance_transaction": "txn_" + uuid.uuid4().hex[:24],
+        "charge": "ch_" + intent[3:],
+        "created": int(time.time()) - 3600,
+        "currency": "inr",
+        "destination_details": {
+            "card": {"reference_status": "available", "reference_type": "acquirer_reference_number", "type": "refund"},
+            "type": "card",
+        },
+        "failure_balance_transaction": "txn_" + uuid.uuid4().hex[:24] if failed else None,
+        "failure_reason": failure_reason if failed else None,
+        "metadata": {},
+        "payment_intent": intent,
+        "reason": "requested_by_customer",
+        "receipt_number": None,
+        "source_transfer_reversal": None,
+        "status": status,
+        "transfer_reversal": None,
     }
 
 

@@ -1,7 +1,7 @@
 """What a payment provider's verified event asks of kc_tasks, one pure module per provider.
 
 Each module (`kc`, `razorpay`, `stripe`) checks a signature and turns a verified body into an
-Event whose action is one of four small values; none does I/O. kc_tasks.inbox stores the
+Event whose action is one of five small values; none does I/O. kc_tasks.inbox stores the
 event and acts on it.
 
 The trust boundary: a provider's student and course are read only from what the platform's
@@ -21,6 +21,8 @@ DISPUTE = "dispute"
 KEYS = ("student_id", "course_id")
 # Why a paid payment that names neither key is left alone: a payment for another product.
 NOT_A_COURSE = "not a course purchase"
+# How the why of a failed refund begins: the payment's story and the inbox's warning say it.
+REFUND_FAILED = "refund failed"
 
 
 class Malformed(ValueError):
@@ -63,6 +65,25 @@ class Ignored:
 
 
 @dataclass(frozen=True)
+class RefundFailed:
+    """A refund that failed (or was canceled) after it was processed: the buyer was not paid
+    back, and a full refund may already have revoked the purchase. Nothing is enqueued: the
+    inbox warns and counts it, and an operator decides (`kc-tasks payment restore`)."""
+
+    payment_id: str
+    refund_id: str | None = None
+    status: str = "failed"
+    # The provider's own reason, when it gives one (Stripe's `failure_reason`).
+    reason: str | None = None
+
+    @property
+    def why(self) -> str:
+        refund = f"refund {self.refund_id}" if self.refund_id else "a refund"
+        because = f" ({self.reason})" if self.reason else ""
+        return f"{REFUND_FAILED}: {refund} of this payment {self.status} after it was processed{because}"
+
+
+@dataclass(frozen=True)
 class Unmapped:
     """A paid payment whose server-set notes/metadata name one of student_id/course_id but not
     both, or a value that is not a UUID: meant as a course purchase, but which one is unknown."""
@@ -71,7 +92,7 @@ class Unmapped:
     why: str
 
 
-Action = Purchase | Revocation | Ignored | Unmapped
+Action = Purchase | Revocation | Ignored | Unmapped | RefundFailed
 
 
 @dataclass(frozen=True)
@@ -151,6 +172,11 @@ def purchase_from(payment_id: Any, amount: Any, currency: Any, server_set: Any) 
     if rest:
         kwargs["metadata"] = rest
     return Purchase(kwargs)
+
+
+def amount(value: Any) -> int | None:
+    """An amount in the currency's smallest unit: an int, never a bool; else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _is_uuid(value: Any) -> bool:

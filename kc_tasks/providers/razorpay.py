@@ -9,6 +9,11 @@ The trust boundary: the student and course come from the **order's** notes only,
 platform's server set when it created the order (`order_purchase`). A payment's own notes
 are never read for them: Razorpay Checkout lets the browser set those. So `order.paid`
 makes purchases, and `payment.captured` is stored ignored.
+
+An order is granted only once it is paid in full (its `status` `paid`, or `amount_paid` >=
+`amount`): an order that accepts partial payments (`partial_payment: true`) is paid in
+instalments, each its own payment, and only the one that completes it makes the purchase,
+for the order's `amount_paid`.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from kc_tasks.providers import (
     Action,
     Event,
     Ignored,
+    RefundFailed,
     Revocation,
     Unmapped,
+    amount,
     dig,
     load_object,
     purchase_from,
@@ -40,9 +47,12 @@ EVENT_ID_HEADER = "X-Razorpay-Event-Id"
 ORDER_PAID = "order.paid"
 PAYMENT_CAPTURED = "payment.captured"
 REFUND_PROCESSED = "refund.processed"
+REFUND_FAILED = "refund.failed"
 DISPUTE_LOST = "payment.dispute.lost"
 # The events a Razorpay webhook should be subscribed to (docs/webhooks.md).
-SUBSCRIBE = (ORDER_PAID, REFUND_PROCESSED, DISPUTE_LOST)
+SUBSCRIBE = (ORDER_PAID, REFUND_PROCESSED, REFUND_FAILED, DISPUTE_LOST)
+# How the why of an order not paid in full begins (reconciliation counts these as not paid).
+PART_PAID = "order not paid in full"
 
 _utility = razorpay.Utility()
 
@@ -76,15 +86,20 @@ def parse(body: bytes, event_id: str | None) -> Event:
         return Event(NAME, eid, kind, Ignored(why, text(dig(payment, "id"))))
     if kind == REFUND_PROCESSED:
         return Event(NAME, eid, kind, refund_action(dig(data, "payload", "refund", "entity"), payment))
+    if kind == REFUND_FAILED:
+        return Event(NAME, eid, kind, refund_failed(dig(data, "payload", "refund", "entity"), payment))
     if kind.startswith("payment.dispute."):
         return Event(NAME, eid, kind, dispute_action(dig(data, "payload", "dispute", "entity")))
     return Event(NAME, eid, kind, Ignored(f"type {kind} is not acted on", text(dig(payment, "id"))))
 
 
 def order_purchase(payment: Any, order: Any) -> Action:
-    """The purchase a captured payment of an order makes. Reads the payment's `id`, `amount`,
-    `currency` and `order_id`, and the order's `id` and `notes` (`student_id`, `course_id`,
-    the rest to metadata); never the payment's own `notes`."""
+    """The purchase a captured payment of an order makes, once the order is paid in full.
+    Reads the payment's `id`, `status`, `currency` and `order_id` (and its `amount`, only for an
+    order that does not say `amount_paid`), and the order's `id`, `status`, `amount`,
+    `amount_paid` and `notes` (`student_id`, `course_id`, the rest to metadata; `amount_due`
+    only to say why); never the payment's own `notes`. The purchase's amount is the order's
+    `amount_paid`: every instalment of an order paid in parts."""
     pid = text(dig(payment, "id"))
     if dig(payment, "status") not in ("captured", None):
         return Ignored(f"payment status {dig(payment, 'status')}, not captured", pid)
@@ -94,7 +109,25 @@ def order_purchase(payment: Any, order: Any) -> Action:
         return Unmapped(
             pid, f"the payment's order_id {dig(payment, 'order_id')!r} is not the order {order.get('id')!r}"
         )
-    return purchase_from(dig(payment, "id"), dig(payment, "amount"), dig(payment, "currency"), order.get("notes"))
+    if not paid_in_full(order):
+        due = amount(order.get("amount_due"))
+        owing = f", {due} due" if due is not None else ""
+        return Ignored(
+            f"{PART_PAID}: order {order.get('id')} (status {order.get('status')}) has {order.get('amount_paid')} of "
+            f"{order.get('amount')} paid{owing}; its last payment makes the purchase",
+            pid,
+        )
+    paid = amount(order.get("amount_paid"))
+    total = dig(payment, "amount") if paid is None else paid  # an order stored before amount_paid was kept
+    return purchase_from(dig(payment, "id"), total, dig(payment, "currency"), order.get("notes"))
+
+
+def paid_in_full(order: Any) -> bool:
+    """The order's `status` is `paid`, or its `amount_paid` has reached its `amount`."""
+    if dig(order, "status") == "paid":
+        return True
+    paid, total = amount(dig(order, "amount_paid")), amount(dig(order, "amount"))
+    return paid is not None and total is not None and paid >= total
 
 
 def refund_action(refund: Any, payment: Any) -> Action:
@@ -108,6 +141,17 @@ def refund_action(refund: Any, payment: Any) -> Action:
     if not fully_refunded(payment):
         return Ignored("partial refund: the purchase stays", payment_id)
     return Revocation(payment_id, REFUND, text(dig(refund, "id")))
+
+
+def refund_failed(refund: Any, payment: Any) -> Action:
+    """A refund that failed: its payment's buyer was not paid back (`refund.failed`). Reads the
+    refund's `id`, `payment_id` and `status`."""
+    payment_id = text(dig(refund, "payment_id")) or text(dig(payment, "id"))
+    if payment_id is None:
+        return Ignored("refund names no payment")
+    if dig(refund, "status") not in ("failed", None):
+        return Ignored(f"refund status {dig(refund, 'status')}, not failed", payment_id)
+    return RefundFailed(payment_id, text(dig(refund, "id")))
 
 
 def dispute_action(dispute: Any) -> Action:

@@ -47,6 +47,12 @@ def split_event_id(eid: str) -> tuple[str, str]:
     return provider, kind
 
 
+def source(provider: str, eid: str) -> str:
+    """The provider an inbox event came from: its own, or for a reconciliation event the one
+    whose API it was read from (the event id's prefix)."""
+    return eid.partition(":")[0] if provider == NAME else provider
+
+
 def action(provider: str, kind: str, found: Any) -> Action:
     """What the stored objects ask for, as the provider's own webhook reads them."""
     if (provider, kind) not in TYPES:

@@ -5,7 +5,9 @@ tolerance 300 s, checked with the official library (`stripe.WebhookSignature.ver
 given the body as text, as its documentation says: stripe releases before 16 sign text only).
 The payment id is the PaymentIntent id whichever event carries it, so a Checkout Session's
 events and its PaymentIntent's make one purchase; a free Checkout Session (no PaymentIntent)
-is its own payment, under the session id.
+is its own payment, under the session id. Only a one-time payment grants: a session in `mode`
+`payment`; a subscription (its free trial included) or a setup session grants nothing, and a
+session marked `no_payment_required` grants only when its `amount_total` is 0.
 
 The trust boundary: the student and course come from the `metadata` of the Checkout Session
 or of the PaymentIntent, which only the platform's server can set (`event_action`).
@@ -25,7 +27,9 @@ from kc_tasks.providers import (
     Event,
     Ignored,
     Malformed,
+    RefundFailed,
     Revocation,
+    amount,
     dig,
     load_object,
     purchase_from,
@@ -39,10 +43,25 @@ SESSION_COMPLETED = "checkout.session.completed"
 SESSION_ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
 INTENT_SUCCEEDED = "payment_intent.succeeded"
 CHARGE_REFUNDED = "charge.refunded"
+# A refund's later fate: both carry the Refund object.
+REFUND_UPDATED = "charge.refund.updated"
+REFUND_FAILED = "refund.failed"
 DISPUTE_CLOSED = "charge.dispute.closed"
 # The events kc_tasks acts on: what a Stripe endpoint should be subscribed to (docs/webhooks.md),
 # and what reconciliation asks the Events API for.
-SUBSCRIBE = (SESSION_COMPLETED, SESSION_ASYNC_SUCCEEDED, INTENT_SUCCEEDED, CHARGE_REFUNDED, DISPUTE_CLOSED)
+SUBSCRIBE = (
+    SESSION_COMPLETED,
+    SESSION_ASYNC_SUCCEEDED,
+    INTENT_SUCCEEDED,
+    CHARGE_REFUNDED,
+    REFUND_UPDATED,
+    REFUND_FAILED,
+    DISPUTE_CLOSED,
+)
+# The Checkout Session mode of a one-time payment: the only one that grants.
+ONE_TIME = "payment"
+# A refund in one of these statuses will never pay the buyer back.
+REFUND_NOT_MADE = ("failed", "canceled")
 # Why an event of the other mode is left alone (KC_STRIPE_LIVEMODE).
 OTHER_MODE = "an event of the other Stripe mode"
 
@@ -84,16 +103,17 @@ def parse(body: bytes, livemode: bool | None = None) -> Event:
 
 
 def event_action(kind: str, obj: Any) -> Action:
-    """What one event asks for. Reads a Checkout Session's `id`, `payment_status`,
+    """What one event asks for. Reads a Checkout Session's `id`, `mode`, `payment_status`,
     `payment_intent`, `amount_total`, `currency` and `metadata`; a PaymentIntent's `id`,
     `amount_received`, `currency` and `metadata`; a charge's `payment_intent` and `refunded`;
-    a dispute's `payment_intent` and `status`. Nothing else decides a grant."""
+    a Refund's `id`, `payment_intent`, `status` and `failure_reason`; a dispute's
+    `payment_intent` and `status`. Nothing else decides a grant."""
     if kind in (SESSION_COMPLETED, SESSION_ASYNC_SUCCEEDED):
         return _session(kind, obj)
     if kind == INTENT_SUCCEEDED:
-        amount = dig(obj, "amount_received")
-        amount = dig(obj, "amount") if amount is None else amount
-        return purchase_from(dig(obj, "id"), amount, dig(obj, "currency"), dig(obj, "metadata"))
+        received = dig(obj, "amount_received")
+        received = dig(obj, "amount") if received is None else received
+        return purchase_from(dig(obj, "id"), received, dig(obj, "currency"), dig(obj, "metadata"))
     if kind == CHARGE_REFUNDED:
         intent = _id(dig(obj, "payment_intent"))
         if intent is None:
@@ -105,6 +125,8 @@ def event_action(kind: str, obj: Any) -> Action:
         refunds = dig(obj, "refunds", "data")
         refund_id = _id(refunds[0]) if isinstance(refunds, list) and len(refunds) == 1 else None
         return Revocation(intent, REFUND, refund_id)
+    if kind in (REFUND_UPDATED, REFUND_FAILED):
+        return _refund(obj)
     if kind == DISPUTE_CLOSED:
         intent = _id(dig(obj, "payment_intent"))
         if intent is None:
@@ -118,11 +140,19 @@ def event_action(kind: str, obj: Any) -> Action:
 def _session(kind: str, session: Any) -> Action:
     status = dig(session, "payment_status")
     intent = _id(dig(session, "payment_intent"))
+    mode = dig(session, "mode")
+    if mode != ONE_TIME:
+        # A subscription (a trial too: no_payment_required, and nothing revokes it when it
+        # lapses unpaid) or a setup session: not a course bought once.
+        why = f"checkout session in mode {mode}: only a one-time payment (mode {ONE_TIME}) grants a course"
+        return Ignored(why, intent or text(dig(session, "id")))
     if status == "no_payment_required" and kind == SESSION_COMPLETED:
+        total = dig(session, "amount_total")
+        if amount(total) != 0:
+            why = f"checkout session no_payment_required with amount_total {total}: only a free one (0) grants unpaid"
+            return Ignored(why, intent or text(dig(session, "id")))
         # A free or fully discounted course: no PaymentIntent, the session is the payment.
-        return purchase_from(
-            dig(session, "id"), dig(session, "amount_total"), dig(session, "currency"), dig(session, "metadata")
-        )
+        return purchase_from(dig(session, "id"), 0, dig(session, "currency"), dig(session, "metadata"))
     if status != "paid":
         return Ignored(f"checkout session not paid yet (payment_status={status})", intent)
     if intent is None:
@@ -130,6 +160,18 @@ def _session(kind: str, session: Any) -> Action:
             "paid checkout session names no payment_intent (not a one-time payment)", text(dig(session, "id"))
         )
     return purchase_from(intent, dig(session, "amount_total"), dig(session, "currency"), dig(session, "metadata"))
+
+
+def _refund(refund: Any) -> Action:
+    """A Refund that failed or was canceled after it was processed: the buyer was not paid back."""
+    intent = _id(dig(refund, "payment_intent"))
+    refund_id = text(dig(refund, "id"))
+    if intent is None:
+        return Ignored("refund names no payment_intent")
+    status = dig(refund, "status")
+    if status not in REFUND_NOT_MADE:
+        return Ignored(f"refund {refund_id} {status}: nothing to do", intent)
+    return RefundFailed(intent, refund_id, status, text(dig(refund, "failure_reason")))
 
 
 def _id(value: Any) -> str | None:

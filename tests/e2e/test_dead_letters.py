@@ -190,9 +190,11 @@ def test_reading_the_dlq_keeps_its_order_and_loses_nothing(
     assert kc(broker_url, "dlq", "purge", "--older-than", "1h", "--yes").stdout.strip() == "nothing to purge"
     assert [d["kwargs"]["payment_id"] for d in dead(broker_url)] == payments
     assert kc(broker_url, "dlq", "purge", "--older-than", "soon").returncode == 2
-    purged = kc(broker_url, "dlq", "purge", "--yes")
+    purged = kc(broker_url, "dlq", "purge", "--yes", database_url=database_url)
     assert purged.returncode == 0 and "purged 6 dead letter(s)" in purged.stdout
     assert dead(broker_url) == []
+    recorded = run_sql(database_url, "SELECT payment_id FROM purged_dead_letters ORDER BY payment_id")
+    assert recorded == [(payment,) for payment in payments], "each recorded: its task's outcome"
 
 
 def test_the_rabbitmq_policy_dead_letters_what_a_consumer_rejects(rabbitmq_url: str) -> None:

@@ -111,10 +111,18 @@ def test_flower_listens_on_loopback_only_by_default(run: Callable[..., Started],
             {"FLOWER_ADDRESS": "0.0.0.0", "FLOWER_BASIC_AUTH": "kc:pw-of-flower", "FLOWER_UNAUTHENTICATED_API": "true"},
             "FLOWER_UNAUTHENTICATED_API opens Flower's API",
         ),
+        # On loopback too: without authentication Flower skips its cross-site check, so any page
+        # open in a browser that reaches 127.0.0.1:5555 (an SSH tunnel's too) could post
+        # /api/task/async-apply/kc_tasks.create_purchase and grant a course.
+        (
+            {"FLOWER_UNAUTHENTICATED_API": "true"},
+            "FLOWER_UNAUTHENTICATED_API opens Flower's API to anyone who reaches 127.0.0.1, and to any web page",
+        ),
+        ({"FLOWER_UNAUTHENTICATED_API": "yes", "FLOWER_BASIC_AUTH": "kc:pw-of-flower"}, "unset it"),
     ],
-    ids=["all-ipv4", "all-ipv6", "unauthenticated-api"],
+    ids=["all-ipv4", "all-ipv6", "unauthenticated-api", "unauthenticated-api-on-loopback", "open-api-beside-auth"],
 )
-def test_flower_refuses_a_public_address_without_authentication(
+def test_flower_refuses_a_public_address_without_authentication_and_an_open_api_anywhere(
     run: Callable[..., Started], env: dict[str, str], says: str
 ) -> None:
     flower = run("flower", **env)

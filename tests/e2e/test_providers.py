@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,11 +23,12 @@ from celery import Celery
 from kc_tasks.inbox import task_id_for
 from tests import provider_samples as s
 from tests.conftest import AMQP, broker_idle, queued, run_sql
-from tests.e2e.conftest import Web, Workers, reader_headers, wait_until
+from tests.e2e.conftest import ROOT, Web, Workers, reader_headers, wait_until
 from tests.e2e.proxy import Proxy
 
+KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 SECRETS = {
-    "KC_RAZORPAY_WEBHOOK_SECRET": f"old-razorpay-secret, {s.RAZORPAY_SECRET}",
+    "KC_RAZORPAY_WEBHOOK_SECRET": f"old-razorpay-secret-being-rotated-out, {s.RAZORPAY_SECRET}",
     "KC_STRIPE_WEBHOOK_SECRET": f"whsec_old,{s.STRIPE_SECRET}",
 }
 
@@ -465,3 +470,77 @@ def test_postgresql_down_is_a_503_and_the_providers_retry_is_stored_and_enqueued
         assert queued(rabbitmq_url) == 2, "one task for each event, whatever the retries"
     finally:
         proxy.cut()
+
+
+def kc_tasks_command(database_url: str, broker_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, DATABASE_URL=database_url, CELERY_BROKER_URL=broker_url)
+    return subprocess.run([KC_TASKS, *args], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_a_subscription_its_trial_and_a_non_free_session_marked_unpaid_grant_nothing(
+    database_url: str, workers: Workers, rabbitmq_url: str, webs: Callable[..., Web]
+) -> None:
+    """Stripe's checkout.session.completed sample, in `mode` subscription: a free trial completes
+    with `payment_status` no_payment_required, `amount_total` 0, no PaymentIntent, and nothing
+    revokes it when the trial lapses unpaid; a paid subscription has a `subscription` and an
+    `invoice`, no PaymentIntent; a setup session saves a card. And a session in `mode` payment
+    marked no_payment_required whose `amount_total` is not 0. None is a course bought once:
+    each is stored `ignored`, and the payment's story says why."""
+    workers.start(database_url, rabbitmq_url)
+    web = webs(database_url, rabbitmq_url, **SECRETS)
+    student = str(uuid.uuid4())
+    trial = s.stripe_session(
+        None, student, str(uuid.uuid4()), payment_status="no_payment_required", amount_total=0, mode="subscription"
+    )
+    subscription = s.stripe_session(s.new_intent(), student, str(uuid.uuid4()), mode="subscription")
+    setup = s.stripe_session(None, student, str(uuid.uuid4()), payment_status="no_payment_required", mode="setup")
+    not_free = s.stripe_session(
+        None, student, str(uuid.uuid4()), payment_status="no_payment_required", amount_total=499900
+    )
+    sessions = [trial, subscription, setup, not_free]
+
+    answers = [post_stripe(web, s.stripe_event("checkout.session.completed", session)) for session in sessions]
+
+    assert [(a.status_code, a.json()["status"]) for a in answers] == [(200, "ignored")] * 4
+    assert wait_until(lambda: broker_idle(rabbitmq_url))
+    assert holdings(database_url) == []
+    assert courses_of(web, student) == []
+    assert [row[3:] for row in inbox(database_url)] == [(session["id"], "ignored") for session in sessions]
+    told = kc_tasks_command(database_url, rabbitmq_url, "payment", trial["id"]).stdout.strip().splitlines()
+    assert "ignored: checkout session in mode subscription: only a one-time payment (mode payment) grants" in told[1]
+    assert told[-1].startswith("not granted: its events were ignored")
+    told = kc_tasks_command(database_url, rabbitmq_url, "payment", not_free["id"]).stdout
+    assert "ignored: checkout session no_payment_required with amount_total 499900" in told
+
+
+def test_a_razorpay_order_paid_in_three_instalments_grants_once_for_the_whole_amount(
+    database_url: str, workers: Workers, rabbitmq_url: str, webs: Callable[..., Web]
+) -> None:
+    """An order created with `partial_payment: true` for three instalments: each is its own
+    payment (Razorpay's payment.captured sample), and the order after it (the order entity's
+    documented `amount_paid`, `amount_due`, and `status` `attempted` until the order is paid in
+    full, `paid` then) comes with order.paid. Only the order paid in full grants, for its
+    `amount_paid`, under the payment that completed it; the earlier instalments grant nothing,
+    and the last one is no duplicate payment of the first."""
+    workers.start(database_url, rabbitmq_url)
+    web = webs(database_url, rabbitmq_url, **SECRETS)
+    student, course = str(uuid.uuid4()), str(uuid.uuid4())
+    order_id = "order_" + uuid.uuid4().hex[:14]
+    payments = [s.razorpay_payment(order_id=order_id, created_at=1732520000 + 60 * n) for n in range(3)]
+    answers = []
+    for n, payment in enumerate(payments, start=1):
+        order = s.razorpay_order(payment, student, course, amount=3 * 49900, amount_paid=n * 49900)
+        answers.append(post_razorpay(web, s.razorpay_event("payment.captured", payment), evt()))
+        answers.append(post_razorpay(web, s.razorpay_event("order.paid", payment, order), evt()))
+        if n < 3:
+            assert wait_until(lambda: broker_idle(rabbitmq_url))
+            assert holdings(database_url) == [], f"nothing after instalment {n}"
+
+    assert [a.json()["status"] for a in answers] == ["ignored"] * 5 + ["enqueued"]
+    assert wait_until(lambda: purchases_of(database_url, payments[2]["id"]) == [(True, 149700, "INR")])
+    assert wait_until(lambda: broker_idle(rabbitmq_url))
+    assert holdings(database_url) == [(student, course, payments[2]["id"], True)]
+    assert run_sql(database_url, "SELECT count(*) FROM duplicate_payments") == [(0,)]
+    assert courses_of(web, student) == [course]
+    told = kc_tasks_command(database_url, rabbitmq_url, "payment", payments[0]["id"]).stdout
+    assert f"order not paid in full: order {order_id} (status attempted) has 49900 of 149700 paid" in told

@@ -223,3 +223,71 @@ def test_flower_shows_the_beat_tasks_summary_as_its_result(
     assert wait_until(lambda: count(database_url) == 1)
     for secret in SECRETS:
         assert secret not in result + failed + worker.text()
+
+
+def test_an_order_paid_in_parts_is_granted_by_reconciliation_once_paid_in_full(
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+) -> None:
+    """Three instalments of an order that takes partial payments, no webhook at all: a run after
+    the first finds a captured payment of an order not paid in full (the order entity's documented
+    `status` `attempted`, `amount_paid`, `amount_due`) and grants nothing; a run after the last
+    grants once, under the last instalment, for the order's `amount_paid`; the earlier ones are no
+    duplicate payments. The last one's order.paid, arriving late, is a repeat."""
+    now = int(time.time())
+    student, course = api.new_id(), api.new_id()
+    [first] = provider.razorpay_instalments(now - 900, student, course, parts=3, paid=1)
+    workers.start(database_url, rabbitmq_url)
+    web = webs(database_url, rabbitmq_url, KC_RAZORPAY_WEBHOOK_SECRET=s.RAZORPAY_SECRET)
+
+    early = kc(database_url, rabbitmq_url, provider, "reconcile", "--provider", "razorpay", "--since", "1h")
+    assert early.returncode == 0, early.stderr
+    assert "0 purchase(s) enqueued" in early.stdout and "1 not paid" in early.stdout, early.stdout
+    assert f"not paid in full yet: {first['id']}" in early.stdout
+    payments = provider.razorpay_instalments(now - 900, student, course, parts=3, paid=3, order_id=first["order_id"])
+    paid = kc(database_url, rabbitmq_url, provider, "reconcile", "--provider", "razorpay", "--since", "1h")
+
+    assert "1 purchase(s) enqueued" in paid.stdout, paid.stdout
+    assert "2 earlier instalment(s) of an order paid in parts" in paid.stdout
+    assert wait_until(lambda: active(database_url, payments[2]["id"]) == [(True,)])
+    assert run_sql(database_url, "SELECT payment_id, amount_cents, is_active FROM student_course_purchases") == [
+        (payments[2]["id"], 149700, True)
+    ]
+    late = s.encode(s.razorpay_event("order.paid", payments[2], provider.razorpay_orders[first["order_id"]]))
+    answer = httpx.post(web.base + "/webhooks/razorpay", content=late, headers=s.razorpay_headers(late), timeout=30)
+    assert answer.status_code == 200 and answer.json()["status"] == "enqueued"
+    again = kc(database_url, rabbitmq_url, provider, "reconcile", "--provider", "razorpay", "--since", "1h")
+    assert "0 purchase(s) enqueued" in again.stdout, again.stdout
+    assert wait_until(
+        lambda: run_sql(database_url, "SELECT count(*) FROM payment_events WHERE status = 'enqueued'") == [(2,)]
+    )
+    assert count(database_url) == 1
+    assert run_sql(database_url, "SELECT count(*) FROM duplicate_payments") == [(0,)]
+
+
+def test_a_refund_pending_past_the_window_revokes_once_it_is_processed(
+    database_url: str, rabbitmq_url: str, workers: Workers, provider: api.Provider
+) -> None:
+    """Razorpay's refund entity with `status` pending (a bank refund can take days): a run sees it
+    pending and keeps it. It is processed after it has left the window, and its refund.processed
+    webhook is lost: a later run fetches it (GET /v1/refunds/{id}) and revokes."""
+    now = int(time.time())
+    payment = provider.razorpay_paid(now - 3 * 3600, api.new_id(), api.new_id(), "pay_refund_pending")
+    workers.start(database_url, rabbitmq_url)
+    kc(database_url, rabbitmq_url, provider, "reconcile", "--provider", "razorpay", "--since", "4h")
+    assert wait_until(lambda: active(database_url, payment["id"]) == [(True,)])
+    refund = provider.razorpay_refund(payment, now - 2 * 3600, status="pending")
+
+    seen = kc(database_url, rabbitmq_url, provider, "reconcile", "--provider", "razorpay", "--since", "3h")
+    assert "1 refund(s) still pending" in seen.stdout, seen.stdout
+    provider.razorpay_refund_processed(payment, refund)
+    later = kc(database_url, rabbitmq_url, provider, "reconcile", "--provider", "razorpay", "--since", "1h")
+
+    assert later.returncode == 0, later.stderr
+    assert f"refund {refund['id']} seen pending before is processed now" in later.stdout, later.stdout
+    assert "1 revocation(s) enqueued" in later.stdout
+    assert wait_until(lambda: active(database_url, payment["id"]) == [(False,)])
+    assert ("/v1/refunds/" + refund["id"], {}) in provider.requests
+    assert run_sql(database_url, "SELECT count(*) FROM pending_refunds") == [(0,)], "final: not fetched again"
+    again = kc(database_url, rabbitmq_url, provider, "reconcile", "--provider", "razorpay", "--since", "1h")
+    assert "refund(s) still pending" not in again.stdout
+    assert provider.requests.count(("/v1/refunds/" + refund["id"], {})) == 1

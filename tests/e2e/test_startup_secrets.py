@@ -41,8 +41,20 @@ def start(**env: str) -> subprocess.CompletedProcess[str]:
             "tpart",
         ),
         ({"DATABASE_URL": "postgresql://kc:pa:ss@db:notaport/kc"}, "is not a valid URL", "pa:ss"),
+        # Razorpay's signature has no timestamp and its dashboard takes any text: the secret is
+        # the only gate on a forged order.paid.
+        (
+            {"KC_RAZORPAY_WEBHOOK_SECRET": "rzp-dashboard-pw-9"},
+            "KC_RAZORPAY_WEBHOOK_SECRET is shorter than 32 characters; Razorpay's dashboard takes any text",
+            "rzp-dashboard-pw-9",
+        ),
+        (
+            {"KC_RAZORPAY_WEBHOOK_SECRET": "a-long-razorpay-secret-of-40-characters!, rzp-old-pw-3"},
+            "python3 -c",
+            "rzp-old-pw-3",
+        ),
     ],
-    ids=["webhook", "jwt", "admin", "at-in-password", "bad-port"],
+    ids=["webhook", "jwt", "admin", "at-in-password", "bad-port", "razorpay", "razorpay-rotation"],
 )
 def test_a_weak_secret_or_ambiguous_url_stops_the_web_process(env: dict[str, str], says: str, secret: str) -> None:
     result = start(**env)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import uuid
 
+import httpx
+
 import tests.provider_samples as s
 from celeryconfig import RELAY_SAFETY_INTERVAL, beat_schedule
 from tests.conftest import run_sql
-from tests.e2e.conftest import Workers, count, wait_until
+from tests.e2e.conftest import Workers, count, free_port, wait_until
 from tests.e2e.test_events import Consumer
 
 
@@ -64,3 +66,52 @@ def test_beat_runs_the_relay_tasks_only_as_a_safety_net_minutes_apart() -> None:
     housekeeping = [entry["schedule"] for entry in beat_schedule.values() if entry["task"] != HEARTBEAT_TASK]
     assert min(housekeeping) >= 300, "every beat task is minutes apart: a few hundred rows a day in Flower"
     assert queue_heartbeat.send_events is False
+
+
+def test_a_stored_event_that_no_longer_reads_is_marked_invalid_and_the_relay_goes_on(
+    database_url: str, workers: Workers, rabbitmq_url: str
+) -> None:
+    """Two events left `received` whose bodies no longer read as events (kc_tasks' own without
+    its `type`; a reconciliation id no rule knows), stored before the good ones behind them. Each
+    is marked `invalid` with why, logged and counted; the good ones become purchases."""
+    poisoned = [
+        ("kc", "evt_poisoned", json.dumps({"id": "evt_poisoned", "data": {}})),
+        ("reconcile", "razorpay:pay_x:refunded-twice", "{}"),
+    ]
+    for provider, event_id, body in poisoned:
+        run_sql(
+            database_url,
+            "INSERT INTO payment_events (provider, event_id, type, status, body, received_at) "
+            "VALUES (%s, %s, 'payment.succeeded', 'received', %s, now() - interval '2 min')",
+            (provider, event_id, body),
+        )
+    good = [f"pay_after_poison_{n}" for n in range(3)]
+    for n, payment in enumerate(good):
+        body = s.encode(s.razorpay_paid(str(uuid.uuid4()), str(uuid.uuid4()), payment)).decode()
+        run_sql(
+            database_url,
+            "INSERT INTO payment_events (provider, event_id, type, payment_id, status, body, received_at) "
+            "VALUES ('razorpay', %s, 'order.paid', %s, 'received', %s, now() - interval '1 min')",
+            (f"evt_good_{n}", payment, body),
+        )
+    metrics_port = free_port()
+    worker = workers.start(
+        database_url, rabbitmq_url, concurrency=1, KC_EVENT_RELAY_INTERVAL="1", KC_WORKER_METRICS_PORT=str(metrics_port)
+    )
+
+    assert wait_until(lambda: count(database_url, "payment_id LIKE 'pay_after_poison_%'") == 3, timeout=30), (
+        worker.text()[-3000:]
+    )
+    assert run_sql(database_url, "SELECT event_id, status FROM payment_events ORDER BY received_at, event_id") == [
+        ("evt_poisoned", "invalid"),
+        ("razorpay:pay_x:refunded-twice", "invalid"),
+        ("evt_good_0", "enqueued"),
+        ("evt_good_1", "enqueued"),
+        ("evt_good_2", "enqueued"),
+    ]
+    [line] = [line for line in worker.text().splitlines() if "evt_poisoned" in line]
+    assert "ERROR" in line and "kc event evt_poisoned is invalid, nothing enqueued" in line
+    assert "id and type: must be non-empty text" in line or "type: is required" in line
+    scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    assert 'kc_webhook_events_total{outcome="invalid",provider="kc"} 1.0' in scraped
+    assert 'kc_webhook_events_total{outcome="invalid",provider="razorpay"} 1.0' in scraped

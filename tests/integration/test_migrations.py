@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from collections.abc import Callable
 
+import psycopg
 import pytest
+import sqlalchemy as sa
 
 from kc_tasks.migrate import migrate
 from kc_tasks.settings import normalize_database_url
@@ -20,6 +23,10 @@ ALL = [
     "005_payment_events",
     "006_payments",
     "007_inbox_body_redaction",
+    "008_event_body_digest",
+    "009_restorations",
+    "010_pending_refunds",
+    "011_purged_dead_letters",
 ]
 
 
@@ -365,3 +372,29 @@ def test_a_duplicate_purchase_written_while_002_builds_its_index_is_deactivated_
         "SELECT payment_id, is_active FROM student_course_purchases WHERE payment_id LIKE 'pay_a_%' ORDER BY 1",
     ) == [("pay_a_during_build", False), ("pay_a_mid", False), ("pay_a_new", False), ("pay_a_old", True)]
     assert index_state(legacy_url, "unique_active_purchase")[:2] == (True, True)
+
+
+def test_migration_008_gives_up_its_lock_wait_instead_of_queueing_the_webhooks_behind_it(database_url: str) -> None:
+    """A transaction reading payment_events holds its lock: the ALTER waits LOCK_TIMEOUT at most
+    per try, in which the webhooks' inserts queue behind it, then lets them through."""
+    migration = importlib.import_module("kc_tasks.migrations.versions.008_event_body_digest")
+    plain = database_url
+    with psycopg.connect(plain, autocommit=True) as setup:
+        setup.execute("ALTER TABLE payment_events DROP COLUMN body_sha256")
+    reader = psycopg.connect(plain)
+    reader.execute("SELECT count(*) FROM payment_events")  # its lock held until the transaction ends
+    engine = sa.create_engine(normalize_database_url(plain))
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+                migration.add_column(conn, tries=2, pause=0)
+            reader.rollback()
+            migration.add_column(conn, tries=2, pause=0)
+            columns = conn.execute(
+                sa.text("SELECT column_name FROM information_schema.columns WHERE table_name = 'payment_events'")
+            ).scalars()
+            assert "body_sha256" in set(columns)
+            assert conn.execute(sa.text("SHOW lock_timeout")).scalar() == "0", "the session's setting is put back"
+    finally:
+        reader.close()
+        engine.dispose()

@@ -211,10 +211,12 @@ def test_stripe_events_api_every_page_each_event_through_the_webhooks_rules(
     assert sorted(pages[0]["types[]"]) == sorted(
         [
             "charge.dispute.closed",
+            "charge.refund.updated",
             "charge.refunded",
             "checkout.session.async_payment_succeeded",
             "checkout.session.completed",
             "payment_intent.succeeded",
+            "refund.failed",
         ]
     )
     assert (summary.seen, summary.already_fine, summary.purchases_enqueued, summary.revocations_enqueued) == (

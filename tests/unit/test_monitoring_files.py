@@ -24,6 +24,7 @@ CONTRACT_SERIES = {
     "kc_reconcile_found_total",
     "kc_index_usable",
     "kc_inbox_stuck_events",
+    "kc_refund_failures_total",
     "kc_database_up",
     "kc_periodic_last_success_timestamp_seconds",
 }
@@ -42,6 +43,7 @@ ALERTS = {
     "KcRejectedSignatureBurst",
     "KcWebhooksMissing",
     "KcSlowPaymentToAccess",
+    "KcRefundFailed",
     "KcNoConsumer",
     "KcPurchasesWaiting",
     "KcDatabaseDown",

@@ -21,7 +21,8 @@ def test_only_loopback_addresses_count_as_loopback(address: str, loopback: bool)
     ("address", "basic_auth", "oauth", "open_api", "refused"),
     [
         ("127.0.0.1", [], "", False, False),
-        ("127.0.0.1", [], "", True, False),
+        ("127.0.0.1", [], "", True, True),
+        ("::1", ["kc:pw"], "", True, True),
         ("0.0.0.0", [], "", False, True),
         ("", [], "", False, True),
         ("0.0.0.0", ["kc:pw"], "", False, False),
@@ -29,7 +30,7 @@ def test_only_loopback_addresses_count_as_loopback(address: str, loopback: bool)
         ("0.0.0.0", ["kc:pw"], "", True, True),
     ],
 )
-def test_flower_needs_authentication_off_the_loopback_interface(
+def test_flower_needs_authentication_off_the_loopback_interface_and_never_opens_its_api(
     address: str, basic_auth: list[str], oauth: str, open_api: bool, refused: bool
 ) -> None:
     assert (flower_refusal(address, basic_auth, oauth, open_api) is not None) is refused

@@ -22,6 +22,7 @@ from kc_tasks.providers import (
     Ignored,
     Malformed,
     Purchase,
+    RefundFailed,
     Revocation,
     Unmapped,
     kc,
@@ -66,6 +67,24 @@ def refund_processed(refunded: int, refund_amount: int) -> dict[str, Any]:
 def disputed(event: str, status: str) -> dict[str, Any]:
     paid = payment()
     return s.razorpay_event(event, paid, dispute=s.razorpay_dispute(paid, status))
+
+
+def instalment(paid_after: int, amount: int = 50000, total: int = 150000, status: str | None = None) -> dict[str, Any]:
+    """order.paid for one instalment of an order that takes partial payments (`partial_payment`:
+    true): the payment of `amount`, and the order as Razorpay's order entity documents it after
+    that payment: `amount_paid` so far, `amount_due` the rest, `status` `attempted` until it is
+    paid in full (`status` overrides it)."""
+    paid = payment(amount=amount)
+    order = s.razorpay_order(paid, STUDENT, COURSE, amount=total, amount_paid=paid_after)
+    if status is not None:
+        order["status"] = status
+    return s.razorpay_event("order.paid", paid, order)
+
+
+def refund_failed() -> dict[str, Any]:
+    """Razorpay's refund.failed: the refund entity (status failed) and its payment."""
+    paid = payment(refunded=49900)
+    return s.razorpay_event("refund.failed", paid, refund={**s.razorpay_refund(paid, status="failed"), "id": REFUND_ID})
 
 
 def other_order() -> dict[str, Any]:
@@ -131,6 +150,26 @@ RAZORPAY_TABLE = [
         s.razorpay_event("payment.captured", payment(notes={"student_id": STUDENT, "course_id": COURSE})),
         Ignored("payment.captured is not acted on: its notes are the browser's; order.paid makes the purchase", PAY),
     ),
+    (
+        "order.paid, the first of three instalments",
+        instalment(50000),
+        Ignored(
+            f"order not paid in full: order order_{PAY[4:]} (status attempted) has 50000 of 150000 paid, 100000 due; "
+            "its last payment makes the purchase",
+            PAY,
+        ),
+    ),
+    (
+        "order.paid, the last instalment: the order's amount_paid",
+        instalment(150000),
+        Purchase({**RAZORPAY_PURCHASE.kwargs, "amount_cents": 150000}),
+    ),
+    (
+        "order.paid, amount_paid reached, status not updated yet",
+        instalment(150000, status="attempted"),
+        Purchase({**RAZORPAY_PURCHASE.kwargs, "amount_cents": 150000}),
+    ),
+    ("refund.failed", refund_failed(), RefundFailed(PAY, REFUND_ID)),
     ("refund.processed, full", refund_processed(49900, 49900), Revocation(PAY, "refund", REFUND_ID)),
     (
         "refund.processed, the last of two partial refunds",
@@ -215,6 +254,17 @@ def refunds_embedded(count: int) -> dict[str, Any]:
 
 
 FREE = s.stripe_session(None, STUDENT, COURSE, payment_status="no_payment_required", amount_total=0)
+# A subscription that starts with a free trial: completed with nothing to pay, no PaymentIntent.
+TRIAL = s.stripe_session(
+    None, STUDENT, COURSE, payment_status="no_payment_required", amount_total=0, mode="subscription"
+)
+PAID_SUBSCRIPTION = s.stripe_session(PI, STUDENT, COURSE, mode="subscription")
+SUBSCRIPTION_WHY = "checkout session in mode subscription: only a one-time payment (mode payment) grants a course"
+SETUP = s.stripe_session(None, STUDENT, COURSE, payment_status="no_payment_required", amount_total=0, mode="setup")
+NOT_FREE = s.stripe_session(None, STUDENT, COURSE, payment_status="no_payment_required", amount_total=499900)
+FAILED_REFUND = s.stripe_refund(PI)
+CANCELED_REFUND = s.stripe_refund(PI, "canceled")
+SUCCEEDED_REFUND = s.stripe_refund(PI, "succeeded")
 STRIPE_PURCHASE = Purchase(
     {"payment_id": PI, "student_id": STUDENT, "course_id": COURSE, "amount_cents": 99900, "currency": "INR"}
 )
@@ -230,6 +280,49 @@ STRIPE_TABLE = [
         Purchase(
             {"payment_id": FREE["id"], "student_id": STUDENT, "course_id": COURSE, "amount_cents": 0, "currency": "INR"}
         ),
+    ),
+    (
+        "checkout.session.completed, a subscription's free trial",
+        sevent("checkout.session.completed", TRIAL),
+        Ignored(SUBSCRIPTION_WHY, TRIAL["id"]),
+    ),
+    (
+        "checkout.session.completed, a paid subscription",
+        sevent("checkout.session.completed", PAID_SUBSCRIPTION),
+        Ignored(SUBSCRIPTION_WHY, PAID_SUBSCRIPTION["id"]),
+    ),
+    (
+        "checkout.session.completed, a setup session",
+        sevent("checkout.session.completed", SETUP),
+        Ignored("checkout session in mode setup: only a one-time payment (mode payment) grants a course", SETUP["id"]),
+    ),
+    (
+        "checkout.session.completed, no_payment_required with a non-zero total",
+        sevent("checkout.session.completed", NOT_FREE),
+        Ignored(
+            "checkout session no_payment_required with amount_total 499900: only a free one (0) grants unpaid",
+            NOT_FREE["id"],
+        ),
+    ),
+    (
+        "charge.refund.updated, failed",
+        sevent("charge.refund.updated", FAILED_REFUND),
+        RefundFailed(PI, FAILED_REFUND["id"], "failed", "expired_or_canceled_card"),
+    ),
+    (
+        "charge.refund.updated, canceled",
+        sevent("charge.refund.updated", CANCELED_REFUND),
+        RefundFailed(PI, CANCELED_REFUND["id"], "canceled"),
+    ),
+    (
+        "charge.refund.updated, succeeded",
+        sevent("charge.refund.updated", SUCCEEDED_REFUND),
+        Ignored(f"refund {SUCCEEDED_REFUND['id']} succeeded: nothing to do", PI),
+    ),
+    (
+        "refund.failed",
+        sevent("refund.failed", FAILED_REFUND),
+        RefundFailed(PI, FAILED_REFUND["id"], "failed", "expired_or_canceled_card"),
     ),
     (
         "checkout.session.completed, unpaid",
@@ -360,8 +453,8 @@ def test_stripe_expanded_payment_intent_gives_its_id() -> None:
 
 
 def test_a_paid_session_without_a_payment_intent_grants_nothing() -> None:
-    """A subscription's session: paid, but no one-time PaymentIntent to be the payment."""
-    session = {**s.stripe_session(None, STUDENT, COURSE), "mode": "subscription"}
+    """A session in mode payment, paid, but no one-time PaymentIntent to be the payment."""
+    session = s.stripe_session(None, STUDENT, COURSE)
     action = stripe.parse(s.encode(sevent("checkout.session.completed", session))).action
     assert action == Ignored("paid checkout session names no payment_intent (not a one-time payment)", session["id"])
 

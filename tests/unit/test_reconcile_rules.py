@@ -170,6 +170,39 @@ def test_summary_line_and_result() -> None:
     assert reconcile.Summary("stripe", "a", "b").line().startswith("reconcile stripe a .. b: 0 event(s) seen")
 
 
+def test_summary_line_counts_instalments_and_pending_refunds_when_there_are_some() -> None:
+    summary = reconcile.Summary("razorpay", "a", "b", seen=4, part_payments=2, refunds_pending=1)
+    assert summary.line().endswith(", 2 earlier instalment(s) of an order paid in parts, 1 refund(s) still pending")
+    assert summary.as_result()["part_payments"] == 2
+
+
+def payment_of(order: str, created: object, pid: str) -> tuple[str, dict]:
+    return pid, {"id": pid, "order_id": order, "created_at": created, "status": "captured"}
+
+
+@pytest.mark.parametrize(
+    ("captured", "kept"),
+    [
+        ([payment_of("order_a", 100, "pay_1")], ["pay_1"]),
+        (
+            [
+                payment_of("order_a", 100, "pay_1"),
+                payment_of("order_a", 160, "pay_2"),
+                payment_of("order_b", 90, "pay_3"),
+            ],
+            ["pay_2", "pay_3"],
+        ),
+        ([payment_of("order_a", 100, "pay_b"), payment_of("order_a", 100, "pay_a")], ["pay_b"]),
+        ([payment_of("order_a", None, "pay_1"), payment_of("order_a", 5, "pay_2")], ["pay_2"]),
+    ],
+    ids=["alone", "the last instalment of each order", "same second: the greater id", "no created_at counts as 0"],
+)
+def test_of_an_order_paid_in_parts_only_its_latest_payment_is_a_candidate(
+    captured: list[tuple[str, dict]], kept: list[str]
+) -> None:
+    assert sorted(reconcile.latest_of_each_order(dict(captured))) == kept
+
+
 def test_beat_looks_back_the_reconcile_window() -> None:
     assert Settings.from_env({}).reconcile_window == 3 * 86400
     settings = Settings.from_env({"KC_RECONCILE_WINDOW": "7200"})

@@ -33,10 +33,18 @@ def razorpay_samples() -> dict[str, dict[str, Any]]:
         "dispute (payment.dispute.lost)": s.razorpay_event(
             "payment.dispute.lost", upi, dispute=s.razorpay_dispute(upi)
         ),
+        "order paid in part (order.paid, partial_payment)": s.razorpay_event(
+            "order.paid", upi, s.razorpay_order(upi, STUDENT, COURSE, amount=3 * upi["amount"])
+        ),
+        "refund (refund.failed)": s.razorpay_event(
+            "refund.failed", refunded, refund=s.razorpay_refund(upi, status="failed")
+        ),
     }
 
 
 def stripe_samples() -> dict[str, dict[str, Any]]:
+    """One sample of each Stripe object that carries personal data (a Refund carries none: its
+    events are read back redacted by test_every_stripe_rule_reads_the_redacted_body_as_the_original)."""
     return {
         "session (checkout.session.completed)": s.stripe_event(
             "checkout.session.completed", s.stripe_session(PI, STUDENT, COURSE)
@@ -46,6 +54,10 @@ def stripe_samples() -> dict[str, dict[str, Any]]:
         ),
         "charge (charge.refunded)": s.stripe_event("charge.refunded", s.stripe_charge(PI)),
         "dispute (charge.dispute.closed)": s.stripe_event("charge.dispute.closed", s.stripe_dispute(PI)),
+        "session of a subscription's trial (checkout.session.completed)": s.stripe_event(
+            "checkout.session.completed",
+            s.stripe_session(None, STUDENT, COURSE, payment_status="no_payment_required", mode="subscription"),
+        ),
     }
 
 
@@ -62,6 +74,9 @@ RAZORPAY_READS = [
     (*PAYMENT, "amount_refunded"),
     (*PAYMENT, "refund_status"),
     (*ORDER, "id"),
+    (*ORDER, "status"),
+    (*ORDER, "amount"),
+    (*ORDER, "amount_paid"),
     (*ORDER, "notes", "student_id"),
     (*ORDER, "notes", "course_id"),
     ("payload", "refund", "entity", "id"),
@@ -80,7 +95,9 @@ STRIPE_READS = [
         (*OBJECT, *field)
         for field in (
             ("id",),
+            ("mode",),
             ("payment_status",),
+            ("failure_reason",),
             ("payment_intent",),
             ("amount_total",),
             ("amount_received",),
@@ -285,11 +302,13 @@ def test_every_string_of_a_redacted_body_is_a_field_name_or_an_id_type_status_or
         originals = {
             v
             for v in strings(sample)
-            if v.startswith(("pay_", "order_", "rfnd_", "disp_", "pi_", "ch_", "cs_", "dp_", "evt_"))
+            if v.startswith(("pay_", "order_", "rfnd_", "disp_", "pi_", "ch_", "cs_", "dp_", "evt_", "re_"))
         }
         allowed = originals | {STUDENT, COURSE, "INR", "inr"} | {reduced.get("event"), reduced.get("type")}
         allowed |= {"event", "payment", "order", "refund", "dispute", "checkout.session", "payment_intent", "charge"}
         allowed |= {"captured", "refunded", "paid", "processed", "lost", "complete", "succeeded", "full"}
+        allowed |= {"attempted", "failed", "refund.failed", "payment", "subscription", "no_payment_required"}
+        allowed |= {"expired_or_canceled_card"}
         assert values <= allowed, values - allowed
 
 

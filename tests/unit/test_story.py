@@ -10,6 +10,7 @@ NOT_A_COURSE = "not a course purchase: its server-set notes/metadata name no stu
 OTHER_MODE = "an event of the other Stripe mode: a test-mode event; this endpoint takes live events only"
 CAPTURED = "payment.captured is not acted on: its notes are the browser's; order.paid makes the purchase"
 UNMAPPED = "its server-set notes/metadata name student_id but not course_id"
+REFUND_FAILED = "refund failed: refund re_1 of this payment failed after it was processed (expired_or_canceled_card)"
 
 TABLE = [
     ("active", Facts(active=True, whys=(CAPTURED,)), "granted"),
@@ -48,6 +49,17 @@ TABLE = [
         "an enqueued event is still on its way",
         Facts(inbox_statuses=("ignored", "enqueued"), whys=(OTHER_MODE,)),
         "not granted: enqueued, no outcome yet (if this lasts, run kc-tasks reconcile)",
+    ),
+    (
+        "a refund revoked it, then failed",
+        Facts(active=False, revoked_reason="refund", inbox_statuses=("enqueued", "ignored"), whys=(REFUND_FAILED,)),
+        "not granted: refund failed: paid, no course (revoked (refund), then the refund failed); refund again, or "
+        "give the course back with kc-tasks payment restore <payment> --reason TEXT",
+    ),
+    (
+        "a partial refund failed: the course stays",
+        Facts(active=True, inbox_statuses=("enqueued", "ignored"), whys=(REFUND_FAILED,)),
+        "granted",
     ),
     ("nothing seen", Facts(), "unknown"),
 ]
