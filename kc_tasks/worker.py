@@ -9,6 +9,9 @@
   KC_BATCHING=off).
 - `Consumer.on_send_event_buffered`: task events (Flower's feed) leave in one message per
   10 ms instead of one per turn of the loop.
+- `Consumer.Blueprint`: Celery's consumer steps but its native delayed delivery, which
+  kc_tasks never uses (`purchases` is a direct exchange) and which, on quorum queues, tried
+  every broker URL of the list, a dead node's too, before consuming again after a reconnect.
 
 If publishing the dead letter fails, the message is not acknowledged: it is rejected, and
 on RabbitMQ the dead-letter exchange policy of `purchases` (kc-tasks dlq policy) keeps it.
@@ -36,6 +39,8 @@ LOST_HEADER = "kc-worker-lost"
 PURCHASE_QUEUE = "purchases"
 # Task events (Flower's feed) are gathered this long, seconds, into one message.
 EVENT_FLUSH_DELAY = 0.01
+# Celery's consumer step that sets up native delayed delivery on quorum queues (Celery 5.5+).
+DELAYED_DELIVERY_STEP = "celery.worker.consumer.delayed_delivery:DelayedDelivery"
 
 
 def dead_letter_message(app: Any, message: Message, reason: str, exc: BaseException | None, attempts: int = 1) -> None:
@@ -52,6 +57,16 @@ def dead_letter_message(app: Any, message: Message, reason: str, exc: BaseExcept
 
 
 class Consumer(CeleryConsumer):
+    class Blueprint(CeleryConsumer.Blueprint):
+        """Celery's consumer steps without native delayed delivery. Celery starts it whenever a
+        queue is a quorum queue (KC_QUEUE_TYPE=quorum), at start-up and after every reconnect,
+        and it sets up exchanges on each broker URL of the list, three tries each, before the
+        worker consumes: after a node was lost, ~18 s without a purchase made. kc_tasks has no
+        use for it: `purchases` is a direct exchange, which that feature cannot serve, so a
+        retry's countdown is held by the worker either way."""
+
+        default_steps = [step for step in CeleryConsumer.Blueprint.default_steps if step != DELAYED_DELIVERY_STEP]
+
     def __init__(self, on_task_request: Callable[[Request], Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(on_task_request, *args, **kwargs)
         if self.controller is not None and _settings.batching:  # KC_BATCHING=off: Celery's own path
