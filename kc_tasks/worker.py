@@ -9,6 +9,10 @@
   KC_BATCHING=off).
 - `Consumer.on_send_event_buffered`: task events (Flower's feed) leave in one message per
   10 ms instead of one per turn of the loop.
+- `Consumer.on_connection_error_after_connected`: on Redis, the messages the worker held go
+  back to their queue once Redis answers again (after a Sentinel failover, a restart), before
+  Celery drops the lost connection, instead of crashing the worker or waiting out the
+  visibility timeout.
 - `Consumer.Blueprint`: Celery's consumer steps but its native delayed delivery, which
   kc_tasks never uses (`purchases` is a direct exchange) and which, on quorum queues, tried
   every broker URL of the list, a dead node's too, before consuming again after a reconnect.
@@ -20,6 +24,7 @@ on RabbitMQ the dead-letter exchange policy of `purchases` (kc-tasks dlq policy)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +44,9 @@ LOST_HEADER = "kc-worker-lost"
 PURCHASE_QUEUE = "purchases"
 # Task events (Flower's feed) are gathered this long, seconds, into one message.
 EVENT_FLUSH_DELAY = 0.01
+# How long a worker that lost Redis waits for it to answer again (a Sentinel failover takes its
+# down-after-milliseconds, 30 s by default, and a few seconds more) to hand back what it held.
+REDIS_BACK_WITHIN = 90.0
 # Celery's consumer step that sets up native delayed delivery on quorum queues (Celery 5.5+).
 DELAYED_DELIVERY_STEP = "celery.worker.consumer.delayed_delivery:DelayedDelivery"
 
@@ -54,6 +62,28 @@ def dead_letter_message(app: Any, message: Message, reason: str, exc: BaseExcept
         message.reject(requeue=_settings.uses_redis)
         return
     message.ack()
+
+
+def hand_back(channel: Any, errors: tuple[type[BaseException], ...], within: float) -> None:
+    """Once Redis answers again (tried every half second for `within` seconds), the messages
+    delivered to this worker and not acknowledged back in their queue (kombu's restore). A
+    message whose task is still running is handed back too: its ack then fails and it is made
+    again, which changes nothing (purchases are idempotent). Waiting for Redis here also spares
+    the reconnect its backoff (2 s, 4 s, 6 s...) while a failover is not over."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with channel.conn_or_acquire() as client:
+                client.ping()
+                channel.qos.restore_unacked(client)
+        except errors as exc:
+            if time.monotonic() > deadline:
+                logger.error("Redis did not answer for %.0f s: the messages this worker held wait for its "
+                             "visibility timeout (%s)", within, exc)  # fmt: skip
+                return
+            time.sleep(0.5)
+        else:
+            return
 
 
 class Consumer(CeleryConsumer):
@@ -77,6 +107,18 @@ class Consumer(CeleryConsumer):
             logger.info("batching off (KC_BATCHING=off): each purchase is made by its own task")
 
     _events_flush_due = False
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        """Redis keeps the messages a worker holds in its `unacked` hash; kombu puts them back in
+        their queue when the worker's channel closes. Celery 5.7 closes it twice after a lost
+        connection, the second time after kombu has let go of the connection's settings; if the
+        first close could not reach Redis (a Sentinel failover, a restart) the second one fails
+        with an AttributeError and the worker stops ("Unrecoverable error"). Its messages then
+        wait out the visibility timeout, an hour. So on Redis they are handed back first, as soon
+        as Redis answers again, and both closes find nothing left to do."""
+        if _settings.uses_redis and self.task_consumer is not None:
+            hand_back(self.task_consumer.channel, self.connection_errors, REDIS_BACK_WITHIN)
+        super().on_connection_error_after_connected(exc)
 
     def on_close(self) -> None:
         super().on_close()
@@ -163,6 +205,24 @@ class Consumer(CeleryConsumer):
 class KcRequest(Request):
     _lost_worker = False
 
+    def acknowledge(self) -> None:
+        if not self.acknowledged and self._channel_gone("ack"):
+            return
+        super().acknowledge()
+
+    def _channel_gone(self, what: str) -> bool:
+        """A task that ends after its worker lost the broker and reconnected cannot settle its
+        message on the channel it came on: kombu closed it (on Redis it then fails with an
+        AttributeError that stops the worker). The broker hands the message out again (RabbitMQ
+        when the connection closed, Redis when the worker handed back what it held), and making
+        it again changes nothing. True, and the message counted settled, when that is so."""
+        if getattr(self.message.channel, "connection", True) is not None:
+            return False
+        logger.warning("task %s: cannot %s its message, the connection it came on is gone; the broker "
+                       "delivers it again", self.id, what)  # fmt: skip
+        self.acknowledged = True
+        return True
+
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
         from billiard.exceptions import WorkerLostError
 
@@ -171,6 +231,8 @@ class KcRequest(Request):
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def reject(self, requeue: bool = False) -> None:
+        if not self.acknowledged and self._channel_gone("reject"):
+            return None
         if not (requeue and self._lost_worker) or self.acknowledged:
             return super().reject(requeue=requeue)
         message = self.message

@@ -19,6 +19,7 @@ from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from celery.worker.worker import WorkController
 from kombu.asynchronous.semaphore import LaxBoundedSemaphore
+from kombu.transport.redis import QoS as RedisQoS
 
 # (owner, attribute): what kc_tasks uses, and where Celery defines it.
 ATTRIBUTES = [
@@ -48,7 +49,11 @@ ATTRIBUTES = [
     (Consumer, "on_send_event_buffered"),
     (Consumer, "create_task_handler"),
     (Consumer, "on_close"),
+    (Consumer, "on_connection_error_after_connected"),
     (Request, "message"),
+    (Request, "acknowledge"),
+    # worker.hand_back: kombu's restore of what a Redis consumer held.
+    (RedisQoS, "restore_unacked"),
 ]
 
 
