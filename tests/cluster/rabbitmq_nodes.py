@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -62,6 +63,8 @@ class Node:
     management_port: int = field(default_factory=free_port)
     dist_port: int = field(default_factory=free_port)
 
+    seed: str | None = None  # the node to join at first boot
+
     def __post_init__(self) -> None:
         for folder in ("home", "mnesia", "log"):
             (self.base / folder).mkdir(parents=True, exist_ok=True)
@@ -76,6 +79,14 @@ class Node:
             # A node alone after its peers stopped keeps serving (the default, said aloud).
             "cluster_partition_handling = ignore\n"
         )
+        if self.seed:  # joins the seed's cluster at its first boot (RabbitMQ's peer discovery)
+            with (self.base / "rabbitmq.conf").open("a") as conf:
+                conf.write(
+                    "cluster_formation.peer_discovery_backend = classic_config\n"
+                    f"cluster_formation.classic_config.nodes.1 = {self.seed}\n"
+                    "cluster_formation.randomized_startup_delay_range.min = 0\n"
+                    "cluster_formation.randomized_startup_delay_range.max = 1\n"
+                )
         (self.base / "rabbitmq-env.conf").write_text("")  # not the machine's (its NODENAME)
 
     def env(self) -> dict[str, str]:
@@ -121,6 +132,17 @@ class Node:
         """Stops the node and waits for its process to end (`rabbitmqctl shutdown`)."""
         self.ctl("shutdown", check=False)
 
+    def kill(self) -> None:
+        """SIGKILL to the node's Erlang VM, as a crash or a power cut would take it; returns once
+        it is gone."""
+        pid_file = self.base / "mnesia" / f"{self.name}.pid"
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists():
+            assert time.monotonic() < deadline, f"{self.name} ({pid}) outlived SIGKILL"
+            time.sleep(0.05)
+
     @property
     def running(self) -> bool:
         return answers(self.amqp_port)
@@ -147,22 +169,20 @@ class Cluster:
 
     @classmethod
     def start(cls, run_id: str, size: int = 3) -> Cluster:
-        """`size` nodes booted at once, then the others joined to the first."""
+        """The first node booted, then the others at once, each joining the first as it boots."""
         base = Path(tempfile.mkdtemp(prefix=f"kc-cluster-{run_id}-"))
-        nodes = [Node(f"kc-{chr(ord('a') + i)}-{run_id}@localhost", base / f"node{i}") for i in range(size)]
+        names = [f"kc-{chr(ord('a') + i)}-{run_id}@localhost" for i in range(size)]
+        nodes = [Node(name, base / f"node{i}", seed=names[0] if i else None) for i, name in enumerate(names)]
         cluster = cls(nodes, base)
         try:
-            for node in nodes:
-                node.start()
-            for node in nodes:
-                node.await_started()
-            first = nodes[0]
+            nodes[0].start()
+            nodes[0].await_started()
             for node in nodes[1:]:
-                node.ctl("stop_app")
-                node.ctl("join_cluster", first.name)
-                node.ctl("start_app")
-            for node in nodes:
-                node.ctl("await_startup")
+                node.start()
+            for node in nodes[1:]:
+                node.await_started()
+            running = nodes[0].ctl("cluster_status", "--formatter", "json")
+            assert all(name in running.split('"running_nodes"')[1] for name in names), running
         except BaseException:
             cluster.destroy()
             raise
@@ -171,7 +191,7 @@ class Cluster:
     def destroy(self) -> None:
         for node in self.nodes:
             if node.running:
-                node.stop()
+                node.kill()  # its data goes with it: nothing to shut down cleanly for
         shutil.rmtree(self.base, ignore_errors=True)
 
     def add_vhost(self, vhost: str, default_queue_type: str | None = "quorum") -> None:
