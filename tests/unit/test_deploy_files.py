@@ -61,6 +61,8 @@ OPTIONAL_WITH_DEFAULTS = {
     # secret of each provider it takes payments from, and only those.
     "KC_RAZORPAY_WEBHOOK_SECRET": "POST /webhooks/razorpay is off while unset",
     "KC_STRIPE_WEBHOOK_SECRET": "POST /webhooks/stripe is off while unset",
+    # Read only with a sentinel:// broker URL (Redis behind Sentinel); compose runs RabbitMQ.
+    "KC_REDIS_MASTER_NAME": "only with a sentinel:// broker",
 }
 
 # How the code reads a variable: env.get("X"), os.environ.get("X"), os.getenv("X"),
