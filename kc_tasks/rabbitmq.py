@@ -33,8 +33,7 @@ import httpx
 
 from kc_tasks.errors import ManagementRefused, ManagementUnreachable
 
-PURCHASES = "purchases"
-DLQ = "purchases.dlq"
+DLQ = "purchases.dlq"  # kc_tasks.dead_letters.DLQ, named here without importing the Celery app
 # The name is kept from when it only dead-lettered: set again, it replaces the old definition
 # instead of competing with it.
 POLICY_NAME = "kc-purchases-dlx"
