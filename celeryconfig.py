@@ -67,6 +67,9 @@ elif settings.uses_redis:
     # timeout. Retries wait in the worker, unacknowledged, for up to KC_RETRY_BACKOFF_MAX
     # seconds: the timeout must outlast that plus the longest task, or a retry would run twice.
     broker_transport_options = {"visibility_timeout": 2 * settings.retry_backoff_max + 3600}
+    if settings.broker_url.startswith("sentinel://"):
+        # Redis behind Sentinel: the primary they name (KC_REDIS_MASTER_NAME), asked again after a failover.
+        broker_transport_options["master_name"] = settings.redis_master_name
 else:
     # Publisher confirms: send_task and retries return only once RabbitMQ holds the message.
     broker_transport_options = {"confirm_publish": True}

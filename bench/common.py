@@ -6,6 +6,7 @@ Names are fixed per run (`kc_bench_<run id>`); `setup()` makes them, `teardown()
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
@@ -63,12 +64,23 @@ def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, check=False)
 
 
+def purchases_policy(rabbitmqctl: Callable[..., None], vhost: str) -> None:
+    """The purchases queue as the README deploys it: the policy `kc-tasks dlq policy` sets
+    (dead letters, version 2 storage), set with this machine's rabbitmqctl: the command goes
+    through the management API, which the local RabbitMQ may not run."""
+    from kc_tasks import rabbitmq
+
+    definition = json.dumps(rabbitmq.POLICY)
+    rabbitmqctl(
+        "set_policy", "-p", vhost, "--apply-to", "queues", rabbitmq.POLICY_NAME, rabbitmq.POLICY_PATTERN, definition
+    )
+
+
 def setup() -> None:
     rabbitmqctl("add_vhost", VHOST)
     rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    env = migrate(DB_URL)
-    # The purchases queue as the README deploys it: dead-letter policy, version 2 storage.
-    subprocess.run([str(BIN / "kc-tasks"), "dlq", "policy"], env=env, check=True, capture_output=True, cwd=PACKAGE_ROOT)
+    migrate(DB_URL)
+    purchases_policy(rabbitmqctl, VHOST)
     LOGS.mkdir(exist_ok=True)
 
 

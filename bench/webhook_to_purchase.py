@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import webhooks as w
+from common import purchases_policy
 
 ROUTE = "payments"
 
@@ -130,7 +131,7 @@ def main() -> None:
     w.rabbitmqctl("add_vhost", w.VHOST)
     w.rabbitmqctl("set_permissions", "-p", w.VHOST, "guest", ".*", ".*", ".*")
     subprocess.run([str(w.BIN / "kc-tasks"), "migrate"], env=w.env(), check=True, capture_output=True)
-    subprocess.run([str(w.BIN / "kc-tasks"), "dlq", "policy"], env=w.env(), check=True, capture_output=True)
+    purchases_policy(w.rabbitmqctl, w.VHOST)
     logs = {name: (w.WORK / f"{name}.log").open("w") for name in ("web", "worker")}
     web = subprocess.Popen(
         [str(w.BIN / "uvicorn"), "--factory", "bench_web:create_app", "--host", "127.0.0.1", "--port", str(w.PORT)],

@@ -36,6 +36,7 @@ from typing import Any
 
 import psycopg
 import stripe
+from common import purchases_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -263,8 +264,7 @@ def main() -> None:
     rabbitmqctl("add_vhost", VHOST)
     rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
     subprocess.run([str(BIN / "kc-tasks"), "migrate"], env=env(), check=True, capture_output=True)
-    # The purchases queue as the README deploys it: dead-letter policy, version 2 storage.
-    subprocess.run([str(BIN / "kc-tasks"), "dlq", "policy"], env=env(), check=True, capture_output=True)
+    purchases_policy(rabbitmqctl, VHOST)
     log = (WORK / "web.log").open("w")
     web = subprocess.Popen(
         [str(BIN / "uvicorn"), "--factory", "bench_web:create_app", "--host", "127.0.0.1", "--port", str(PORT)],

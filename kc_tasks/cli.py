@@ -21,19 +21,6 @@ logger = logging.getLogger("kc_tasks.cli")
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 2
 
-# RabbitMQ's policy of the purchases queue (kc-tasks dlq policy). The name is kept from when
-# it only dead-lettered: set again, it replaces the old definition instead of competing with it.
-POLICY_NAME = "kc-purchases-dlx"
-POLICY_BEFORE_3_10: dict[str, object] = {"dead-letter-exchange": "", "dead-letter-routing-key": "purchases.dlq"}
-POLICY: dict[str, object] = {**POLICY_BEFORE_3_10, "queue-version": 2}
-# And of purchases.dlq: no delivery limit, so that reading dead letters (each read is a
-# delivery) never drops one from a quorum DLQ. RabbitMQ 4 gives quorum queues a limit of 20
-# and writes "none" as -1; RabbitMQ 3 has no default limit and refuses -1, so there the
-# policy (which replaces any broader one with a limit) sets the largest limit it takes.
-DLQ_POLICY_NAME = "kc-purchases-dlq"
-DLQ_POLICY_PRIORITY = "10"
-DLQ_POLICIES: tuple[dict[str, object], ...] = ({"delivery-limit": -1}, {"delivery-limit": 2**31 - 1})
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -160,8 +147,14 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_dlq_replay)
     p = dlq.add_parser(
         "policy",
-        help="apply RabbitMQ's policies (rabbitmqctl): purchases dead-letters to purchases.dlq, version 2 "
-        "storage; purchases.dlq has no delivery limit",
+        help="apply RabbitMQ's policies through its management API: purchases dead-letters to purchases.dlq "
+        "(at least once from a quorum queue), version 2 storage; purchases.dlq has no delivery limit",
+    )
+    p.add_argument(
+        "--management-url",
+        metavar="URL",
+        help="RabbitMQ's management API, or a ;-separated list of them (default: port 15672 of each broker "
+        "host, 15671 over https for amqps://); its user and password, if any, replace the broker URL's",
     )
     p.set_defaults(run=_dlq_policy)
     p = dlq.add_parser("purge", help="delete dead letters")
@@ -492,61 +485,29 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _dlq_policy(settings: Settings, args: argparse.Namespace) -> int:
-    """Policies, not queue arguments: clients declare `purchases` without arguments, and
-    RabbitMQ refuses a redeclaration whose arguments differ; a policy changes nothing there.
-    `purchases`: dead-lettering, and RabbitMQ's version 2 storage (3.10 and later) for a
-    classic queue, whose confirms for persistent messages come sooner, at less CPU
-    (docs/benchmark.md); a broker older than that is given the dead-letter part alone.
-    `purchases.dlq`: no delivery limit (DLQ_POLICIES)."""
-    import shlex
-    import shutil
-    from urllib.parse import unquote, urlsplit
+    """RabbitMQ's policies of purchases and purchases.dlq (kc_tasks/rabbitmq.py), through the
+    management API of the broker CELERY_BROKER_URL names, node by node."""
+    from kc_tasks import rabbitmq
+    from kc_tasks.errors import ManagementUnreachable
 
     if settings.uses_redis:
         print("kc-tasks: Redis has no dead-letter exchange; kc_tasks dead-letters in the worker instead")
         return 0
-    vhost = unquote(urlsplit(settings.broker_url).path[1:]) or "/"
-    command = ["rabbitmqctl", "set_policy", "-p", vhost, "--apply-to", "queues", POLICY_NAME, "^purchases$"]
-    dlq_command = [
-        "rabbitmqctl", "set_policy", "-p", vhost, "--apply-to", "queues", "--priority", DLQ_POLICY_PRIORITY,
-        DLQ_POLICY_NAME, r"^purchases\.dlq$",
-    ]  # fmt: skip
-    if shutil.which("rabbitmqctl") is None:
-        shown = "\n  ".join(
-            shlex.join([*c, json.dumps(d)]) for c, d in ((command, POLICY), (dlq_command, DLQ_POLICIES[0]))
-        )
-        print(f"kc-tasks: rabbitmqctl is not on this machine; on a RabbitMQ node run:\n  {shown}", file=sys.stderr)
-        return EXIT_FAILED
-    definition = _set_policy(command, (POLICY, POLICY_BEFORE_3_10), "queue-version")
-    if definition is None:
-        return EXIT_FAILED
-    storage = "" if "queue-version" in definition else " (this RabbitMQ has no queue version 2)"
-    print(f"policy {POLICY_NAME} set on vhost {vhost}: rejected purchases messages go to purchases.dlq{storage}")
-    limit = _set_policy(dlq_command, DLQ_POLICIES, "delivery limit")
-    if limit is None:
-        return EXIT_FAILED
-    print(f"policy {DLQ_POLICY_NAME} set on vhost {vhost}: purchases.dlq delivery limit {limit['delivery-limit']} "
-          "(-1: none): reading dead letters never drops one")  # fmt: skip
+    try:
+        done = rabbitmq.apply(rabbitmq.nodes(settings.broker_url, args.management_url))
+    except ManagementUnreachable as exc:
+        print(f"kc-tasks: {exc}. Check that the nodes run the management plugin and that --management-url "
+              "(default: port 15672 of each broker host) points at it", file=sys.stderr)  # fmt: skip
+        return EXIT_UNREACHABLE
+    for skipped in done.skipped:
+        print(f"kc-tasks: RabbitMQ's management API at {skipped} did not answer; asked the next node", file=sys.stderr)
+    for line in done.lines():
+        print(line)
+    mismatch = done.mismatch(settings.queue_type)
+    if mismatch is not None:
+        print(f"kc-tasks: {mismatch.text}", file=sys.stderr)
+        return EXIT_FAILED if mismatch.fatal else 0
     return 0
-
-
-def _set_policy(
-    command: list[str], definitions: Sequence[dict[str, object]], older_broker_hint: str
-) -> dict[str, object] | None:
-    """The first definition this RabbitMQ accepts, set; None (reported) when none is."""
-    import shlex
-    import subprocess
-
-    for definition in definitions:
-        argv = [*command, json.dumps(definition)]
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603  (fixed argv)
-        output = (result.stderr or result.stdout).strip()
-        if result.returncode == 0:
-            return definition
-        if older_broker_hint not in output:
-            break
-    print(f"kc-tasks: {shlex.join(argv)} failed: {output}", file=sys.stderr)
-    return None
 
 
 def _dlq_purge(settings: Settings, args: argparse.Namespace) -> int:

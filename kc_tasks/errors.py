@@ -61,3 +61,12 @@ class UniqueConflict(DatabaseError):
 class ProviderApiError(RetryableError):
     """Raised when a payment provider's API fails, times out or answers garbage: the next
     reconciliation tries again. Its message names the provider and the request, never a key."""
+
+
+class ManagementUnreachable(KcTasksError):
+    """Raised when no node's RabbitMQ management API answers (`kc-tasks dlq policy`)."""
+
+
+class ManagementRefused(KcTasksError):
+    """Raised when RabbitMQ's management API refuses a request: the credentials, the vhost, a
+    policy definition. Its message names the API's address and the user, never the password."""

@@ -16,6 +16,8 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@localhost:5432/kc_tasks"
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_RAZORPAY_API_URL = "https://api.razorpay.com"
 DEFAULT_STRIPE_API_URL = "https://api.stripe.com"
+# Broker URLs of Redis: alone, over TLS, or found through its Sentinels (Celery's sentinel://).
+REDIS_SCHEMES = ("redis://", "rediss://", "sentinel://")
 
 
 @dataclass(frozen=True)
@@ -23,8 +25,8 @@ class Settings:
     # PostgreSQL, as a SQLAlchemy URL for the psycopg 3 driver; it may point at a transaction
     # pooler (PgBouncer) and may list several hosts (a primary and its standbys).
     database_url: URL
-    # Where tasks are published and consumed: amqp:// (RabbitMQ) or redis://. Not in repr:
-    # it may hold a password.
+    # Where tasks are published and consumed: amqp:// (RabbitMQ), redis:// or sentinel:// (Redis),
+    # or a ;-separated list of them (failover). Not in repr: it may hold a password.
     broker_url: str = field(repr=False)
     # The server reached without a pooler, for the session-level work of `kc-tasks migrate` and
     # `kc-tasks ensure-index` (KC_DIRECT_DATABASE_URL); None: database_url.
@@ -101,6 +103,9 @@ class Settings:
     worker_metrics_port: int | None = None
     # The address the metrics ports listen on.
     metrics_address: str = "127.0.0.1"
+    # With a sentinel:// broker URL: the name of the Redis primary its Sentinels watch (Celery's
+    # `master_name` transport option); required then.
+    redis_master_name: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -146,6 +151,7 @@ class Settings:
             web_metrics_port=_port_or_none(env, "KC_WEB_METRICS_PORT"),
             worker_metrics_port=_port_or_none(env, "KC_WORKER_METRICS_PORT"),
             metrics_address=(env.get("KC_METRICS_ADDRESS") or "127.0.0.1").strip(),
+            redis_master_name=_redis_master_name(env),
         )
 
     @property
@@ -156,7 +162,7 @@ class Settings:
 
     @property
     def uses_redis(self) -> bool:
-        return self.broker_url.startswith(("redis://", "rediss://"))
+        return self.broker_url.startswith(REDIS_SCHEMES)
 
     @property
     def queue_arguments(self) -> dict[str, str] | None:
@@ -330,6 +336,17 @@ def _bool_or_none(env: Mapping[str, str], name: str) -> bool | None:
     if raw not in ("true", "false"):
         raise ConfigError(f"{name} must be true or false, got {raw!r}")
     return raw == "true"
+
+
+def _redis_master_name(env: Mapping[str, str]) -> str:
+    """KC_REDIS_MASTER_NAME; required with a sentinel:// broker URL, which names no primary."""
+    name = (env.get("KC_REDIS_MASTER_NAME") or "").strip()
+    if not name and (env.get("CELERY_BROKER_URL") or "").strip().startswith("sentinel://"):
+        raise ConfigError(
+            "KC_REDIS_MASTER_NAME must be set with a sentinel:// CELERY_BROKER_URL: the name of the Redis primary "
+            "its Sentinels watch (their `sentinel monitor <name> ...`)"
+        )
+    return name
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -9,6 +9,13 @@
   KC_BATCHING=off).
 - `Consumer.on_send_event_buffered`: task events (Flower's feed) leave in one message per
   10 ms instead of one per turn of the loop.
+- `Consumer.on_connection_error_after_connected`: on Redis, the messages the worker held go
+  back to their queue once Redis answers again (after a Sentinel failover, a restart), before
+  Celery drops the lost connection, instead of crashing the worker or waiting out the
+  visibility timeout.
+- `Consumer.Blueprint`: Celery's consumer steps but its native delayed delivery, which
+  kc_tasks never uses (`purchases` is a direct exchange) and which, on quorum queues, tried
+  every broker URL of the list, a dead node's too, before consuming again after a reconnect.
 
 If publishing the dead letter fails, the message is not acknowledged: it is rejected, and
 on RabbitMQ the dead-letter exchange policy of `purchases` (kc-tasks dlq policy) keeps it.
@@ -17,6 +24,7 @@ on RabbitMQ the dead-letter exchange policy of `purchases` (kc-tasks dlq policy)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +46,11 @@ LOST_HEADER = "kc-worker-lost"
 PURCHASE_QUEUE = "purchases"
 # Task events (Flower's feed) are gathered this long, seconds, into one message.
 EVENT_FLUSH_DELAY = 0.01
+# How long a worker that lost Redis waits for it to answer again (a Sentinel failover takes its
+# down-after-milliseconds, 30 s by default, and a few seconds more) to hand back what it held.
+REDIS_BACK_WITHIN = 90.0
+# Celery's consumer step that sets up native delayed delivery on quorum queues (Celery 5.5+).
+DELAYED_DELIVERY_STEP = "celery.worker.consumer.delayed_delivery:DelayedDelivery"
 
 
 def dead_letter_message(app: Any, message: Message, reason: str, exc: BaseException | None, attempts: int = 1) -> None:
@@ -53,7 +66,39 @@ def dead_letter_message(app: Any, message: Message, reason: str, exc: BaseExcept
     message.ack()
 
 
+def hand_back(channel: Any, errors: tuple[type[BaseException], ...], within: float) -> None:
+    """Once Redis answers again (tried every half second for `within` seconds), the messages
+    delivered to this worker and not acknowledged back in their queue (kombu's restore). A
+    message whose task is still running is handed back too: its ack then fails and it is made
+    again, which changes nothing (purchases are idempotent). Waiting for Redis here also spares
+    the reconnect its backoff (2 s, 4 s, 6 s...) while a failover is not over."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with channel.conn_or_acquire() as client:
+                client.ping()
+                channel.qos.restore_unacked(client)
+        except errors as exc:
+            if time.monotonic() > deadline:
+                logger.error("Redis did not answer for %.0f s: the messages this worker held wait for its "
+                             "visibility timeout (%s)", within, exc)  # fmt: skip
+                return
+            time.sleep(0.5)
+        else:
+            return
+
+
 class Consumer(CeleryConsumer):
+    class Blueprint(CeleryConsumer.Blueprint):
+        """Celery's consumer steps without native delayed delivery. Celery starts it whenever a
+        queue is a quorum queue (KC_QUEUE_TYPE=quorum), at start-up and after every reconnect,
+        and it sets up exchanges on each broker URL of the list, three tries each, before the
+        worker consumes: after a node was lost, ~18 s without a purchase made. kc_tasks has no
+        use for it: `purchases` is a direct exchange, which that feature cannot serve, so a
+        retry's countdown is held by the worker either way."""
+
+        default_steps = [step for step in CeleryConsumer.Blueprint.default_steps if step != DELAYED_DELIVERY_STEP]
+
     def __init__(self, on_task_request: Callable[[Request], Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(on_task_request, *args, **kwargs)
         if self.controller is not None:
@@ -66,6 +111,18 @@ class Consumer(CeleryConsumer):
             logger.info("batching off (KC_BATCHING=off): each purchase is made by its own task")
 
     _events_flush_due = False
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        """Redis keeps the messages a worker holds in its `unacked` hash; kombu puts them back in
+        their queue when the worker's channel closes. Celery 5.7 closes it twice after a lost
+        connection, the second time after kombu has let go of the connection's settings; if the
+        first close could not reach Redis (a Sentinel failover, a restart) the second one fails
+        with an AttributeError and the worker stops ("Unrecoverable error"). Its messages then
+        wait out the visibility timeout, an hour. So on Redis they are handed back first, as soon
+        as Redis answers again, and both closes find nothing left to do."""
+        if _settings.uses_redis and self.task_consumer is not None:
+            hand_back(self.task_consumer.channel, self.connection_errors, REDIS_BACK_WITHIN)
+        super().on_connection_error_after_connected(exc)
 
     def on_close(self) -> None:
         super().on_close()
@@ -160,6 +217,24 @@ class KcRequest(Request):
     # Given back to the broker during a database outage (kc_tasks/outage.py): never run here.
     given_back = False
 
+    def acknowledge(self) -> None:
+        if not self.acknowledged and self._channel_gone("ack"):
+            return
+        super().acknowledge()
+
+    def _channel_gone(self, what: str) -> bool:
+        """A task that ends after its worker lost the broker and reconnected cannot settle its
+        message on the channel it came on: kombu closed it (on Redis it then fails with an
+        AttributeError that stops the worker). The broker hands the message out again (RabbitMQ
+        when the connection closed, Redis when the worker handed back what it held), and making
+        it again changes nothing. True, and the message counted settled, when that is so."""
+        if getattr(self.message.channel, "connection", True) is not None:
+            return False
+        logger.warning("task %s: cannot %s its message, the connection it came on is gone; the broker "
+                       "delivers it again", self.id, what)  # fmt: skip
+        self.acknowledged = True
+        return True
+
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
         from billiard.exceptions import WorkerLostError
 
@@ -194,6 +269,8 @@ class KcRequest(Request):
             held.discard(self)
 
     def reject(self, requeue: bool = False) -> None:
+        if not self.acknowledged and self._channel_gone("reject"):
+            return None
         if not (requeue and self._lost_worker) or self.acknowledged:
             return super().reject(requeue=requeue)
         message = self.message

@@ -3,21 +3,42 @@
 //   node enqueue.js purchase PAYMENT_ID STUDENT_ID COURSE_ID AMOUNT_CENTS CURRENCY
 //   node enqueue.js revoke PAYMENT_ID REASON [REFUND_ID]
 //
-// CELERY_BROKER_URL: amqp://... (RabbitMQ) or redis://...; prints the task id once the broker has the message.
+// CELERY_BROKER_URL: amqp://... (RabbitMQ) or redis://...; for a RabbitMQ cluster, its nodes'
+// URLs separated by ";" (kombu's failover form, which kc_tasks' processes take too): tried in
+// order until one takes the message. Prints the task id once the broker has the message.
 "use strict";
 const celery = require("celery-node");
 const { randomUUID } = require("crypto");
 
-const BROKER = process.env.CELERY_BROKER_URL || "amqp://guest:guest@localhost:5672//";
+const BROKERS = (process.env.CELERY_BROKER_URL || "amqp://guest:guest@localhost:5672//")
+  .split(";")
+  .map((url) => url.trim())
+  .filter((url) => url);
 const QUEUE = "purchases";
 
-async function send(client, name, kwargs) {
+async function sendWith(client, name, kwargs) {
   const taskId = randomUUID();
   const { headers, properties, body } = client.createTaskMessage(taskId, name, [], kwargs);
   await client.isReady();
   // client.sendTask does the same without a promise to wait on; this returns once it is sent.
   await client.broker.publish(body, "", QUEUE, headers, properties);
   return taskId;
+}
+
+// celery-node connects to one URL: a node that is down is passed over for the next one.
+async function send(name, kwargs) {
+  let failure;
+  for (const url of BROKERS) {
+    const client = celery.createClient(url, url, QUEUE);
+    try {
+      return await sendWith(client, name, kwargs);
+    } catch (err) {
+      failure = err;
+    } finally {
+      await client.disconnect().catch(() => {});
+    }
+  }
+  throw failure;
 }
 
 function request(argv) {
@@ -40,12 +61,7 @@ async function main() {
     console.error("       node enqueue.js revoke PAYMENT REASON [REFUND_ID]");
     process.exit(2);
   }
-  const client = celery.createClient(BROKER, BROKER, QUEUE);
-  try {
-    console.log(await send(client, ...asked));
-  } finally {
-    await client.disconnect();
-  }
+  console.log(await send(...asked));
 }
 
 main().catch((err) => {

@@ -14,7 +14,7 @@ from celery import Celery
 from kombu import Connection, Message, Producer, Queue
 
 from kc_tasks import dead_letters
-from tests.conftest import AMQP, broker_idle, rabbitmqctl, run_sql
+from tests.conftest import broker_idle, run_sql
 from tests.e2e.conftest import ROOT, SHORT_LOCK_TIMEOUT, Client, Workers, count, hold_pairs, purchase, wait_until
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
@@ -195,58 +195,6 @@ def test_reading_the_dlq_keeps_its_order_and_loses_nothing(
     assert dead(broker_url) == []
     recorded = run_sql(database_url, "SELECT payment_id FROM purged_dead_letters ORDER BY payment_id")
     assert recorded == [(payment,) for payment in payments], "each recorded: its task's outcome"
-
-
-def test_the_rabbitmq_policy_dead_letters_what_a_consumer_rejects(rabbitmq_url: str) -> None:
-    vhost = AMQP.rsplit("/", 1)[1]
-    applied = kc(rabbitmq_url, "dlq", "policy")
-    assert applied.returncode == 0, applied.stderr
-    try:
-        policies = rabbitmqctl("list_policies", "-p", vhost, "--no-table-headers")
-        [definition] = [json.loads(line.split("\t")[4]) for line in policies.splitlines() if "kc-purchases-dlx" in line]
-        assert definition["queue-version"] == 2, "version 2 storage: sooner confirms, less CPU"
-        with Connection(rabbitmq_url) as conn:
-            channel = conn.default_channel
-            dead_letters.QUEUE(channel).declare()  # where the policy sends them, as a worker declares it
-            purchases = Queue("purchases", routing_key="purchases", durable=True)(channel)
-            purchases.declare()
-            Producer(channel).publish(
-                {"raw": True},
-                exchange="",
-                routing_key="purchases",
-                serializer="json",
-                headers={"task": "kc_tasks.create_purchase", "id": "rejected-1"},
-            )
-            message = wait_for_message(purchases)
-            message.reject(requeue=False)
-        assert wait_until(lambda: len(dead(rabbitmq_url)) == 1, timeout=10)
-        [letter] = dead(rabbitmq_url)
-        assert letter["reason"] == "rejected to the dead-letter exchange"
-        assert "rejected" in letter["error_message"] and letter["task_id"] == "rejected-1"
-    finally:
-        rabbitmqctl("clear_policy", "-p", vhost, "kc-purchases-dlx", check=False)
-        rabbitmqctl("clear_policy", "-p", vhost, "kc-purchases-dlq", check=False)
-
-
-def test_a_rabbitmq_without_version_2_storage_still_gets_the_dead_letter_policy(tmp_path: Path) -> None:
-    """RabbitMQ before 3.10 refuses the queue-version key, and with it the whole policy."""
-    calls = tmp_path / "calls"
-    fake = tmp_path / "rabbitmqctl"
-    fake.write_text(
-        "#!/bin/sh\n"
-        f'echo "$@" >> {calls}\n'
-        'case "$*" in *queue-version*) echo "Validation failed'
-        ' [{<<\\"queue-version\\">>,2}] are not recognised policy settings" >&2; exit 69;; esac\n'
-    )
-    fake.chmod(0o755)
-    env = dict(os.environ, CELERY_BROKER_URL=AMQP, PATH=f"{tmp_path}:{os.environ['PATH']}")
-    done = subprocess.run([KC_TASKS, "dlq", "policy"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    assert "this RabbitMQ has no queue version 2" in done.stdout
-    first, second, dlq = calls.read_text().splitlines()
-    assert '"queue-version": 2' in first and "queue-version" not in second
-    assert '"dead-letter-routing-key": "purchases.dlq"' in second
-    assert "kc-purchases-dlq" in dlq and '"delivery-limit": -1' in dlq
 
 
 def test_replay_by_id_sends_back_the_named_letters_and_names_the_unknown(

@@ -19,6 +19,7 @@ from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from celery.worker.worker import WorkController
 from kombu.asynchronous.semaphore import LaxBoundedSemaphore
+from kombu.transport.redis import QoS as RedisQoS
 
 # (owner, attribute): what kc_tasks uses, and where Celery defines it.
 ATTRIBUTES = [
@@ -61,7 +62,11 @@ ATTRIBUTES = [
     (Consumer, "on_send_event_buffered"),
     (Consumer, "create_task_handler"),
     (Consumer, "on_close"),
+    (Consumer, "on_connection_error_after_connected"),
     (Request, "message"),
+    (Request, "acknowledge"),
+    # worker.hand_back: kombu's restore of what a Redis consumer held.
+    (RedisQoS, "restore_unacked"),
 ]
 
 
@@ -112,3 +117,16 @@ def test_the_pool_takes_the_callbacks_batching_gives_it() -> None:
     parameters = inspect.signature(BilliardPool.apply_async).parameters
     for name in ("accept_callback", "callback", "error_callback", "correlation_id"):
         assert name in parameters, f"billiard.pool.Pool.apply_async no longer takes {name}"
+
+
+def test_the_worker_consumer_leaves_out_native_delayed_delivery_and_nothing_else() -> None:
+    """kc_tasks.worker.Consumer's steps are Celery's but native delayed delivery, found by the
+    name Celery gives it: were it renamed, the step would come back unnoticed (and with it the
+    wait on every broker URL, a dead node's too, after each reconnect)."""
+    from kc_tasks.worker import DELAYED_DELIVERY_STEP
+    from kc_tasks.worker import Consumer as KcConsumer
+
+    assert DELAYED_DELIVERY_STEP in Consumer.Blueprint.default_steps, "Celery renamed its delayed-delivery step"
+    assert list(KcConsumer.Blueprint.default_steps) == [
+        step for step in Consumer.Blueprint.default_steps if step != DELAYED_DELIVERY_STEP
+    ]

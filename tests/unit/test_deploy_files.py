@@ -63,6 +63,8 @@ OPTIONAL_WITH_DEFAULTS = {
     "KC_STRIPE_WEBHOOK_SECRET": "POST /webhooks/stripe is off while unset",
     # migrate's and ensure-index's server when DATABASE_URL is a pooler's; compose has no pooler.
     "KC_DIRECT_DATABASE_URL": "DATABASE_URL by default; compose reaches PostgreSQL directly",
+    # Read only with a sentinel:// broker URL (Redis behind Sentinel); compose runs RabbitMQ.
+    "KC_REDIS_MASTER_NAME": "only with a sentinel:// broker",
 }
 
 # How the code reads a variable: env.get("X"), os.environ.get("X"), os.getenv("X"),

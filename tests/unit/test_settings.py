@@ -56,6 +56,7 @@ def test_empty_variables_count_as_unset() -> None:
             "KC_WEB_METRICS_PORT",
             "KC_WORKER_METRICS_PORT",
             "KC_METRICS_ADDRESS",
+            "KC_REDIS_MASTER_NAME",
         ),
         "",
     )
@@ -140,6 +141,13 @@ def test_database_url_forms_all_use_psycopg_3(env: dict[str, str], expected: str
         ({"CELERY_BROKER_URL": "redis://cache:6379/0"}, "uses_redis", True),
         ({"CELERY_BROKER_URL": "rediss://cache:6380/0"}, "uses_redis", True),
         ({"CELERY_BROKER_URL": "amqp://kc@rabbit//"}, "uses_redis", False),
+        (
+            {"CELERY_BROKER_URL": "sentinel://s1:26379;sentinel://s2:26379", "KC_REDIS_MASTER_NAME": "kc"},
+            "uses_redis",
+            True,
+        ),
+        ({"CELERY_BROKER_URL": "amqp://rabbit-1//;amqp://rabbit-2//"}, "uses_redis", False),
+        ({"CELERY_BROKER_URL": "sentinel://s1:26379", "KC_REDIS_MASTER_NAME": " kc "}, "redis_master_name", "kc"),
         ({"KC_MAX_RETRIES": "0"}, "max_retries", 0),
         ({"KC_RETRY_HORIZON": "60"}, "retry_horizon", 60),
         ({"KC_MAX_RETRIES": "20"}, "max_retries", 20),
@@ -186,6 +194,8 @@ def test_accepted_values(env: dict[str, str], attribute: str, expected: object) 
         ({"KC_INDEX_CHECK_TTL": "-5"}, "KC_INDEX_CHECK_TTL"),
         ({"KC_INDEX_VERIFY_INTERVAL": "0"}, "KC_INDEX_VERIFY_INTERVAL"),
         ({"KC_QUEUE_TYPE": "stream"}, "KC_QUEUE_TYPE"),
+        ({"CELERY_BROKER_URL": "sentinel://s1:26379;sentinel://s2:26379"}, "KC_REDIS_MASTER_NAME"),
+        ({"CELERY_BROKER_URL": "sentinel://s1:26379", "KC_REDIS_MASTER_NAME": " "}, "KC_REDIS_MASTER_NAME"),
         ({"KC_LOG_FORMAT": "xml"}, "KC_LOG_FORMAT"),
         ({"KC_BATCH_HOLD_MS": "-1"}, "KC_BATCH_HOLD_MS"),
         ({"KC_BATCH_HOLD_MS": "101"}, "KC_BATCH_HOLD_MS"),
@@ -344,3 +354,34 @@ def test_kc_direct_database_url_is_where_session_level_work_goes() -> None:
 
     assert settings.session_database_url.render_as_string() == "postgresql+psycopg://kc@db1/shop"
     assert settings.database_url.render_as_string() == "postgresql+psycopg://kc@pgbouncer:6432/shop"
+
+
+@pytest.mark.parametrize(
+    ("broker", "expected"),
+    [
+        pytest.param(
+            "sentinel://:pw@s1:26379;sentinel://:pw@s2:26379",
+            {"visibility_timeout": 2 * 300 + 3600, "master_name": "kc-redis"},
+            id="sentinel",
+        ),
+        pytest.param("redis://cache:6379/0", {"visibility_timeout": 2 * 300 + 3600}, id="redis"),
+        pytest.param("amqp://rabbit-1//;amqp://rabbit-2//", {"confirm_publish": True}, id="amqp-list"),
+    ],
+)
+def test_celery_gets_each_brokers_transport_options(broker: str, expected: dict) -> None:
+    """Redis behind Sentinel is Redis: its visibility timeout, and the primary its Sentinels name."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CELERY_BROKER_URL=broker, KC_REDIS_MASTER_NAME="kc-redis", KC_RETRY_BACKOFF_MAX="300")
+    shown = subprocess.run(
+        [sys.executable, "-c", "import json, celeryconfig; print(json.dumps(celeryconfig.broker_transport_options))"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(shown.stdout) == expected

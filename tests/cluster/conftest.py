@@ -1,0 +1,61 @@
+"""Cluster fixtures: three RabbitMQ nodes of the installed server, clustered once per session,
+and a Redis primary, replica and Sentinel of the installed redis-server; each the run's own,
+on ports of its own, stopped at the end. Tests that stop a node start it again.
+
+These tests run apart from the others (`cluster` marker: `make test` runs them after the
+parallel suite, alone), so that the nodes start once and have the machine's two cores.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.rabbitmq_nodes import Cluster
+from tests.conftest import RUN_ID
+from tests.e2e.conftest import ROOT, webs, workers  # noqa: F401  (fixtures)
+
+KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "cluster: runs against brokers of its own (three clustered RabbitMQ nodes, a Redis Sentinel) that the "
+        "session starts once; make test runs these after the parallel suite, alone",
+    )
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_cluster() -> Iterator[Cluster]:
+    cluster = Cluster.start(RUN_ID)
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def vhost(rabbitmq_cluster: Cluster) -> Iterator[str]:
+    """A vhost of the cluster for this test, whose default queue type is quorum: a queue
+    declared without `x-queue-type` (the contract's plain client line) is a quorum queue."""
+    name = f"kc_cluster_{uuid.uuid4().hex[:8]}"
+    rabbitmq_cluster.add_vhost(name, default_queue_type="quorum")
+    yield name
+    rabbitmq_cluster.delete_vhost(name)
+
+
+def kc(broker_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`kc-tasks ARGS...` on this broker, KC_QUEUE_TYPE=quorum unless `env` says otherwise."""
+    environment = dict(
+        os.environ,
+        CELERY_BROKER_URL=broker_url,
+        DATABASE_URL="postgresql://postgres@127.0.0.1:5432/unused",
+        KC_QUEUE_TYPE="quorum",
+    )
+    environment.update(env)
+    return subprocess.run([KC_TASKS, *args], env=environment, capture_output=True, text=True, timeout=120, cwd=ROOT)
