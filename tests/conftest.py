@@ -79,6 +79,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test run both through PgBouncer and on both brokers runs through PgBouncer on RabbitMQ
+    only: the pooler stands between kc_tasks and PostgreSQL, whichever broker carries the tasks,
+    and each such run costs a worker's and a web process's start."""
+    left_out = [item for item in items if "-pgbouncer" in item.name and "[redis-" in item.name]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if item not in left_out]
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if AMQP_VHOST.startswith("kc_test_") and "KC_TEST_AMQP" not in os.environ:
         rabbitmqctl("delete_vhost", AMQP_VHOST, check=False)

@@ -331,12 +331,12 @@ def test_database_connections_terminated(mixed: Callable[[str, str, int], MixedR
 
 
 def test_through_pgbouncer_its_server_connections_terminated(
-    mixed: Callable[..., MixedRun], broker_url: str, pgbouncer: PgBouncer
+    mixed: Callable[..., MixedRun], rabbitmq_url: str, pgbouncer: PgBouncer
 ) -> None:
     """The web process and the worker reach PostgreSQL through PgBouncer in transaction pooling
     mode, a few server connections shared by all their transactions; in each of the middle
     slices every one of those server connections is terminated. Nothing is dead-lettered."""
-    run = mixed("mixed: through PgBouncer, its server connections terminated", broker_url, 26, pgbouncer.url)
+    run = mixed("mixed: through PgBouncer, its server connections terminated", rabbitmq_url, 26, pgbouncer.url)
 
     def terminate() -> int:
         return sum(1 for (ok,) in run_sql(run.database_url, TERMINATE_WORKER_BACKENDS) if ok)
