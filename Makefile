@@ -80,13 +80,14 @@ lint: setup
 	$(BIN)/mypy
 
 # The suite in parallel (pytest-xdist, TEST_PROCESSES at a time: each has its own databases,
-# RabbitMQ vhost and Redis database, tests/conftest.py), then, alone, the few tests that restart
-# or disturb a service the whole machine shares (`disruptive`), and those that run brokers of
-# their own, started once (`cluster`: three clustered RabbitMQ nodes, a Redis Sentinel).
+# RabbitMQ vhost and Redis database, tests/conftest.py); the tests that run brokers of their own
+# (`cluster`: three clustered RabbitMQ nodes, started once, a Redis Sentinel) all in one of the
+# processes (`--dist loadgroup`). Then, alone, the few tests that restart or disturb a service
+# the whole machine shares (`disruptive`), and last the image and the compose stack.
 TEST_PROCESSES ?= 2
 test: setup browser prometheus pgbouncer services node lint rules
-	$(BIN)/pytest -n $(TEST_PROCESSES) -m "not disruptive and not cluster"
-	$(BIN)/pytest -m "disruptive or cluster"
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadgroup -m "not disruptive"
+	$(BIN)/pytest -m disruptive
 	$(MAKE) test-stack
 
 # Not run by CI (docs/testing.md). Mutation testing of the pure modules (tool.mutmut in

@@ -15,7 +15,7 @@ from tests.cluster.rabbitmq_nodes import Cluster, DeadPort
 from tests.e2e.conftest import Workers, count, purchase, wait_until
 from tests.e2e.test_node_client import node
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 
 
 @pytest.fixture

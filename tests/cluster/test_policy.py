@@ -17,7 +17,7 @@ from kc_tasks import rabbitmq
 from tests.cluster.conftest import kc
 from tests.cluster.rabbitmq_nodes import Cluster, DeadPort
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 
 PASSWORD = f"pw-{uuid.uuid4().hex}"
 

@@ -24,7 +24,7 @@ from tests.cluster.rabbitmq_nodes import Cluster
 from tests.cluster.traffic import Traffic, latencies, outcomes, settled
 from tests.e2e.conftest import Web, Workers, purchase, wait_until
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 
 # How many payments and refunds go (all ways together) in each stretch: before the leader is
 # killed, once it is down, once it is back.

@@ -19,7 +19,7 @@ from tests.conftest import run_sql
 from tests.e2e.conftest import Web, Workers, count, hold_pairs, purchase, wait_until
 from tests.faults.checker import Publisher
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 
 STRETCH = 60
 
