@@ -86,7 +86,7 @@ lint: setup
 # the whole machine shares (`disruptive`), and last the image and the compose stack.
 TEST_PROCESSES ?= 2
 test: setup browser prometheus pgbouncer services node lint rules
-	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadgroup -m "not disruptive"
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadgroup -m "not disruptive" --durations=25
 	$(BIN)/pytest -m disruptive
 	$(MAKE) test-stack
 

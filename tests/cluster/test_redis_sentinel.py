@@ -14,7 +14,7 @@ import pytest
 from tests.cluster.conftest import kc
 from tests.cluster.rabbitmq_nodes import DeadPort
 from tests.cluster.redis_nodes import MASTER_NAME, Sentinel
-from tests.cluster.traffic import Traffic, latencies, outcomes, settled
+from tests.cluster.traffic import Traffic, latencies, outcomes, settled, unsettled
 from tests.conftest import run_sql
 from tests.e2e.conftest import Web, Workers, count, hold_pairs, purchase, wait_until
 from tests.faults.checker import Publisher
@@ -64,7 +64,10 @@ def test_a_sentinel_failover_while_purchases_flow_loses_none_that_redis_acknowle
 
         acknowledged, refunded = traffic.acknowledged(), traffic.refunded()
 
-        assert wait_until(lambda: settled(database_url, traffic), timeout=120), worker.text()[-3000:]
+        assert wait_until(lambda: settled(database_url, traffic), timeout=300), (
+            unsettled(database_url, traffic),
+            worker.text()[-3000:],
+        )
         made = outcomes(database_url)
         assert traffic.refused() == [], "the web process answered every webhook 2xx through the failover"
         assert {p: n for p, n in made.items() if len(n) != 1} == {}, "one purchase per payment"

@@ -152,14 +152,23 @@ def outcomes(database_url: str) -> dict[str, list[tuple[bool, float]]]:
     return found
 
 
+def unsettled(database_url: str, traffic: Traffic) -> dict:
+    """What is not yet as the senders were told: acknowledged purchases missing, made more than
+    once or active against their refund, and inbox events still waiting to be enqueued."""
+    rows, refunded = outcomes(database_url), traffic.refunded()
+    left = run_sql(database_url, "SELECT count(*) FROM payment_events WHERE status = 'received'")[0][0]
+    wrong = {
+        p: rows.get(p, [])
+        for p in traffic.acknowledged()
+        if not (len(rows.get(p, [])) == 1 and rows[p][0][0] == (p not in refunded))
+    }
+    return {"inbox_received": left, "payments": wrong} if left or wrong else {}
+
+
 def settled(database_url: str, traffic: Traffic) -> bool:
     """Every acknowledged purchase made once, refunded or not as it was told, and nothing left
     in the inbox to enqueue."""
-    rows, refunded = outcomes(database_url), traffic.refunded()
-    left = run_sql(database_url, "SELECT count(*) FROM payment_events WHERE status = 'received'")[0][0]
-    return left == 0 and all(
-        len(rows.get(p, [])) == 1 and rows[p][0][0] == (p not in refunded) for p in traffic.acknowledged()
-    )
+    return not unsettled(database_url, traffic)
 
 
 def latencies(database_url: str, traffic: Traffic, stretches: dict[str, tuple[float, float]]) -> dict:
