@@ -40,6 +40,7 @@ def waiting(database_url: str) -> int:
     )[0][0]
 
 
+@pytest.mark.timeout(600)  # the flow, the failover, then up to five minutes to settle
 def test_a_sentinel_failover_while_purchases_flow_loses_none_that_redis_acknowledged(
     sentinel: Sentinel, database_url: str, workers: Workers, webs: Callable[..., Web]
 ) -> None:
