@@ -35,6 +35,7 @@ from common import (
     statements_per_purchase,
     wait_for,
 )
+from needs import PY_SPY
 from workers import Bench, Settings, Stuck, Worker, cpu_snapshot, start_worker
 
 
@@ -160,15 +161,18 @@ def sweep(bench: Bench, settings_list: list[Settings], n: int) -> list[dict[str,
         try:
             results.append(ratio(bench, worker, n, rounds=1))
         except Stuck as exc:
-            log(f"  {settings.label}: the worker hung: {exc}; py-spy dump in {LOGS}")
             results.append({"label": settings.label, "settings": asdict(settings), "hung": str(exc)})
-            dump = subprocess.run(
-                [str(BIN / "py-spy"), "dump", "--pid", str(worker.process.pid)],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            (LOGS / f"hung-{settings.pool}-{settings.concurrency}.txt").write_text(dump.stdout + dump.stderr)
+            if PY_SPY.met():
+                log(f"  {settings.label}: the worker hung: {exc}; py-spy dump in {LOGS}")
+                dump = subprocess.run(
+                    [str(BIN / "py-spy"), "dump", "--pid", str(worker.process.pid)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                (LOGS / f"hung-{settings.pool}-{settings.concurrency}.txt").write_text(dump.stdout + dump.stderr)
+            else:
+                log(f"  {settings.label}: the worker hung: {exc}; no py-spy dump of it ({PY_SPY.how})")
             worker.stop(timeout=3)
             purge(bench.client)  # what the hung worker left, so that the next one starts clean
         finally:

@@ -26,10 +26,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from needs import CURL, PGREP, RABBITMQCTL, WRK, check, postgresql, rabbitmq
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 RESULTS = ROOT / "bench" / "metrics-ab.json"
 SCRAPE_SECONDS = 5
+PG = os.environ.get("KC_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 
 
 def free_port() -> int:
@@ -67,6 +70,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="wrk's seconds per webhook run")
     parser.add_argument("--drain-only", action="store_true", help="no webhook runs")
     args = parser.parse_args()
+    # What bench/run.py --ratio-only and bench/webhooks.py need, before the first of them runs.
+    webhook_needs = () if args.drain_only else (WRK, CURL)
+    check(__file__, RABBITMQCTL, PGREP, postgresql(PG), rabbitmq(), *webhook_needs)
     work = Path(tempfile.mkdtemp(prefix="kc-metrics-ab-"))
     drains: dict[str, list[float]] = {"off": [], "on": []}
     # Purchases/s over no-op tasks/s of the same worker, same run: less of the machine's drift.

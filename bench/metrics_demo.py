@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 import psycopg
 from celery import Celery
+from needs import CHROMIUM, PLAYWRIGHT, PROMETHEUS, RABBITMQCTL, check, postgresql, rabbitmq
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=180)
     parser.add_argument("--shot", type=Path, default=ROOT / "docs" / "metrics.png")
     args = parser.parse_args()
+    check(__file__, RABBITMQCTL, PROMETHEUS, CHROMIUM, PLAYWRIGHT, postgresql(PG), rabbitmq())
     work = Path(tempfile.mkdtemp(prefix="kc-metrics-demo-"))
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", VHOST], check=True, capture_output=True)
     subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"], check=True)

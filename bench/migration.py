@@ -26,6 +26,7 @@ import psycopg
 from alembic import command
 from alembic.config import Config
 from common import PG, log, percentile
+from needs import check, postgresql
 
 TABLES = ("student_course_purchases", "revocations", "duplicate_payments", "payments")
 
@@ -88,6 +89,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
+    check(__file__, postgresql(PG))
 
     from kc_tasks import db
     from kc_tasks.migrate import SCRIPT_LOCATION, migrate

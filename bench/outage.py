@@ -22,7 +22,22 @@ import time
 from pathlib import Path
 
 from celery import Celery
-from common import AMQP, DB_URL, ROOT, TABLE, log, machine, purchase_kwargs, queue_state, setup, sql, teardown, wait_for
+from common import (
+    AMQP,
+    DB_URL,
+    PG,
+    ROOT,
+    TABLE,
+    log,
+    machine,
+    purchase_kwargs,
+    queue_state,
+    setup,
+    sql,
+    teardown,
+    wait_for,
+)
+from needs import PGREP, RABBITMQCTL, check, postgresql, rabbitmq
 from workers import Settings, Worker, start_worker
 
 sys.path.insert(0, str(ROOT))
@@ -76,6 +91,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=50_000, help="purchases published during the outage (50000)")
     parser.add_argument("--warm", type=int, default=500, help="purchases made before the outage (500)")
     args = parser.parse_args()
+    check(__file__, RABBITMQCTL, PGREP, postgresql(PG), rabbitmq())
     rnd = random.Random(29)
     setup()
     proxy = Proxy("127.0.0.1", int(DB_URL.rsplit(":", 1)[1].split("/", 1)[0]))

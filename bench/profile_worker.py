@@ -23,8 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import drains
-from common import BIN, CPUS, LOGS, setup, teardown
+from common import BIN, CPUS, LOGS, PG, setup, teardown
 from drains import Drain
+from needs import PGREP, PY_SPY, RABBITMQCTL, check, postgresql, rabbitmq
 from workers import Bench, Settings, start_worker
 
 RATE = 250  # py-spy samples per second and per thread
@@ -52,6 +53,7 @@ def main() -> int:
     parser.add_argument("--kind", default="purchase", choices=["purchase", "noop"])
     parser.add_argument("--concurrency", type=int, default=CPUS)
     args = parser.parse_args()
+    check(__file__, PY_SPY, RABBITMQCTL, PGREP, postgresql(PG), rabbitmq())
     setup()
     try:
         bench = Bench()

@@ -40,6 +40,7 @@ from common import (
     GROWTH_TARGET,
     LOGS,
     P99_TARGET_MS,
+    PG,
     RATIO_TARGET,
     RESULTS,
     VHOST,
@@ -53,6 +54,7 @@ from cost import cost_per_purchase
 from drains import QUICK_SWEEP, SWEEP, ratio, sweep
 from growth import measure_growth
 from latency import latency
+from needs import MATPLOTLIB, PGREP, RABBITMQCTL, check, postgresql, rabbitmq
 from report import busy, chart, table
 from workers import Bench, Settings, Worker, start_worker
 
@@ -143,11 +145,15 @@ def main() -> int:
     parser.add_argument("--results", type=Path, help=f"where to write the figures (default {RESULTS.name})")
     parser.add_argument("--chart", type=Path, default=CHART, help="where to draw the chart (docs/benchmark.png)")
     args = parser.parse_args()
+    # The chart is drawn at the end of a full run, and alone by --replot.
+    chart_needs = () if args.ratio_only or args.latency_only else (MATPLOTLIB,)
     if args.replot:
+        check(__file__, *chart_needs)
         results = json.loads((args.results or RESULTS).read_text())
         chart(results, args.chart)
         print(table(results))
         return 0
+    check(__file__, RABBITMQCTL, PGREP, postgresql(PG), rabbitmq(), *chart_needs)
     if args.quick:
         args.n, args.seed_rows = min(args.n, 1000), min(args.seed_rows, 100_000)
     main_settings = Settings(args.pool, args.concurrency, args.prefetch)

@@ -29,6 +29,7 @@ from typing import Any
 
 import webhooks as w
 from common import purchases_policy
+from needs import CURL, RABBITMQCTL, WRK, check, postgresql, rabbitmq
 
 ROUTE = "payments"
 
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--hops", action="store_true", help="time each hop (bench/hops.py)")
     args = parser.parse_args()
+    check(__file__, WRK, CURL, RABBITMQCTL, postgresql(w.PG), rabbitmq())
     w.WORK.mkdir(parents=True)
     (w.WORK / "bench_web.py").write_text(("import hops  # noqa: F401\n" if args.hops else "") + w.BARE_APP)
     hops_dir = w.WORK / "hops"

@@ -37,6 +37,7 @@ from typing import Any
 import psycopg
 import stripe
 from common import purchases_policy
+from needs import CURL, RABBITMQCTL, WRK, check, postgresql, rabbitmq
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -257,6 +258,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"where to write the figures ({RESULTS.name})")
     args = parser.parse_args()
+    check(__file__, WRK, CURL, RABBITMQCTL, postgresql(PG), rabbitmq())
     routes = args.routes.split(",")
     WORK.mkdir(parents=True)
     (WORK / "bench_web.py").write_text(BARE_APP)

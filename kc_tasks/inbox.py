@@ -5,7 +5,7 @@ answered, then enqueued.
 enqueues the task it asks for with a task id derived from the payment id and the kind of task
 (a provider's repeats map to one task id; a purchase and a revocation never share one). The
 event is then marked `enqueued`. If the broker does not answer, it stays `received` and
-`relay` (beat, worker side) enqueues it once the broker answers. Statuses: see CONTRACT.md.
+`relay` (beat, worker side) enqueues it once the broker answers. Statuses: see docs/reference.md.
 
 An event id names one event: an id stored before is a repeat when its body is the same, byte for
 byte (`same_event`), and a conflict otherwise: refused, logged as an error, nothing stored or

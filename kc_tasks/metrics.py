@@ -1,4 +1,4 @@
-"""Prometheus metrics: the series CONTRACT.md names ("Metrics"), kept by every process of the
+"""Prometheus metrics: the series docs/reference.md names ("Metrics"), kept by every process of the
 web (its uvicorn workers) and of a worker (its pool processes), and served together on a port
 of their own (KC_WEB_METRICS_PORT, KC_WORKER_METRICS_PORT on KC_METRICS_ADDRESS).
 

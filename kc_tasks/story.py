@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 GRANTED = "granted"
 UNKNOWN = "unknown"
-# The verdict of a payment whose refund revoked its purchase, then failed (CONTRACT.md).
+# The verdict of a payment whose refund revoked its purchase, then failed (docs/reference.md).
 PAID_NO_COURSE = f"{REFUND_FAILED}: paid, no course"
 
 

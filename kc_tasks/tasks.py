@@ -59,7 +59,7 @@ class PurchaseTask(KcTask):
     throws=(PermanentError, RetryableError),  # logged once by on_failure, without Celery's traceback
 )
 def create_purchase(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Make the purchase of one paid order; see CONTRACT.md for the kwargs and the result.
+    """Make the purchase of one paid order; see docs/reference.md for the kwargs and the result.
 
     A failure that retries cannot fix, or that outlived KC_RETRY_HORIZON, is dead-lettered
     (purchases.dlq) before the message is acknowledged; while PostgreSQL is away the message
@@ -174,7 +174,7 @@ def _dead_letter(task: Task, exc: BaseException, reason: str) -> None:
     throws=(PermanentError, RetryableError),
 )
 def revoke_purchase(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Make the purchase of one payment inactive (refund, dispute, manual); see CONTRACT.md.
+    """Make the purchase of one payment inactive (refund, dispute, manual); see docs/reference.md.
     Retried and dead-lettered as create_purchase is."""
     return _dead_letter_on_failure(self, _revoke, args, kwargs)
 

@@ -13,7 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "docker" / "prometheus"
 GRAFANA = ROOT / "docker" / "grafana"
-# CONTRACT.md, "Metrics"; a histogram's series carry _bucket, _count and _sum.
+# docs/reference.md, "Metrics"; a histogram's series carry _bucket, _count and _sum.
 CONTRACT_SERIES = {
     "kc_webhook_events_total",
     "kc_purchases_total",
