@@ -1,9 +1,11 @@
 """Razorpay's and Stripe's APIs, served from a local HTTP server in the test.
 
-The endpoints reconciliation reads (CONTRACT.md, Reconciliation), with their documented
-pagination, authentication and answer shapes, over objects the test puts in: Razorpay's
-payments, refunds and disputes (collections by `from`/`to`, `count`/`skip`), one order or
-payment by id; Stripe's Events API (`created[gte]`, `types[]`, `limit`, `starting_after`).
+The endpoints reconciliation and POST /checkouts/confirm read (CONTRACT.md), with their
+documented pagination, authentication and answer shapes, over objects the test puts in:
+Razorpay's payments, refunds and disputes (collections by `from`/`to`, `count`/`skip`), one
+order, payment or refund by id, an order's payments; Stripe's Events API (`created[gte]`,
+`types[]`, `limit`, `starting_after`) and one Checkout Session by id. An unknown id is answered
+as each provider answers it: Razorpay 400 BAD_REQUEST_ERROR, Stripe 404 resource_missing.
 Faults are queued per path: the next requests of that path answer them, in order, then it
 serves again ("pass" serves one request as usual).
 """
@@ -41,6 +43,7 @@ class Provider:
     razorpay_refunds: list[dict[str, Any]] = field(default_factory=list)
     razorpay_disputes: list[dict[str, Any]] = field(default_factory=list)
     stripe_events: list[dict[str, Any]] = field(default_factory=list)
+    stripe_sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     faults: dict[str, list[str]] = field(default_factory=dict)
     # (path, query) of every request, in order; a query value is a list where the key repeats
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -123,6 +126,40 @@ class Provider:
         self.razorpay_disputes.append(dispute)
         return dispute
 
+    def razorpay_order_for(
+        self, student: str | None, course: str | None, amount: int = 49900, created_at: int | None = None
+    ) -> dict[str, Any]:
+        """An order the platform's server created (status `created`, nothing paid yet): the
+        buyer has not paid, or has not finished paying."""
+        created = created_at or int(time.time())
+        payment = s.razorpay_payment(amount=amount, created_at=created)
+        order = s.razorpay_order(payment, student, course, amount_paid=0)
+        order["status"] = "created"
+        self.razorpay_orders[order["id"]] = order
+        return order
+
+    def razorpay_pay(
+        self, order: dict[str, Any], status: str = "captured", amount: int | None = None
+    ) -> dict[str, Any]:
+        """A payment of `order` (captured, or e.g. `authorized`, not captured yet); a captured one
+        adds to the order's `amount_paid`, which is `paid` once it reaches its `amount`."""
+        payment = s.razorpay_payment(amount=amount or order["amount"], order_id=order["id"])
+        payment["created_at"] = int(time.time()) + len(self.razorpay_payments)
+        if status != "captured":
+            payment.update(status=status, captured=False)
+        else:
+            order["amount_paid"] += payment["amount"]
+            order["amount_due"] = order["amount"] - order["amount_paid"]
+            order["status"] = "paid" if order["amount_paid"] >= order["amount"] else "attempted"
+        order["attempts"] = order.get("attempts", 0) + 1
+        self.razorpay_payments.append(payment)
+        return payment
+
+    def stripe_checkout(self, session: dict[str, Any]) -> dict[str, Any]:
+        """A Checkout Session at Stripe, as GET /v1/checkout/sessions/{id} answers it."""
+        self.stripe_sessions[session["id"]] = session
+        return session
+
     def stripe_event(self, kind: str, obj: dict[str, Any], created: int) -> dict[str, Any]:
         """An event in Stripe's event log, as its webhook would have sent it."""
         event = s.stripe_event(kind, obj, created=created)
@@ -155,6 +192,8 @@ def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, {"unexpected": True})
             if parts.path == "/v1/events":
                 return self._stripe_events(query)
+            if parts.path.startswith("/v1/checkout/sessions/"):
+                return self._stripe_session(unquote(parts.path.removeprefix("/v1/checkout/sessions/")))
             if not self._razorpay_authorized():
                 return self._send(401, {"error": {"code": "BAD_REQUEST_ERROR", "description": "Authentication failed"}})
             collections = {
@@ -164,6 +203,13 @@ def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
             }
             if parts.path in collections:
                 return self._razorpay_list(query, collections[parts.path])
+            if parts.path.startswith("/v1/orders/") and parts.path.endswith("/payments"):
+                order_id = unquote(parts.path.removeprefix("/v1/orders/").removesuffix("/payments"))
+                if order_id not in provider.razorpay_orders:
+                    error = {"code": "BAD_REQUEST_ERROR", "description": "The id provided does not exist"}
+                    return self._send(400, {"error": error})
+                items = [p for p in provider.razorpay_payments if p["order_id"] == order_id]
+                return self._send(200, {"entity": "collection", "count": len(items), "items": items})
             _, _, collection, entity_id = [*parts.path.split("/", 3), "", "", "", ""][:4]
             entity_id = unquote(entity_id)
             found: dict[str, Any] | None = None
@@ -190,6 +236,19 @@ def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
             )
             items = found[skip : skip + count]
             return self._send(200, {"entity": "collection", "count": len(items), "items": items})
+
+        def _stripe_session(self, session_id: str) -> None:
+            if self.headers.get("Authorization") != f"Bearer {STRIPE_API_KEY}":
+                return self._send(401, {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}})
+            found = provider.stripe_sessions.get(session_id)
+            if found is None:
+                error = {
+                    "type": "invalid_request_error",
+                    "code": "resource_missing",
+                    "message": f"No such checkout.session: '{session_id}'",
+                }
+                return self._send(404, {"error": error})
+            return self._send(200, found)
 
         def _stripe_events(self, query: dict[str, Any]) -> None:
             if self.headers.get("Authorization") != f"Bearer {STRIPE_API_KEY}":
