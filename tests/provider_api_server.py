@@ -169,6 +169,11 @@ class Provider:
 
 def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # Keep-alive, as the providers' APIs: every answer says its Content-Length. Without Nagle's
+        # algorithm: the body, written after the headers, would wait for their delayed ACK (40 ms).
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
         def log_message(self, *args: Any) -> None:
             pass
 
