@@ -24,7 +24,8 @@ import shutil
 import socket
 import subprocess
 import sys
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,11 @@ def run(
             env[name] = env.get(name) or str(free_port())
         prometheus = _prometheus(env, flower_port)
         if providers_port is not None:
-            stack.enter_context(_providers(env, web_port, providers_port))
+            try:
+                stack.enter_context(_providers(env, web_port, providers_port))
+            except OSError as exc:
+                logger.error("development mode: the providers' stand-in cannot listen on :%d (%s)", providers_port, exc)
+                return 1
         migrate = subprocess.run([sys.executable, "-m", "kc_tasks.cli", "migrate"], env=env, check=False)
         if migrate.returncode != 0:
             return migrate.returncode
@@ -186,8 +191,9 @@ def _broker(env: dict[str, str], forced: bool) -> None:
     )
 
 
-def _providers(env: dict[str, str], web_port: int, port: int) -> Any:
-    """Razorpay's and Stripe's APIs, stood in for on `port` (a context manager); their keys,
+@contextmanager
+def _providers(env: dict[str, str], web_port: int, port: int) -> Iterator[None]:
+    """Razorpay's and Stripe's APIs, stood in for on `port` while the block runs; their keys,
     URLs and webhook secrets in `env`, replacing any real ones; .kc-dev/platform.env for the
     example platform."""
     from kc_tasks import dev_providers
@@ -199,9 +205,6 @@ def _providers(env: dict[str, str], web_port: int, port: int) -> Any:
         "KC_RAZORPAY_WEBHOOK_SECRET": _dev_secret("razorpay-webhook-secret"),
         "KC_STRIPE_WEBHOOK_SECRET": "whsec_" + _dev_secret("stripe-webhook-secret"),
     }
-    replaced = sorted(name for name in keys if env.get(name) and env[name] != keys[name])
-    if replaced:
-        logger.warning("development mode: --providers replaces %s with the stand-in's", ", ".join(replaced))
     web = f"http://127.0.0.1:{web_port}"
     provider = dev_providers.Provider(
         razorpay_key_id=keys["KC_RAZORPAY_KEY_ID"],
@@ -209,37 +212,40 @@ def _providers(env: dict[str, str], web_port: int, port: int) -> Any:
         stripe_api_key=keys["KC_STRIPE_API_KEY"],
         webhooks=dev_providers.Webhooks(web, keys["KC_RAZORPAY_WEBHOOK_SECRET"], keys["KC_STRIPE_WEBHOOK_SECRET"]),
     )
-    served = dev_providers.serve(provider, port=port)
-    url = f"http://127.0.0.1:{port}"
-    # The stand-in's objects are in test mode: a KC_STRIPE_LIVEMODE=true would ignore them.
-    env.update(keys, KC_RAZORPAY_API_URL=url, KC_STRIPE_API_URL=url, KC_STRIPE_LIVEMODE="false")
-    platform = {
-        "KC_TASKS_URL": web,
-        "KC_JWT_SECRET": env["KC_JWT_SECRET"],
-        "KC_JWT_AUDIENCE": env.get("KC_JWT_AUDIENCE") or "kc_tasks",
-        "PLATFORM_STUDENT": EXAMPLE_STUDENT,
-        "RAZORPAY_KEY_ID": keys["KC_RAZORPAY_KEY_ID"],
-        "RAZORPAY_KEY_SECRET": keys["KC_RAZORPAY_KEY_SECRET"],
-        "RAZORPAY_API_URL": url,
-        "RAZORPAY_CHECKOUT_JS": url + "/v1/checkout.js",
-        "STRIPE_API_KEY": keys["KC_STRIPE_API_KEY"],
-        "STRIPE_API_URL": url,
-    }
-    path = DEV_DIR / "platform.env"
-    path.touch(mode=0o600)
-    path.write_text(
-        "# Written by kc-tasks dev --providers at each start: the example platform's settings for this run\n"
-        "# (examples/checkout/README.md).\n" + "".join(f"{name}={value}\n" for name, value in platform.items())
-    )
-    logger.warning(
-        "development mode: Razorpay's and Stripe's APIs stand in on %s (keys in %s/, their webhooks sent to %s); "
-        "the example platform's settings are in %s (examples/checkout/README.md)",
-        url,
-        DEV_DIR,
-        web,
-        path,
-    )
-    return served
+    with dev_providers.serve(provider, port=port):
+        replaced = sorted(name for name in keys if env.get(name) and env[name] != keys[name])
+        if replaced:
+            logger.warning("development mode: --providers replaces %s with the stand-in's", ", ".join(replaced))
+        # The stand-in's objects are in test mode: a KC_STRIPE_LIVEMODE=true would ignore them.
+        url = provider.url
+        env.update(keys, KC_RAZORPAY_API_URL=url, KC_STRIPE_API_URL=url, KC_STRIPE_LIVEMODE="false")
+        platform = {
+            "KC_TASKS_URL": web,
+            "KC_JWT_SECRET": env["KC_JWT_SECRET"],
+            "KC_JWT_AUDIENCE": env.get("KC_JWT_AUDIENCE") or "kc_tasks",
+            "PLATFORM_STUDENT": EXAMPLE_STUDENT,
+            "RAZORPAY_KEY_ID": keys["KC_RAZORPAY_KEY_ID"],
+            "RAZORPAY_KEY_SECRET": keys["KC_RAZORPAY_KEY_SECRET"],
+            "RAZORPAY_API_URL": url,
+            "RAZORPAY_CHECKOUT_JS": url + "/v1/checkout.js",
+            "STRIPE_API_KEY": keys["KC_STRIPE_API_KEY"],
+            "STRIPE_API_URL": url,
+        }
+        path = DEV_DIR / "platform.env"
+        path.touch(mode=0o600)
+        path.write_text(
+            "# Written by kc-tasks dev --providers at each start: the example platform's settings for this run\n"
+            "# (examples/checkout/README.md).\n" + "".join(f"{name}={value}\n" for name, value in platform.items())
+        )
+        logger.warning(
+            "development mode: Razorpay's and Stripe's APIs stand in on %s (keys in %s/, their webhooks sent to %s); "
+            "the example platform's settings are in %s (examples/checkout/README.md)",
+            url,
+            DEV_DIR,
+            web,
+            path,
+        )
+        yield
 
 
 def _dev_secret(name: str, size: int = 16) -> str:
