@@ -20,6 +20,8 @@ import jwt
 logger = logging.getLogger(__name__)
 
 SCOPE = "purchases:read"
+# The platform's own server: confirms any student's checkout (POST /checkouts/confirm).
+CONFIRM_SCOPE = "purchases:confirm"
 ASYMMETRIC = ("RS256", "ES256")
 # Longer than any token an identity provider issues; refused unparsed.
 MAX_TOKEN_CHARS = 8192
@@ -36,14 +38,24 @@ class Unauthorized(Exception):
 
 @dataclass(frozen=True)
 class Grant:
-    """Who a verified token speaks for: its subject, and whether it may read any student."""
+    """Who a verified token speaks for: its subject, whether it may read any student, and
+    whether it may confirm any student's checkout."""
 
     subject: str | None
     any_student: bool
+    confirms_any: bool = False
 
     def allows(self, student_id: uuid.UUID) -> bool:
         if self.any_student:
             return True
+        return self.is_student(student_id)
+
+    def may_confirm(self, student_id: uuid.UUID) -> bool:
+        """A checkout of this student's: the student's own token, or the platform's (scope
+        purchases:confirm). purchases:read alone reads, never confirms."""
+        return self.confirms_any or self.is_student(student_id)
+
+    def is_student(self, student_id: uuid.UUID) -> bool:
         try:
             return self.subject is not None and uuid.UUID(self.subject) == student_id
         except ValueError:
@@ -98,7 +110,7 @@ class Verifier:
         subject = claims.get("sub")
         scope = claims.get("scope")
         scopes = scope.split() if isinstance(scope, str) else []
-        return Grant(subject if isinstance(subject, str) else None, SCOPE in scopes)
+        return Grant(subject if isinstance(subject, str) else None, SCOPE in scopes, CONFIRM_SCOPE in scopes)
 
     def _public_key(self, kid: Any, algorithm: str) -> Any:
         """The JWKS key of this kid, fetched again (at most every few seconds) when unknown."""

@@ -124,6 +124,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--flower-port", type=int, default=5555, help="Flower port (5555)")
     p.add_argument("--embedded-db", action="store_true", help="use the embedded PostgreSQL even if one answers")
     p.add_argument("--filesystem-broker", action="store_true", help="use the filesystem broker even if one answers")
+    p.add_argument(
+        "--providers",
+        action="store_true",
+        help="serve a stand-in of Razorpay's and Stripe's APIs (orders, sessions, paying them, their webhooks) "
+        "and point the processes at it: the checkout story offline",
+    )
+    p.add_argument("--providers-port", type=int, default=8090, help="the stand-in's port (8090)")
     p.set_defaults(run=_dev)
 
     p = sub.add_parser("token", help="print a bearer token for the read API, signed with KC_JWT_SECRET")
@@ -169,7 +176,8 @@ def _parser() -> argparse.ArgumentParser:
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from kc_tasks import dev
 
-    return dev.run(args.port, args.flower_port, args.embedded_db, args.filesystem_broker)
+    providers_port = args.providers_port if args.providers else None
+    return dev.run(args.port, args.flower_port, args.embedded_db, args.filesystem_broker, providers_port)
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:

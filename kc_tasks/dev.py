@@ -8,6 +8,11 @@ machine only, no publisher confirms. Nothing outside this module depends on eith
 The web process and the worker serve their metrics (KC_WEB_METRICS_PORT, KC_WORKER_METRICS_PORT,
 free ports unless set), and when Prometheus is installed it runs beside them with the alert
 rules of docker/prometheus/, scraping them and Flower (.kc-dev/prometheus.yml).
+
+With --providers, Razorpay's and Stripe's APIs stand in too (kc_tasks.dev_providers, in this
+process): the processes get its keys and URLs, and its webhooks come to the web process, so a
+checkout is created, paid, returned from and confirmed with no account at either provider.
+.kc-dev/platform.env holds what the example platform (examples/checkout/) needs to join in.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +46,10 @@ def answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def run(web_port: int, flower_port: int, embedded_db: bool, filesystem_broker: bool) -> int:
+def run(
+    web_port: int, flower_port: int, embedded_db: bool, filesystem_broker: bool, providers_port: int | None = None
+) -> int:
+    """The processes until they end; with `providers_port`, the providers' stand-in on it."""
     from honcho.environ import parse_procfile
     from honcho.manager import Manager
     from honcho.printer import Printer
@@ -55,6 +65,7 @@ def run(web_port: int, flower_port: int, embedded_db: bool, filesystem_broker: b
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     logger.warning("DEVELOPMENT MODE: one machine, throwaway data in %s; never use this in production", DEV_DIR)
     server = _database(env, embedded_db)
+    stack = ExitStack()
     try:
         _broker(env, filesystem_broker)
         env.setdefault("KC_WEBHOOK_SECRET", _dev_secret("webhook-secret"))
@@ -73,6 +84,12 @@ def run(web_port: int, flower_port: int, embedded_db: bool, filesystem_broker: b
         for name in ("KC_WEB_METRICS_PORT", "KC_WORKER_METRICS_PORT"):
             env[name] = env.get(name) or str(free_port())
         prometheus = _prometheus(env, flower_port)
+        if providers_port is not None:
+            try:
+                stack.enter_context(_providers(env, web_port, providers_port))
+            except OSError as exc:
+                logger.error("development mode: the providers' stand-in cannot listen on :%d (%s)", providers_port, exc)
+                return 1
         migrate = subprocess.run([sys.executable, "-m", "kc_tasks.cli", "migrate"], env=env, check=False)
         if migrate.returncode != 0:
             return migrate.returncode
@@ -93,6 +110,7 @@ def run(web_port: int, flower_port: int, embedded_db: bool, filesystem_broker: b
         manager.loop()
         return int(manager.returncode or 0)
     finally:
+        stack.close()
         if server is not None:
             server.cleanup()
 
@@ -171,6 +189,63 @@ def _broker(env: dict[str, str], forced: bool) -> None:
         "machine only, no publisher confirms; Flower's live view and remote control do not work with it",
         folder,
     )
+
+
+@contextmanager
+def _providers(env: dict[str, str], web_port: int, port: int) -> Iterator[None]:
+    """Razorpay's and Stripe's APIs, stood in for on `port` while the block runs; their keys,
+    URLs and webhook secrets in `env`, replacing any real ones; .kc-dev/platform.env for the
+    example platform."""
+    from kc_tasks import dev_providers
+
+    keys = {
+        "KC_RAZORPAY_KEY_ID": "rzp_test_" + _dev_secret("razorpay-key-id", 7),
+        "KC_RAZORPAY_KEY_SECRET": _dev_secret("razorpay-key-secret"),
+        "KC_STRIPE_API_KEY": "sk_test_" + _dev_secret("stripe-api-key"),
+        "KC_RAZORPAY_WEBHOOK_SECRET": _dev_secret("razorpay-webhook-secret"),
+        "KC_STRIPE_WEBHOOK_SECRET": "whsec_" + _dev_secret("stripe-webhook-secret"),
+    }
+    web = f"http://127.0.0.1:{web_port}"
+    provider = dev_providers.Provider(
+        razorpay_key_id=keys["KC_RAZORPAY_KEY_ID"],
+        razorpay_key_secret=keys["KC_RAZORPAY_KEY_SECRET"],
+        stripe_api_key=keys["KC_STRIPE_API_KEY"],
+        webhooks=dev_providers.Webhooks(web, keys["KC_RAZORPAY_WEBHOOK_SECRET"], keys["KC_STRIPE_WEBHOOK_SECRET"]),
+    )
+    with dev_providers.serve(provider, port=port):
+        replaced = sorted(name for name in keys if env.get(name) and env[name] != keys[name])
+        if replaced:
+            logger.warning("development mode: --providers replaces %s with the stand-in's", ", ".join(replaced))
+        # The stand-in's objects are in test mode: a KC_STRIPE_LIVEMODE=true would ignore them.
+        url = provider.url
+        env.update(keys, KC_RAZORPAY_API_URL=url, KC_STRIPE_API_URL=url, KC_STRIPE_LIVEMODE="false")
+        platform = {
+            "KC_TASKS_URL": web,
+            "KC_JWT_SECRET": env["KC_JWT_SECRET"],
+            "KC_JWT_AUDIENCE": env.get("KC_JWT_AUDIENCE") or "kc_tasks",
+            "PLATFORM_STUDENT": EXAMPLE_STUDENT,
+            "RAZORPAY_KEY_ID": keys["KC_RAZORPAY_KEY_ID"],
+            "RAZORPAY_KEY_SECRET": keys["KC_RAZORPAY_KEY_SECRET"],
+            "RAZORPAY_API_URL": url,
+            "RAZORPAY_CHECKOUT_JS": url + "/v1/checkout.js",
+            "STRIPE_API_KEY": keys["KC_STRIPE_API_KEY"],
+            "STRIPE_API_URL": url,
+        }
+        path = DEV_DIR / "platform.env"
+        path.touch(mode=0o600)
+        path.write_text(
+            "# Written by kc-tasks dev --providers at each start: the example platform's settings for this run\n"
+            "# (examples/checkout/README.md).\n" + "".join(f"{name}={value}\n" for name, value in platform.items())
+        )
+        logger.warning(
+            "development mode: Razorpay's and Stripe's APIs stand in on %s (keys in %s/, their webhooks sent to %s); "
+            "the example platform's settings are in %s (examples/checkout/README.md)",
+            url,
+            DEV_DIR,
+            web,
+            path,
+        )
+        yield
 
 
 def _dev_secret(name: str, size: int = 16) -> str:

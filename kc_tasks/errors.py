@@ -60,7 +60,12 @@ class UniqueConflict(DatabaseError):
 
 class ProviderApiError(RetryableError):
     """Raised when a payment provider's API fails, times out or answers garbage: the next
-    reconciliation tries again. Its message names the provider and the request, never a key."""
+    reconciliation tries again. Its message names the provider and the request, never a key;
+    `status` is the HTTP status of the last answer (None: no answer, or garbage)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ManagementUnreachable(KcTasksError):

@@ -177,7 +177,7 @@ def store_and_enqueue(
     app: Celery,
     arrivals: Sequence[tuple[Event, bytes]],
     channel: Kept[TaskChannel] | None,
-    raw: bool = True,
+    raw: bool | Sequence[bool] = True,
 ) -> list[Receipt]:
     """Store the events with one INSERT (autocommit `conn`), then publish their tasks with
     one wait for the broker's confirms (on `channel`, when given; else each is confirmed on
@@ -187,11 +187,15 @@ def store_and_enqueue(
     repeat after its first when its body is the same (`same_event`): nothing is done for it
     again. With another body it is a CONFLICT: logged as an error, nothing stored or enqueued.
     `raw`: the bodies are requests' bodies, byte for byte, and their SHA-256 is stored with
-    them; reconciliation's are the providers' API objects, stored without one. Raises (a
+    them; reconciliation's and a checkout confirm's are the providers' API objects, stored
+    without one (one flag for all, or one per arrival). Raises (a
     driver error: wrap it in db.translate_errors) only when PostgreSQL fails: then nothing was
     stored."""
     plans = [plan(event) for event, _ in arrivals]
-    digests = [hashlib.sha256(body).digest() if raw else None for _, body in arrivals]
+    raws = [raw] * len(arrivals) if isinstance(raw, bool) else list(raw)
+    digests = [
+        hashlib.sha256(body).digest() if whole else None for (_, body), whole in zip(arrivals, raws, strict=True)
+    ]
     # In key order: two INSERTs meeting the same events (a provider's retry racing the
     # original) then wait for each other in one order, never in a circle (a deadlock).
     rows = sorted(

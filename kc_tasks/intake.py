@@ -53,6 +53,8 @@ class _Arrival:
     body: bytes
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[inbox.Receipt]
+    # The request's body byte for byte (a webhook), or a provider's API object (a confirm).
+    raw: bool = True
 
 
 class Intake:
@@ -67,10 +69,11 @@ class Intake:
         self._threads: list[threading.Thread] = []
         self._marker: _Marker | None = None
 
-    async def receive(self, event: Event, body: bytes) -> inbox.Receipt:
+    async def receive(self, event: Event, body: bytes, raw: bool = True) -> inbox.Receipt:
+        """`raw` as inbox.store_and_enqueue's: false for a provider's API object."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[inbox.Receipt] = loop.create_future()
-        self._started().put(_Arrival(event, body, loop, future))
+        self._started().put(_Arrival(event, body, loop, future, raw))
         return await future
 
     def close(self) -> None:
@@ -134,7 +137,7 @@ class Intake:
         arrivals = [(a.event, a.body) for a in batch]
         try:
             with _autocommit(self.engine) as conn:
-                receipts = inbox.store_and_enqueue(conn, self.app, arrivals, channel)
+                receipts = inbox.store_and_enqueue(conn, self.app, arrivals, channel, [a.raw for a in batch])
         except Exception as exc:  # noqa: BLE001  (each request gets it: a 503, or its own error)
             _answer(batch, self._failed(batch, exc, channel))
             return
@@ -152,7 +155,9 @@ class Intake:
         outcomes: list[inbox.Receipt | BaseException] = []
         for arrival in batch:
             try:
-                outcomes += inbox.receive_many(self.engine, self.app, [(arrival.event, arrival.body)], channel)
+                outcomes += inbox.receive_many(
+                    self.engine, self.app, [(arrival.event, arrival.body)], channel, arrival.raw
+                )
             except Exception as alone:  # noqa: BLE001  (its request gets it)
                 outcomes.append(alone)
         return outcomes

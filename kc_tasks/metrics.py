@@ -46,6 +46,9 @@ DEAD_LETTER_KINDS = ("permanent", "exhausted", "worker_lost")
 TASKS = ("kc_tasks.create_purchase", "kc_tasks.revoke_purchase")
 REVOCATION_REASONS = ("refund", "dispute", "manual")
 FOUND_KINDS = ("payment", "refund", "dispute")
+# POST /checkouts/confirm's answers: 200, 202, 409 not paid, any other 4xx, 503.
+CONFIRM_PROVIDERS = ("razorpay", "stripe")
+CONFIRM_OUTCOMES = ("granted", "pending", "not_paid", "refused", "unavailable")
 # A task sent directly (not through the inbox) is first seen when it reaches the worker.
 TASK = "task"
 # Message headers that carry a payment's first sight to the worker: who saw it, and when (unix
@@ -117,8 +120,14 @@ class Series:
             registry=None,
             multiprocess_mode="max",
         )
+        self.confirms = Counter(
+            "kc_confirms_total", "POST /checkouts/confirm answers", ["provider", "outcome"], registry=None
+        )
         # Every known series from 0, so that a rate or an increase sees its first event.
         if role == WEB:
+            for provider in CONFIRM_PROVIDERS:
+                for outcome in CONFIRM_OUTCOMES:
+                    self.confirms.labels(provider, outcome)
             for provider in PROVIDERS:
                 for outcome in WEBHOOK_OUTCOMES:
                     self.webhook_events.labels(provider, outcome)
@@ -310,6 +319,12 @@ def reconcile_found(provider: str, found: Mapping[str, int]) -> None:
     if _series is not None:
         for kind, count in found.items():
             _series.reconcile_found.labels(provider, kind).inc(count)
+
+
+def confirm(provider: str, outcome: str) -> None:
+    """One answer of POST /checkouts/confirm (a provider it does not know counts as `other`)."""
+    if _series is not None:
+        _series.confirms.labels(provider if provider in CONFIRM_PROVIDERS else "other", outcome).inc()
 
 
 def refund_failed(provider: str) -> None:

@@ -5,9 +5,10 @@ no timeout and does not wait out a 429, stripe's StripeClient retries 5xx but no
 caps Retry-After at a few seconds; one small client treats both providers alike, and what
 it raises names the provider and the request, never the key (errors.ProviderApiError).
 
-Razorpay: GET /v1/payments, /v1/refunds and /v1/disputes ?from&to&count=100&skip=n, and one
-order, payment or refund by id; basic auth (key id, key secret).
-Stripe: GET /v1/events?created[gte]&limit=100&types[]=...&starting_after, bearer key.
+Razorpay: GET /v1/payments, /v1/refunds and /v1/disputes ?from&to&count=100&skip=n, one
+order, payment or refund by id, and an order's payments; basic auth (key id, key secret).
+Stripe: GET /v1/events?created[gte]&limit=100&types[]=...&starting_after, and one Checkout
+Session by id; bearer key.
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ class Api:
         secrets: tuple[str, ...] = (),
         read_timeout: float = READ_TIMEOUT,
         sleep: Callable[[float], None] = time.sleep,
+        retry: Callable[[int | None, str | None, int], float | None] = retry_delay,
     ) -> None:
         self.provider = provider
+        self._retry = retry
         self._secrets = tuple(s for s in secrets if s)
         self._sleep = sleep
         self._client = httpx.Client(
@@ -110,10 +113,11 @@ class Api:
                     return self._json(path, response)
                 retry_after = response.headers.get("retry-after")
                 problem = f"HTTP {status}"
-            wait = retry_delay(status, retry_after, attempt)
+            wait = self._retry(status, retry_after, attempt)
             if wait is None:
                 tries = f" after {attempt} tries" if attempt > 1 else ""
-                raise ProviderApiError(self._scrub(f"{self.provider} API: GET {path} failed{tries}: {problem}"))
+                message = self._scrub(f"{self.provider} API: GET {path} failed{tries}: {problem}")
+                raise ProviderApiError(message, status)
             logger.info("%s API: GET %s: %s; trying again in %.1f s", self.provider, path, problem, wait)
             self._sleep(wait)
 
@@ -130,6 +134,11 @@ class Api:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def no_retry(status: int | None, retry_after: str | None, attempt: int) -> float | None:
+    """A request tried once (a buyer is waiting: `POST /checkouts/confirm` answers 503 at once)."""
+    return None
 
 
 def razorpay_list(api: Api, path: str, window: Window) -> Iterator[dict[str, Any]]:
@@ -151,6 +160,20 @@ def razorpay_list(api: Api, path: str, window: Window) -> Iterator[dict[str, Any
 def razorpay_entity(api: Api, collection: str, entity_id: str) -> dict[str, Any]:
     """One entity by id (GET /v1/orders/{id}, /v1/payments/{id}, /v1/refunds/{id}); the id is escaped, never a path."""
     return api.get(f"/v1/{collection}/{quote(entity_id, safe='')}")
+
+
+def razorpay_order_payments(api: Api, order_id: str) -> list[dict[str, Any]]:
+    """Every payment of an order (GET /v1/orders/{id}/payments: one page, an order has few)."""
+    path = f"/v1/orders/{quote(order_id, safe='')}/payments"
+    items = api.get(path).get("items")
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ProviderApiError(f"{api.provider} API: GET {path} answered no list of items")
+    return items
+
+
+def stripe_session(api: Api, session_id: str) -> dict[str, Any]:
+    """One Checkout Session by id (GET /v1/checkout/sessions/{id}); the id is escaped, never a path."""
+    return api.get(f"/v1/checkout/sessions/{quote(session_id, safe='')}")
 
 
 def stripe_events(api: Api, window: Window, types: Sequence[str]) -> Iterator[dict[str, Any]]:

@@ -174,7 +174,13 @@ def window(seconds: float, now: float | None = None) -> provider_api.Window:
     return provider_api.Window(until - int(seconds), until)
 
 
-def api_for(settings: Settings, provider: str, read_timeout: float = provider_api.READ_TIMEOUT) -> provider_api.Api:
+def api_for(
+    settings: Settings,
+    provider: str,
+    read_timeout: float = provider_api.READ_TIMEOUT,
+    retry: Callable[[int | None, str | None, int], float | None] = provider_api.retry_delay,
+) -> provider_api.Api:
+    """The provider's API with its key; `retry` says how long to wait before another try."""
     if provider == razorpay.NAME:
         return provider_api.Api(
             provider,
@@ -182,6 +188,7 @@ def api_for(settings: Settings, provider: str, read_timeout: float = provider_ap
             auth=(settings.razorpay_key_id, settings.razorpay_key_secret),
             secrets=(settings.razorpay_key_id, settings.razorpay_key_secret),
             read_timeout=read_timeout,
+            retry=retry,
         )
     return provider_api.Api(
         provider,
@@ -189,6 +196,7 @@ def api_for(settings: Settings, provider: str, read_timeout: float = provider_ap
         headers={"Authorization": f"Bearer {settings.stripe_api_key}"},
         secrets=(settings.stripe_api_key,),
         read_timeout=read_timeout,
+        retry=retry,
     )
 
 

@@ -78,11 +78,16 @@ class Settings:
     # The `aud` a token must carry, and the `iss` when set.
     jwt_audience: str = "kc_tasks"
     jwt_issuer: str = ""
-    # Read-only API keys of the providers, for reconciliation (kc_tasks/reconcile.py): Razorpay
-    # is reconciled only while both of its are set, Stripe while its key is.
+    # Read-only API keys of the providers, for reconciliation (kc_tasks/reconcile.py) and
+    # POST /checkouts/confirm (kc_tasks/checkouts.py): Razorpay is reconciled and confirmed only
+    # while both of its are set (the key secret also checks Checkout's razorpay_signature),
+    # Stripe while its key is.
     razorpay_key_id: str = field(default="", repr=False)
     razorpay_key_secret: str = field(default="", repr=False)
     stripe_api_key: str = field(default="", repr=False)
+    # How long POST /checkouts/confirm waits for the purchase before it answers 202 (pending),
+    # milliseconds (kc_tasks/checkouts.py).
+    confirm_wait_ms: int = 3000
     # Base URLs of the providers' APIs (another one in tests).
     razorpay_api_url: str = DEFAULT_RAZORPAY_API_URL
     stripe_api_url: str = DEFAULT_STRIPE_API_URL
@@ -142,6 +147,7 @@ class Settings:
             razorpay_key_id=env.get("KC_RAZORPAY_KEY_ID", ""),
             razorpay_key_secret=env.get("KC_RAZORPAY_KEY_SECRET", ""),
             stripe_api_key=env.get("KC_STRIPE_API_KEY", ""),
+            confirm_wait_ms=_int(env, "KC_CONFIRM_WAIT_MS", 3000, minimum=0, maximum=60000),
             razorpay_api_url=env.get("KC_RAZORPAY_API_URL") or DEFAULT_RAZORPAY_API_URL,
             stripe_api_url=env.get("KC_STRIPE_API_URL") or DEFAULT_STRIPE_API_URL,
             reconcile_interval=_int(env, "KC_RECONCILE_INTERVAL", 900, minimum=1),

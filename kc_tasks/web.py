@@ -1,4 +1,5 @@
-"""The web process: the payment webhook, a student's courses, health and readiness.
+"""The web process: the payment webhooks, checkouts confirmed on the buyer's return
+(kc_tasks/checkouts.py), a student's courses, health and readiness.
 
 Served by uvicorn: `uvicorn --factory kc_tasks.web:create_app --port $PORT`.
 """
@@ -22,7 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
-from kc_tasks import admin, auth, db, inbox, logs, metrics, signature
+from kc_tasks import admin, auth, checkouts, db, inbox, logs, metrics, signature
 from kc_tasks.errors import ConfigError, InvalidPurchase, KcTasksError
 from kc_tasks.intake import Intake
 from kc_tasks.payload import parse_purchase
@@ -320,6 +321,11 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         if answer["ready"]:
             return JSONResponse(answer)
         return JSONResponse(answer, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    confirm = checkouts.router(settings, intake, engine, verifier)
+    if confirm is not None:
+        api.include_router(confirm[0])
+        api.router.on_shutdown.append(confirm[1].close)
 
     admin_routes = admin.router(settings, celery_app, engine)
     if admin_routes is not None:

@@ -23,6 +23,9 @@ KEYS = ("student_id", "course_id")
 NOT_A_COURSE = "not a course purchase"
 # How the why of a failed refund begins: the payment's story and the inbox's warning say it.
 REFUND_FAILED = "refund failed"
+# How the event id of a checkout confirmed on the buyer's return begins (POST /checkouts/confirm):
+# `confirm:<payment_id>`, stored under the provider's own name.
+CONFIRM_PREFIX = "confirm:"
 
 
 class Malformed(ValueError):
@@ -105,6 +108,35 @@ class Event:
     @property
     def payment_id(self) -> str | None:
         return self.action.payment_id
+
+
+@dataclass(frozen=True)
+class NotPaid:
+    """A checkout confirmed before it was paid (in full): nothing to store or grant yet.
+    `student_id`: the student the server-set notes or metadata name, if any."""
+
+    why: str
+    student_id: str | None
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """A checkout read back from the provider's API on the buyer's return: the event to store
+    (shaped as the webhook's, under `confirm:<payment_id>`), its body, and the student the
+    server-set notes or metadata name, if any."""
+
+    event: Event
+    body: bytes
+    student_id: str | None
+
+
+def confirm_event_id(payment_id: str) -> str:
+    return CONFIRM_PREFIX + payment_id
+
+
+def canonical(data: Any) -> bytes:
+    """API objects as stored in payment_events.body: the same objects, the same bytes."""
+    return json.dumps(data, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
 
 def load_object(body: bytes) -> dict[str, Any]:

@@ -29,12 +29,16 @@ from kc_tasks.providers import (
     DISPUTE,
     REFUND,
     Action,
+    Confirmation,
     Event,
     Ignored,
+    NotPaid,
     RefundFailed,
     Revocation,
     Unmapped,
     amount,
+    canonical,
+    confirm_event_id,
     dig,
     load_object,
     purchase_from,
@@ -91,6 +95,50 @@ def parse(body: bytes, event_id: str | None) -> Event:
     if kind.startswith("payment.dispute."):
         return Event(NAME, eid, kind, dispute_action(dig(data, "payload", "dispute", "entity")))
     return Event(NAME, eid, kind, Ignored(f"type {kind} is not acted on", text(dig(payment, "id"))))
+
+
+def verify_checkout(order_id: str, payment_id: str, signature: str, client: razorpay.Client) -> bool:
+    """Whether Checkout's `razorpay_signature` is HMAC-SHA256("<order_id>|<payment_id>") with the
+    key secret of `client`, checked by the official library (`utility.verify_payment_signature`)."""
+    params = {"razorpay_order_id": order_id, "razorpay_payment_id": payment_id, "razorpay_signature": signature}
+    try:
+        return bool(client.utility.verify_payment_signature(params))
+    except (SignatureVerificationError, TypeError):  # TypeError: a non-ASCII signature
+        return False
+
+
+def confirmation(order: Any, payments: Any, payment_id: str) -> Confirmation | NotPaid:
+    """What Checkout's return of `payment_id` (its signature checked) confirms, from the order
+    (GET /v1/orders/{id}) and the order's payments (GET /v1/orders/{id}/payments): by order.paid's
+    rules (`order_purchase`), under the payment an order.paid carries, the order's latest captured
+    payment: an earlier instalment of an order paid in parts confirms the order, never a
+    payment of its own. Not paid yet: the signed payment is not captured (authorized, failed,
+    refunded, not listed), or the order is not paid in full. Reads, besides what order_purchase
+    reads, the payments' `created_at`, and the order's notes' `student_id` (for the token check)."""
+    notes = dig(order, "notes")
+    student = text(notes.get("student_id")) if isinstance(notes, dict) else None
+    listed = [p for p in payments if isinstance(p, dict)] if isinstance(payments, list) else []
+    signed = next((p for p in listed if p.get("id") == payment_id), None)
+    if signed is None or signed.get("status") != "captured":
+        status = "not listed" if signed is None else f"{signed.get('status')}"
+        return NotPaid(f"payment {payment_id} of order {dig(order, 'id')} is {status}, not captured", student)
+    if not paid_in_full(order):
+        return NotPaid(
+            f"{PART_PAID}: order {dig(order, 'id')} (status {dig(order, 'status')}) has {dig(order, 'amount_paid')} "
+            f"of {dig(order, 'amount')} paid",
+            student,
+        )
+    captured = [p for p in listed if p.get("status") == "captured" and text(p.get("id"))]
+    latest = max(captured, key=lambda p: (p["created_at"] if amount(p.get("created_at")) else 0, p["id"]))
+    body = canonical(
+        {
+            "entity": "event",
+            "event": ORDER_PAID,
+            "contains": ["payment", "order"],
+            "payload": {"payment": {"entity": latest}, "order": {"entity": order}},
+        }
+    )
+    return Confirmation(parse(body, confirm_event_id(latest["id"])), body, student)
 
 
 def order_purchase(payment: Any, order: Any) -> Action:

@@ -24,12 +24,16 @@ from kc_tasks.providers import (
     DISPUTE,
     REFUND,
     Action,
+    Confirmation,
     Event,
     Ignored,
     Malformed,
+    NotPaid,
     RefundFailed,
     Revocation,
     amount,
+    canonical,
+    confirm_event_id,
     dig,
     load_object,
     purchase_from,
@@ -100,6 +104,33 @@ def parse(body: bytes, livemode: bool | None = None) -> Event:
         why = f"{OTHER_MODE}: {mode} event; this endpoint takes {'live' if livemode else 'test-mode'} events only"
         return Event(NAME, eid, kind, Ignored(why, found.payment_id))
     return Event(NAME, eid, kind, found)
+
+
+def confirmation(session: Any, livemode: bool | None = None) -> Confirmation | NotPaid:
+    """What a buyer's return from a Checkout Session (GET /v1/checkout/sessions/{id}) confirms:
+    the session read as its checkout.session.completed would be (`event_action`, KC_STRIPE_LIVEMODE
+    as `livemode`), under its payment id. Not paid yet: the session is not `complete` (open,
+    expired), or completed while an asynchronous payment is still `unpaid` (its
+    async_payment_succeeded comes later). Reads, besides what event_action reads, the session's
+    `status`, `livemode` and its metadata's `student_id` (for the token check)."""
+    metadata = dig(session, "metadata")
+    student = text(metadata.get("student_id")) if isinstance(metadata, dict) else None
+    status, paid = dig(session, "status"), dig(session, "payment_status")
+    if status != "complete":
+        return NotPaid(f"checkout session {dig(session, 'id')} is {status}, not complete", student)
+    if paid == "unpaid":
+        return NotPaid(f"checkout session {dig(session, 'id')} is complete, its payment not received yet", student)
+    payment_id = event_action(SESSION_COMPLETED, session).payment_id or text(dig(session, "id")) or ""
+    body = canonical(
+        {
+            "id": confirm_event_id(payment_id),
+            "object": "event",
+            "type": SESSION_COMPLETED,
+            "livemode": dig(session, "livemode"),
+            "data": {"object": session},
+        }
+    )
+    return Confirmation(parse(body, livemode), body, student)
 
 
 def event_action(kind: str, obj: Any) -> Action:
