@@ -21,11 +21,6 @@ name it is. Seven kinds are compared with the code, both ways:
 
 Tables of any other kind (kwargs, statuses, reasons, fields...) are held to the code one way
 only: each name they list must be written somewhere in the code.
-
-The names of `POST /checkouts/confirm` are in the reference ahead of the code that serves them:
-they are left out of the reference-to-code checks, and test_confirm_names_are_in_the_code
-expects them to be missing (strict xfail). When the route lands, that test passes, which fails
-the run: remove its marker then.
 """
 
 from __future__ import annotations
@@ -37,7 +32,6 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 from celery import Celery
@@ -54,13 +48,6 @@ REFERENCE = ROOT / "docs" / "reference.md"
 CODE_FILES = [*sorted((ROOT / "kc_tasks").rglob("*.py")), ROOT / "celeryconfig.py", ROOT / "Procfile"]
 CODE_TEXT = "\n".join(path.read_text() for path in CODE_FILES)
 CHECKED_KINDS = ("variable", "route", "task", "event", "metric", "command", "table")
-
-CONFIRM_ISSUE = "POST /checkouts/confirm lands with issue 31"
-CONFIRM_NAMES = {
-    "variable": {"KC_CONFIRM_WAIT_MS"},
-    "route": {"POST /checkouts/confirm"},
-    "metric": {"kc_confirms_total"},
-}
 
 # --- the reference ---------------------------------------------------------------------------
 
@@ -194,7 +181,7 @@ def test_every_variable_the_settings_read_is_in_the_reference() -> None:
 def test_every_variable_in_the_reference_is_read_by_the_code() -> None:
     missing = {
         name
-        for name in listed("variable") - CONFIRM_NAMES["variable"]
+        for name in listed("variable")
         if name not in SETTINGS_VARIABLES and not re.search(rf"\b{name}\b", CODE_TEXT)
     }
     assert missing == set()
@@ -247,7 +234,7 @@ def test_every_route_the_app_serves_is_in_the_reference(served_routes: set[str])
 
 
 def test_every_route_in_the_reference_is_served(served_routes: set[str]) -> None:
-    assert listed("route") - CONFIRM_NAMES["route"] - served_routes == set()
+    assert listed("route") - served_routes == set()
 
 
 # --- tasks, events ----------------------------------------------------------------------------
@@ -322,7 +309,7 @@ def test_every_metric_is_in_the_reference() -> None:
 
 
 def test_every_metric_in_the_reference_is_kept() -> None:
-    assert listed("metric") - CONFIRM_NAMES["metric"] - METRICS == set()
+    assert listed("metric") - METRICS == set()
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -388,20 +375,3 @@ def test_every_other_name_the_reference_lists_is_written_in_the_code() -> None:
     }
     assert others, "the reference has tables of other kinds"
     assert {(kind, name) for kind, name in others if name not in CODE_TEXT} == set()
-
-
-# --- ahead of the code ------------------------------------------------------------------------
-
-
-def _in_the_code(kind: str, name: str, served_routes: set[str]) -> bool:
-    known: dict[str, Any] = {"variable": SETTINGS_VARIABLES, "route": served_routes, "metric": METRICS}
-    return name in known[kind]
-
-
-@pytest.mark.xfail(strict=True, reason=CONFIRM_ISSUE)
-@pytest.mark.parametrize(
-    ("kind", "name"), sorted((kind, name) for kind, names in CONFIRM_NAMES.items() for name in names)
-)
-def test_confirm_names_are_in_the_code(kind: str, name: str, served_routes: set[str]) -> None:
-    assert name in listed(kind)  # the reference names it: that part holds already
-    assert _in_the_code(kind, name, served_routes)
