@@ -235,7 +235,8 @@ class Checkouts:
             logger.info("confirm %s: payment %s grants no course: %s", event.provider, event.payment_id, why)
             return refused(404, f"this checkout grants no course: {why}")
         try:
-            receipt = await self.intake.receive(event, found.body, raw=False)
+            # Its payment counts as seen from the confirm's arrival (kc_payment_to_access_seconds).
+            receipt = await self.intake.receive(event, found.body, raw=False, arrived=arrived)
         except KcTasksError as exc:
             logger.error("confirm %s: payment %s not stored: %s", event.provider, event.payment_id, exc)
             return Answer(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -163,11 +164,12 @@ def receive_many(
     arrivals: Sequence[tuple[Event, bytes]],
     channel: Kept[TaskChannel] | None = None,
     raw: bool = True,
+    arrived: Sequence[float | None] | None = None,
 ) -> list[Receipt]:
     """`receive` for many events at once, a receipt each, in order: `store_and_enqueue`,
     then `mark_enqueued`."""
     with db.translate_errors(engine.url), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        receipts = store_and_enqueue(conn, app, arrivals, channel, raw)
+        receipts = store_and_enqueue(conn, app, arrivals, channel, raw, arrived)
         mark_enqueued(conn, enqueued(arrivals, receipts))
     return receipts
 
@@ -178,6 +180,7 @@ def store_and_enqueue(
     arrivals: Sequence[tuple[Event, bytes]],
     channel: Kept[TaskChannel] | None,
     raw: bool | Sequence[bool] = True,
+    arrived: Sequence[float | None] | None = None,
 ) -> list[Receipt]:
     """Store the events with one INSERT (autocommit `conn`), then publish their tasks with
     one wait for the broker's confirms (on `channel`, when given; else each is confirmed on
@@ -188,10 +191,15 @@ def store_and_enqueue(
     again. With another body it is a CONFLICT: logged as an error, nothing stored or enqueued.
     `raw`: the bodies are requests' bodies, byte for byte, and their SHA-256 is stored with
     them; reconciliation's and a checkout confirm's are the providers' API objects, stored
-    without one (one flag for all, or one per arrival). Raises (a
+    without one (one flag for all, or one per arrival). `arrived`: when each event's request
+    arrived, on time.monotonic(), where it waited for something before it was handed over (a
+    checkout confirm waits for the provider's API); its payment counts as first seen then
+    (kc_payment_to_access_seconds), on PostgreSQL's clock: the stored `received_at` less the
+    time from the arrival to this INSERT. None (or a None): first seen when stored. Raises (a
     driver error: wrap it in db.translate_errors) only when PostgreSQL fails: then nothing was
     stored."""
     plans = [plan(event) for event, _ in arrivals]
+    waited = [0.0] * len(arrivals)
     raws = [raw] * len(arrivals) if isinstance(raw, bool) else list(raw)
     digests = [
         hashlib.sha256(body).digest() if whole else None for (_, body), whole in zip(arrivals, raws, strict=True)
@@ -208,12 +216,15 @@ def store_and_enqueue(
     )
     columns: dict[str, list[Any]] = {"provider": [k[0] for k, _ in rows], "event_id": [k[1] for k, _ in rows]}
     columns |= {name: [values[i] for _, values in rows] for i, name in enumerate(_STORED[2:])}
+    if arrived is not None:
+        asked = time.monotonic()  # received_at is PostgreSQL's now() once the INSERT reaches it
+        waited = [max(asked - at, 0.0) if at is not None else 0.0 for at in arrived]
     stored = {(r.provider, r.event_id): r.received_at for r in conn.exec_driver_sql(_STORE_MANY, columns)}
     earlier = _stored_before(conn, {(e.provider, e.event_id) for e, _ in arrivals} - stored.keys())
     firsts: dict[tuple[str, str], tuple[bytes, bytes | None]] = {}
     receipts: list[Receipt] = []
     sending: list[tuple[Event, Task]] = []
-    for (event, body), (status, task, why), digest in zip(arrivals, plans, digests, strict=True):
+    for (event, body), (status, task, why), digest, early in zip(arrivals, plans, digests, waited, strict=True):
         key = (event.provider, event.event_id)
         if key not in stored:
             before = firsts.get(key) or earlier.get(key)
@@ -228,7 +239,7 @@ def store_and_enqueue(
         _log(event, status, why)
         receipts.append(Receipt(status, True, task.task_id if task else None, why))
         if task is not None:
-            sending.append((event, seen(task, event.provider, received_at)))
+            sending.append((event, seen(task, event.provider, received_at, early)))
     sent = _enqueue_many(app, sending, channel)
     return [
         Receipt(ENQUEUED, True, r.task_id) if r.new and (event.provider, event.event_id) in sent else r
@@ -282,9 +293,10 @@ def _conflict(event: Event) -> Receipt:
     return Receipt(CONFLICT, False, None, why)
 
 
-def seen(task: Task, provider: str, received_at: datetime) -> Task:
-    """The task, with the headers that say when its payment was first seen, and by whom."""
-    return replace(task, headers=metrics.first_seen_headers(provider, received_at.timestamp()))
+def seen(task: Task, provider: str, received_at: datetime, before: float = 0.0) -> Task:
+    """The task, with the headers that say when its payment was first seen, and by whom: when
+    its event was stored, or `before` seconds earlier (its request arrived then)."""
+    return replace(task, headers=metrics.first_seen_headers(provider, received_at.timestamp() - before))
 
 
 def enqueued(arrivals: Sequence[tuple[Event, bytes]], receipts: Sequence[Receipt]) -> list[tuple[str, str]]:

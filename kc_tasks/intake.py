@@ -55,6 +55,8 @@ class _Arrival:
     future: asyncio.Future[inbox.Receipt]
     # The request's body byte for byte (a webhook), or a provider's API object (a confirm).
     raw: bool = True
+    # When the request arrived (time.monotonic()), if it waited before it was handed over.
+    arrived: float | None = None
 
 
 class Intake:
@@ -69,11 +71,12 @@ class Intake:
         self._threads: list[threading.Thread] = []
         self._marker: _Marker | None = None
 
-    async def receive(self, event: Event, body: bytes, raw: bool = True) -> inbox.Receipt:
-        """`raw` as inbox.store_and_enqueue's: false for a provider's API object."""
+    async def receive(self, event: Event, body: bytes, raw: bool = True, arrived: float | None = None) -> inbox.Receipt:
+        """`raw` and `arrived` as inbox.store_and_enqueue's: false for a provider's API object;
+        the request's arrival (time.monotonic()), from which its payment counts as seen."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[inbox.Receipt] = loop.create_future()
-        self._started().put(_Arrival(event, body, loop, future, raw))
+        self._started().put(_Arrival(event, body, loop, future, raw, arrived))
         return await future
 
     def close(self) -> None:
@@ -137,7 +140,9 @@ class Intake:
         arrivals = [(a.event, a.body) for a in batch]
         try:
             with _autocommit(self.engine) as conn:
-                receipts = inbox.store_and_enqueue(conn, self.app, arrivals, channel, [a.raw for a in batch])
+                receipts = inbox.store_and_enqueue(
+                    conn, self.app, arrivals, channel, [a.raw for a in batch], [a.arrived for a in batch]
+                )
         except Exception as exc:  # noqa: BLE001  (each request gets it: a 503, or its own error)
             _answer(batch, self._failed(batch, exc, channel))
             return
@@ -156,7 +161,7 @@ class Intake:
         for arrival in batch:
             try:
                 outcomes += inbox.receive_many(
-                    self.engine, self.app, [(arrival.event, arrival.body)], channel, arrival.raw
+                    self.engine, self.app, [(arrival.event, arrival.body)], channel, arrival.raw, [arrival.arrived]
                 )
             except Exception as alone:  # noqa: BLE001  (its request gets it)
                 outcomes.append(alone)

@@ -9,8 +9,11 @@ import hashlib
 import hmac
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
 from typing import Any
 
 import httpx
@@ -22,7 +25,7 @@ from kc_tasks.inbox import task_id_for
 from tests import provider_api_server as api
 from tests import provider_samples as s
 from tests.conftest import run_sql
-from tests.e2e.conftest import JWT_SECRET, Web, Worker, Workers, wait_until
+from tests.e2e.conftest import JWT_SECRET, Web, Worker, Workers, free_port, wait_until
 from tests.e2e.test_providers import SECRETS, post_razorpay, post_stripe
 
 
@@ -362,8 +365,6 @@ def test_a_token_over_its_rate_limit_is_429_with_retry_after(
 def test_metrics_count_each_answer_and_the_time_to_access(
     database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
 ) -> None:
-    from tests.e2e.conftest import free_port
-
     student, course = api.new_id(), api.new_id()
     order = provider.razorpay_order_for(student, course)
     payment = provider.razorpay_pay(order)
@@ -386,7 +387,7 @@ def test_metrics_count_each_answer_and_the_time_to_access(
     for outcome, counted in (("granted", 1), ("refused", 1), ("not_paid", 1), ("pending", 0), ("unavailable", 0)):
         assert sample(text, "kc_confirms_total", provider="razorpay", outcome=outcome) == counted, outcome
     assert sample(text, "kc_confirms_total", provider="stripe", outcome="granted") == 0
-    # From the confirm's arrival (its inbox event) to the purchase's commit, by the worker that made it.
+    # From the confirm's arrival to the purchase's commit, by the worker that made it.
     made = sample(series(worker_port), "kc_payment_to_access_seconds_count", provider="razorpay")
     assert made == 1
 
@@ -397,3 +398,81 @@ def sample(text: str, name: str, **labels: str) -> float | None:
             if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
                 return found.value
     return None
+
+
+class HeldApi:
+    """The providers' API stand-in behind a gate the test opens: each request waits at the gate
+    (`asked` is set once one is there), then is passed on to the stand-in and its answer back."""
+
+    def __init__(self, target: str) -> None:
+        self.asked, self.opened = threading.Event(), threading.Event()
+        gate = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                gate.asked.set()
+                gate.opened.wait(60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() == "authorization"}
+                answer = httpx.get(target + self.path, headers=headers, timeout=30)
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", answer.headers.get("content-type", "application/json"))
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> HeldApi:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.opened.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_the_time_to_access_of_a_confirmed_purchase_counts_from_the_confirms_arrival(
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+) -> None:
+    """kc_payment_to_access_seconds counts a confirm's purchase from the request's arrival, not
+    from its event's storing: the time Stripe took to answer (held here by the test) is in it."""
+    student, course, intent = api.new_id(), api.new_id(), s.new_intent()
+    session = provider.stripe_checkout(s.stripe_session(intent, student, course))
+    worker_port = str(free_port())
+    workers.start(database_url, rabbitmq_url, KC_WORKER_METRICS_PORT=worker_port)
+    answers: list[httpx.Response] = []
+    with HeldApi(provider.url) as stripe_api:
+        web = webs(database_url, rabbitmq_url, **keys(provider, KC_STRIPE_API_URL=stripe_api.url))
+        body, bearer = {"provider": "stripe", "session_id": session["id"]}, token(student)
+        buyer = threading.Thread(target=lambda: answers.append(confirm(web, body, bearer)))
+        buyer.start()
+        assert stripe_api.asked.wait(30), "the confirm never asked Stripe"
+        # The confirm has arrived and waits for Stripe: nothing stored or granted meanwhile.
+        held_from = time.monotonic()
+        assert stored(database_url, intent) == [] and purchases(database_url, student) == []
+        held_for = time.monotonic() - held_from
+        stripe_api.opened.set()
+        buyer.join(60)
+    assert answers and answers[0].status_code == 200, answers
+    metrics = httpx.get(f"http://127.0.0.1:{worker_port}/metrics", timeout=10).text
+    assert sample(metrics, "kc_payment_to_access_seconds_count", provider="stripe") == 1
+    observed = sample(metrics, "kc_payment_to_access_seconds_sum", provider="stripe")
+    assert observed is not None
+    # From the event's storing to the purchase's commit, both on PostgreSQL's clock: what the
+    # histogram counted before; the confirm's own wait for Stripe comes on top of it.
+    [(received_at, committed)] = run_sql(
+        database_url,
+        "SELECT e.received_at, p.created_at FROM payment_events e JOIN student_course_purchases p "
+        "ON p.payment_id = e.payment_id WHERE e.payment_id = %s",
+        (intent,),
+    )
+    from_storing = (committed - received_at).total_seconds()
+    assert observed - from_storing >= held_for > 0
