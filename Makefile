@@ -75,8 +75,8 @@ run: setup
 	$(BIN)/kc-tasks dev
 
 lint: setup
-	$(BIN)/ruff check celeryconfig.py kc_tasks migrations tests bench
-	$(BIN)/ruff format --check celeryconfig.py kc_tasks migrations tests bench
+	$(BIN)/ruff check celeryconfig.py kc_tasks tests bench
+	$(BIN)/ruff format --check celeryconfig.py kc_tasks tests bench
 	$(BIN)/mypy
 
 # The suite in parallel (pytest-xdist, TEST_PROCESSES at a time: each has its own databases,

@@ -1,5 +1,5 @@
 -- docker compose's login roles, one per kind of process, each in its group role of
--- migrations/roles.sql (run just before this, by the same db-roles service). psql only:
+-- kc_tasks/migrations/roles.sql (run just before this, by the same db-roles service). psql only:
 --   psql -v migrate_password=... -v web_password=... -v worker_password=... -f docker/logins.sql
 -- The passwords come from docker/.env and are set again on every run: change one there and
 -- `docker compose up` again. Idempotent.

@@ -21,7 +21,7 @@ from kc_tasks.index_guard import advisory_lock
 
 logger = logging.getLogger(__name__)
 
-# ./migrations is installed as kc_tasks.migrations (see pyproject.toml).
+# The migrations ship inside the package: kc_tasks/migrations, with its package data (pyproject.toml).
 SCRIPT_LOCATION = Path(importlib.util.find_spec("kc_tasks.migrations").origin or "").parent  # type: ignore[union-attr]
 
 

@@ -1,6 +1,6 @@
 """The database roles of the processes, and what each may do to each table.
 
-migrations/roles.sql creates the three roles (as a superuser; README, Security): kc_owner owns
+kc_tasks/migrations/roles.sql creates the three roles (as a superuser; README, Security): kc_owner owns
 the tables, kc_web is the web process, kc_worker the worker (beat's tasks run in it).
 `kc-tasks migrate` calls `grant` after every upgrade: each role gets exactly the privileges
 below, on the tables as they are now, so a table a migration adds is granted in the same run.
@@ -89,5 +89,5 @@ def grant(conn: Connection) -> list[str]:
     if granted:
         logger.info("granted %s their privileges on kc_tasks' tables", " and ".join(granted))
     else:
-        logger.info("roles %s and %s do not exist: no grants (see migrations/roles.sql)", WEB, WORKER)
+        logger.info("roles %s and %s do not exist: no grants (see kc_tasks/migrations/roles.sql)", WEB, WORKER)
     return granted

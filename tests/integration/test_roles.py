@@ -1,4 +1,4 @@
-"""The processes' database roles on a real PostgreSQL: migrations/roles.sql, then
+"""The processes' database roles on a real PostgreSQL: kc_tasks/migrations/roles.sql, then
 `kc-tasks migrate`'s grants, and what a login in each role can and cannot do.
 
 The three group roles are cluster-wide and stay (a concurrent run may use them); each test
@@ -32,7 +32,7 @@ from tests import provider_samples as s
 from tests.conftest import admin, run_sql
 from tests.integration.test_migrations import ALL
 
-ROLES_SQL = Path(__file__).resolve().parents[2] / "migrations" / "roles.sql"
+ROLES_SQL = Path(__file__).resolve().parents[2] / "kc_tasks" / "migrations" / "roles.sql"
 # What kc_web and kc_worker may do to each table, and to which columns of it alone, as the
 # catalog holds it: (role, table, privilege, column or None for the whole table).
 GRANTS = """

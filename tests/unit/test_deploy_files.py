@@ -406,7 +406,7 @@ DATABASE_LOGINS = {
     "worker": ("kc_worker_app", "kc_worker", "worker"),
 }
 LOGINS_SQL = DOCKER / "logins.sql"
-ROLES_SQL = ROOT / "migrations" / "roles.sql"
+ROLES_SQL = ROOT / "kc_tasks" / "migrations" / "roles.sql"
 
 
 def as_compose_interpolates(value: str | None, env: dict[str, str] = SAMPLE_ENV) -> str:
@@ -636,7 +636,7 @@ def test_the_dockerfile_installs_the_package_with_templates_and_migrations() -> 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     needed = {"pyproject.toml", pyproject["project"]["readme"], "kc_tasks"}
     needed |= {f"{name}.py" for name in pyproject["tool"]["setuptools"].get("py-modules", [])}  # celeryconfig.py
-    needed |= set(pyproject["tool"]["setuptools"].get("package-dir", {}).values())  # ./migrations
+    needed |= {package.split(".")[0] for package in pyproject["tool"]["setuptools"]["packages"]}  # kc_tasks
     stages = dockerfile_stages()
     copied = {
         source

@@ -1,5 +1,6 @@
 """The package as pip builds it: the pages' templates and the migrations ship, and setuptools
-has nothing to warn about."""
+has nothing to warn about, neither building the wheel nor installing the checkout editable (as
+`make setup` does)."""
 
 from __future__ import annotations
 
@@ -12,22 +13,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # What pyproject.toml builds the package from.
-SOURCES = ("pyproject.toml", "README.md", "celeryconfig.py", "kc_tasks", "migrations")
+SOURCES = ("pyproject.toml", "README.md", "celeryconfig.py", "kc_tasks")
 # A warning of the build backend as pip shows it: `BuildBackendWarning: ...`,
 # `SetuptoolsDeprecationWarning: ...` (pip's own notes are `WARNING: ...`).
 PYTHON_WARNING = re.compile(r"\b\w+Warning: .*")
 
 
-def test_the_wheel_holds_the_templates_and_the_build_warns_of_nothing(tmp_path: Path) -> None:
-    # Built from a copy: the build leaves build/ and *.egg-info/ beside its sources.
-    source = tmp_path / "source"
+def copy_sources(source: Path) -> Path:
+    """The sources pyproject.toml builds from, copied: a build leaves build/ and *.egg-info/
+    beside them."""
     for name in SOURCES:
         path = ROOT / name
         if path.is_dir():
-            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             source.mkdir(exist_ok=True)
             shutil.copy2(path, source / name)
+    return source
+
+
+def test_the_wheel_holds_the_templates_and_the_build_warns_of_nothing(tmp_path: Path) -> None:
+    source = copy_sources(tmp_path / "source")
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(tmp_path / "dist"), str(source)],
         capture_output=True,
@@ -44,4 +50,37 @@ def test_the_wheel_holds_the_templates_and_the_build_warns_of_nothing(tmp_path: 
     assert {f"kc_tasks/templates/{name}" for name in templates} <= names
     assert "kc_tasks/migrations/script.py.mako" in names
     assert "kc_tasks/migrations/versions/002_add_idempotency_constraints.py" in names
+    assert "kc_tasks/migrations/roles.sql" in names
     assert "celeryconfig.py" in names
+
+
+def test_an_editable_install_warns_of_nothing(tmp_path: Path) -> None:
+    """`make setup`'s `pip install -e`, with the pip it installs (this environment's), into a
+    fresh environment: setuptools' meta path finder, which it picks when the packages do not lie
+    as their names say (a package mapped to a folder elsewhere), warns on every install; a
+    simple layout is a plain .pth file, and silent."""
+    source = copy_sources(tmp_path / "source")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-e", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = installed.stdout + installed.stderr
+    assert installed.returncode == 0, output
+    assert PYTHON_WARNING.findall(output) == []
+
+    # The environment imports the package and the Celery settings from the checkout.
+    where = "import importlib.util as u; print(u.find_spec('kc_tasks').origin, u.find_spec('celeryconfig').origin)"
+    found = subprocess.run(
+        [str(python), "-c", where],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert found.stdout.split() == [str(source / "kc_tasks" / "__init__.py"), str(source / "celeryconfig.py")]

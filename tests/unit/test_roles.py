@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kc_tasks import db, roles
 
-ROLES_SQL = Path(__file__).resolve().parents[2] / "migrations" / "roles.sql"
+ROLES_SQL = Path(__file__).resolve().parents[2] / "kc_tasks" / "migrations" / "roles.sql"
 
 
 def test_every_table_is_granted_to_some_role() -> None:

@@ -2,7 +2,7 @@
 -- superuser on the kc_tasks database, once before the first `kc-tasks migrate` and again at
 -- will: a second run changes nothing.
 --
---   psql -v ON_ERROR_STOP=1 -d kc_tasks -f migrations/roles.sql
+--   psql -v ON_ERROR_STOP=1 -d kc_tasks -f kc_tasks/migrations/roles.sql
 --
 --   kc_owner   owns the tables: `kc-tasks migrate` and `kc-tasks ensure-index` run as it
 --   kc_web     the web process: stores webhooks in payment_events, reads purchases
