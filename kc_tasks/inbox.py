@@ -35,6 +35,17 @@ from sqlalchemy.engine import Engine
 from kc_tasks import db, metrics
 from kc_tasks.confirms import ConfirmedChannel, Kept
 from kc_tasks.errors import InvalidPurchase, InvalidRevocation
+from kc_tasks.names import (
+    CONFLICT,
+    CREATE_PURCHASE,
+    ENQUEUED,
+    IGNORED,
+    INVALID,
+    PURCHASES,
+    RECEIVED,
+    REVOKE_PURCHASE,
+    UNMAPPED,
+)
 from kc_tasks.payload import parse_purchase, parse_revocation
 from kc_tasks.providers import (
     Event,
@@ -52,8 +63,6 @@ from kc_tasks.providers import (
 
 logger = logging.getLogger(__name__)
 
-RECEIVED, ENQUEUED, IGNORED, UNMAPPED, INVALID = "received", "enqueued", "ignored", "unmapped", "invalid"
-STATUSES = (RECEIVED, ENQUEUED, IGNORED, UNMAPPED, INVALID)
 PROVIDERS = (kc.NAME, razorpay.NAME, stripe.NAME, reconcile.NAME)
 # The types of the events that revoke (Revocation), every provider's: the resend sweep looks at
 # these even when their payment has its purchase (kc_tasks.reconcile.resend_waiting).
@@ -65,12 +74,6 @@ REVOKING_TYPES = (
     stripe.DISPUTE_CLOSED,
     *(kind for (_, found), kind in reconcile.TYPES.items() if found != reconcile.PAID),
 )
-# What becomes of an arrival whose event id is stored with another body: nothing is stored (so
-# it is no status of the inbox); the web answers 409.
-CONFLICT = "conflict"
-CREATE_PURCHASE = "kc_tasks.create_purchase"
-QUEUE = "purchases"
-REVOKE_PURCHASE = "kc_tasks.revoke_purchase"
 # Task ids derive from payment ids: a provider's repeated webhook maps to the same task.
 # The purchase namespace is the one the webhook has always used.
 PURCHASE_TASK_IDS = uuid.UUID("6f1d7c56-2b8e-4c4e-9a55-5d0f7f3c8a21")
@@ -496,7 +499,7 @@ class TaskChannel(ConfirmedChannel):
 
     def producer_for(self, channel: Any) -> Producer:
         # Declared once per channel, not checked again before every message.
-        maybe_declare(self.app.amqp.queues[QUEUE], channel)
+        maybe_declare(self.app.amqp.queues[PURCHASES], channel)
         return Producer(channel, auto_declare=False)
 
     def send(self, tasks: Sequence[Task]) -> None:
@@ -506,7 +509,7 @@ class TaskChannel(ConfirmedChannel):
             self.app.send_task(
                 task.name,
                 kwargs=task.kwargs,
-                queue=QUEUE,
+                queue=PURCHASES,
                 task_id=task.task_id,
                 headers=task.headers,
                 producer=self.producer,
@@ -549,7 +552,7 @@ def _enqueue(app: Celery, event: Event, task: Task) -> bool:
         app.send_task(
             task.name,
             kwargs=task.kwargs,
-            queue="purchases",
+            queue=PURCHASES,
             task_id=task.task_id,
             headers=task.headers,
             retry_policy=_ENQUEUE_RETRY,
