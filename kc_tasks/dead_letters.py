@@ -24,7 +24,7 @@ from kombu import Message, Queue
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, metrics
+from kc_tasks import db, metrics, sending
 from kc_tasks.celery import settings
 from kc_tasks.names import (
     BROKER_REJECTED,
@@ -42,7 +42,6 @@ QUEUE = Queue(DEAD_LETTERS, routing_key=DEAD_LETTERS, durable=True, queue_argume
 # What a dead letter may be: ours (JSON), or a raw message the broker dead-lettered.
 # Only JSON is ever decoded; anything else is shown as raw text or base64, never unpickled.
 ACCEPT = ["application/json"]
-_CONFIRMED = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
 
 @dataclass
@@ -187,7 +186,7 @@ def publish(app: Celery, letter: DeadLetter) -> None:
             message_id=letter.id,
             headers={DEAD_LETTER_HEADER: 1},
             retry=True,
-            retry_policy=_CONFIRMED,
+            retry_policy=sending.RETRY,
         )
     metrics.dead_lettered(letter.task, letter.reason)
     logger.info(
@@ -211,13 +210,7 @@ def replay(app: Celery, letter: DeadLetter) -> str | None:
     if letter.task not in REPLAYABLE or not isinstance(letter.kwargs, dict):
         return f"it holds no create_purchase or revoke_purchase kwargs ({letter.reason})"
     try:
-        app.send_task(
-            letter.task,
-            kwargs=letter.kwargs,
-            queue=PURCHASES,
-            task_id=letter.task_id or None,
-            retry_policy=_CONFIRMED,
-        )
+        sending.send(app, letter.task, letter.kwargs, task_id=letter.task_id or None)
     except Exception as exc:  # noqa: BLE001  (reported; the dead letter stays)
         return f"the broker did not take it: {exc}"
     return None

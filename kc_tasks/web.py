@@ -40,8 +40,6 @@ MAX_BODY_BYTES = 64 * 1024
 # Razorpay's and Stripe's events: larger than kc_tasks' own, never this large.
 MAX_PROVIDER_BODY_BYTES = 256 * 1024
 PAYMENT_SUCCEEDED = "payment.succeeded"
-# Task ids derive from payment ids: a provider's repeated webhook maps to the same task.
-TASK_ID_NAMESPACE = inbox.PURCHASE_TASK_IDS
 # A page of a student's courses holds at most this many; the Link header names the next one.
 MAX_PAGE = 100
 # What a 503 asks the caller to wait before trying again, seconds (Retry-After): PostgreSQL is
@@ -120,10 +118,6 @@ def _check_secrets(settings: Settings) -> None:
         )
     if settings.admin_user and settings.admin_password and len(settings.admin_password) < MIN_ADMIN_PASSWORD_CHARS:
         raise ConfigError(f"KC_ADMIN_PASSWORD is shorter than {MIN_ADMIN_PASSWORD_CHARS} characters")
-
-
-def task_id_for(payment_id: str) -> str:
-    return inbox.task_id_for(payment_id)
 
 
 def create_app(settings: Settings | None = None, celery_app: Celery | None = None) -> FastAPI:

@@ -34,7 +34,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.request import Request
 from kombu import Message
 
-from kc_tasks import dead_letters, metrics, names
+from kc_tasks import dead_letters, metrics, names, sending
 from kc_tasks.batching import PurchaseBatcher, flush_task_events, run_batch
 from kc_tasks.celery import settings as _settings
 from kc_tasks.outage import DatabaseOutage, gate
@@ -305,7 +305,7 @@ class KcRequest(Request):
                 reply_to=properties.get("reply_to"),
                 delivery_mode=2,
                 retry=True,
-                retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+                retry_policy=sending.RETRY,
             )
 
 
