@@ -9,10 +9,9 @@ import os
 
 from kombu import Exchange, Queue
 
+from kc_tasks import names
 from kc_tasks.celery import settings
-from kc_tasks.metrics import HEARTBEAT_INTERVAL, HEARTBEAT_TASK
-
-PURCHASE_QUEUE = "purchases"
+from kc_tasks.metrics import HEARTBEAT_INTERVAL
 
 broker_url = settings.broker_url
 broker_connection_retry_on_startup = True
@@ -26,16 +25,16 @@ result_accept_content = ["json"]
 
 task_queues = (
     Queue(
-        PURCHASE_QUEUE,
-        Exchange(PURCHASE_QUEUE, type="direct"),
-        routing_key=PURCHASE_QUEUE,
+        names.PURCHASES,
+        Exchange(names.PURCHASES, type="direct"),
+        routing_key=names.PURCHASES,
         queue_arguments=settings.queue_arguments,  # KC_QUEUE_TYPE
     ),
 )
-task_default_queue = PURCHASE_QUEUE
-task_default_exchange = PURCHASE_QUEUE
-task_default_routing_key = PURCHASE_QUEUE
-task_routes = {"kc_tasks.*": {"queue": PURCHASE_QUEUE}}
+task_default_queue = names.PURCHASES
+task_default_exchange = names.PURCHASES
+task_default_routing_key = names.PURCHASES
+task_routes = {names.TASK_PREFIX + "*": {"queue": names.PURCHASES}}
 
 # Acknowledge after the outcome is durable; a worker killed mid-task gets its message back.
 task_acks_late = True
@@ -79,34 +78,34 @@ RELAY_SAFETY_INTERVAL = float(settings.relay_safety_interval)
 
 beat_schedule = {
     "verify-purchase-index": {
-        "task": "kc_tasks.verify_purchase_index",
+        "task": names.VERIFY_PURCHASE_INDEX,
         "schedule": float(settings.index_verify_interval),
         "options": {"expires": float(settings.index_verify_interval)},
     },
     # Each worker sweeps leftovers itself every KC_EVENT_RELAY_INTERVAL seconds (kc_tasks/process.py):
     # these are the safety net, while no worker runs a sweep, and few rows in Flower's list.
     "relay-events": {
-        "task": "kc_tasks.relay_events",
+        "task": names.RELAY_EVENTS,
         "schedule": RELAY_SAFETY_INTERVAL,
         "options": {"expires": RELAY_SAFETY_INTERVAL},
     },
     "relay-inbox": {
-        "task": "kc_tasks.relay_inbox",
+        "task": names.RELAY_INBOX,
         "schedule": RELAY_SAFETY_INTERVAL,
         "options": {"expires": RELAY_SAFETY_INTERVAL},
     },
     "reconcile-payments": {
-        "task": "kc_tasks.reconcile_payments",
+        "task": names.RECONCILE_PAYMENTS,
         "schedule": float(settings.reconcile_interval),
         "options": {"expires": float(settings.reconcile_interval)},
     },
-    "prune-events": {"task": "kc_tasks.prune_events", "schedule": 3600.0, "options": {"expires": 3600.0}},
+    "prune-events": {"task": names.PRUNE_EVENTS, "schedule": 3600.0, "options": {"expires": 3600.0}},
     # Personal data is kept no longer than KC_INBOX_BODY_DAYS (and this hour) in the inbox.
-    "redact-inbox": {"task": "kc_tasks.redact_inbox", "schedule": 3600.0, "options": {"expires": 3600.0}},
+    "redact-inbox": {"task": names.REDACT_INBOX, "schedule": 3600.0, "options": {"expires": 3600.0}},
     # Through `purchases` like a purchase: how far behind the queue is, seen by the worker that
     # takes it (kc_queue_heartbeat_timestamp_seconds; never run, kc_tasks/metrics.py).
     "queue-heartbeat": {
-        "task": HEARTBEAT_TASK,
+        "task": names.QUEUE_HEARTBEAT,
         "schedule": HEARTBEAT_INTERVAL,
         "options": {"expires": 3600.0},
     },

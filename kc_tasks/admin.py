@@ -32,7 +32,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.engine import Engine
 
-from kc_tasks import dead_letters, story
+from kc_tasks import dead_letters, names, story
 from kc_tasks.dead_letters import DeadLetter
 from kc_tasks.settings import Settings
 
@@ -150,7 +150,7 @@ def router(settings: Settings, celery_app: Celery, engine: Engine | None = None)
         with _broker_errors(), dead_letters.hold(celery_app, limit=MAX_ROWS) as held:
             found = [letter for letter, _ in held if letter_id in (letter.id, letter.task_id)]
         if not found:
-            raise HTTPException(404, f"no dead letter {letter_id} in {dead_letters.DLQ}")
+            raise HTTPException(404, f"no dead letter {letter_id} in {names.DEAD_LETTERS}")
         letter = found[0]
         fields = {k: v for k, v in asdict(letter).items() if k not in ("kwargs", "args", "traceback", "raw_body")}
         return _page(

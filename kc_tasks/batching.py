@@ -29,12 +29,12 @@ from kombu.serialization import prepare_accept_content
 from kc_tasks import purchases
 from kc_tasks.celery import app, settings
 from kc_tasks.errors import DatabaseUnavailable, InvalidPurchase, KcTasksError
+from kc_tasks.names import CREATE_PURCHASE
 from kc_tasks.payload import Purchase, is_task_body, parse_purchase
 from kc_tasks.process import resources
 
 logger = logging.getLogger(__name__)
 
-PURCHASE_TASK = "kc_tasks.create_purchase"
 # The most create_purchase requests one pool process takes at once.
 BATCH_MAX = 32
 # While every other pool process is busy, the last free one is held back this long, seconds,
@@ -78,7 +78,7 @@ class PurchaseBatcher:
         self.arriving = False
 
     def __call__(self, request: Request) -> Any:
-        if not self.enabled or request.name != PURCHASE_TASK or _has_time_limit(request):
+        if not self.enabled or request.name != CREATE_PURCHASE or _has_time_limit(request):
             return self.process_task(request)
         self.pending.append(request)
         if self.held is not None and len(self.pending) >= HOLD_UNTIL:

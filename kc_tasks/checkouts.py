@@ -34,7 +34,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from sqlalchemy.engine import Engine
 
-from kc_tasks import auth, inbox, metrics, provider_api
+from kc_tasks import auth, inbox, metrics, names, provider_api
 from kc_tasks.errors import KcTasksError, ProviderApiError
 from kc_tasks.intake import Intake
 from kc_tasks.providers import Confirmation, NotPaid, Purchase, razorpay, stripe
@@ -245,7 +245,7 @@ class Checkouts:
                 UNAVAILABLE,
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
-        if receipt.status == inbox.CONFLICT:
+        if receipt.status == names.CONFLICT:
             return refused(409, receipt.why or "stored with another body")
         payment_id = str(task.kwargs["payment_id"])
         left = self.settings.confirm_wait_ms / 1000 - (time.monotonic() - arrived)

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.pool import NullPool
 
-from kc_tasks import db, logs
+from kc_tasks import db, logs, names
 from kc_tasks.errors import ConfigError, DatabaseUnavailable, InvalidPurchase, KcTasksError
 from kc_tasks.settings import Settings, redact_url
 
@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         required=True, metavar="ACTION"
     )
     p = box.add_parser("list", help="stored events, newest first")
-    p.add_argument("--status", choices=("received", "enqueued", "ignored", "unmapped", "invalid"))
+    p.add_argument("--status", choices=names.INBOX_STATUSES)
     p.add_argument("--provider", help="kc, razorpay, stripe, ...")
     p.add_argument("--limit", type=int, default=1000, help="at most this many (1000)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -255,20 +255,16 @@ def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
         print(f"kc-tasks: {exc}", file=sys.stderr)
         return EXIT_FAILED
     from kc_tasks.celery import app
+    from kc_tasks.sending import send
 
-    result = app.send_task(
-        "kc_tasks.create_purchase",
-        kwargs=kwargs,
-        queue="purchases",
-        retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_step": 1},
-    )
-    print(result.id)
+    # The task id the webhook would give this payment: enqueued twice, or by hand beside its
+    # webhook, it is one task and one purchase.
+    print(send(app, names.CREATE_PURCHASE, kwargs))
     return 0
 
 
 def _revoke(settings: Settings, args: argparse.Namespace) -> int:
     from kc_tasks.errors import InvalidRevocation
-    from kc_tasks.inbox import REVOKE_PURCHASE, task_id_for
     from kc_tasks.payload import parse_revocation
 
     kwargs = {"payment_id": args.payment, "reason": args.reason}
@@ -280,15 +276,9 @@ def _revoke(settings: Settings, args: argparse.Namespace) -> int:
         print(f"kc-tasks: {exc}", file=sys.stderr)
         return EXIT_FAILED
     from kc_tasks.celery import app
+    from kc_tasks.sending import send
 
-    result = app.send_task(
-        REVOKE_PURCHASE,
-        kwargs=kwargs,
-        queue="purchases",
-        task_id=task_id_for(args.payment, REVOKE_PURCHASE),
-        retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_step": 1},
-    )
-    print(result.id)
+    print(send(app, names.REVOKE_PURCHASE, kwargs))
     return 0
 
 
@@ -324,7 +314,7 @@ def _inbox_replay(settings: Settings, args: argparse.Namespace) -> int:
         engine.dispose()
     for event_id, status in done.items():
         print(f"{args.provider} {event_id}: {status}")
-    failed = [e for e, status in done.items() if status == "not found" or status == inbox.RECEIVED]
+    failed = [e for e, status in done.items() if status == "not found" or status == names.RECEIVED]
     return EXIT_FAILED if failed else 0
 
 

@@ -24,26 +24,24 @@ from kombu import Message, Queue
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, metrics
+from kc_tasks import db, metrics, sending
 from kc_tasks.celery import settings
+from kc_tasks.names import (
+    BROKER_REJECTED,
+    DEAD_LETTER_HEADER,
+    DEAD_LETTERS,
+    PURCHASE_TASKS,
+    PURCHASES,
+    UNPARSEABLE,
+)
 
 logger = logging.getLogger(__name__)
 
-DLQ = "purchases.dlq"
 # Of the same type as `purchases` (KC_QUEUE_TYPE); never a TTL: dead letters do not expire.
-QUEUE = Queue(DLQ, routing_key=DLQ, durable=True, queue_arguments=settings.queue_arguments)
-PERMANENT = "permanent error"
-EXHAUSTED = "retries exhausted"
-UNDECODABLE = "undecodable message"
-UNKNOWN_TASK = "unknown task"
-INVALID_MESSAGE = "invalid message"
-WORKER_LOST = "worker lost repeatedly"
-BROKER_REJECTED = "rejected to the dead-letter exchange"
-UNPARSEABLE = "unparseable dead letter"
+QUEUE = Queue(DEAD_LETTERS, routing_key=DEAD_LETTERS, durable=True, queue_arguments=settings.queue_arguments)
 # What a dead letter may be: ours (JSON), or a raw message the broker dead-lettered.
 # Only JSON is ever decoded; anything else is shown as raw text or base64, never unpickled.
 ACCEPT = ["application/json"]
-_CONFIRMED = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
 
 @dataclass
@@ -141,7 +139,7 @@ class DeadLetter:
 
     @classmethod
     def _from_dlq_message(cls, message: Message) -> DeadLetter:
-        if (message.headers or {}).get("kc-dead-letter"):
+        if (message.headers or {}).get(DEAD_LETTER_HEADER):
             data = message.decode()
             known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
             letter = cls(**known)
@@ -157,7 +155,7 @@ class DeadLetter:
         death = ((message.headers or {}).get("x-death") or [{}])[0]
         letter = cls.from_message(message, BROKER_REJECTED, None, attempts=int(death.get("count", 1)))
         letter.error_type = "Rejected"
-        source = death.get("queue", "purchases")
+        source = death.get("queue", PURCHASES)
         letter.error_message = f"RabbitMQ dead-lettered it from {source}: {death.get('reason')}"
         letter.id = message.properties.get("message_id") or (message.headers or {}).get("id") or letter.id
         when = death.get("time")
@@ -181,14 +179,14 @@ def publish(app: Celery, letter: DeadLetter) -> None:
         producer.publish(
             asdict(letter),
             exchange="",
-            routing_key=DLQ,
+            routing_key=DEAD_LETTERS,
             declare=[QUEUE],
             serializer="json",
             delivery_mode=2,
             message_id=letter.id,
-            headers={"kc-dead-letter": 1},
+            headers={DEAD_LETTER_HEADER: 1},
             retry=True,
-            retry_policy=_CONFIRMED,
+            retry_policy=sending.RETRY,
         )
     metrics.dead_lettered(letter.task, letter.reason)
     logger.info(
@@ -196,7 +194,7 @@ def publish(app: Celery, letter: DeadLetter) -> None:
         letter.task,
         letter.task_id,
         letter.payment_id,
-        DLQ,
+        DEAD_LETTERS,
         letter.reason,
         letter.error_type,
         letter.error_message,
@@ -204,7 +202,7 @@ def publish(app: Celery, letter: DeadLetter) -> None:
 
 
 # The tasks whose dead letters go back to `purchases` as they were sent.
-REPLAYABLE = ("kc_tasks.create_purchase", "kc_tasks.revoke_purchase")
+REPLAYABLE = PURCHASE_TASKS
 
 
 def replay(app: Celery, letter: DeadLetter) -> str | None:
@@ -212,13 +210,7 @@ def replay(app: Celery, letter: DeadLetter) -> str | None:
     if letter.task not in REPLAYABLE or not isinstance(letter.kwargs, dict):
         return f"it holds no create_purchase or revoke_purchase kwargs ({letter.reason})"
     try:
-        app.send_task(
-            letter.task,
-            kwargs=letter.kwargs,
-            queue="purchases",
-            task_id=letter.task_id or None,
-            retry_policy=_CONFIRMED,
-        )
+        sending.send(app, letter.task, letter.kwargs, task_id=letter.task_id or None)
     except Exception as exc:  # noqa: BLE001  (reported; the dead letter stays)
         return f"the broker did not take it: {exc}"
     return None
@@ -242,7 +234,7 @@ def depth(app: Celery) -> int:
     """How many dead letters wait in purchases.dlq."""
     with app.connection_for_read() as conn:
         QUEUE(conn.default_channel).declare()
-        return int(conn.default_channel.queue_declare(DLQ, passive=True).message_count)
+        return int(conn.default_channel.queue_declare(DEAD_LETTERS, passive=True).message_count)
 
 
 @contextmanager

@@ -20,12 +20,12 @@ from celery import Celery
 from kombu import Exchange, Producer
 from sqlalchemy.engine import Connection, Engine
 
-from kc_tasks import db
+from kc_tasks import db, names
 from kc_tasks.confirms import ConfirmedChannel, Kept
 
 logger = logging.getLogger(__name__)
 
-EXCHANGE = Exchange("kc.events", type="topic", durable=True)
+EXCHANGE = Exchange(names.EVENTS_EXCHANGE, type="topic", durable=True)
 PURCHASE_CREATED = "purchase.created"
 DUPLICATE_PAYMENT = "purchase.duplicate_payment"
 PURCHASE_REVOKED = "purchase.revoked"

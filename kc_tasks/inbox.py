@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -32,9 +31,20 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, metrics
+from kc_tasks import db, metrics, sending
 from kc_tasks.confirms import ConfirmedChannel, Kept
 from kc_tasks.errors import InvalidPurchase, InvalidRevocation
+from kc_tasks.names import (
+    CONFLICT,
+    CREATE_PURCHASE,
+    ENQUEUED,
+    IGNORED,
+    INVALID,
+    PURCHASES,
+    RECEIVED,
+    REVOKE_PURCHASE,
+    UNMAPPED,
+)
 from kc_tasks.payload import parse_purchase, parse_revocation
 from kc_tasks.providers import (
     Event,
@@ -49,11 +59,10 @@ from kc_tasks.providers import (
     reconcile,
     stripe,
 )
+from kc_tasks.sending import task_id_for
 
 logger = logging.getLogger(__name__)
 
-RECEIVED, ENQUEUED, IGNORED, UNMAPPED, INVALID = "received", "enqueued", "ignored", "unmapped", "invalid"
-STATUSES = (RECEIVED, ENQUEUED, IGNORED, UNMAPPED, INVALID)
 PROVIDERS = (kc.NAME, razorpay.NAME, stripe.NAME, reconcile.NAME)
 # The types of the events that revoke (Revocation), every provider's: the resend sweep looks at
 # these even when their payment has its purchase (kc_tasks.reconcile.resend_waiting).
@@ -65,21 +74,9 @@ REVOKING_TYPES = (
     stripe.DISPUTE_CLOSED,
     *(kind for (_, found), kind in reconcile.TYPES.items() if found != reconcile.PAID),
 )
-# What becomes of an arrival whose event id is stored with another body: nothing is stored (so
-# it is no status of the inbox); the web answers 409.
-CONFLICT = "conflict"
-CREATE_PURCHASE = "kc_tasks.create_purchase"
-QUEUE = "purchases"
-REVOKE_PURCHASE = "kc_tasks.revoke_purchase"
-# Task ids derive from payment ids: a provider's repeated webhook maps to the same task.
-# The purchase namespace is the one the webhook has always used.
-PURCHASE_TASK_IDS = uuid.UUID("6f1d7c56-2b8e-4c4e-9a55-5d0f7f3c8a21")
-REVOCATION_TASK_IDS = uuid.UUID("0b5e3f0a-8f61-4d3c-b0a4-3c2f9e1d7a64")
 # How long the web gets to enqueue what it stored before the relay does it instead, seconds.
 RELAY_GRACE_SECONDS = 10
 RELAY_BATCH = 200
-# A broker that does not answer: one quick second try, then the relay's turn.
-_ENQUEUE_RETRY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 
 _e = db.payment_events
 _STORED = ("provider", "event_id", "type", "payment_id", "status", "body", "body_sha256")
@@ -104,11 +101,6 @@ class Receipt:
     task_id: str | None = None
     # Why the event is ignored, unmapped or invalid.
     why: str | None = None
-
-
-def task_id_for(payment_id: str, name: str = CREATE_PURCHASE) -> str:
-    namespace = REVOCATION_TASK_IDS if name == REVOKE_PURCHASE else PURCHASE_TASK_IDS
-    return str(uuid.uuid5(namespace, payment_id))
 
 
 def plan(event: Event) -> tuple[str, Task | None, str | None]:
@@ -492,30 +484,19 @@ class TaskChannel(ConfirmedChannel):
     """A confirmed channel (kc_tasks.confirms) publishing tasks to `purchases`, in Celery's
     own message format (send_task, with this channel's producer)."""
 
-    connect_retry = _ENQUEUE_RETRY
+    # A broker that does not answer: one quick second try, then the relay's turn.
+    connect_retry = sending.QUICK_RETRY
 
     def producer_for(self, channel: Any) -> Producer:
         # Declared once per channel, not checked again before every message.
-        maybe_declare(self.app.amqp.queues[QUEUE], channel)
+        maybe_declare(self.app.amqp.queues[PURCHASES], channel)
         return Producer(channel, auto_declare=False)
 
     def send(self, tasks: Sequence[Task]) -> None:
         """Returns once the broker holds every task; raises if it refused or did not answer."""
         for task in tasks:
-            # retry=False: kombu would retry on a new channel, not in confirm mode.
-            self.app.send_task(
-                task.name,
-                kwargs=task.kwargs,
-                queue=QUEUE,
-                task_id=task.task_id,
-                headers=task.headers,
-                producer=self.producer,
-                retry=False,
-                declare=[],
-                # What Flower shows, as Celery would write it; its own saferepr costs more
-                # than the rest of the message.
-                argsrepr="()",
-                kwargsrepr=repr(task.kwargs),
+            sending.send(
+                self.app, task.name, task.kwargs, task_id=task.task_id, headers=task.headers, producer=self.producer
             )
         self.confirm(len(tasks))
 
@@ -546,13 +527,9 @@ def _enqueue_many(
 def _enqueue(app: Celery, event: Event, task: Task) -> bool:
     """Publish the task (confirmed on RabbitMQ); False if the broker did not take it."""
     try:
-        app.send_task(
-            task.name,
-            kwargs=task.kwargs,
-            queue="purchases",
-            task_id=task.task_id,
-            headers=task.headers,
-            retry_policy=_ENQUEUE_RETRY,
+        # A broker that does not answer: one quick second try, then the relay's turn.
+        sending.send(
+            app, task.name, task.kwargs, task_id=task.task_id, headers=task.headers, retry_policy=sending.QUICK_RETRY
         )
     except Exception as exc:  # noqa: BLE001  (any broker failure: the event stays received, for the relay)
         logger.warning(

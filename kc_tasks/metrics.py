@@ -35,15 +35,32 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from kc_tasks.errors import KcTasksError
 from kc_tasks.events import PURCHASE_CREATED
+from kc_tasks.names import (
+    CONFLICT,
+    CREATE_PURCHASE,
+    ENQUEUED,
+    EXHAUSTED,
+    IGNORED,
+    INVALID,
+    PURCHASE_TASKS,
+    PURCHASES,
+    RECEIVED,
+    REVOKE_PURCHASE,
+    SEEN_AT,
+    SEEN_BY,
+    UNMAPPED,
+    WORKER_LOST,
+)
 
 logger = logging.getLogger(__name__)
 
 WEB, WORKER = "web", "worker"
 PROVIDERS = ("kc", "razorpay", "stripe")
-WEBHOOK_OUTCOMES = ("enqueued", "duplicate", "ignored", "unmapped", "invalid", "rejected", "conflict", "unavailable")
+# An event's inbox status, or what became of a request that stored nothing new.
+WEBHOOK_OUTCOMES = (ENQUEUED, "duplicate", IGNORED, UNMAPPED, INVALID, "rejected", CONFLICT, "unavailable")
 PURCHASE_OUTCOMES = ("created", "repeated", "duplicate_payment")
 DEAD_LETTER_KINDS = ("permanent", "exhausted", "worker_lost")
-TASKS = ("kc_tasks.create_purchase", "kc_tasks.revoke_purchase")
+TASKS = PURCHASE_TASKS
 REVOCATION_REASONS = ("refund", "dispute", "manual")
 FOUND_KINDS = ("payment", "refund", "dispute")
 # POST /checkouts/confirm's answers: 200, 202, 409 not paid, any other 4xx, 503.
@@ -53,15 +70,13 @@ CONFIRM_OUTCOMES = ("granted", "pending", "not_paid", "refused", "unavailable")
 TASK = "task"
 # Message headers that carry a payment's first sight to the worker: who saw it, and when (unix
 # seconds). The inbox sets them when it enqueues; Celery keeps them across retries.
-SEEN_BY, SEEN_AT = "kc-seen-by", "kc-seen-at"
 FIRST_SEEN_HEADERS = (SEEN_BY, SEEN_AT)
-# The heartbeat beat sends through `purchases` (HEARTBEAT_INTERVAL, seconds) and the header that
-# says when it was sent: the worker's consumer takes it like a purchase, in the queue's order,
-# and notes its send time (kc_queue_heartbeat_timestamp_seconds), never running it. While no
-# worker takes anything from the queue, or the queue is behind, that time stays in the past.
-HEARTBEAT_TASK = "kc_tasks.queue_heartbeat"
+# The heartbeat beat sends through `purchases` (names.QUEUE_HEARTBEAT, every HEARTBEAT_INTERVAL
+# seconds) and the header that says when it was sent (names.SENT_AT): the worker's consumer
+# takes it like a purchase, in the queue's order, and notes its send time
+# (kc_queue_heartbeat_timestamp_seconds), never running it. While no worker takes anything from
+# the queue, or the queue is behind, that time stays in the past.
 HEARTBEAT_INTERVAL = 30.0
-SENT_AT = "kc-sent-at"
 # From a few tenths of a second (a webhook, at once) to an hour (a reconciliation, a retry).
 ACCESS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 # prometheus_client's environment variable: where a process writes its values.
@@ -276,7 +291,7 @@ def webhook_outcome(status: str, new: bool) -> str:
     the relay enqueues it) counts as enqueued; else its inbox status."""
     if not new:
         return "duplicate"
-    return "enqueued" if status in ("received", "enqueued") else status
+    return ENQUEUED if status in (RECEIVED, ENQUEUED) else status
 
 
 def purchase_made(request: Any, outcome: Any) -> None:
@@ -312,7 +327,7 @@ def dead_lettered(task: str | None, reason: str) -> None:
 def dead_letter_kind(reason: str) -> str:
     """A dead letter's kind by its reason (dead_letters.py): retries used up, a worker process that
     died under it too often, or anything a retry cannot fix (a bad message included)."""
-    return {"retries exhausted": "exhausted", "worker lost repeatedly": "worker_lost"}.get(reason, "permanent")
+    return {EXHAUSTED: "exhausted", WORKER_LOST: "worker_lost"}.get(reason, "permanent")
 
 
 def reconcile_found(provider: str, found: Mapping[str, int]) -> None:
@@ -386,7 +401,7 @@ class WorkerGauges:
         consuming = GaugeMetricFamily(
             "kc_worker_consuming", "1 while this worker takes tasks from the queue, else 0", labels=["queue"]
         )
-        consuming.add_metric(["purchases"], 1.0 if self.consuming() else 0.0)
+        consuming.add_metric([PURCHASES], 1.0 if self.consuming() else 0.0)
         yield consuming
         periods = GaugeMetricFamily(
             "kc_periodic_interval_seconds", "The beat period of each scheduled task, seconds", labels=["task"]
@@ -433,7 +448,7 @@ def start_worker(
     started = time.time()
     for task in periods:
         _series.periodic_success.labels(task).set(started)
-    _series.heartbeat.labels("purchases").set(started)
+    _series.heartbeat.labels(PURCHASES).set(started)
     task_received.connect(_stamp_arrival, weak=False)
     task_retry.connect(_count_retry, weak=False)
     task_success.connect(_count_revocation, weak=False)
@@ -457,7 +472,7 @@ def _note_periodic_success(sender: Any = None, **_: Any) -> None:
 def heartbeat_received(sent_at: Any) -> None:
     """The worker took a heartbeat from `purchases` that was sent at `sent_at` (unix seconds)."""
     if _series is not None and isinstance(sent_at, int | float):
-        _series.heartbeat.labels("purchases").set(sent_at)
+        _series.heartbeat.labels(PURCHASES).set(sent_at)
 
 
 def _start_serving(port: int, address: str, gauges: Any, share_port: bool) -> None:
@@ -469,7 +484,7 @@ def _start_serving(port: int, address: str, gauges: Any, share_port: bool) -> No
 
 def _stamp_arrival(request: Any = None, **_: Any) -> None:
     """A task that did not come through the inbox is first seen now (worker main process)."""
-    if request is not None and request.name == TASKS[0]:
+    if request is not None and request.name == CREATE_PURCHASE:
         headers = request.request_dict
         if SEEN_AT not in headers:
             headers[SEEN_BY], headers[SEEN_AT] = TASK, time.time()
@@ -482,7 +497,7 @@ def _count_retry(sender: Any = None, **_: Any) -> None:
 
 def _count_revocation(sender: Any = None, result: Any = None, **_: Any) -> None:
     """A revoke_purchase that made its purchase inactive (its result names it, revoked)."""
-    if _series is None or sender is None or sender.name != TASKS[1] or not isinstance(result, dict):
+    if _series is None or sender is None or sender.name != REVOKE_PURCHASE or not isinstance(result, dict):
         return
     if result.get("revoked") and result.get("purchase_id"):
         reason = (sender.request.kwargs or {}).get("reason", "")

@@ -28,10 +28,10 @@ from celery.worker import state
 
 from kc_tasks import db
 from kc_tasks.celery import settings
+from kc_tasks.names import PURCHASES
 
 logger = logging.getLogger(__name__)
 
-QUEUE = "purchases"
 # How often a closed gate asks PostgreSQL whether it takes writes again, seconds.
 PROBE_INTERVAL = 1.0
 
@@ -79,7 +79,7 @@ class Gate:
         consumer = self.consumer
         if consumer is None or self.closed or consumer.task_consumer is None:
             return False
-        return bool(consumer.task_consumer.consuming_from(QUEUE))
+        return bool(consumer.task_consumer.consuming_from(PURCHASES))
 
     def attach(self, consumer: Any) -> None:
         """The worker's consumer (kc_tasks.worker.Consumer): only its process has a gate to close."""
@@ -100,7 +100,7 @@ class Gate:
             "they wait in the broker",
             db.server_in_use(settings.database_url),
             why,
-            QUEUE,
+            PURCHASES,
         )
         # From the consumer's own thread (a failed task's report), at once, so that the message
         # given back next is not delivered here again; from another, at its next turn.
@@ -115,12 +115,12 @@ class Gate:
             return
         queues = self.consumer.app.amqp.queues
         if self.consumer.task_consumer is None:  # between connections: the next one leaves it out
-            queues.deselect(QUEUE)
+            queues.deselect(PURCHASES)
         else:
-            self.consumer.cancel_task_queue(QUEUE)
+            self.consumer.cancel_task_queue(PURCHASES)
         given = give_back_waiting()
         if given:
-            logger.info("gave %d waiting message(s) back to %s", given, QUEUE)
+            logger.info("gave %d waiting message(s) back to %s", given, PURCHASES)
 
     def _wait_for_writes(self) -> None:
         while True:
@@ -138,14 +138,14 @@ class Gate:
             lasted, self._closed_since = time.monotonic() - self._closed_since, None
         queues = self.consumer.app.amqp.queues
         if self.consumer.task_consumer is None:
-            queues.select_add(queues[QUEUE])
+            queues.select_add(queues[PURCHASES])
         else:
-            self.consumer.add_task_queue(QUEUE)
+            self.consumer.add_task_queue(PURCHASES)
         logger.warning(
             "PostgreSQL at %s takes writes again after %.0f s: consuming %s again",
             db.server_in_use(settings.database_url),
             lasted,
-            QUEUE,
+            PURCHASES,
         )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from kc_tasks import db, inbox
+from kc_tasks import db, inbox, names
 
 
 def task_of(provider: str, event_id: str, body: str) -> inbox.Task | None:
@@ -39,7 +39,7 @@ def done(conn: sa.Connection, tasks: Collection[inbox.Task]) -> set[str]:
     finished = set()
     for task in tasks:
         payment_id = task.kwargs["payment_id"]
-        settled = revoked if task.name == inbox.REVOKE_PURCHASE else bought | revoked
+        settled = revoked if task.name == names.REVOKE_PURCHASE else bought | revoked
         if payment_id in settled or task.task_id in purged:
             finished.add(task.task_id)
     return finished

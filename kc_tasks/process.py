@@ -16,7 +16,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from kc_tasks import db, events, inbox, metrics
+from kc_tasks import db, events, inbox, metrics, names
 from kc_tasks.celery import app, settings
 from kc_tasks.errors import DatabaseUnavailable, KcTasksError
 from kc_tasks.index_guard import FIX_COMMAND, IndexGuard
@@ -65,7 +65,7 @@ def _serve_metrics(**_: Any) -> None:
         periods = {
             entry["task"]: float(entry["schedule"])
             for entry in app.conf.beat_schedule.values()
-            if entry["task"] != metrics.HEARTBEAT_TASK  # never run: kc_queue_heartbeat_timestamp_seconds
+            if entry["task"] != names.QUEUE_HEARTBEAT  # never run: kc_queue_heartbeat_timestamp_seconds
         }
         metrics.start_worker(
             settings.worker_metrics_port,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,13 +32,14 @@ from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 import httpx
 
+from kc_tasks import names
 from kc_tasks.errors import ManagementRefused, ManagementUnreachable
 
-DLQ = "purchases.dlq"  # kc_tasks.dead_letters.DLQ, named here without importing the Celery app
+DLQ = names.DEAD_LETTERS
 # The name is kept from when it only dead-lettered: set again, it replaces the old definition
 # instead of competing with it.
 POLICY_NAME = "kc-purchases-dlx"
-POLICY_PATTERN = "^purchases$"
+POLICY_PATTERN = f"^{re.escape(names.PURCHASES)}$"
 POLICY_BEFORE_3_10: dict[str, object] = {"dead-letter-exchange": "", "dead-letter-routing-key": DLQ}
 POLICY: dict[str, object] = {
     **POLICY_BEFORE_3_10,
@@ -46,7 +48,7 @@ POLICY: dict[str, object] = {
     "queue-version": 2,
 }
 DLQ_POLICY_NAME = "kc-purchases-dlq"
-DLQ_POLICY_PATTERN = r"^purchases\.dlq$"
+DLQ_POLICY_PATTERN = f"^{re.escape(names.DEAD_LETTERS)}$"
 DLQ_POLICY_PRIORITY = 10
 DLQ_POLICIES: tuple[dict[str, object], ...] = ({"delivery-limit": -1}, {"delivery-limit": 2**31 - 1})
 # What an older RabbitMQ says of a key it does not know, or of -1 as a delivery limit.

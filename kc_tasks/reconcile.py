@@ -47,7 +47,7 @@ from celery import Celery
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, inbox, metrics, outcomes, provider_api
+from kc_tasks import db, inbox, metrics, names, outcomes, provider_api
 from kc_tasks.errors import KcTasksError
 from kc_tasks.providers import (
     DISPUTE,
@@ -132,7 +132,7 @@ class Summary:
     def count(self, event: Event, status: str, why: str | None) -> None:
         """Count what was done (or would be) with one event that no webhook had brought."""
         action, pid = event.action, event.payment_id
-        if status in (inbox.ENQUEUED, inbox.RECEIVED):
+        if status in (names.ENQUEUED, names.RECEIVED):
             kind = "create_purchase" if isinstance(action, Purchase) else "revoke_purchase"
             if isinstance(action, Purchase):
                 self.purchases_enqueued += 1
@@ -142,15 +142,15 @@ class Summary:
                 self.revocations_enqueued += 1
                 found = DISPUTE_FOUND if action.reason == DISPUTE else REFUND
             self.found[found] = self.found.get(found, 0) + 1
-            if status == inbox.RECEIVED and not self.dry_run:
+            if status == names.RECEIVED and not self.dry_run:
                 self.left_for_relay += 1
                 self.actions.append(f"stored, left for the relay: {kind} {pid}")
             else:
                 self.actions.append(f"{'would enqueue' if self.dry_run else 'enqueued'} {kind} {pid}")
-        elif status == inbox.UNMAPPED:
+        elif status == names.UNMAPPED:
             self.unmapped += 1
             self.actions.append(f"unmapped: {pid}: {why}")
-        elif status == inbox.INVALID:
+        elif status == names.INVALID:
             self.invalid += 1
             self.actions.append(f"invalid: {pid}: {why}")
         elif why and why.startswith(NOT_A_COURSE):
@@ -447,13 +447,13 @@ def _hand_over(engine: Engine, app: Celery, summary: Summary, event: Event, body
     done); False when a concurrent webhook or run stored it first."""
     status, _, why = inbox.plan(event)
     if summary.dry_run:
-        summary.count(event, inbox.ENQUEUED if status == inbox.RECEIVED else status, why)
+        summary.count(event, names.ENQUEUED if status == names.RECEIVED else status, why)
         return True
     receipt = inbox.receive(engine, app, event, body, raw=False)  # a provider's API objects
     if not receipt.new:
         return False
     summary.count(event, receipt.status, receipt.why)
-    if receipt.status in (inbox.ENQUEUED, inbox.RECEIVED):
+    if receipt.status in (names.ENQUEUED, names.RECEIVED):
         logger.warning(
             "reconcile %s: %s %s of payment %s never came as a webhook: %s",
             summary.provider,
@@ -476,7 +476,7 @@ def _resend_if_stale(
     """Send a stored event again when it was enqueued `resend_after` seconds ago or more and its
     payment still has no outcome; True when it was (or, with dry_run, would be)."""
     status, at = stored
-    if status not in (inbox.ENQUEUED, inbox.RECEIVED) or (datetime.now(UTC) - at).total_seconds() < resend_after:
+    if status not in (names.ENQUEUED, names.RECEIVED) or (datetime.now(UTC) - at).total_seconds() < resend_after:
         return False
     provider, event_id = key
     if summary.dry_run:
@@ -513,7 +513,7 @@ def resend_waiting(
         rows = conn.execute(
             sa.select(e.c.provider, e.c.event_id, e.c.body)
             .where(
-                e.c.status == inbox.ENQUEUED,
+                e.c.status == names.ENQUEUED,
                 age >= sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than),
                 age < sa.func.make_interval(0, 0, 0, 0, 0, 0, within),
                 ~sa.exists().where(rev.c.payment_id == e.c.payment_id),
@@ -549,7 +549,7 @@ def resend_waiting(
             "reconcile: %s event %s was enqueued but its %s has no outcome yet: sent again (%s)",
             provider,
             event_id,
-            task.name.removeprefix("kc_tasks."),
+            task.name.removeprefix(names.TASK_PREFIX),
             done,
         )
         sent.append(f"{provider} {event_id}")

@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, inbox, outcomes
+from kc_tasks import db, names, outcomes
 from kc_tasks.providers import KEYS, Malformed, kc, razorpay, reconcile, stripe
 
 logger = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ def _other_shape(value: Any) -> Any:
 
 # Statuses whose outcome is final as stored; `enqueued` is final once its task is done or
 # dead-lettered; `received` never is.
-FINAL = (inbox.IGNORED, inbox.UNMAPPED, inbox.INVALID)
+FINAL = (names.IGNORED, names.UNMAPPED, names.INVALID)
 _e = db.payment_events
 
 
@@ -248,7 +248,7 @@ def _redact_batch(
             sa.select(_e.c.provider, _e.c.event_id, _e.c.status, _e.c.body)
             .where(
                 _e.c.body_redacted_at.is_(None),
-                _e.c.status != inbox.RECEIVED,
+                _e.c.status != names.RECEIVED,
                 _e.c.received_at <= sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than),
                 sa.tuple_(_e.c.provider, _e.c.event_id) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])),
             )
@@ -284,7 +284,7 @@ def _final(conn: sa.Connection, rows: Sequence[Any], dlq: Collection[str] | None
     tasks = {
         (row.provider, row.event_id): outcomes.task_of(row.provider, row.event_id, row.body)
         for row in rows
-        if row.status == inbox.ENQUEUED
+        if row.status == names.ENQUEUED
     }
     finished = outcomes.done(conn, [task for task in tasks.values() if task is not None])
     final, undecided = [], 0
@@ -292,7 +292,7 @@ def _final(conn: sa.Connection, rows: Sequence[Any], dlq: Collection[str] | None
         if row.status in FINAL:
             final.append(row)
             continue
-        if row.status != inbox.ENQUEUED:
+        if row.status != names.ENQUEUED:
             continue  # received: still waiting
         task = tasks[(row.provider, row.event_id)]
         if task is None or task.task_id in finished or (dlq is not None and task.task_id in dlq):

@@ -22,7 +22,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, dead_letters, inbox
+from kc_tasks import db, dead_letters, inbox, names
 from kc_tasks.providers import NOT_A_COURSE, REFUND_FAILED, reconcile, stripe
 
 logger = logging.getLogger(__name__)
@@ -99,13 +99,13 @@ def verdict(facts: Facts) -> str:
     if facts.dead_letter:
         return f"not granted: dead-lettered ({facts.dead_letter}); see kc-tasks dlq list"
     statuses = set(facts.inbox_statuses)
-    if inbox.UNMAPPED in statuses:
+    if names.UNMAPPED in statuses:
         return (
             "not granted: paid, but its server-set notes/metadata do not name both student_id and course_id (unmapped)"
         )
-    if inbox.INVALID in statuses:
+    if names.INVALID in statuses:
         return "not granted: its notes/metadata break create_purchase's rules (invalid)"
-    if statuses & {inbox.ENQUEUED, inbox.RECEIVED}:
+    if statuses & {names.ENQUEUED, names.RECEIVED}:
         return "not granted: enqueued, no outcome yet (if this lasts, run kc-tasks reconcile)"
     if any(why.startswith(NOT_A_COURSE) for why in facts.whys):
         return f"not granted: {NOT_A_COURSE} (its server-set notes/metadata name no student or course)"
@@ -137,7 +137,7 @@ def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
     for row in received:
         why = (
             _why(row.provider, row.body, row.event_id, row.status)
-            if row.status not in (inbox.ENQUEUED, inbox.RECEIVED)
+            if row.status not in (names.ENQUEUED, names.RECEIVED)
             else None
         )
         status = row.status if why is None else f"{row.status}: {why}"
@@ -244,7 +244,7 @@ def _why(provider: str, body: str, event_id: str, status: str) -> str | None:
     KC_STRIPE_LIVEMODE: it is read again as an endpoint of the other mode read it."""
     try:
         why = inbox.plan(inbox.parse(provider, body.encode("utf-8"), event_id))[2]
-        if why is None and provider == stripe.NAME and status == inbox.IGNORED:
+        if why is None and provider == stripe.NAME and status == names.IGNORED:
             other_mode = json.loads(body).get("livemode") is not True
             why = inbox.plan(inbox.parse(provider, body.encode("utf-8"), event_id, other_mode))[2]
         return why

@@ -11,7 +11,7 @@ from celery import Task
 from celery.exceptions import Reject, Retry
 from celery.signals import before_task_publish
 
-from kc_tasks import batching, dead_letters, events, inbox, metrics, purchases, revocations
+from kc_tasks import batching, dead_letters, events, inbox, metrics, names, purchases, revocations
 from kc_tasks.celery import app, settings
 from kc_tasks.errors import (
     DatabaseUnavailable,
@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 # The message header that carries a task's first attempt (unix seconds) across its retries:
 # KC_RETRY_HORIZON counts from it.
-FIRST_ATTEMPT = "kc-first-attempt"
 T = TypeVar("T")
 
 
@@ -40,7 +39,7 @@ class PurchaseTask(KcTask):
         payment_id = kwargs.get("payment_id") if isinstance(kwargs, dict) else None
         logger.error(
             "%s %s gave up on payment %s after %d attempt(s): %s: %s",
-            self.name.removeprefix("kc_tasks."),
+            self.name.removeprefix(names.TASK_PREFIX),
             task_id,
             payment_id,
             self.request.retries + 1,
@@ -52,7 +51,7 @@ class PurchaseTask(KcTask):
 @app.task(
     bind=True,
     base=PurchaseTask,
-    name="kc_tasks.create_purchase",
+    name=names.CREATE_PURCHASE,
     max_retries=settings.max_retries,
     acks_late=True,
     reject_on_worker_lost=True,
@@ -77,10 +76,10 @@ def _dead_letter_on_failure(
     except (Retry, DatabaseOutage):  # retried later, or given back to the broker: not a failure
         raise
     except RetryableError as exc:  # only when the retries are used up
-        _dead_letter(task, exc, dead_letters.EXHAUSTED)
+        _dead_letter(task, exc, names.EXHAUSTED)
         raise
     except Exception as exc:
-        _dead_letter(task, exc, dead_letters.PERMANENT)
+        _dead_letter(task, exc, names.PERMANENT)
         raise
 
 
@@ -129,14 +128,14 @@ def _retry(task: Task, payment_id: str, exc: RetryableError) -> None:
     """Raise Celery's Retry with backoff; return (to re-raise exc) once the next attempt would
     come later than KC_RETRY_HORIZON after the first (or KC_MAX_RETRIES are used up)."""
     request = task.request
-    first = request.get(FIRST_ATTEMPT)
+    first = request.get(names.FIRST_ATTEMPT)
     first = float(first) if isinstance(first, int | float) else time.time()
     countdown = compute_backoff(request.retries, settings.retry_backoff_max)
     if not may_retry(request.retries, time.time() - first + countdown, settings.retry_horizon, settings.max_retries):
         return
     logger.warning(
         "%s %s payment %s: %s; retry %d in %.1f s (retried until %.0f s after the first attempt)",
-        task.name.removeprefix("kc_tasks."),
+        task.name.removeprefix(names.TASK_PREFIX),
         request.id,
         payment_id,
         exc,
@@ -147,7 +146,7 @@ def _retry(task: Task, payment_id: str, exc: RetryableError) -> None:
     # The retry is a new message: the headers that say when the task was first tried, and when
     # its payment was first seen (kc_tasks/metrics.py), go with it.
     kept = {name: request.get(name) for name in metrics.FIRST_SEEN_HEADERS if request.get(name) is not None}
-    raise task.retry(exc=exc, countdown=countdown, headers={**kept, FIRST_ATTEMPT: first}) from None
+    raise task.retry(exc=exc, countdown=countdown, headers={**kept, names.FIRST_ATTEMPT: first}) from None
 
 
 def _dead_letter(task: Task, exc: BaseException, reason: str) -> None:
@@ -157,7 +156,7 @@ def _dead_letter(task: Task, exc: BaseException, reason: str) -> None:
     except Exception as error:
         logger.critical(
             "%s %s: could not dead-letter it (%s); requeueing it",
-            task.name.removeprefix("kc_tasks."),
+            task.name.removeprefix(names.TASK_PREFIX),
             task.request.id,
             error,
         )
@@ -167,7 +166,7 @@ def _dead_letter(task: Task, exc: BaseException, reason: str) -> None:
 @app.task(
     bind=True,
     base=PurchaseTask,
-    name="kc_tasks.revoke_purchase",
+    name=names.REVOKE_PURCHASE,
     max_retries=settings.max_retries,
     acks_late=True,
     reject_on_worker_lost=True,
@@ -190,7 +189,7 @@ def _revoke(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[s
     return outcome.as_result()
 
 
-@app.task(name="kc_tasks.verify_purchase_index")
+@app.task(name=names.VERIFY_PURCHASE_INDEX)
 def verify_purchase_index() -> dict[str, Any]:
     """Check unique_active_purchase now; warn, with the fix, when it is not usable. Warn too
     while dead letters wait in purchases.dlq, and while paid payments grant nothing (unmapped)."""
@@ -202,7 +201,7 @@ def verify_purchase_index() -> dict[str, Any]:
         logger.warning("%s - purchases use the fallback method; fix: %s", status.describe(), FIX_COMMAND)
     waiting = dead_letters.depth(app)
     if waiting:
-        logger.warning("%s holds %d dead letter(s); inspect with kc-tasks dlq list", dead_letters.DLQ, waiting)
+        logger.warning("%s holds %d dead letter(s); inspect with kc-tasks dlq list", names.DEAD_LETTERS, waiting)
     unmapped = inbox.unmapped_count(engine)
     if unmapped:
         logger.warning(
@@ -220,28 +219,28 @@ def verify_purchase_index() -> dict[str, Any]:
     }
 
 
-@app.task(name="kc_tasks.relay_events")
+@app.task(name=names.RELAY_EVENTS)
 def relay_events() -> dict[str, int]:
     """Publish the events that were committed but not published (broker down, worker killed)."""
     engine, _ = resources()
     return {"published": events.relay(engine, app)}
 
 
-@app.task(name="kc_tasks.relay_inbox")
+@app.task(name=names.RELAY_INBOX)
 def relay_inbox(older_than: float = inbox.RELAY_GRACE_SECONDS) -> dict[str, int]:
     """Enqueue the provider events stored while the broker was down (still `received`)."""
     engine, _ = resources()
     return {"enqueued": inbox.relay(engine, app, older_than)}
 
 
-@app.task(name="kc_tasks.prune_events")
+@app.task(name=names.PRUNE_EVENTS)
 def prune_events() -> dict[str, int]:
     """Delete events published long ago; unpublished events are never pruned."""
     engine, _ = resources()
     return {"pruned": events.prune(engine)}
 
 
-@app.task(name="kc_tasks.reconcile_payments")
+@app.task(name=names.RECONCILE_PAYMENTS)
 def reconcile_payments() -> dict[str, Any]:
     """Send again the inbox events of the window that were enqueued KC_RECONCILE_INTERVAL ago and
     still have no outcome, whatever their provider; then ask each configured provider's API for
@@ -269,7 +268,7 @@ def reconcile_payments() -> dict[str, Any]:
     return summaries
 
 
-@app.task(name="kc_tasks.redact_inbox")
+@app.task(name=names.REDACT_INBOX)
 def redact_inbox() -> dict[str, int]:
     """Reduce the bodies of the final inbox events older than KC_INBOX_BODY_DAYS to the fields
     kc_tasks reads (kc_tasks/redaction.py)."""
@@ -280,7 +279,7 @@ def redact_inbox() -> dict[str, int]:
     return {"redacted": redaction.redact_final(engine, older_than, lambda: redaction.dead_lettered_task_ids(app))}
 
 
-@app.task(name=metrics.HEARTBEAT_TASK, send_events=False)
+@app.task(name=names.QUEUE_HEARTBEAT, send_events=False)
 def queue_heartbeat() -> None:
     """beat's heartbeat through `purchases` (kc_tasks/metrics.py): the worker's consumer notes when
     it was sent and never runs it; a consumer that does not know it runs this, which does nothing."""
@@ -289,5 +288,5 @@ def queue_heartbeat() -> None:
 @before_task_publish.connect
 def _stamp_heartbeat(sender: str | None = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
     """beat's heartbeat carries the time it was sent."""
-    if sender == metrics.HEARTBEAT_TASK and headers is not None:
-        headers[metrics.SENT_AT] = time.time()
+    if sender == names.QUEUE_HEARTBEAT and headers is not None:
+        headers[names.SENT_AT] = time.time()

@@ -23,7 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
-from kc_tasks import admin, auth, checkouts, db, inbox, logs, metrics, signature
+from kc_tasks import admin, auth, checkouts, db, inbox, logs, metrics, names, signature
 from kc_tasks.errors import ConfigError, InvalidPurchase, KcTasksError
 from kc_tasks.intake import Intake
 from kc_tasks.payload import parse_purchase
@@ -40,8 +40,6 @@ MAX_BODY_BYTES = 64 * 1024
 # Razorpay's and Stripe's events: larger than kc_tasks' own, never this large.
 MAX_PROVIDER_BODY_BYTES = 256 * 1024
 PAYMENT_SUCCEEDED = "payment.succeeded"
-# Task ids derive from payment ids: a provider's repeated webhook maps to the same task.
-TASK_ID_NAMESPACE = inbox.PURCHASE_TASK_IDS
 # A page of a student's courses holds at most this many; the Link header names the next one.
 MAX_PAGE = 100
 # What a 503 asks the caller to wait before trying again, seconds (Retry-After): PostgreSQL is
@@ -59,7 +57,7 @@ class Accepted(BaseModel):
 
 
 class Ignored(BaseModel):
-    status: str = "ignored"
+    status: str = names.IGNORED
     type: str
 
 
@@ -120,10 +118,6 @@ def _check_secrets(settings: Settings) -> None:
         )
     if settings.admin_user and settings.admin_password and len(settings.admin_password) < MIN_ADMIN_PASSWORD_CHARS:
         raise ConfigError(f"KC_ADMIN_PASSWORD is shorter than {MIN_ADMIN_PASSWORD_CHARS} characters")
-
-
-def task_id_for(payment_id: str) -> str:
-    return inbox.task_id_for(payment_id)
 
 
 def create_app(settings: Settings | None = None, celery_app: Celery | None = None) -> FastAPI:
@@ -200,11 +194,11 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
             if isinstance(event.action, Purchase):
                 parse_purchase(event.action.kwargs)  # kc_tasks' own format: an invalid one is the caller's bug
         except (Malformed, InvalidPurchase) as exc:
-            metrics.webhook(kc_provider.NAME, "invalid")
+            metrics.webhook(kc_provider.NAME, names.INVALID)
             raise HTTPException(422, str(exc)) from None
         receipt = await _receive(event, body)
         if receipt.task_id is None:
-            return JSONResponse({"status": "ignored", "type": event.type}, status_code=200)
+            return JSONResponse({"status": names.IGNORED, "type": event.type}, status_code=200)
         logger.debug(
             "webhook %s: payment %s: task %s %s", event.event_id, event.payment_id, receipt.task_id, receipt.status
         )
@@ -226,7 +220,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
             try:
                 event = razorpay_provider.parse(body, request.headers.get(razorpay_provider.EVENT_ID_HEADER))
             except Malformed as exc:
-                metrics.webhook(razorpay_provider.NAME, "invalid")
+                metrics.webhook(razorpay_provider.NAME, names.INVALID)
                 raise HTTPException(400, str(exc)) from None
             return await _received(event, body)
 
@@ -246,7 +240,7 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
             try:
                 event = stripe_provider.parse(body, settings.stripe_livemode)
             except Malformed as exc:
-                metrics.webhook(stripe_provider.NAME, "invalid")
+                metrics.webhook(stripe_provider.NAME, names.INVALID)
                 raise HTTPException(400, str(exc)) from None
             return await _received(event, body)
 
@@ -266,8 +260,8 @@ def create_app(settings: Settings | None = None, celery_app: Celery | None = Non
         except KcTasksError:
             metrics.webhook(event.provider, "unavailable")
             raise
-        if receipt.status == inbox.CONFLICT:
-            metrics.webhook(event.provider, inbox.CONFLICT)
+        if receipt.status == names.CONFLICT:
+            metrics.webhook(event.provider, names.CONFLICT)
             raise HTTPException(409, receipt.why)
         metrics.webhook_receipt(event.provider, receipt.status, receipt.new)
         return receipt
@@ -352,13 +346,13 @@ async def _read_body(request: Request, limit: int, provider: str) -> bytes:
     """The raw body, or 413 as soon as it is over `limit` bytes (counted as invalid)."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
-        metrics.webhook(provider, "invalid")
+        metrics.webhook(provider, names.INVALID)
         raise HTTPException(413, f"body over {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            metrics.webhook(provider, "invalid")
+            metrics.webhook(provider, names.INVALID)
             raise HTTPException(413, f"body over {limit} bytes")
     return bytes(body)
 

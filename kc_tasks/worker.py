@@ -34,7 +34,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.request import Request
 from kombu import Message
 
-from kc_tasks import dead_letters, metrics
+from kc_tasks import dead_letters, metrics, names, sending
 from kc_tasks.batching import PurchaseBatcher, flush_task_events, run_batch
 from kc_tasks.celery import settings as _settings
 from kc_tasks.outage import DatabaseOutage, gate
@@ -42,8 +42,6 @@ from kc_tasks.payload import is_task_body
 
 logger = logging.getLogger(__name__)
 
-LOST_HEADER = "kc-worker-lost"
-PURCHASE_QUEUE = "purchases"
 # Task events (Flower's feed) are gathered this long, seconds, into one message.
 EVENT_FLUSH_DELAY = 0.01
 # How long a worker that lost Redis waits for it to answer again (a Sentinel failover takes its
@@ -158,9 +156,9 @@ class Consumer(CeleryConsumer):
 
         def on_task_received(message: Message) -> Any:
             headers = message.headers or {}
-            if headers.get("task") == metrics.HEARTBEAT_TASK:
+            if headers.get("task") == names.QUEUE_HEARTBEAT:
                 # beat's heartbeat: noted when it was sent, never run (kc_tasks/metrics.py)
-                metrics.heartbeat_received(headers.get(metrics.SENT_AT))
+                metrics.heartbeat_received(headers.get(names.SENT_AT))
                 message.ack()
                 return None
             if message.content_type == "application/json" and (message.headers or {}).get("task"):
@@ -173,7 +171,7 @@ class Consumer(CeleryConsumer):
                         "task message %s has a body that is not [args, kwargs, embed]",
                         (message.headers or {}).get("id"),
                     )
-                    dead_letter_message(self.app, message, dead_letters.INVALID_MESSAGE, None)
+                    dead_letter_message(self.app, message, names.INVALID_MESSAGE, None)
                     return None
             return handle(message)
 
@@ -192,23 +190,23 @@ class Consumer(CeleryConsumer):
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         logger.error("undecodable message (content type %s): %s", message.content_type, exc)
-        dead_letter_message(self.app, message, dead_letters.UNDECODABLE, exc)
+        dead_letter_message(self.app, message, names.UNDECODABLE, exc)
 
     def on_unknown_message(self, body: Any, message: Message) -> None:
-        logger.error("a message that is not a task message arrived on %s", PURCHASE_QUEUE)
-        dead_letter_message(self.app, message, dead_letters.INVALID_MESSAGE, None)
+        logger.error("a message that is not a task message arrived on %s", names.PURCHASES)
+        dead_letter_message(self.app, message, names.INVALID_MESSAGE, None)
 
     def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
         logger.error("unknown task %s", (message.headers or {}).get("task"))
-        dead_letter_message(self.app, message, dead_letters.UNKNOWN_TASK, exc)
+        dead_letter_message(self.app, message, names.UNKNOWN_TASK, exc)
 
     def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
         logger.error("invalid task message %s: %s", (message.headers or {}).get("id"), exc)
         try:
             message.decode()  # JSON only (the consumer accepts nothing else): never unpickles
-            reason = dead_letters.INVALID_MESSAGE
+            reason = names.INVALID_MESSAGE
         except Exception:  # noqa: BLE001  (a body that does not decode, whatever the codec says)
-            reason = dead_letters.UNDECODABLE
+            reason = names.UNDECODABLE
         dead_letter_message(self.app, message, reason, exc)
 
 
@@ -274,10 +272,10 @@ class KcRequest(Request):
         if not (requeue and self._lost_worker) or self.acknowledged:
             return super().reject(requeue=requeue)
         message = self.message
-        losses = int((message.headers or {}).get(LOST_HEADER, 0)) + 1
+        losses = int((message.headers or {}).get(names.LOST_HEADER, 0)) + 1
         try:
             if losses >= _settings.worker_lost_limit:
-                letter = dead_letters.DeadLetter.from_message(message, dead_letters.WORKER_LOST, None, attempts=losses)
+                letter = dead_letters.DeadLetter.from_message(message, names.WORKER_LOST, None, attempts=losses)
                 letter.error_type = "WorkerLostError"
                 letter.error_message = f"the worker process running it died {losses} times"
                 dead_letters.publish(self.task.app, letter)
@@ -299,15 +297,15 @@ class KcRequest(Request):
             producer.publish(
                 message.body,
                 exchange="",
-                routing_key=PURCHASE_QUEUE,
-                headers={**(message.headers or {}), LOST_HEADER: losses},
+                routing_key=names.PURCHASES,
+                headers={**(message.headers or {}), names.LOST_HEADER: losses},
                 content_type=message.content_type,
                 content_encoding=message.content_encoding,
                 correlation_id=properties.get("correlation_id"),
                 reply_to=properties.get("reply_to"),
                 delivery_mode=2,
                 retry=True,
-                retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+                retry_policy=sending.RETRY,
             )
 
 

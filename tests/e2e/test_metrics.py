@@ -207,7 +207,7 @@ def test_an_outage_the_stalled_queue_and_the_periodic_tasks_are_seen(
     beat's heartbeat waits in the queue (its send time stays behind); back, everything returns to
     1 and the heartbeat sent during the outage is taken. A periodic task's success is noted."""
     import kc_tasks.tasks  # noqa: F401  (its before_task_publish hook stamps the heartbeat's send time)
-    from kc_tasks.metrics import HEARTBEAT_TASK
+    from kc_tasks.names import QUEUE_HEARTBEAT
 
     proxy = Proxy("127.0.0.1", 5432)
     proxy.restore()
@@ -231,7 +231,7 @@ def test_an_outage_the_stalled_queue_and_the_periodic_tasks_are_seen(
             ),
             timeout=30,
         )
-        client.app.send_task(HEARTBEAT_TASK, queue="purchases")
+        client.app.send_task(QUEUE_HEARTBEAT, queue="purchases")
         first = time.time()
         assert wait_until(lambda: (prom.value("max(kc_queue_heartbeat_timestamp_seconds)") or 0) >= first - 1, 30)
 
@@ -240,7 +240,7 @@ def test_an_outage_the_stalled_queue_and_the_periodic_tasks_are_seen(
         assert prom.settles_at("sum(kc_database_up)", 0)
         assert prom.settles_at('sum(kc_worker_consuming{queue="purchases"})', 0)
         during = time.time()
-        client.app.send_task(HEARTBEAT_TASK, queue="purchases")
+        client.app.send_task(QUEUE_HEARTBEAT, queue="purchases")
         assert wait_until(lambda: queued(rabbitmq_url) == 2, timeout=10), "the purchase and the heartbeat wait"
         waiting = time.time()
         # A scrape made after both were in the queue still shows the heartbeat sent before the cut.

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import ast
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from celery.events.event import get_exchange
 from kombu import Queue
 
+from kc_tasks.sending import task_id_for
 from tests.conftest import broker_idle, run_sql
 from tests.e2e.conftest import Client, Workers, count, purchase, wait_until
 
@@ -243,3 +248,22 @@ def test_task_events_are_gathered_into_few_messages_and_a_lone_tasks_events_are_
         assert feed.succeeded[lone] - sent < 1.0, "a lone task's events waited for others to fill a message"
     finally:
         feed.stopped = True
+
+
+def test_kc_tasks_enqueue_twice_for_one_payment_is_one_task_and_one_purchase(
+    database_url: str, workers: Workers, rabbitmq_url: str
+) -> None:
+    """An operator who grants a payment by hand, twice, or beside its webhook, sends one task:
+    the same task id each time, the one the webhook gives that payment."""
+    kc_tasks = str(Path(sys.executable).with_name("kc-tasks"))
+    worker = workers.start(database_url, rabbitmq_url)
+    grant = purchase(payment=f"pay_cli_{uuid.uuid4().hex}")
+    args = ["enqueue", "--payment", grant["payment_id"], "--student", grant["student_id"], "--course"]
+    args += [grant["course_id"], "--amount", str(grant["amount_cents"]), "--currency", grant["currency"]]
+    env = dict(os.environ, DATABASE_URL=database_url, CELERY_BROKER_URL=rabbitmq_url)
+    sent = [subprocess.run([kc_tasks, *args], env=env, capture_output=True, text=True, timeout=120) for _ in range(2)]
+    assert [result.returncode for result in sent] == [0, 0], [result.stderr for result in sent]
+    task_ids = [result.stdout.strip() for result in sent]
+    assert task_ids == [task_id_for(grant["payment_id"])] * 2
+    assert wait_until(lambda: worker.text().count(f"create_purchase[{task_ids[0]}] succeeded") == 2)
+    assert count(database_url, "payment_id = %s", (grant["payment_id"],)) == 1

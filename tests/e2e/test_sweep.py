@@ -58,12 +58,12 @@ def test_a_worker_publishes_a_leftover_event_and_enqueues_a_received_one_without
 def test_beat_runs_the_relay_tasks_only_as_a_safety_net_minutes_apart() -> None:
     """The queue's heartbeat, every 30 s, is the one exception: it is no task in Flower's list (the
     worker's consumer takes it without running it, and it sends no task events)."""
-    from kc_tasks.metrics import HEARTBEAT_TASK
+    from kc_tasks.names import QUEUE_HEARTBEAT
     from kc_tasks.tasks import queue_heartbeat
 
     for name in ("relay-events", "relay-inbox"):
         assert beat_schedule[name]["schedule"] == RELAY_SAFETY_INTERVAL >= 300, name
-    housekeeping = [entry["schedule"] for entry in beat_schedule.values() if entry["task"] != HEARTBEAT_TASK]
+    housekeeping = [entry["schedule"] for entry in beat_schedule.values() if entry["task"] != QUEUE_HEARTBEAT]
     assert min(housekeeping) >= 300, "every beat task is minutes apart: a few hundred rows a day in Flower"
     assert queue_heartbeat.send_events is False
 

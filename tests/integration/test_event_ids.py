@@ -12,7 +12,7 @@ import pytest
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import inbox
+from kc_tasks import inbox, names
 from kc_tasks.providers import kc, razorpay, reconcile, stripe
 from kc_tasks.redaction import redact_final
 from tests import provider_samples as s
@@ -35,7 +35,7 @@ def test_a_redacted_event_is_still_compared_byte_for_byte_by_its_digest(engine: 
     reworded = receive(engine, broker, captured.replace(b'"fee": 1180', b'"fee": 1181'))
 
     assert (same.status, same.new) == ("ignored", False), "the same bytes: a repeat"
-    assert (reworded.status, reworded.new) == (inbox.CONFLICT, False), "another body, whatever it asks for"
+    assert (reworded.status, reworded.new) == (names.CONFLICT, False), "another body, whatever it asks for"
     assert sql("SELECT count(*) FROM payment_events") == [(1,)]
 
 
@@ -60,7 +60,7 @@ def test_an_event_stored_before_its_digest_is_compared_by_what_it_asks_for(
         conflict = inbox.receive(engine, broker, kc.parse(refund), refund)
 
     assert (repeat.new, repeat.status, repeat.task_id) == (False, "received", inbox.task_id_for("pay_old"))
-    assert (conflict.status, conflict.task_id) == (inbox.CONFLICT, None)
+    assert (conflict.status, conflict.task_id) == (names.CONFLICT, None)
     assert queued() == [], "nothing enqueued for either"
     [record] = caplog.records
     assert (
@@ -86,7 +86,7 @@ def test_a_webhook_after_reconciliation_stored_its_event_is_compared_by_what_it_
 
     assert (found.status, found.new) == ("enqueued", True)
     assert (repeat.status, repeat.new, repeat.task_id) == ("received", False, found.task_id)
-    assert conflict.status == inbox.CONFLICT
+    assert conflict.status == names.CONFLICT
     assert [task_id for _, task_id, _ in queued()] == [found.task_id]
 
 
@@ -101,5 +101,5 @@ def test_one_batch_with_two_bodies_under_one_id_stores_the_first_and_refuses_the
 
     receipts = inbox.receive_many(engine, broker, arrivals)
 
-    assert [(r.status, r.new) for r in receipts] == [("enqueued", True), (inbox.CONFLICT, False), ("received", False)]
+    assert [(r.status, r.new) for r in receipts] == [("enqueued", True), (names.CONFLICT, False), ("received", False)]
     assert sql("SELECT type FROM payment_events") == [("order.paid",)]

@@ -11,7 +11,7 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy.engine import Engine
 
-from kc_tasks import inbox
+from kc_tasks import inbox, names
 from kc_tasks.providers import razorpay, stripe
 from tests import provider_samples as s
 from tests.conftest import AMQP, PG, purge_amqp, run_sql
@@ -61,7 +61,7 @@ def test_a_refund_gets_a_task_id_of_its_own(engine: Engine, broker: Celery) -> N
     intent = s.new_intent()
     body = s.encode(s.stripe_event("charge.refunded", s.stripe_charge(intent)))
     receipt = inbox.receive(engine, broker, stripe.parse(body), body)
-    assert receipt.task_id == inbox.task_id_for(intent, inbox.REVOKE_PURCHASE) != inbox.task_id_for(intent)
+    assert receipt.task_id == inbox.task_id_for(intent, names.REVOKE_PURCHASE) != inbox.task_id_for(intent)
     [(name, task_id, kwargs)] = queued()
     assert (name, task_id) == ("kc_tasks.revoke_purchase", receipt.task_id)
     assert kwargs == {"payment_id": intent, "reason": "refund"}, "the current API version embeds no refund"

@@ -11,7 +11,7 @@ import pytest
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import inbox, provider_api, reconcile
+from kc_tasks import inbox, names, provider_api, reconcile
 from kc_tasks.errors import ProviderApiError
 from kc_tasks.settings import Settings
 from tests import provider_api_server as api
@@ -22,7 +22,7 @@ from tests.integration.test_inbox import queued
 
 HOUR = 3600
 DAY = 24 * HOUR
-REVOKE = inbox.REVOKE_PURCHASE
+REVOKE = names.REVOKE_PURCHASE
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from celery import Celery
 from celery.signals import task_failure, task_success
 from sqlalchemy.engine import Engine
 
-from kc_tasks import inbox, redaction, story
+from kc_tasks import inbox, names, redaction, story
 from kc_tasks.index_guard import IndexGuard
 from kc_tasks.payload import parse_purchase
 from kc_tasks.providers import razorpay, stripe
@@ -254,9 +254,9 @@ def test_the_story_replays_and_reconciliation_work_on_a_redacted_body(
     assert [e.text for e in again.entries if "redacted" not in e.text] == [e.text for e in told.entries]
     assert any("body redacted to the fields kc_tasks reads" in e.text for e in again.entries)
 
-    assert inbox.replay(engine, broker, "razorpay", ["evt_story"]) == {"evt_story": inbox.ENQUEUED}
+    assert inbox.replay(engine, broker, "razorpay", ["evt_story"]) == {"evt_story": names.ENQUEUED}
     (replayed,) = queued()
-    assert replayed[:2] == (inbox.CREATE_PURCHASE, receipt.task_id)
+    assert replayed[:2] == (names.CREATE_PURCHASE, receipt.task_id)
     assert replayed[2] == {k: v for k, v in sent[2].items() if k != "metadata"}, "the order's other notes are gone"
 
     purchase_row(sql, intent)

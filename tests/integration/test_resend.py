@@ -11,7 +11,7 @@ import uuid
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import inbox
+from kc_tasks import inbox, names
 from kc_tasks.reconcile import resend_waiting
 from tests.integration.test_inbox import queued
 from tests.integration.test_reconcile import purchase_row
@@ -57,8 +57,8 @@ def test_only_events_without_an_outcome_are_sent_again(engine: Engine, broker: C
     assert sent == ["kc evt_lost", "kc evt_refund_lost"]
     assert sorted((name, task_id) for name, task_id, _ in queued()) == sorted(
         [
-            (inbox.CREATE_PURCHASE, inbox.task_id_for("pay_lost")),
-            (inbox.REVOKE_PURCHASE, inbox.task_id_for("pay_done", inbox.REVOKE_PURCHASE)),
+            (names.CREATE_PURCHASE, inbox.task_id_for("pay_lost")),
+            (names.REVOKE_PURCHASE, inbox.task_id_for("pay_done", names.REVOKE_PURCHASE)),
         ]
     )
 

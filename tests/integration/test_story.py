@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import dead_letters, inbox, story
+from kc_tasks import dead_letters, inbox, names, story
 from kc_tasks.index_guard import IndexGuard
 from kc_tasks.payload import parse_purchase, parse_revocation
 from kc_tasks.purchases import create_purchase
@@ -48,7 +48,7 @@ def test_a_dead_letter_carrying_the_payment_id_is_in_the_story(engine: Engine, b
         kwargs={"payment_id": "pay_dead", "currency": "rupees"},
         error_type="InvalidPurchase",
         error_message="currency: must be three upper-case letters",
-        reason=dead_letters.PERMANENT,
+        reason=names.PERMANENT,
     )
     dead_letters.publish(broker, letter)
     dead_letters.publish(broker, dead_letters.DeadLetter(None, None, {"payment_id": "other"}, "E", "m", "r"))

@@ -9,7 +9,8 @@ from typing import Any
 
 from kombu.asynchronous.semaphore import LaxBoundedSemaphore
 
-from kc_tasks.batching import BATCH_MAX, HOLD_UNTIL, PURCHASE_TASK, PurchaseBatcher
+from kc_tasks.batching import BATCH_MAX, HOLD_UNTIL, PurchaseBatcher
+from kc_tasks.names import CREATE_PURCHASE
 
 
 @dataclass
@@ -21,10 +22,10 @@ class FakeTask:
 @dataclass
 class FakeRequest:
     id: str
-    name: str = PURCHASE_TASK
+    name: str = CREATE_PURCHASE
     time_limits: tuple[float | None, float | None] = (None, None)
     task: FakeTask = field(default_factory=FakeTask)
-    type: str = PURCHASE_TASK
+    type: str = CREATE_PURCHASE
     request_dict: dict = field(default_factory=dict)
     body: bytes = b"[[], {}, {}]"
     content_type: str = "application/json"

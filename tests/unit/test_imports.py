@@ -105,3 +105,18 @@ def test_batching_and_the_tasks_do_not_import_each_other_circularly() -> None:
     assert "kc_tasks.batching" in GRAPH["kc_tasks.tasks"]
     assert "kc_tasks.tasks" not in GRAPH["kc_tasks.batching"]
     assert "kc_tasks.tasks" not in GRAPH["kc_tasks.worker"]
+
+
+def test_the_names_sit_at_the_bottom() -> None:
+    # Every module may import the names (kc_tasks/names.py): they import nothing of the package.
+    assert GRAPH["kc_tasks.names"] == set()
+    assert GRAPH["kc_tasks.sending"] == {"kc_tasks.names"}
+    assert {name for name, imported in GRAPH.items() if "kc_tasks.names" in imported} >= {
+        "kc_tasks.inbox",
+        "kc_tasks.metrics",
+        "kc_tasks.dead_letters",
+        "kc_tasks.tasks",
+        "kc_tasks.cli",
+        "kc_tasks.batching",
+        "celeryconfig",
+    }

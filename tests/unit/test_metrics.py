@@ -12,19 +12,19 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
-from kc_tasks import dead_letters, inbox, metrics
+from kc_tasks import metrics, names
 
 
 @pytest.mark.parametrize(
     ("status", "new", "outcome"),
     [
-        (inbox.ENQUEUED, True, "enqueued"),
-        (inbox.RECEIVED, True, "enqueued"),  # the broker was down: the relay enqueues it
-        (inbox.IGNORED, True, "ignored"),
-        (inbox.UNMAPPED, True, "unmapped"),
-        (inbox.INVALID, True, "invalid"),
-        (inbox.ENQUEUED, False, "duplicate"),
-        (inbox.IGNORED, False, "duplicate"),
+        (names.ENQUEUED, True, "enqueued"),
+        (names.RECEIVED, True, "enqueued"),  # the broker was down: the relay enqueues it
+        (names.IGNORED, True, "ignored"),
+        (names.UNMAPPED, True, "unmapped"),
+        (names.INVALID, True, "invalid"),
+        (names.ENQUEUED, False, "duplicate"),
+        (names.IGNORED, False, "duplicate"),
     ],
 )
 def test_a_stored_webhook_is_counted_by_what_became_of_it(status: str, new: bool, outcome: str) -> None:
@@ -43,12 +43,12 @@ def test_a_purchase_is_counted_by_its_outcome(created: bool, duplicate_of: str |
 @pytest.mark.parametrize(
     ("reason", "kind"),
     [
-        (dead_letters.PERMANENT, "permanent"),
-        (dead_letters.EXHAUSTED, "exhausted"),
-        (dead_letters.WORKER_LOST, "worker_lost"),
-        (dead_letters.UNDECODABLE, "permanent"),
-        (dead_letters.UNKNOWN_TASK, "permanent"),
-        (dead_letters.INVALID_MESSAGE, "permanent"),
+        (names.PERMANENT, "permanent"),
+        (names.EXHAUSTED, "exhausted"),
+        (names.WORKER_LOST, "worker_lost"),
+        (names.UNDECODABLE, "permanent"),
+        (names.UNKNOWN_TASK, "permanent"),
+        (names.INVALID_MESSAGE, "permanent"),
     ],
 )
 def test_a_dead_letter_is_counted_by_its_kind(reason: str, kind: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kc_tasks import inbox, redaction
+from kc_tasks import inbox, names, redaction
 from kc_tasks.providers import Purchase, dig, reconcile
 from tests import provider_samples as s
 from tests.unit.test_providers import KC_TABLE, RAZORPAY_TABLE, STRIPE_TABLE
@@ -237,7 +237,7 @@ def test_kc_metadata_is_removed_and_a_body_the_task_refuses_stays_refused() -> N
     for extra in ({"email": s.EMAIL}, {"metadata": s.EMAIL}):
         refused = {"id": "e2", "type": "payment.succeeded", "data": {**kwargs, **extra}}
         status, task, _ = inbox.plan(inbox.parse("kc", s.encode(redact("kc", refused)), "e2"))
-        assert (status, task) == (inbox.INVALID, None)
+        assert (status, task) == (names.INVALID, None)
 
 
 @pytest.mark.parametrize(
