@@ -20,10 +20,8 @@ import os
 import queue
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from celery import Celery
@@ -32,6 +30,7 @@ from sqlalchemy.engine import Engine
 from kc_tasks import db, inbox
 from kc_tasks.confirms import Kept
 from kc_tasks.errors import RetryableError
+from kc_tasks.handoff import hand_over
 from kc_tasks.providers import Event
 
 logger = logging.getLogger(__name__)
@@ -227,22 +226,5 @@ def _autocommit(engine: Engine) -> Iterator[sa.Connection]:
 
 def _answer(batch: Sequence[_Arrival], outcomes: Sequence[inbox.Receipt | BaseException]) -> None:
     """Hand each request its receipt or error, in its own event loop (one wake-up per loop)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = defaultdict(list)
-    for arrival, outcome in zip(batch, outcomes, strict=True):
-        by_loop[arrival.loop].append((arrival.future, outcome))
-    for loop, settled in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_settle, settled)
-        except RuntimeError:  # the loop is closed: the process is stopping, nobody awaits
-            logger.debug("intake: %d receipt(s) for a closed event loop", len(settled))
-
-
-def _settle(settled: Sequence[tuple[asyncio.Future[Any], Any]]) -> None:
-    """In the event loop: each request's receipt or error (unless it stopped waiting)."""
-    for future, outcome in settled:
-        if future.done():
-            continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
+    settled = ((arrival.loop, arrival.future, outcome) for arrival, outcome in zip(batch, outcomes, strict=True))
+    hand_over(settled, "intake")

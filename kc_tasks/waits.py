@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from kc_tasks import db
+from kc_tasks.handoff import hand_over
 
 logger = logging.getLogger(__name__)
 
@@ -139,18 +140,5 @@ class Waits:
 
     def _settle(self, found: dict[str, Access]) -> None:
         with self._lock:
-            settled = [(w, found[pid]) for pid in found for w in self._waiting.get(pid, [])]
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Access], Access]]] = defaultdict(list)
-        for waiting, answer in settled:
-            by_loop[waiting.loop].append((waiting.future, answer))
-        for loop, answers in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_answer, answers)
-            except RuntimeError:  # the loop is closed: the process is stopping, nobody awaits
-                logger.debug("confirm: %d answer(s) for a closed event loop", len(answers))
-
-
-def _answer(answers: Sequence[tuple[asyncio.Future[Access], Access]]) -> None:
-    for future, answer in answers:
-        if not future.done():
-            future.set_result(answer)
+            settled = [(w.loop, w.future, found[pid]) for pid in found for w in self._waiting.get(pid, [])]
+        hand_over(settled, "confirm")
