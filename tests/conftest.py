@@ -107,8 +107,8 @@ def run_sql(url: str, sql: str, params: tuple | dict | None = None) -> list[tupl
 
 
 def _migrate(url: str) -> None:
-    from kc_tasks.migrate import migrate
-    from kc_tasks.settings import normalize_database_url
+    from kc_tasks.core.settings import normalize_database_url
+    from kc_tasks.store.migrate import migrate
 
     migrate(normalize_database_url(url))
 

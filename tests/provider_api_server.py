@@ -1,5 +1,5 @@
 """Razorpay's and Stripe's APIs, served from a local HTTP server in the test: the stand-in of
-kc_tasks/dev_providers.py (its endpoints, keys and faults), with the objects a test puts in
+kc_tasks/ops/dev_providers.py (its endpoints, keys and faults), with the objects a test puts in
 built from the providers' documented samples (tests/provider_samples.py).
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from kc_tasks import dev_providers
-from kc_tasks.dev_providers import DAY, TIMEOUT_SLEEP, new_id  # noqa: F401 (re-exported: tests and bench/ use them)
+from kc_tasks.ops import dev_providers
+from kc_tasks.ops.dev_providers import DAY, TIMEOUT_SLEEP, new_id  # noqa: F401 (re-exported: tests and bench/ use them)
 from tests import provider_samples as s
 
 RAZORPAY_KEY_ID = "rzp_test_reconcileKeyId01"

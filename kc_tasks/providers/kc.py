@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kc_tasks import signature
-from kc_tasks.providers import REFUND, Event, Ignored, Malformed, Purchase, Revocation, load_object, text
+from kc_tasks.providers import REFUND, Event, Ignored, Malformed, Purchase, Revocation, load_object, signature, text
 
 NAME = "kc"
 PAYMENT_SUCCEEDED = "payment.succeeded"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from kombu import Connection, Message, Queue
 
-from kc_tasks import rabbitmq
+from kc_tasks.ops import rabbitmq
 from tests.cluster.conftest import kc
 from tests.cluster.rabbitmq_nodes import Cluster, DeadPort
 

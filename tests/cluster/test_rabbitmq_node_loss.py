@@ -18,7 +18,7 @@ import httpx
 import pytest
 from kombu import Connection, Producer, Queue
 
-from kc_tasks import rabbitmq
+from kc_tasks.ops import rabbitmq
 from tests.cluster.conftest import kc
 from tests.cluster.rabbitmq_nodes import Cluster
 from tests.cluster.traffic import Traffic, latencies, outcomes, settled

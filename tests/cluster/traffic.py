@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from kc_tasks.inbox import task_id_for
+from kc_tasks.payments.inbox import task_id_for
 from tests.conftest import run_sql
 from tests.e2e.conftest import WEBHOOK_SECRET, purchase, wait_until
 from tests.e2e.test_webhook import signed

@@ -185,7 +185,7 @@ JWT_SECRET = "e2e-jwt-secret-of-at-least-thirty-two-bytes"
 
 def reader_headers() -> dict[str, str]:
     """A bearer token of a service that reads any student's courses (scope purchases:read)."""
-    from kc_tasks.auth import mint
+    from kc_tasks.web.auth import mint
 
     return {"Authorization": "Bearer " + mint(JWT_SECRET, "e2e-reader", 600, "kc_tasks", scope="purchases:read")}
 
@@ -212,7 +212,7 @@ def free_port() -> int:
 
 
 def start_web(tmp: Path, database_url: str, broker_url: str, **env: str) -> Web:
-    """The Procfile's web process: uvicorn serving kc_tasks.web on a free port."""
+    """The Procfile's web process: uvicorn serving kc_tasks.web.app on a free port."""
     port = free_port()
     log = tmp / f"web-{port}.log"
     environment = dict(

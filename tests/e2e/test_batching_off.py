@@ -1,5 +1,5 @@
 """KC_BATCHING=off: a real worker makes each purchase alone, by Celery's own path, as it would
-if an upgrade of Celery broke the batch insert (kc_tasks/batching.py)."""
+if an upgrade of Celery broke the batch insert (kc_tasks/worker/batching.py)."""
 
 from __future__ import annotations
 

@@ -19,10 +19,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import psycopg
 import pytest
 
-from kc_tasks import db
-from kc_tasks.payload import Revocation
-from kc_tasks.revocations import revoke
-from kc_tasks.settings import normalize_database_url
+from kc_tasks.core.payload import Revocation
+from kc_tasks.core.settings import normalize_database_url
+from kc_tasks.store import db
+from kc_tasks.worker.revocations import revoke
 from tests.conftest import broker_idle, run_sql
 from tests.e2e.conftest import Client, Worker, Workers, count, hold_pairs, purchase, wait_until
 

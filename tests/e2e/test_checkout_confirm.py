@@ -20,8 +20,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kc_tasks.auth import mint
-from kc_tasks.inbox import task_id_for
+from kc_tasks.payments.inbox import task_id_for
+from kc_tasks.web.auth import mint
 from tests import provider_api_server as api
 from tests import provider_samples as s
 from tests.conftest import run_sql

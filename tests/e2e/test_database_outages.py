@@ -166,8 +166,8 @@ def test_a_failover_to_the_standby_keeps_every_acknowledged_task_once(
     use. While purchases and refunds flow, the primary stops as in a crash and, a moment later,
     the standby is promoted: every task the broker acknowledged to its publisher takes effect
     exactly once, nothing is dead-lettered, and no operator does anything."""
-    from kc_tasks.migrate import migrate
-    from kc_tasks.settings import normalize_database_url
+    from kc_tasks.core.settings import normalize_database_url
+    from kc_tasks.store.migrate import migrate
 
     url = cluster.url("kc")
     migrate(normalize_database_url(url))

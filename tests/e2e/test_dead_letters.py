@@ -13,7 +13,7 @@ from pathlib import Path
 from celery import Celery
 from kombu import Connection, Message, Producer, Queue
 
-from kc_tasks import dead_letters
+from kc_tasks.store import dead_letters
 from tests.conftest import broker_idle, run_sql
 from tests.e2e.conftest import ROOT, SHORT_LOCK_TIMEOUT, Client, Workers, count, hold_pairs, purchase, wait_until
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from kombu import Connection, Producer, Queue
 
-from kc_tasks import rabbitmq
+from kc_tasks.ops import rabbitmq
 from tests.conftest import rabbitmqctl
 from tests.e2e.conftest import ROOT, Web
 

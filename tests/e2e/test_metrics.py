@@ -206,8 +206,8 @@ def test_an_outage_the_stalled_queue_and_the_periodic_tasks_are_seen(
     """PostgreSQL cut away: both processes' kc_database_up goes to 0, the worker stops consuming,
     beat's heartbeat waits in the queue (its send time stays behind); back, everything returns to
     1 and the heartbeat sent during the outage is taken. A periodic task's success is noted."""
-    import kc_tasks.tasks  # noqa: F401  (its before_task_publish hook stamps the heartbeat's send time)
-    from kc_tasks.names import QUEUE_HEARTBEAT
+    import kc_tasks.worker.tasks  # noqa: F401  (its before_task_publish hook stamps the heartbeat's send time)
+    from kc_tasks.core.names import QUEUE_HEARTBEAT
 
     proxy = Proxy("127.0.0.1", 5432)
     proxy.restore()

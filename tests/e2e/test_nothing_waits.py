@@ -18,7 +18,7 @@ import redis
 from celery import Celery
 from kombu import Connection, Producer, Queue
 
-from kc_tasks.inbox import task_id_for
+from kc_tasks.payments.inbox import task_id_for
 from tests.conftest import REDIS, purge_amqp, purge_redis, queued, run_sql
 from tests.e2e.conftest import ROOT, Web, Workers, count, purchase, wait_until
 from tests.e2e.test_webhook import event, signed

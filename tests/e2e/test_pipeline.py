@@ -18,7 +18,7 @@ from celery import Celery
 from celery.events.event import get_exchange
 from kombu import Queue
 
-from kc_tasks.sending import task_id_for
+from kc_tasks.core.sending import task_id_for
 from tests.conftest import broker_idle, run_sql
 from tests.e2e.conftest import Client, Workers, count, purchase, wait_until
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from celery import Celery
 
-from kc_tasks.inbox import task_id_for
+from kc_tasks.payments.inbox import task_id_for
 from tests import provider_samples as s
 from tests.conftest import AMQP, broker_idle, queued, run_sql
 from tests.e2e.conftest import ROOT, Web, Workers, reader_headers, wait_until

@@ -58,8 +58,8 @@ def test_a_worker_publishes_a_leftover_event_and_enqueues_a_received_one_without
 def test_beat_runs_the_relay_tasks_only_as_a_safety_net_minutes_apart() -> None:
     """The queue's heartbeat, every 30 s, is the one exception: it is no task in Flower's list (the
     worker's consumer takes it without running it, and it sends no task events)."""
-    from kc_tasks.names import QUEUE_HEARTBEAT
-    from kc_tasks.tasks import queue_heartbeat
+    from kc_tasks.core.names import QUEUE_HEARTBEAT
+    from kc_tasks.worker.tasks import queue_heartbeat
 
     for name in ("relay-events", "relay-inbox"):
         assert beat_schedule[name]["schedule"] == RELAY_SAFETY_INTERVAL >= 300, name

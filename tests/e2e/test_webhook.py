@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from celery import Celery
 
-from kc_tasks.sending import task_id_for
+from kc_tasks.core.sending import task_id_for
 from tests.conftest import AMQP, broker_idle, queued, run_sql
 from tests.e2e.conftest import WEBHOOK_SECRET, Web, Workers, count, purchase, reader_headers, wait_until
 from tests.e2e.proxy import Proxy

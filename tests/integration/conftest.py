@@ -14,8 +14,8 @@ import pytest
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db
-from kc_tasks.settings import normalize_database_url
+from kc_tasks.core.settings import normalize_database_url
+from kc_tasks.store import db
 from tests.conftest import AMQP, AMQP_VHOST, purge_amqp, rabbitmqctl, run_sql
 
 APP_VHOST = f"{AMQP_VHOST}_app"

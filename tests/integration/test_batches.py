@@ -1,5 +1,5 @@
-"""kc_tasks.batching.run_batch, as a pool process runs it for requests that waited together
-(kc_tasks.batching.PurchaseBatcher), on the real PostgreSQL and RabbitMQ: one statement for
+"""kc_tasks.worker.batching.run_batch, as a pool process runs it for requests that waited together
+(kc_tasks.worker.batching.PurchaseBatcher), on the real PostgreSQL and RabbitMQ: one statement for
 the batch's new purchases, then each request as a task of its own."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from unittest.mock import ANY
 import pytest
 from celery import Celery
 
-from kc_tasks import batching, purchases
-from kc_tasks.batching import Raised
+from kc_tasks.worker import batching, purchases
+from kc_tasks.worker.batching import Raised
 from tests.conftest import run_sql
 from tests.integration.test_tasks import kwargs
 

@@ -16,10 +16,10 @@ import psycopg
 import pytest
 from sqlalchemy.engine import Engine
 
-from kc_tasks.index_guard import IndexGuard
-from kc_tasks.payload import Purchase, Revocation
-from kc_tasks.purchases import create_purchase, lock_keys
-from kc_tasks.revocations import revoke
+from kc_tasks.core.payload import Purchase, Revocation
+from kc_tasks.store.index_guard import IndexGuard
+from kc_tasks.worker.purchases import create_purchase, lock_keys
+from kc_tasks.worker.revocations import revoke
 from tests.conftest import run_sql
 from tests.integration.test_purchase_interleavings import INSERT_ROW
 from tests.integration.test_purchases import order

@@ -15,7 +15,7 @@ from celery import Celery
 from kombu import Connection, Queue
 from sqlalchemy.engine import Engine
 
-from kc_tasks.events import (
+from kc_tasks.store.events import (
     EXCHANGE,
     PRUNE_AFTER_HOURS,
     PURCHASE_CREATED,

@@ -11,7 +11,8 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy.engine import Engine
 
-from kc_tasks import inbox, names
+from kc_tasks.core import names
+from kc_tasks.payments import inbox
 from kc_tasks.providers import razorpay, stripe
 from tests import provider_samples as s
 from tests.conftest import AMQP, PG, purge_amqp, run_sql

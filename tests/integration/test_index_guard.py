@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from kc_tasks import db
-from kc_tasks.index_guard import diagnose, ensure_index
-from kc_tasks.settings import normalize_database_url
+from kc_tasks.core.settings import normalize_database_url
+from kc_tasks.store import db
+from kc_tasks.store.index_guard import diagnose, ensure_index
 
 
 @pytest.fixture

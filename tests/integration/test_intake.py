@@ -22,11 +22,13 @@ import pytest
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, inbox, intake
-from kc_tasks.errors import DatabaseError, DatabaseUnavailable
-from kc_tasks.intake import Intake
+from kc_tasks.core.errors import DatabaseError, DatabaseUnavailable
+from kc_tasks.core.settings import normalize_database_url
+from kc_tasks.payments import inbox
 from kc_tasks.providers import Event, razorpay
-from kc_tasks.settings import normalize_database_url
+from kc_tasks.store import db
+from kc_tasks.web import intake
+from kc_tasks.web.intake import Intake
 from tests import provider_samples as s
 from tests.integration.test_inbox import queued
 

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from kc_tasks.migrate import migrate
-from kc_tasks.settings import normalize_database_url
+from kc_tasks.core.settings import normalize_database_url
+from kc_tasks.store.migrate import migrate
 from tests.conftest import admin, run_sql
 
 ALL = [
@@ -265,11 +265,11 @@ def test_without_is_active_every_old_row_was_in_force_and_the_oldest_stays(empty
 def test_with_text_ids_purchases_and_refunds_are_made_after_the_migration(
     empty_database_url: str,
 ) -> None:
-    from kc_tasks import db
-    from kc_tasks.index_guard import IndexGuard
-    from kc_tasks.payload import Revocation
-    from kc_tasks.purchases import Outcome, create_purchase
-    from kc_tasks.revocations import revoke
+    from kc_tasks.core.payload import Revocation
+    from kc_tasks.store import db
+    from kc_tasks.store.index_guard import IndexGuard
+    from kc_tasks.worker.purchases import Outcome, create_purchase
+    from kc_tasks.worker.revocations import revoke
     from tests.integration.test_purchases import order
 
     legacy_database(
@@ -377,7 +377,7 @@ def test_a_duplicate_purchase_written_while_002_builds_its_index_is_deactivated_
 def test_migration_008_gives_up_its_lock_wait_instead_of_queueing_the_webhooks_behind_it(database_url: str) -> None:
     """A transaction reading payment_events holds its lock: the ALTER waits LOCK_TIMEOUT at most
     per try, in which the webhooks' inserts queue behind it, then lets them through."""
-    migration = importlib.import_module("kc_tasks.migrations.versions.008_event_body_digest")
+    migration = importlib.import_module("kc_tasks.store.migrations.versions.008_event_body_digest")
     plain = database_url
     with psycopg.connect(plain, autocommit=True) as setup:
         setup.execute("ALTER TABLE payment_events DROP COLUMN body_sha256")

@@ -15,10 +15,10 @@ import psycopg
 import pytest
 from sqlalchemy.engine import Engine
 
-from kc_tasks import errors
-from kc_tasks.index_guard import IndexGuard
-from kc_tasks.payload import Purchase
-from kc_tasks.purchases import RESOLVE_ATTEMPTS, Outcome, create_all, create_purchase, lock_keys
+from kc_tasks.core import errors
+from kc_tasks.core.payload import Purchase
+from kc_tasks.store.index_guard import IndexGuard
+from kc_tasks.worker.purchases import RESOLVE_ATTEMPTS, Outcome, create_all, create_purchase, lock_keys
 from tests.conftest import run_sql
 from tests.integration.test_purchases import order
 

@@ -12,11 +12,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, errors
-from kc_tasks.index_guard import IndexGuard
-from kc_tasks.payload import Purchase, parse_purchase
-from kc_tasks.purchases import Outcome, create_all, create_purchase
-from kc_tasks.settings import describe_database, normalize_database_url
+from kc_tasks.core import errors
+from kc_tasks.core.payload import Purchase, parse_purchase
+from kc_tasks.core.settings import describe_database, normalize_database_url
+from kc_tasks.store import db
+from kc_tasks.store.index_guard import IndexGuard
+from kc_tasks.worker.purchases import Outcome, create_all, create_purchase
 
 
 def order(
@@ -70,16 +71,20 @@ def test_a_purchase_without_metadata_stores_none_not_a_json_null(engine, guard, 
 def test_what_each_path_logs_for_the_purchase_it_creates(engine, sql, caplog) -> None:
     """Celery's "succeeded" line already reports each purchase: the fast path's own line is
     DEBUG; the fallback's, the rarer path and worth an operator's notice, INFO."""
-    caplog.set_level(logging.DEBUG, logger="kc_tasks.purchases")
+    caplog.set_level(logging.DEBUG, logger="kc_tasks.worker.purchases")
     fast, slow = order(), order()
     made = create_purchase(engine, IndexGuard(ttl=300), fast)
     sql("DROP INDEX unique_active_purchase")
     fallback = create_purchase(engine, IndexGuard(ttl=300), slow)
     assert fallback.created
-    assert [r for r in caplog.record_tuples if r[0] == "kc_tasks.purchases"] == [
-        ("kc_tasks.purchases", logging.DEBUG, f"purchase {made.purchase_id} created for payment {fast.payment_id}"),
+    assert [r for r in caplog.record_tuples if r[0] == "kc_tasks.worker.purchases"] == [
         (
-            "kc_tasks.purchases",
+            "kc_tasks.worker.purchases",
+            logging.DEBUG,
+            f"purchase {made.purchase_id} created for payment {fast.payment_id}",
+        ),
+        (
+            "kc_tasks.worker.purchases",
             logging.INFO,
             f"purchase {fallback.purchase_id} created for payment {slow.payment_id} (fallback path)",
         ),
@@ -101,7 +106,7 @@ def test_a_rival_payment_is_recorded_whole_with_its_event_and_one_warning(engine
     p = order()
     rival = order(p.student_id, p.course_id, amount_cents=100, currency="USD")
     held = create_purchase(engine, guard, p)
-    caplog.set_level(logging.DEBUG, logger="kc_tasks.purchases")
+    caplog.set_level(logging.DEBUG, logger="kc_tasks.worker.purchases")
     outcome = create_purchase(engine, guard, rival)
     again = create_purchase(engine, guard, rival)
     assert outcome == again == Outcome(held.purchase_id, created=False, duplicate_of=held.purchase_id)
@@ -117,7 +122,7 @@ def test_a_rival_payment_is_recorded_whole_with_its_event_and_one_warning(engine
     assert tuple(events[0][1][k] for k in keys) == record
     assert caplog.record_tuples == [
         (
-            "kc_tasks.purchases",
+            "kc_tasks.worker.purchases",
             logging.WARNING,
             f"payment {rival.payment_id} is a duplicate: student {p.student_id} already holds course {p.course_id} "
             f"by payment {p.payment_id} (purchase {held.purchase_id}); refund it",

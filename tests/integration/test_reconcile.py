@@ -11,9 +11,11 @@ import pytest
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import inbox, names, provider_api, reconcile
-from kc_tasks.errors import ProviderApiError
-from kc_tasks.settings import Settings
+from kc_tasks.core import names
+from kc_tasks.core.errors import ProviderApiError
+from kc_tasks.core.settings import Settings
+from kc_tasks.payments import inbox, reconciler
+from kc_tasks.providers import apis
 from tests import provider_api_server as api
 from tests import provider_samples as s
 from tests.conftest import AMQP
@@ -51,11 +53,11 @@ def settings_for(provider: api.Provider, **overrides: str) -> Settings:
 
 def run(
     engine: Engine, app: Celery, provider: api.Provider, name: str, since: int = DAY, **options: object
-) -> reconcile.Summary:
-    client = reconcile.api_for(settings_for(provider), name, read_timeout=float(options.pop("read_timeout", 5.0)))
+) -> reconciler.Summary:
+    client = reconciler.api_for(settings_for(provider), name, read_timeout=float(options.pop("read_timeout", 5.0)))
     client._sleep = lambda seconds: None  # Retry-After: 0 and the backoff need no real wait here
     try:
-        return reconcile.run(engine, app, client, reconcile.window(since), **options)  # type: ignore[arg-type]
+        return reconciler.run(engine, app, client, reconciler.window(since), **options)  # type: ignore[arg-type]
     finally:
         client.close()
 
@@ -166,7 +168,7 @@ def test_a_lost_razorpay_dispute_revokes_and_a_won_one_does_not(
     assert kwargs == {"payment_id": "pay_dispute_lost", "reason": "dispute"}
     assert sql("SELECT event_id FROM payment_events") == [("razorpay:pay_dispute_lost:disputed",)]
     [disputes] = provider.pages("/v1/disputes")
-    assert int(disputes["to"]) - int(disputes["from"]) >= reconcile.DISPUTE_LOOKBACK
+    assert int(disputes["to"]) - int(disputes["from"]) >= reconciler.DISPUTE_LOOKBACK
 
 
 def test_a_partly_refunded_payment_whose_webhook_never_came_is_still_granted(
@@ -249,9 +251,9 @@ def test_stripe_events_of_the_other_mode_grant_nothing(
         "payment_intent.succeeded", s.stripe_intent(s.new_intent(), api.new_id(), api.new_id()), now - HOUR
     )
     assert event["livemode"] is False
-    client = reconcile.api_for(settings_for(provider), "stripe")
+    client = reconciler.api_for(settings_for(provider), "stripe")
     try:
-        summary = reconcile.run(engine, broker, client, reconcile.window(DAY), stripe_livemode=True)
+        summary = reconciler.run(engine, broker, client, reconciler.window(DAY), stripe_livemode=True)
     finally:
         client.close()
     assert summary.purchases_enqueued == 0 and queued() == []
@@ -285,7 +287,7 @@ def test_an_api_down_slow_or_answering_garbage_enqueues_nothing(
     engine: Engine, broker: Celery, provider: api.Provider, sql, path: str, faults: list[str], said: str, now: int
 ) -> None:
     """The first page is good, then a request fails: nothing read is enqueued or stored."""
-    for i in range(provider_api.PAGE_SIZE + 5):
+    for i in range(apis.PAGE_SIZE + 5):
         provider.razorpay_paid(now - HOUR - i, api.new_id(), api.new_id())
     provider.fail(path, *(["pass"] if path == "/v1/payments" else []), *faults)
     with pytest.raises(ProviderApiError) as raised:
@@ -300,7 +302,7 @@ def test_two_reconcilers_at_once_enqueue_each_purchase_once(
 ) -> None:
     payments = [provider.razorpay_paid(now - HOUR - i, api.new_id(), api.new_id()) for i in range(20)]
     start = threading.Barrier(2)
-    results: list[reconcile.Summary] = []
+    results: list[reconciler.Summary] = []
 
     def reconciler() -> None:
         start.wait()
@@ -335,9 +337,9 @@ def test_failures_are_warnings_naming_the_provider_never_the_keys(
     bad = settings_for(provider, KC_STRIPE_API_KEY="rk_test_wrong-key-also-secret")
     provider.fail("/v1/payments", "500", "500", "500")
     caplog.set_level(logging.DEBUG)
-    win = reconcile.window(HOUR)
-    rzp = reconcile.run_logged(engine, broker, settings_for(provider), "razorpay", win)
-    stripe = reconcile.run_logged(engine, broker, bad, "stripe", win)
+    win = reconciler.window(HOUR)
+    rzp = reconciler.run_logged(engine, broker, settings_for(provider), "razorpay", win)
+    stripe = reconciler.run_logged(engine, broker, bad, "stripe", win)
     assert rzp.error and "HTTP 500" in rzp.error
     assert stripe.error and "HTTP 401" in stripe.error
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -393,7 +395,7 @@ def test_an_unreachable_api_is_a_failure_not_a_crash(engine: Engine, broker: Cel
     settings = Settings.from_env(
         {"KC_RAZORPAY_KEY_ID": "k", "KC_RAZORPAY_KEY_SECRET": "s", "KC_RAZORPAY_API_URL": "http://127.0.0.1:1"}
     )
-    client = reconcile.api_for(settings, "razorpay")
+    client = reconciler.api_for(settings, "razorpay")
     client._sleep = lambda seconds: None
     with pytest.raises(ProviderApiError, match="ConnectError"):
-        reconcile.run(engine, broker, client, reconcile.window(HOUR))
+        reconciler.run(engine, broker, client, reconciler.window(HOUR))

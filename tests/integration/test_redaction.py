@@ -18,11 +18,12 @@ from celery import Celery
 from celery.signals import task_failure, task_success
 from sqlalchemy.engine import Engine
 
-from kc_tasks import inbox, names, redaction, story
-from kc_tasks.index_guard import IndexGuard
-from kc_tasks.payload import parse_purchase
+from kc_tasks.core import names
+from kc_tasks.core.payload import parse_purchase
+from kc_tasks.payments import inbox, redaction, story
 from kc_tasks.providers import razorpay, stripe
-from kc_tasks.purchases import create_purchase
+from kc_tasks.store.index_guard import IndexGuard
+from kc_tasks.worker.purchases import create_purchase
 from tests import provider_api_server as api
 from tests import provider_samples as s
 from tests.conftest import AMQP

@@ -11,10 +11,12 @@ import psycopg
 import pytest
 from sqlalchemy.engine import Engine
 
-from kc_tasks import errors, restorations, roles
-from kc_tasks.index_guard import IndexGuard
-from kc_tasks.purchases import create_purchase
-from kc_tasks.revocations import revoke
+from kc_tasks.core import errors
+from kc_tasks.store import roles
+from kc_tasks.store.index_guard import IndexGuard
+from kc_tasks.worker import restorations
+from kc_tasks.worker.purchases import create_purchase
+from kc_tasks.worker.revocations import revoke
 from tests.conftest import run_sql
 from tests.e2e.conftest import hold_pairs
 from tests.integration.test_cli import kc

@@ -12,12 +12,13 @@ import pytest
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, errors
-from kc_tasks.index_guard import IndexGuard
-from kc_tasks.payload import Purchase, Revocation, parse_purchase
-from kc_tasks.purchases import create_purchase
-from kc_tasks.revocations import revoke
-from kc_tasks.settings import normalize_database_url
+from kc_tasks.core import errors
+from kc_tasks.core.payload import Purchase, Revocation, parse_purchase
+from kc_tasks.core.settings import normalize_database_url
+from kc_tasks.store import db
+from kc_tasks.store.index_guard import IndexGuard
+from kc_tasks.worker.purchases import create_purchase
+from kc_tasks.worker.revocations import revoke
 from tests.conftest import run_sql
 from tests.integration.test_tasks import Seen, kwargs, seen  # noqa: F401  (the fixture)
 
@@ -103,7 +104,7 @@ def test_what_a_revocation_logs_once(engine: Engine, guard: IndexGuard, caplog) 
     reason; none for a repeat."""
     bought, early = order(), order()
     made = create_purchase(engine, guard, bought)
-    caplog.set_level(logging.DEBUG, logger="kc_tasks.revocations")
+    caplog.set_level(logging.DEBUG, logger="kc_tasks.worker.revocations")
     revoke(engine, Revocation(payment_id=bought.payment_id, reason="dispute_lost", refund_id=None))
     revoke(engine, refund(early.payment_id))
     logged = list(caplog.record_tuples)
@@ -112,12 +113,12 @@ def test_what_a_revocation_logs_once(engine: Engine, guard: IndexGuard, caplog) 
     assert caplog.record_tuples == logged, "nothing for the repeats"
     assert logged == [
         (
-            "kc_tasks.revocations",
+            "kc_tasks.worker.revocations",
             logging.INFO,
             f"purchase {made.purchase_id} of payment {bought.payment_id} revoked (dispute_lost)",
         ),
         (
-            "kc_tasks.revocations",
+            "kc_tasks.worker.revocations",
             logging.INFO,
             f"payment {early.payment_id} revoked (refund) before it made a purchase: it never will make an active one",
         ),

@@ -1,4 +1,4 @@
-"""The processes' database roles on a real PostgreSQL: kc_tasks/migrations/roles.sql, then
+"""The processes' database roles on a real PostgreSQL: kc_tasks/store/migrations/roles.sql, then
 `kc-tasks migrate`'s grants, and what a login in each role can and cannot do.
 
 The three group roles are cluster-wide and stay (a concurrent run may use them); each test
@@ -19,20 +19,21 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from kc_tasks import db, events, inbox, roles
-from kc_tasks.index_guard import IndexGuard, ensure_index
-from kc_tasks.migrate import migrate
-from kc_tasks.payload import Revocation, parse_purchase
+from kc_tasks.core.payload import Revocation, parse_purchase
+from kc_tasks.core.settings import normalize_database_url
+from kc_tasks.payments import inbox
+from kc_tasks.payments.redaction import redact_final
 from kc_tasks.providers import razorpay
-from kc_tasks.purchases import create_purchase
-from kc_tasks.redaction import redact_final
-from kc_tasks.revocations import revoke
-from kc_tasks.settings import normalize_database_url
+from kc_tasks.store import db, events, roles
+from kc_tasks.store.index_guard import IndexGuard, ensure_index
+from kc_tasks.store.migrate import migrate
+from kc_tasks.worker.purchases import create_purchase
+from kc_tasks.worker.revocations import revoke
 from tests import provider_samples as s
 from tests.conftest import admin, run_sql
 from tests.integration.test_migrations import ALL
 
-ROLES_SQL = Path(__file__).resolve().parents[2] / "kc_tasks" / "migrations" / "roles.sql"
+ROLES_SQL = Path(__file__).resolve().parents[2] / "kc_tasks" / "store" / "migrations" / "roles.sql"
 # What kc_web and kc_worker may do to each table, and to which columns of it alone, as the
 # catalog holds it: (role, table, privilege, column or None for the whole table).
 GRANTS = """

@@ -2,8 +2,8 @@
 name, on the installed classes. An upgrade that removes or reshapes one fails here, with its
 name, instead of a worker that hangs. The way out meanwhile: KC_BATCHING=off.
 
-kc_tasks/batching.py is the only module that uses them; the worker's Consumer
-(kc_tasks/worker.py) overrides a few of the consumer's public methods, and calls batching for
+kc_tasks/worker/batching.py is the only module that uses them; the worker's Consumer
+(kc_tasks/worker/consumer.py) overrides a few of the consumer's public methods, and calls batching for
 the rest."""
 
 from __future__ import annotations
@@ -103,11 +103,11 @@ def test_no_other_module_of_kc_tasks_uses_a_private_attribute_of_celery_kombu_or
         for path in root.rglob("*.py")
         if any(re.search(rf"\.{name}\b", path.read_text()) for name in names)
     }
-    assert users == {"batching.py"}
+    assert users == {"worker/batching.py"}
 
 
 def test_the_tracer_takes_what_batching_gives_it() -> None:
-    """kc_tasks.batching._trace_args gives (type, id, request_dict, body, content_type, content_encoding)."""
+    """kc_tasks.worker.batching._trace_args gives (type, id, request_dict, body, content_type, content_encoding)."""
     for trace in (fast_trace_task, trace_task_ret):
         names = list(inspect.signature(trace).parameters)
         assert names[1:6] == ["uuid", "request", "body", "content_type", "content_encoding"], (trace.__name__, names)
@@ -120,11 +120,11 @@ def test_the_pool_takes_the_callbacks_batching_gives_it() -> None:
 
 
 def test_the_worker_consumer_leaves_out_native_delayed_delivery_and_nothing_else() -> None:
-    """kc_tasks.worker.Consumer's steps are Celery's but native delayed delivery, found by the
+    """kc_tasks.worker.consumer.Consumer's steps are Celery's but native delayed delivery, found by the
     name Celery gives it: were it renamed, the step would come back unnoticed (and with it the
     wait on every broker URL, a dead node's too, after each reconnect)."""
-    from kc_tasks.worker import DELAYED_DELIVERY_STEP
-    from kc_tasks.worker import Consumer as KcConsumer
+    from kc_tasks.worker.consumer import DELAYED_DELIVERY_STEP
+    from kc_tasks.worker.consumer import Consumer as KcConsumer
 
     assert DELAYED_DELIVERY_STEP in Consumer.Blueprint.default_steps, "Celery renamed its delayed-delivery step"
     assert list(KcConsumer.Blueprint.default_steps) == [

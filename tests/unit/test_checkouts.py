@@ -11,8 +11,9 @@ import pytest
 import razorpay as razorpay_sdk
 from pydantic import ValidationError
 
-from kc_tasks import checkouts, inbox
+from kc_tasks.payments import inbox
 from kc_tasks.providers import Confirmation, NotPaid, Purchase, razorpay, stripe
+from kc_tasks.web import checkouts
 from tests import provider_samples as s
 
 STUDENT, COURSE = "0b6c5a4e-8d1e-4a49-9d1e-1b2c3d4e5f60", "9f1c2b3a-4d5e-4f60-8a7b-1c2d3e4f5a6b"

@@ -37,7 +37,7 @@ def _imports(name: str, path: Path) -> set[str]:
             if node.level:
                 anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 base = f"{anchor}.{base}" if base else anchor
-            # `from kc_tasks import db` imports the module kc_tasks.db; `from kc_tasks.db import x`, kc_tasks.db.
+            # `from kc_tasks.store import db` and `from kc_tasks.store.db import x` both import kc_tasks.store.db.
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
         else:
             continue
@@ -79,7 +79,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 # Alembic's environment script runs inside a migration's context (alembic.context set up by
 # `kc-tasks migrate`), never imported on its own; tests/integration/test_migrations.py runs it.
-RUN_BY_ALEMBIC = {"kc_tasks.migrations.env"}
+RUN_BY_ALEMBIC = {"kc_tasks.store.migrations.env"}
 
 
 @pytest.mark.parametrize("name", sorted(MODULES.keys() - RUN_BY_ALEMBIC))
@@ -102,21 +102,21 @@ def test_celeryconfig_is_read_by_the_app_not_imported_by_the_package() -> None:
 
 
 def test_batching_and_the_tasks_do_not_import_each_other_circularly() -> None:
-    assert "kc_tasks.batching" in GRAPH["kc_tasks.tasks"]
-    assert "kc_tasks.tasks" not in GRAPH["kc_tasks.batching"]
-    assert "kc_tasks.tasks" not in GRAPH["kc_tasks.worker"]
+    assert "kc_tasks.worker.batching" in GRAPH["kc_tasks.worker.tasks"]
+    assert "kc_tasks.worker.tasks" not in GRAPH["kc_tasks.worker.batching"]
+    assert "kc_tasks.worker.tasks" not in GRAPH["kc_tasks.worker.consumer"]
 
 
 def test_the_names_sit_at_the_bottom() -> None:
-    # Every module may import the names (kc_tasks/names.py): they import nothing of the package.
-    assert GRAPH["kc_tasks.names"] == set()
-    assert GRAPH["kc_tasks.sending"] == {"kc_tasks.names"}
-    assert {name for name, imported in GRAPH.items() if "kc_tasks.names" in imported} >= {
-        "kc_tasks.inbox",
-        "kc_tasks.metrics",
-        "kc_tasks.dead_letters",
-        "kc_tasks.tasks",
-        "kc_tasks.cli",
-        "kc_tasks.batching",
+    # Every module may import the names (kc_tasks/core/names.py): they import nothing of the package.
+    assert GRAPH["kc_tasks.core.names"] == set()
+    assert GRAPH["kc_tasks.core.sending"] == {"kc_tasks.core.names"}
+    assert {name for name, imported in GRAPH.items() if "kc_tasks.core.names" in imported} >= {
+        "kc_tasks.payments.inbox",
+        "kc_tasks.core.metrics",
+        "kc_tasks.store.dead_letters",
+        "kc_tasks.worker.tasks",
+        "kc_tasks.ops.cli",
+        "kc_tasks.worker.batching",
         "celeryconfig",
     }

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from kc_tasks.errors import InvalidPurchase, InvalidRevocation, PermanentError
-from kc_tasks.payload import Purchase, Revocation, describe, is_task_body, parse_purchase, parse_revocation
+from kc_tasks.core.errors import InvalidPurchase, InvalidRevocation, PermanentError
+from kc_tasks.core.payload import Purchase, Revocation, describe, is_task_body, parse_purchase, parse_revocation
 
 STUDENT = "6f1c2d3e-0000-4000-8000-000000000001"
 COURSE = "6f1c2d3e-0000-4000-8000-000000000002"

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from kc_tasks.errors import InvalidPurchase
-from kc_tasks.payload import Purchase, parse_purchase
+from kc_tasks.core.errors import InvalidPurchase
+from kc_tasks.core.payload import Purchase, parse_purchase
 
 KWARGS = ("payment_id", "student_id", "course_id", "amount_cents", "currency", "metadata")
 REQUIRED = KWARGS[:-1]

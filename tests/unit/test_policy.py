@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kc_tasks import errors
-from kc_tasks.db import classify
-from kc_tasks.payload import Purchase, parse_purchase
-from kc_tasks.purchases import lock_keys
+from kc_tasks.core import errors
+from kc_tasks.core.payload import Purchase, parse_purchase
+from kc_tasks.store.db import classify
+from kc_tasks.worker.purchases import lock_keys
 
 STUDENT = "6f1c2d3e-0000-4000-8000-000000000001"
 COURSE = "6f1c2d3e-0000-4000-8000-000000000002"

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from kc_tasks import signature
 from kc_tasks.providers import (
     DISPUTE,
     REFUND,
@@ -24,7 +23,8 @@ from kc_tasks.providers import (
     load_object,
     purchase_from,
     razorpay,
-    reconcile,
+    recovered,
+    signature,
     stripe,
 )
 from tests import provider_samples as s
@@ -284,15 +284,15 @@ def test_a_refund_or_dispute_that_names_no_payment_intent_is_ignored() -> None:
 
 
 def test_what_reconciliation_read_is_stored_as_sorted_json_with_its_text_as_is() -> None:
-    assert reconcile.body({"b": 1, "a": {"name": "Zoë", "note": "₹499"}}) == (
+    assert recovered.body({"b": 1, "a": {"name": "Zoë", "note": "₹499"}}) == (
         '{"a": {"name": "Zoë", "note": "₹499"}, "b": 1}'.encode()
     )
 
 
 def test_an_id_or_a_source_that_is_not_reconciliations_is_malformed() -> None:
     with pytest.raises(Malformed) as caught:
-        reconcile.split_event_id("paypal:pay_1:paid")
+        recovered.split_event_id("paypal:pay_1:paid")
     assert str(caught.value) == "'paypal:pay_1:paid' is not a reconciliation event id"
     with pytest.raises(Malformed) as caught:
-        reconcile.action("stripe", "disputed", {})
+        recovered.action("stripe", "disputed", {})
     assert str(caught.value) == "unknown reconciliation source stripe disputed"

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from kc_tasks import inbox, names, redaction
-from kc_tasks.providers import Purchase, dig, reconcile
+from kc_tasks.core import names
+from kc_tasks.payments import inbox, redaction
+from kc_tasks.providers import Purchase, dig, recovered
 from tests import provider_samples as s
 from tests.unit.test_providers import KC_TABLE, RAZORPAY_TABLE, STRIPE_TABLE
 
@@ -191,35 +192,35 @@ def test_the_stripe_mode_still_decides_on_a_redacted_body(setting: bool) -> None
 
 
 def test_a_stripe_event_found_by_reconciliation_says_so_when_redacted() -> None:
-    sample = {**stripe_samples()["session (checkout.session.completed)"], reconcile.FOUND_BY: True}
-    assert redact("stripe", sample)[reconcile.FOUND_BY] is True
+    sample = {**stripe_samples()["session (checkout.session.completed)"], recovered.FOUND_BY: True}
+    assert redact("stripe", sample)[recovered.FOUND_BY] is True
 
 
 def test_reconciliations_razorpay_objects_are_redacted_by_the_same_tables() -> None:
     payment = s.razorpay_payment("pay_29QQoUBi66xm2f", method="card")
     refunded = dict(payment, amount_refunded=payment["amount"], refund_status="full", status="refunded")
     found = {
-        reconcile.PAID: {"payment": payment, "order": s.razorpay_order(payment, STUDENT, COURSE)},
-        reconcile.REFUNDED: {"refund": s.razorpay_refund(payment), "payment": refunded},
-        reconcile.DISPUTED: {"dispute": s.razorpay_dispute(payment)},
+        recovered.PAID: {"payment": payment, "order": s.razorpay_order(payment, STUDENT, COURSE)},
+        recovered.REFUNDED: {"refund": s.razorpay_refund(payment), "payment": refunded},
+        recovered.DISPUTED: {"dispute": s.razorpay_dispute(payment)},
     }
     for kind, objects in found.items():
-        made = reconcile.event("razorpay", kind, objects)
+        made = recovered.event("razorpay", kind, objects)
         assert made is not None
         event, body = made
         reduced = redact("reconcile", json.loads(body), event.event_id)
         same_plan("reconcile", json.loads(body), reduced, event.event_id)
     # An earlier release stored a captured payment alone.
-    eid = reconcile.event_id("razorpay", payment["id"], reconcile.PAID)
+    eid = recovered.event_id("razorpay", payment["id"], recovered.PAID)
     same_plan("reconcile", payment, redact("reconcile", payment, eid), eid)
 
 
 def test_an_earlier_releases_stripe_reconciliation_objects_are_redacted() -> None:
     for kind, obj in (
-        (reconcile.PAID, s.stripe_intent(PI, STUDENT, COURSE)),
-        (reconcile.REFUNDED, s.stripe_charge(PI)),
+        (recovered.PAID, s.stripe_intent(PI, STUDENT, COURSE)),
+        (recovered.REFUNDED, s.stripe_charge(PI)),
     ):
-        eid = reconcile.event_id("stripe", PI, kind)
+        eid = recovered.event_id("stripe", PI, kind)
         same_plan("reconcile", obj, redact("reconcile", obj, eid), eid)
 
 
