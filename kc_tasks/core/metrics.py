@@ -41,6 +41,7 @@ from kc_tasks.core.names import (
     EXHAUSTED,
     IGNORED,
     INVALID,
+    PURCHASE_CREATED,
     PURCHASE_TASKS,
     PURCHASES,
     RECEIVED,
@@ -50,7 +51,6 @@ from kc_tasks.core.names import (
     UNMAPPED,
     WORKER_LOST,
 )
-from kc_tasks.store.events import PURCHASE_CREATED
 
 logger = logging.getLogger(__name__)
 

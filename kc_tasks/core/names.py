@@ -32,6 +32,13 @@ DEAD_LETTERS = "purchases.dlq"
 # The topic exchange of the purchase events; an event's type is its routing key (kc_tasks/store/events.py).
 EVENTS_EXCHANGE = "kc.events"
 
+# The purchase events' types, each its routing key on EVENTS_EXCHANGE.
+PURCHASE_CREATED = "purchase.created"
+DUPLICATE_PAYMENT = "purchase.duplicate_payment"
+PURCHASE_REVOKED = "purchase.revoked"
+# An operator made a revoked purchase active again (kc_tasks/worker/restorations.py).
+PURCHASE_RESTORED = "purchase.restored"
+
 # Message headers.
 # A payment's first sight, carried to the worker: who saw it, and when (unix seconds).
 SEEN_BY, SEEN_AT = "kc-seen-by", "kc-seen-at"

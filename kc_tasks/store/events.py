@@ -27,11 +27,6 @@ from kc_tasks.store import db
 logger = logging.getLogger(__name__)
 
 EXCHANGE = Exchange(names.EVENTS_EXCHANGE, type="topic", durable=True)
-PURCHASE_CREATED = "purchase.created"
-DUPLICATE_PAYMENT = "purchase.duplicate_payment"
-PURCHASE_REVOKED = "purchase.revoked"
-# An operator made a revoked purchase active again (kc_tasks/worker/restorations.py).
-PURCHASE_RESTORED = "purchase.restored"
 # The relay leaves younger events to the task that wrote them, which publishes at once.
 RELAY_GRACE_SECONDS = 10
 RELAY_BATCH = 500

@@ -36,9 +36,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from kc_tasks.core import errors
+from kc_tasks.core.names import DUPLICATE_PAYMENT, PURCHASE_CREATED
 from kc_tasks.core.payload import Purchase
 from kc_tasks.store import db
-from kc_tasks.store.events import DUPLICATE_PAYMENT, PURCHASE_CREATED, Event, from_rows
+from kc_tasks.store.events import Event, from_rows
 from kc_tasks.store.index_guard import IndexGuard
 
 logger = logging.getLogger(__name__)

@@ -25,8 +25,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from kc_tasks.core import errors
+from kc_tasks.core.names import PURCHASE_RESTORED
 from kc_tasks.store import db
-from kc_tasks.store.events import PURCHASE_RESTORED, Event, from_rows
+from kc_tasks.store.events import Event, from_rows
 from kc_tasks.worker.purchases import pair_lock_keys
 
 logger = logging.getLogger(__name__)

@@ -25,9 +25,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from kc_tasks.core.names import PURCHASE_REVOKED
 from kc_tasks.core.payload import Revocation
 from kc_tasks.store import db
-from kc_tasks.store.events import PURCHASE_REVOKED, Event, from_rows
+from kc_tasks.store.events import Event, from_rows
 
 logger = logging.getLogger(__name__)
 

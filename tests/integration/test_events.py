@@ -15,10 +15,10 @@ from celery import Celery
 from kombu import Connection, Queue
 from sqlalchemy.engine import Engine
 
+from kc_tasks.core.names import PURCHASE_CREATED
 from kc_tasks.store.events import (
     EXCHANGE,
     PRUNE_AFTER_HOURS,
-    PURCHASE_CREATED,
     RELAY_BATCH,
     RELAY_GRACE_SECONDS,
     Event,

@@ -120,3 +120,38 @@ def test_the_names_sit_at_the_bottom() -> None:
         "kc_tasks.worker.batching",
         "celeryconfig",
     }
+
+
+# The folders, bottom first: a module imports from its own folder and the folders below it, never
+# above (README, Layout). The Celery app (kc_tasks/celery.py, and celeryconfig.py it reads) sits
+# on core alone, so that every part may import it.
+LAYERS = ("core", "app", "providers", "store", "payments", "worker", "web", "ops")
+
+
+def _layer(name: str) -> str:
+    if name in {"kc_tasks", "kc_tasks.celery", "celeryconfig"}:
+        return "app"
+    return name.split(".")[1]
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{name} -> {target}"
+        for name, imported in graph.items()
+        for target in imported
+        if LAYERS.index(_layer(target)) > LAYERS.index(_layer(name))
+    )
+
+
+def test_every_module_lies_in_a_folder_of_a_part() -> None:
+    assert {_layer(name) for name in MODULES} == set(LAYERS)
+
+
+def test_each_folder_imports_only_its_own_and_the_folders_below() -> None:
+    assert _upward(GRAPH) == []
+
+
+def test_an_import_upward_is_found() -> None:
+    assert _upward({"kc_tasks.core.names": {"kc_tasks.web.app"}, "kc_tasks.web.app": {"kc_tasks.core.names"}}) == [
+        "kc_tasks.core.names -> kc_tasks.web.app"
+    ]
