@@ -295,7 +295,7 @@ def webhook_outcome(status: str, new: bool) -> str:
 
 
 def purchase_made(request: Any, outcome: Any) -> None:
-    """create_purchase's outcome (a purchases.Outcome) for the task `request`; for a new
+    """create_purchase's outcome (a purchases.PurchaseOutcome) for the task `request`; for a new
     purchase, how long after its payment was first seen it was committed."""
     if _series is None:
         return

@@ -19,7 +19,7 @@ AMOUNT_MAX = 2**63 - 1  # bigint
 CURRENCY = re.compile(r"[A-Z]{3}")
 
 
-class Purchase(BaseModel):
+class PurchaseKwargs(BaseModel):
     """A paid order, as create_purchase receives it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -94,7 +94,7 @@ def _check_storable(value: Any, depth: int) -> None:
         raise ValueError(f"must be plain JSON (a {type(value).__name__} is not)")
 
 
-class Revocation(BaseModel):
+class RevocationKwargs(BaseModel):
     """A purchase to revoke, as revoke_purchase receives it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -112,18 +112,18 @@ class Revocation(BaseModel):
         return value
 
 
-def parse_revocation(kwargs: Mapping[str, Any]) -> Revocation:
-    """The kwargs as a Revocation, or InvalidRevocation naming each field and its rule."""
+def parse_revocation(kwargs: Mapping[str, Any]) -> RevocationKwargs:
+    """The kwargs as a RevocationKwargs, or InvalidRevocation naming each field and its rule."""
     try:
-        return Revocation.model_validate(dict(kwargs))
+        return RevocationKwargs.model_validate(dict(kwargs))
     except ValidationError as exc:
         raise InvalidRevocation(describe(exc, "revoke_purchase")) from None
 
 
-def parse_purchase(kwargs: Mapping[str, Any]) -> Purchase:
-    """The kwargs as a Purchase, or InvalidPurchase naming each field and its rule."""
+def parse_purchase(kwargs: Mapping[str, Any]) -> PurchaseKwargs:
+    """The kwargs as a PurchaseKwargs, or InvalidPurchase naming each field and its rule."""
     try:
-        return Purchase.model_validate(dict(kwargs))
+        return PurchaseKwargs.model_validate(dict(kwargs))
     except ValidationError as exc:
         raise InvalidPurchase(describe(exc)) from None
 

@@ -5,7 +5,7 @@ answered, then enqueued.
 enqueues the task it asks for with a task id derived from the payment id and the kind of task
 (a provider's repeats map to one task id; a purchase and a revocation never share one). The
 event is then marked `enqueued`. If the broker does not answer, it stays `received` and
-`relay` (beat, worker side) enqueues it once the broker answers. Statuses: see docs/reference.md.
+`enqueue_received` (beat, worker side) enqueues it once the broker answers. Statuses: see docs/reference.md.
 
 An event id names one event: an id stored before is a repeat when its body is the same, byte for
 byte (`same_event`), and a conflict otherwise: refused, logged as an error, nothing stored or
@@ -48,9 +48,9 @@ from kc_tasks.core.names import (
 from kc_tasks.core.payload import parse_purchase, parse_revocation
 from kc_tasks.core.sending import task_id_for
 from kc_tasks.providers import (
-    Event,
     Ignored,
     Malformed,
+    ProviderEvent,
     Purchase,
     RefundFailed,
     Revocation,
@@ -104,7 +104,7 @@ class Receipt:
     why: str | None = None
 
 
-def plan(event: Event) -> tuple[str, Task | None, str | None]:
+def plan(event: ProviderEvent) -> tuple[str, Task | None, str | None]:
     """The status to store, the task to enqueue (if any), and why nothing is (pure)."""
     action = event.action
     if isinstance(action, Purchase):
@@ -131,7 +131,9 @@ def plan(event: Event) -> tuple[str, Task | None, str | None]:
     return IGNORED, None, action.why
 
 
-def parse(provider: str, body: bytes, event_id: str | None = None, stripe_livemode: bool | None = None) -> Event:
+def parse(
+    provider: str, body: bytes, event_id: str | None = None, stripe_livemode: bool | None = None
+) -> ProviderEvent:
     """The provider module's reading of a body (again, for the relay and replays)."""
     if provider == kc.NAME:
         return kc.parse(body)
@@ -144,7 +146,7 @@ def parse(provider: str, body: bytes, event_id: str | None = None, stripe_livemo
     raise Malformed(f"unknown provider {provider}")
 
 
-def receive(engine: Engine, app: Celery, event: Event, body: bytes, raw: bool = True) -> Receipt:
+def receive(engine: Engine, app: Celery, event: ProviderEvent, body: bytes, raw: bool = True) -> Receipt:
     """Store the event (once), then enqueue its task. Raises KcTasksError only when
     PostgreSQL fails: then nothing was stored and the provider must be told to retry.
     `raw`: `body` is the request's body, byte for byte (see `store_and_enqueue`)."""
@@ -154,7 +156,7 @@ def receive(engine: Engine, app: Celery, event: Event, body: bytes, raw: bool = 
 def receive_many(
     engine: Engine,
     app: Celery,
-    arrivals: Sequence[tuple[Event, bytes]],
+    arrivals: Sequence[tuple[ProviderEvent, bytes]],
     channel: Kept[TaskChannel] | None = None,
     raw: bool = True,
     arrived: Sequence[float | None] | None = None,
@@ -170,7 +172,7 @@ def receive_many(
 def store_and_enqueue(
     conn: sa.Connection,
     app: Celery,
-    arrivals: Sequence[tuple[Event, bytes]],
+    arrivals: Sequence[tuple[ProviderEvent, bytes]],
     channel: Kept[TaskChannel] | None,
     raw: bool | Sequence[bool] = True,
     arrived: Sequence[float | None] | None = None,
@@ -216,7 +218,7 @@ def store_and_enqueue(
     earlier = _stored_before(conn, {(e.provider, e.event_id) for e, _ in arrivals} - stored.keys())
     firsts: dict[tuple[str, str], tuple[bytes, bytes | None]] = {}
     receipts: list[Receipt] = []
-    sending: list[tuple[Event, Task]] = []
+    sending: list[tuple[ProviderEvent, Task]] = []
     for (event, body), (status, task, why), digest, early in zip(arrivals, plans, digests, waited, strict=True):
         key = (event.provider, event.event_id)
         if key not in stored:
@@ -273,7 +275,7 @@ def _stored_before(
     return {(r.provider, r.event_id): (r.body.encode("utf-8"), r.body_sha256) for r in rows}
 
 
-def _conflict(event: Event) -> Receipt:
+def _conflict(event: ProviderEvent) -> Receipt:
     why = f"event id {event.event_id} is stored with another body: an event id names one event"
     logger.error(
         "%s event %s (%s, payment %s) refused: %s; nothing stored or enqueued. Send it under an id of its own",
@@ -292,7 +294,7 @@ def seen(task: Task, provider: str, received_at: datetime, before: float = 0.0) 
     return replace(task, headers=metrics.first_seen_headers(provider, received_at.timestamp() - before))
 
 
-def enqueued(arrivals: Sequence[tuple[Event, bytes]], receipts: Sequence[Receipt]) -> list[tuple[str, str]]:
+def enqueued(arrivals: Sequence[tuple[ProviderEvent, bytes]], receipts: Sequence[Receipt]) -> list[tuple[str, str]]:
     """The (provider, event_id) of the events `store_and_enqueue` stored and enqueued."""
     return [
         (event.provider, event.event_id)
@@ -353,7 +355,7 @@ _STORE_MANY = _store_many()
 _MARK_MANY = _mark_many()
 
 
-def relay(engine: Engine, app: Celery, older_than: float = RELAY_GRACE_SECONDS) -> int:
+def enqueue_received(engine: Engine, app: Celery, older_than: float = RELAY_GRACE_SECONDS) -> int:
     """Enqueue the events left `received` (broker down when they came); the number enqueued."""
     enqueued = 0
     with db.translate_errors(engine.url), engine.begin() as conn:
@@ -503,7 +505,7 @@ class TaskChannel(ConfirmedChannel):
 
 
 def _enqueue_many(
-    app: Celery, sending: Sequence[tuple[Event, Task]], channel: Kept[TaskChannel] | None
+    app: Celery, sending: Sequence[tuple[ProviderEvent, Task]], channel: Kept[TaskChannel] | None
 ) -> set[tuple[str, str]]:
     """Publish the tasks: the (provider, event_id) of the events whose task the broker took."""
     if channel is None:
@@ -525,7 +527,7 @@ def _enqueue_many(
     return {(event.provider, event.event_id) for event, _ in sending}
 
 
-def _enqueue(app: Celery, event: Event, task: Task) -> bool:
+def _enqueue(app: Celery, event: ProviderEvent, task: Task) -> bool:
     """Publish the task (confirmed on RabbitMQ); False if the broker did not take it."""
     try:
         # A broker that does not answer: one quick second try, then the relay's turn.
@@ -557,7 +559,7 @@ def _mark(conn: sa.Connection, provider: str, event_ids: Sequence[str], status: 
     conn.execute(sa.update(_e).where(_e.c.provider == provider, _e.c.event_id.in_(event_ids)).values(status=status))
 
 
-def _log(event: Event, status: str, why: str | None) -> None:
+def _log(event: ProviderEvent, status: str, why: str | None) -> None:
     if isinstance(event.action, RefundFailed):
         metrics.refund_failed(recovered.source(event.provider, event.event_id))
         logger.warning(

@@ -54,9 +54,9 @@ from kc_tasks.payments import inbox, outcomes
 from kc_tasks.providers import (
     DISPUTE,
     NOT_A_COURSE,
-    Event,
     Ignored,
     Malformed,
+    ProviderEvent,
     Purchase,
     Revocation,
     apis,
@@ -132,7 +132,7 @@ class Summary:
     def as_result(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "actions"}
 
-    def count(self, event: Event, status: str, why: str | None) -> None:
+    def count(self, event: ProviderEvent, status: str, why: str | None) -> None:
         """Count what was done (or would be) with one event that no webhook had brought."""
         action, pid = event.action, event.payment_id
         if status in (names.ENQUEUED, names.RECEIVED):
@@ -420,7 +420,7 @@ def _stripe(
     resend_after: float | None,
     livemode: bool | None,
 ) -> None:
-    arrivals: list[tuple[Event, bytes]] = []
+    arrivals: list[tuple[ProviderEvent, bytes]] = []
     # Oldest first, as they happened (Stripe lists newest first).
     for obj in reversed(list(apis.stripe_events(api, win, stripe.SUBSCRIBE))):
         body = json.dumps({**obj, recovered.FOUND_BY: True}, ensure_ascii=False).encode("utf-8")
@@ -445,7 +445,7 @@ def _stripe(
             summary.already_fine += 1
 
 
-def _hand_over(engine: Engine, app: Celery, summary: Summary, event: Event, body: bytes) -> bool:
+def _hand_over(engine: Engine, app: Celery, summary: Summary, event: ProviderEvent, body: bytes) -> bool:
     """Store and enqueue one event no webhook brought (or, with dry_run, say what would be
     done); False when a concurrent webhook or run stored it first."""
     status, _, why = inbox.plan(event)

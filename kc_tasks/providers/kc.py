@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kc_tasks.providers import REFUND, Event, Ignored, Malformed, Purchase, Revocation, load_object, signature, text
+from kc_tasks.providers import (
+    REFUND,
+    Ignored,
+    Malformed,
+    ProviderEvent,
+    Purchase,
+    Revocation,
+    load_object,
+    signature,
+    text,
+)
 
 NAME = "kc"
 PAYMENT_SUCCEEDED = "payment.succeeded"
@@ -22,7 +32,7 @@ def verify(body: bytes, header: str | None, secrets: Sequence[str]) -> str | Non
     return problem
 
 
-def parse(body: bytes) -> Event:
+def parse(body: bytes) -> ProviderEvent:
     event = load_object(body)
     for field, kind in (("id", str), ("type", str), ("data", dict)):
         if not isinstance(event.get(field), kind):
@@ -32,7 +42,7 @@ def parse(body: bytes) -> Event:
     data = event["data"]
     kind = event["type"]
     if kind == PAYMENT_SUCCEEDED:
-        return Event(NAME, event["id"], kind, Purchase(dict(data)))
+        return ProviderEvent(NAME, event["id"], kind, Purchase(dict(data)))
     if kind == PAYMENT_REFUNDED:
         payment_id = text(data.get("payment_id"))
         if payment_id is None:
@@ -40,5 +50,5 @@ def parse(body: bytes) -> Event:
         refund_id = data.get("refund_id")
         if refund_id is not None and not text(refund_id):
             raise Malformed("data.refund_id: must be a string")
-        return Event(NAME, event["id"], kind, Revocation(payment_id, REFUND, refund_id))
-    return Event(NAME, event["id"], kind, Ignored(f"type {kind} is not acted on", text(data.get("payment_id"))))
+        return ProviderEvent(NAME, event["id"], kind, Revocation(payment_id, REFUND, refund_id))
+    return ProviderEvent(NAME, event["id"], kind, Ignored(f"type {kind} is not acted on", text(data.get("payment_id"))))

@@ -2,7 +2,7 @@
 
 Stripe needs none of this: its Events API gives back the webhook's own events, stored under
 their own ids (kc_tasks.payments.reconciler). Razorpay's API gives objects, not events: a captured
-payment with its order, a refund with its payment, a dispute. Each becomes an Event with id
+payment with its order, a refund with its payment, a dispute. Each becomes a ProviderEvent with id
 `razorpay:<payment_id>:<paid|refunded|disputed>` whose body holds the objects it was read
 from, so the inbox stores it once (what one run enqueued no later run enqueues again) and
 `parse` reads a stored one back (for the relay and replays) by the webhook's own rules. Pure.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kc_tasks.providers import Action, Event, Malformed, dig, load_object, razorpay, stripe
+from kc_tasks.providers import Action, Malformed, ProviderEvent, dig, load_object, razorpay, stripe
 
 NAME = "reconcile"
 # The key reconciliation adds to a Stripe event it stores (kc_tasks.payments.reconciler): the payment's
@@ -68,13 +68,13 @@ def action(provider: str, kind: str, found: Any) -> Action:
     return razorpay.dispute_action(dig(found, "dispute"))
 
 
-def event(provider: str, kind: str, found: dict[str, Any]) -> tuple[Event, bytes] | None:
+def event(provider: str, kind: str, found: dict[str, Any]) -> tuple[ProviderEvent, bytes] | None:
     """The event of what was read (e.g. `{"payment": ..., "order": ...}`) and its body, or None
     when it names no payment."""
     act = action(provider, kind, found)
     if act.payment_id is None:
         return None
-    return Event(NAME, event_id(provider, act.payment_id, kind), TYPES[(provider, kind)], act), body(found)
+    return ProviderEvent(NAME, event_id(provider, act.payment_id, kind), TYPES[(provider, kind)], act), body(found)
 
 
 def body(found: Any) -> bytes:
@@ -82,6 +82,6 @@ def body(found: Any) -> bytes:
     return json.dumps(found, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
 
-def parse(raw: bytes, eid: str) -> Event:
+def parse(raw: bytes, eid: str) -> ProviderEvent:
     provider, kind = split_event_id(eid)
-    return Event(NAME, eid, TYPES[(provider, kind)], action(provider, kind, load_object(raw)))
+    return ProviderEvent(NAME, eid, TYPES[(provider, kind)], action(provider, kind, load_object(raw)))

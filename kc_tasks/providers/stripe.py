@@ -25,10 +25,10 @@ from kc_tasks.providers import (
     REFUND,
     Action,
     Confirmation,
-    Event,
     Ignored,
     Malformed,
     NotPaid,
+    ProviderEvent,
     RefundFailed,
     Revocation,
     amount,
@@ -90,7 +90,7 @@ def verify(body: bytes, header: str | None, secrets: Sequence[str]) -> str | Non
     return problem
 
 
-def parse(body: bytes, livemode: bool | None = None) -> Event:
+def parse(body: bytes, livemode: bool | None = None) -> ProviderEvent:
     """The event of a webhook body (or of one event of the Events API). With `livemode` set
     (KC_STRIPE_LIVEMODE), an event of the other mode is Ignored and acts on nothing."""
     data = load_object(body)
@@ -102,8 +102,8 @@ def parse(body: bytes, livemode: bool | None = None) -> Event:
     if livemode is not None and data.get("livemode") is not livemode:
         mode = "a live" if data.get("livemode") is True else "a test-mode"
         why = f"{OTHER_MODE}: {mode} event; this endpoint takes {'live' if livemode else 'test-mode'} events only"
-        return Event(NAME, eid, kind, Ignored(why, found.payment_id))
-    return Event(NAME, eid, kind, found)
+        return ProviderEvent(NAME, eid, kind, Ignored(why, found.payment_id))
+    return ProviderEvent(NAME, eid, kind, found)
 
 
 def confirmation(session: Any, livemode: bool | None = None) -> Confirmation | NotPaid:

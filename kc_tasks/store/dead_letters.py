@@ -39,7 +39,7 @@ from kc_tasks.store import db
 logger = logging.getLogger(__name__)
 
 # Of the same type as `purchases` (KC_QUEUE_TYPE); never a TTL: dead letters do not expire.
-QUEUE = Queue(DEAD_LETTERS, routing_key=DEAD_LETTERS, durable=True, queue_arguments=settings.queue_arguments)
+DLQ = Queue(DEAD_LETTERS, routing_key=DEAD_LETTERS, durable=True, queue_arguments=settings.queue_arguments)
 # What a dead letter may be: ours (JSON), or a raw message the broker dead-lettered.
 # Only JSON is ever decoded; anything else is shown as raw text or base64, never unpickled.
 ACCEPT = ["application/json"]
@@ -181,7 +181,7 @@ def publish(app: Celery, letter: DeadLetter) -> None:
             asdict(letter),
             exchange="",
             routing_key=DEAD_LETTERS,
-            declare=[QUEUE],
+            declare=[DLQ],
             serializer="json",
             delivery_mode=2,
             message_id=letter.id,
@@ -234,7 +234,7 @@ def record_purged(engine: Engine, letters: Sequence[DeadLetter]) -> None:
 def depth(app: Celery) -> int:
     """How many dead letters wait in purchases.dlq."""
     with app.connection_for_read() as conn:
-        QUEUE(conn.default_channel).declare()
+        DLQ(conn.default_channel).declare()
         return int(conn.default_channel.queue_declare(DEAD_LETTERS, passive=True).message_count)
 
 
@@ -250,7 +250,7 @@ def hold(app: Celery, limit: int | None = None) -> Iterator[list[tuple[DeadLette
     limit of purchases.dlq (DLQ_POLICY); with it, reading the DLQ never loses anything."""
     with app.connection_for_read() as conn:
         channel = conn.channel()
-        queue = QUEUE(channel)
+        queue = DLQ(channel)
         queue.declare()
         held: list[tuple[DeadLetter, Message]] = []
         try:

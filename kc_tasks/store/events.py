@@ -27,7 +27,7 @@ from kc_tasks.store import db
 logger = logging.getLogger(__name__)
 
 EXCHANGE = Exchange(names.EVENTS_EXCHANGE, type="topic", durable=True)
-# The relay leaves younger events to the task that wrote them, which publishes at once.
+# The publish_pending leaves younger events to the task that wrote them, which publishes at once.
 RELAY_GRACE_SECONDS = 10
 RELAY_BATCH = 500
 # How long a process's publisher gathers events into one batch, seconds.
@@ -188,7 +188,7 @@ def publisher(
         return _publishers[pid]
 
 
-def relay(engine: Engine, app: Celery) -> int:
+def publish_pending(engine: Engine, app: Celery) -> int:
     """Publish every event left unpublished past the grace period; the number published."""
     published = 0
     channel: EventChannel | None = None

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from kc_tasks.core.confirms import Kept
 from kc_tasks.core.errors import RetryableError
 from kc_tasks.payments import inbox
-from kc_tasks.providers import Event
+from kc_tasks.providers import ProviderEvent
 from kc_tasks.store import db
 from kc_tasks.web.handoff import hand_over
 
@@ -49,7 +49,7 @@ CLOSE_TIMEOUT = 15
 
 @dataclass(frozen=True)
 class _Arrival:
-    event: Event
+    event: ProviderEvent
     body: bytes
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[inbox.Receipt]
@@ -71,7 +71,9 @@ class Intake:
         self._threads: list[threading.Thread] = []
         self._marker: _Marker | None = None
 
-    async def receive(self, event: Event, body: bytes, raw: bool = True, arrived: float | None = None) -> inbox.Receipt:
+    async def receive(
+        self, event: ProviderEvent, body: bytes, raw: bool = True, arrived: float | None = None
+    ) -> inbox.Receipt:
         """`raw` and `arrived` as inbox.store_and_enqueue's: false for a provider's API object;
         the request's arrival (time.monotonic()), from which its payment counts as seen."""
         loop = asyncio.get_running_loop()

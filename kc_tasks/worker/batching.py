@@ -29,7 +29,7 @@ from kombu.serialization import prepare_accept_content
 from kc_tasks.celery import app, settings
 from kc_tasks.core.errors import DatabaseUnavailable, InvalidPurchase, KcTasksError
 from kc_tasks.core.names import CREATE_PURCHASE
-from kc_tasks.core.payload import Purchase, is_task_body, parse_purchase
+from kc_tasks.core.payload import PurchaseKwargs, is_task_body, parse_purchase
 from kc_tasks.worker import purchases
 from kc_tasks.worker.process import resources
 
@@ -237,7 +237,7 @@ def _make(requests: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> int:
     fails, none does, and each task makes its own outcome, retrying as it would alone. If
     PostgreSQL is away (twice: a pooled connection may have died since its last use), each
     request gets that error, and its task gives its message back at once (kc_tasks/worker/outage.py)."""
-    parsed: list[tuple[dict[str, Any], Purchase]] = []
+    parsed: list[tuple[dict[str, Any], PurchaseKwargs]] = []
     for request, (args, kwargs, _) in requests:
         try:
             if not args:
@@ -264,12 +264,12 @@ def _make(requests: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> int:
         logger.exception("making a batch of %d purchases failed; they go one by one", len(parsed))
         return 0
     for (request, purchase), outcome in zip(parsed, made, strict=True):
-        if isinstance(outcome, purchases.Outcome):  # else its task meets the error again, alone
+        if isinstance(outcome, purchases.PurchaseOutcome):  # else its task meets the error again, alone
             request[OUTCOME] = (purchase, outcome)
     return len(made)
 
 
-def outcome_of(request: Any, purchase: Purchase) -> purchases.Outcome | DatabaseUnavailable | None:
+def outcome_of(request: Any, purchase: PurchaseKwargs) -> purchases.PurchaseOutcome | DatabaseUnavailable | None:
     """The outcome its batch made for this task's purchase, or the outage its batch met; None
     when it ran alone."""
     made = getattr(request, OUTCOME, None)

@@ -144,8 +144,8 @@ def sweep_leftovers(engine: Engine) -> None:
     if gate.closed:
         return
     try:
-        events.relay(engine, app)
-        inbox.relay(engine, app)
+        events.publish_pending(engine, app)
+        inbox.enqueue_received(engine, app)
     except DatabaseUnavailable as exc:
         gate.close(exc)
         raise

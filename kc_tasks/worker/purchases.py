@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from kc_tasks.core import errors
 from kc_tasks.core.names import DUPLICATE_PAYMENT, PURCHASE_CREATED
-from kc_tasks.core.payload import Purchase
+from kc_tasks.core.payload import PurchaseKwargs
 from kc_tasks.store import db
 from kc_tasks.store.events import Event, from_rows
 from kc_tasks.store.index_guard import IndexGuard
@@ -51,7 +51,7 @@ _outbox = db.event_outbox
 
 
 @dataclass(frozen=True)
-class Outcome:
+class PurchaseOutcome:
     purchase_id: str
     created: bool
     # Set when this payment arrived for a course the student already held: refund it.
@@ -63,7 +63,9 @@ class Outcome:
         return {"purchase_id": self.purchase_id, "created": self.created}
 
 
-def create_all(engine: Engine, guard: IndexGuard, batch: Sequence[Purchase]) -> list[Outcome | errors.KcTasksError]:
+def create_all(
+    engine: Engine, guard: IndexGuard, batch: Sequence[PurchaseKwargs]
+) -> list[PurchaseOutcome | errors.KcTasksError]:
     """The outcome of each purchase of the batch, in its order. The first purchase of each
     payment and of each student/course pair goes into one statement; the others, and those
     it did not create, are resolved one by one.
@@ -80,7 +82,7 @@ def create_all(engine: Engine, guard: IndexGuard, batch: Sequence[Purchase]) -> 
     ]
 
 
-def _resolved(engine: Engine, guard: IndexGuard, purchase: Purchase) -> Outcome | errors.KcTasksError:
+def _resolved(engine: Engine, guard: IndexGuard, purchase: PurchaseKwargs) -> PurchaseOutcome | errors.KcTasksError:
     try:
         with db.translate_errors(engine.url):
             return _resolve(engine, guard, purchase)
@@ -88,7 +90,7 @@ def _resolved(engine: Engine, guard: IndexGuard, purchase: Purchase) -> Outcome 
         return exc
 
 
-def create_purchase(engine: Engine, guard: IndexGuard, purchase: Purchase) -> Outcome:
+def create_purchase(engine: Engine, guard: IndexGuard, purchase: PurchaseKwargs) -> PurchaseOutcome:
     """One purchase: create_all of a batch of one, its error raised."""
     outcome = create_all(engine, guard, [purchase])[0]
     if isinstance(outcome, errors.KcTasksError):
@@ -96,7 +98,7 @@ def create_purchase(engine: Engine, guard: IndexGuard, purchase: Purchase) -> Ou
     return outcome
 
 
-def _firsts(batch: Sequence[Purchase]) -> set[int]:
+def _firsts(batch: Sequence[PurchaseKwargs]) -> set[int]:
     """The positions of the first purchase of each payment and of each student/course pair:
     one statement sees only what was committed before it, so it takes each of them once."""
     payments: set[str] = set()
@@ -111,7 +113,7 @@ def _firsts(batch: Sequence[Purchase]) -> set[int]:
     return first
 
 
-def _insert(engine: Engine, guard: IndexGuard, batch: Sequence[Purchase]) -> dict[str, Outcome]:
+def _insert(engine: Engine, guard: IndexGuard, batch: Sequence[PurchaseKwargs]) -> dict[str, PurchaseOutcome]:
     """The purchases the one statement created, by payment id; empty when the index is not
     usable or a rival delivery of one of them is being inserted right now."""
     if not guard.status(engine).usable:
@@ -129,7 +131,7 @@ def _insert(engine: Engine, guard: IndexGuard, batch: Sequence[Purchase]) -> dic
     return {e.data["payment_id"]: _created(by_payment[e.data["payment_id"]], (e,)) for e in created}
 
 
-def _resolve(engine: Engine, guard: IndexGuard, purchase: Purchase) -> Outcome:
+def _resolve(engine: Engine, guard: IndexGuard, purchase: PurchaseKwargs) -> PurchaseOutcome:
     """One purchase the batch's statement did not create: what stands in its way, or the
     purchase made now."""
     for _ in range(RESOLVE_ATTEMPTS):
@@ -142,7 +144,7 @@ def _resolve(engine: Engine, guard: IndexGuard, purchase: Purchase) -> Outcome:
     raise errors.DatabaseBusy(f"payment {purchase.payment_id}: purchases of this course kept changing")
 
 
-def _with_index(engine: Engine, guard: IndexGuard, purchase: Purchase) -> Outcome | None:
+def _with_index(engine: Engine, guard: IndexGuard, purchase: PurchaseKwargs) -> PurchaseOutcome | None:
     """What already stands for this payment or pair, else the purchase inserted now. None
     means: use the locked path (the index is gone, or a row moved)."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -164,7 +166,7 @@ def _with_index(engine: Engine, guard: IndexGuard, purchase: Purchase) -> Outcom
         return _existing(conn, purchase)
 
 
-def _with_locks(engine: Engine, purchase: Purchase) -> Outcome | None:
+def _with_locks(engine: Engine, purchase: PurchaseKwargs) -> PurchaseOutcome | None:
     """The fallback: serialise on the pair and on the payment, lock the payment's row, then
     look, then insert."""
     with engine.begin() as conn:
@@ -184,15 +186,15 @@ def _with_locks(engine: Engine, purchase: Purchase) -> Outcome | None:
     return _created(purchase, created, path=" (fallback path)")
 
 
-def _created(purchase: Purchase, events: tuple[Event, ...], path: str = "") -> Outcome:
+def _created(purchase: PurchaseKwargs, events: tuple[Event, ...], path: str = "") -> PurchaseOutcome:
     purchase_id = str(events[0].data["id"])
     # Celery's "succeeded" line already reports each purchase; only the fallback is worth INFO.
     level = logging.INFO if path else logging.DEBUG
     logger.log(level, "purchase %s created for payment %s%s", purchase_id, purchase.payment_id, path)
-    return Outcome(purchase_id, created=True, events=events)
+    return PurchaseOutcome(purchase_id, created=True, events=events)
 
 
-def _existing(conn: Connection, purchase: Purchase) -> Outcome | None:
+def _existing(conn: Connection, purchase: PurchaseKwargs) -> PurchaseOutcome | None:
     """What already stands for this payment or pair; None if nothing does any more."""
     rows = conn.execute(
         sa.select(_t.c.id, _t.c.payment_id, _t.c.is_active).where(
@@ -204,10 +206,10 @@ def _existing(conn: Connection, purchase: Purchase) -> Outcome | None:
     ).all()
     same_payment = next((r for r in rows if r.payment_id == purchase.payment_id), None)
     if same_payment is not None:
-        return Outcome(str(same_payment.id), created=False)
+        return PurchaseOutcome(str(same_payment.id), created=False)
     recorded = conn.execute(sa.select(_dup.c.purchase_id).where(_dup.c.payment_id == purchase.payment_id)).scalar()
     if recorded is not None:
-        return Outcome(str(recorded), created=False, duplicate_of=str(recorded))
+        return PurchaseOutcome(str(recorded), created=False, duplicate_of=str(recorded))
     held = next((r for r in rows if r.is_active), None)
     if held is None:
         return None
@@ -220,10 +222,10 @@ def _existing(conn: Connection, purchase: Purchase) -> Outcome | None:
         held.payment_id,
         held.id,
     )
-    return Outcome(str(held.id), created=False, duplicate_of=str(held.id), events=events)
+    return PurchaseOutcome(str(held.id), created=False, duplicate_of=str(held.id), events=events)
 
 
-def _record_duplicate_payment(purchase: Purchase, purchase_id: str, held_payment_id: str) -> sa.Insert:
+def _record_duplicate_payment(purchase: PurchaseKwargs, purchase_id: str, held_payment_id: str) -> sa.Insert:
     """Record the payment for a refund, with its purchase.duplicate_payment event, once."""
     recorded = (
         pg_insert(_dup)
@@ -302,7 +304,7 @@ RETURNING id, type, occurred_at, data
 """
 
 
-def _columns(batch: Sequence[Purchase]) -> dict[str, list[Any]]:
+def _columns(batch: Sequence[PurchaseKwargs]) -> dict[str, list[Any]]:
     return {
         "id": [str(uuid.uuid4()) for _ in batch],
         "student_id": [p.student_id for p in batch],
@@ -329,7 +331,7 @@ def _event_from(rows: sa.CTE, event_type: str) -> sa.Insert:
     )
 
 
-def lock_keys(purchase: Purchase) -> list[int]:
+def lock_keys(purchase: PurchaseKwargs) -> list[int]:
     """Advisory lock keys of the pair and of the payment, sorted so that no two lockers deadlock."""
     return pair_lock_keys(purchase.student_id, purchase.course_id, purchase.payment_id)
 

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from kc_tasks.core.names import PURCHASE_REVOKED
-from kc_tasks.core.payload import Revocation
+from kc_tasks.core.payload import RevocationKwargs
 from kc_tasks.store import db
 from kc_tasks.store.events import Event, from_rows
 
@@ -76,7 +76,7 @@ RETURNING id, type, occurred_at, data
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RevocationOutcome:
     # The purchase the payment made; None while it has made none.
     purchase_id: str | None
     # True when this call changed something: it recorded the revocation, or deactivated the purchase.
@@ -87,7 +87,7 @@ class Outcome:
         return {"purchase_id": self.purchase_id, "revoked": self.revoked}
 
 
-def revoke(engine: Engine, revocation: Revocation) -> Outcome:
+def revoke(engine: Engine, revocation: RevocationKwargs) -> RevocationOutcome:
     """Record the revocation once, then make the payment's purchase inactive if it is active."""
     params = {"payment_id": revocation.payment_id, "reason": revocation.reason, "refund_id": revocation.refund_id}
     with db.translate_errors(engine.url), engine.begin() as conn:
@@ -102,4 +102,6 @@ def revoke(engine: Engine, revocation: Revocation) -> Outcome:
             revocation.payment_id,
             revocation.reason,
         )
-    return Outcome(None if purchase_id is None else str(purchase_id), recorded is not None or bool(events), events)
+    return RevocationOutcome(
+        None if purchase_id is None else str(purchase_id), recorded is not None or bool(events), events
+    )

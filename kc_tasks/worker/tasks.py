@@ -20,7 +20,7 @@ from kc_tasks.core.errors import (
     PermanentError,
     RetryableError,
 )
-from kc_tasks.core.payload import Purchase, parse_purchase, parse_revocation
+from kc_tasks.core.payload import PurchaseKwargs, parse_purchase, parse_revocation
 from kc_tasks.payments import inbox
 from kc_tasks.store import dead_letters, events
 from kc_tasks.store.index_guard import FIX_COMMAND
@@ -103,7 +103,7 @@ def _make_purchase(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     return outcome.as_result()
 
 
-def _create_or_retry(task: Task, purchase: Purchase) -> purchases.Outcome:
+def _create_or_retry(task: Task, purchase: PurchaseKwargs) -> purchases.PurchaseOutcome:
     """The purchase made as a batch of one: the way a batch makes each of its purchases."""
     engine, guard = resources()
     return _or_retry(task, purchase.payment_id, lambda: purchases.create_purchase(engine, guard, purchase))
@@ -226,14 +226,14 @@ def verify_purchase_index() -> dict[str, Any]:
 def relay_events() -> dict[str, int]:
     """Publish the events that were committed but not published (broker down, worker killed)."""
     engine, _ = resources()
-    return {"published": events.relay(engine, app)}
+    return {"published": events.publish_pending(engine, app)}
 
 
 @app.task(name=names.RELAY_INBOX)
 def relay_inbox(older_than: float = inbox.RELAY_GRACE_SECONDS) -> dict[str, int]:
     """Enqueue the provider events stored while the broker was down (still `received`)."""
     engine, _ = resources()
-    return {"enqueued": inbox.relay(engine, app, older_than)}
+    return {"enqueued": inbox.enqueue_received(engine, app, older_than)}
 
 
 @app.task(name=names.PRUNE_EVENTS)

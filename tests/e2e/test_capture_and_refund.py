@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import psycopg
 import pytest
 
-from kc_tasks.core.payload import Revocation
+from kc_tasks.core.payload import RevocationKwargs
 from kc_tasks.core.settings import normalize_database_url
 from kc_tasks.store import db
 from kc_tasks.worker.revocations import revoke
@@ -39,7 +39,7 @@ def kc_backends(database_url: str, where: str) -> list[int]:
 def refund_in_background(database_url: str, payment_id: str) -> tuple[Future, Callable[[], None]]:
     engine = db.make_engine(normalize_database_url(database_url))
     pool = ThreadPoolExecutor(1)
-    future = pool.submit(revoke, engine, Revocation(payment_id=payment_id, reason="refund", refund_id="rfnd_1"))
+    future = pool.submit(revoke, engine, RevocationKwargs(payment_id=payment_id, reason="refund", refund_id="rfnd_1"))
 
     def close() -> None:
         pool.shutdown()

@@ -72,9 +72,9 @@ def test_with_the_broker_down_the_event_waits_received_for_the_relay(engine: Eng
     down = Celery(broker="amqp://guest:guest@127.0.0.1:1//")
     body = paid(payment_id="pay_inbox_down")
     assert inbox.receive(engine, down, razorpay.parse(body, "evt_down"), body).status == "received"
-    assert inbox.relay(engine, down, older_than=0) == 0
-    assert inbox.relay(engine, broker) == 0, "within the grace period, the web may still be enqueuing it"
-    assert inbox.relay(engine, broker, older_than=0) == 1
+    assert inbox.enqueue_received(engine, down, older_than=0) == 0
+    assert inbox.enqueue_received(engine, broker) == 0, "within the grace period, the web may still be enqueuing it"
+    assert inbox.enqueue_received(engine, broker, older_than=0) == 1
     assert sql("SELECT status FROM payment_events") == [("enqueued",)]
     assert [task_id for _, task_id, _ in queued()] == [inbox.task_id_for("pay_inbox_down")]
 

@@ -265,10 +265,10 @@ def test_without_is_active_every_old_row_was_in_force_and_the_oldest_stays(empty
 def test_with_text_ids_purchases_and_refunds_are_made_after_the_migration(
     empty_database_url: str,
 ) -> None:
-    from kc_tasks.core.payload import Revocation
+    from kc_tasks.core.payload import RevocationKwargs
     from kc_tasks.store import db
     from kc_tasks.store.index_guard import IndexGuard
-    from kc_tasks.worker.purchases import Outcome, create_purchase
+    from kc_tasks.worker.purchases import PurchaseOutcome, create_purchase
     from kc_tasks.worker.revocations import revoke
     from tests.integration.test_purchases import order
 
@@ -286,13 +286,13 @@ def test_with_text_ids_purchases_and_refunds_are_made_after_the_migration(
         guard = IndexGuard(ttl=300)
         assert guard.status(engine).usable
         rival = order(S, C)
-        assert create_purchase(engine, guard, rival) == Outcome(FIRST, created=False, duplicate_of=FIRST)
+        assert create_purchase(engine, guard, rival) == PurchaseOutcome(FIRST, created=False, duplicate_of=FIRST)
         assert create_purchase(engine, guard, order(S)).created
-        assert create_purchase(engine, guard, order(payment="pay_first")) == Outcome(FIRST, created=False)
-        refund = Revocation(payment_id="pay_first", reason="refund", refund_id=None)
+        assert create_purchase(engine, guard, order(payment="pay_first")) == PurchaseOutcome(FIRST, created=False)
+        refund = RevocationKwargs(payment_id="pay_first", reason="refund", refund_id=None)
         assert revoke(engine, refund).as_result() == {"purchase_id": FIRST, "revoked": True}
         late = order(payment="pay_refunded_first")
-        revoke(engine, Revocation(payment_id=late.payment_id, reason="refund", refund_id=None))
+        revoke(engine, RevocationKwargs(payment_id=late.payment_id, reason="refund", refund_id=None))
         assert create_purchase(engine, guard, late).created, "a purchase made after its refund, inactive"
         assert dict(active_payments(empty_database_url))["pay_refunded_first"] is False
     finally:

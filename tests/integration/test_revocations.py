@@ -13,7 +13,7 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 
 from kc_tasks.core import errors
-from kc_tasks.core.payload import Purchase, Revocation, parse_purchase
+from kc_tasks.core.payload import PurchaseKwargs, RevocationKwargs, parse_purchase
 from kc_tasks.core.settings import normalize_database_url
 from kc_tasks.store import db
 from kc_tasks.store.index_guard import IndexGuard
@@ -23,7 +23,7 @@ from tests.conftest import run_sql
 from tests.integration.test_tasks import Seen, kwargs, seen  # noqa: F401  (the fixture)
 
 
-def order(student: str | None = None, course: str | None = None, payment: str | None = None) -> Purchase:
+def order(student: str | None = None, course: str | None = None, payment: str | None = None) -> PurchaseKwargs:
     return parse_purchase(
         {
             "payment_id": payment or f"pay_{uuid.uuid4().hex}",
@@ -35,8 +35,8 @@ def order(student: str | None = None, course: str | None = None, payment: str | 
     )
 
 
-def refund(payment_id: str, refund_id: str | None = "rfnd_1") -> Revocation:
-    return Revocation(payment_id=payment_id, reason="refund", refund_id=refund_id)
+def refund(payment_id: str, refund_id: str | None = "rfnd_1") -> RevocationKwargs:
+    return RevocationKwargs(payment_id=payment_id, reason="refund", refund_id=refund_id)
 
 
 @pytest.fixture
@@ -105,10 +105,10 @@ def test_what_a_revocation_logs_once(engine: Engine, guard: IndexGuard, caplog) 
     bought, early = order(), order()
     made = create_purchase(engine, guard, bought)
     caplog.set_level(logging.DEBUG, logger="kc_tasks.worker.revocations")
-    revoke(engine, Revocation(payment_id=bought.payment_id, reason="dispute_lost", refund_id=None))
+    revoke(engine, RevocationKwargs(payment_id=bought.payment_id, reason="dispute_lost", refund_id=None))
     revoke(engine, refund(early.payment_id))
     logged = list(caplog.record_tuples)
-    revoke(engine, Revocation(payment_id=bought.payment_id, reason="dispute_lost", refund_id=None))
+    revoke(engine, RevocationKwargs(payment_id=bought.payment_id, reason="dispute_lost", refund_id=None))
     revoke(engine, refund(early.payment_id))
     assert caplog.record_tuples == logged, "nothing for the repeats"
     assert logged == [
@@ -193,13 +193,13 @@ def test_concurrent_refunds_and_captures_never_leave_an_active_purchase(engine: 
     payments = [order() for _ in range(30)]
     errors: list[BaseException] = []
 
-    def capture(p: Purchase) -> None:
+    def capture(p: PurchaseKwargs) -> None:
         try:
             create_purchase(engine, guard, p)
         except BaseException as exc:
             errors.append(exc)
 
-    def refund_it(p: Purchase) -> None:
+    def refund_it(p: PurchaseKwargs) -> None:
         try:
             revoke(engine, refund(p.payment_id))
         except BaseException as exc:

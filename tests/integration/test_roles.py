@@ -19,7 +19,7 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from kc_tasks.core.payload import Revocation, parse_purchase
+from kc_tasks.core.payload import RevocationKwargs, parse_purchase
 from kc_tasks.core.settings import normalize_database_url
 from kc_tasks.payments import inbox
 from kc_tasks.payments.redaction import redact_final
@@ -189,10 +189,10 @@ def test_the_worker_role_makes_and_revokes_purchases_but_cannot_alter_the_schema
         assert guard.refresh(engine).usable, "the beat task's index check runs as the worker"
         made = create_purchase(engine, guard, purchase)
         again = create_purchase(engine, guard, purchase)
-        revoked = revoke(engine, Revocation(payment_id="pay_worker", reason="refund", refund_id="rfnd_1"))
+        revoked = revoke(engine, RevocationKwargs(payment_id="pay_worker", reason="refund", refund_id="rfnd_1"))
         broker = Celery(broker="memory://")
         # The relays lock the rows they take (FOR UPDATE): that needs UPDATE on a column.
-        relayed = (inbox.relay(engine, broker, older_than=0), events.relay(engine, broker))
+        relayed = (inbox.enqueue_received(engine, broker, older_than=0), events.publish_pending(engine, broker))
         pruned = events.prune(engine)
     finally:
         engine.dispose()

@@ -18,9 +18,9 @@ import pytest
 
 from kc_tasks.providers import (
     NOT_A_COURSE,
-    Event,
     Ignored,
     Malformed,
+    ProviderEvent,
     Purchase,
     RefundFailed,
     Revocation,
@@ -542,7 +542,7 @@ KC_TABLE = [
 
 @pytest.mark.parametrize(("body", "action"), KC_TABLE)
 def test_kc_events_map_to_actions(body: dict[str, Any], action: Any) -> None:
-    assert kc.parse(json.dumps(body).encode()) == Event("kc", body["id"], body["type"], action)
+    assert kc.parse(json.dumps(body).encode()) == ProviderEvent("kc", body["id"], body["type"], action)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ name it is. Seven kinds are compared with the code, both ways:
                                           route on
     task       a task name                every task the Celery app registers (Celery's own
                                           celery.* left out)
-    event      an event type              the event types of kc_tasks/store/events.py
+    event      an event type              the event types of kc_tasks/core/names.py
     metric     a metric name              every series kc_tasks/core/metrics.py makes
     command    `kc-tasks word...`         every command of kc-tasks' parser; the row's second
                                           cell holds its --options, compared with the parser's
@@ -39,10 +39,10 @@ from fastapi.routing import iter_route_contexts
 from prometheus_client.metrics import MetricWrapperBase
 
 from kc_tasks.celery import app as celery_app
-from kc_tasks.core import logs, metrics, settings
+from kc_tasks.core import logs, metrics, names, settings
 from kc_tasks.core.settings import Settings
 from kc_tasks.ops import cli
-from kc_tasks.store import db, events
+from kc_tasks.store import db
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "reference.md"
@@ -247,11 +247,11 @@ def registered_tasks() -> set[str]:
 
 
 def event_types() -> set[str]:
-    """The string constants of kc_tasks/store/events.py shaped as an event type: `<noun>.<verb>`."""
+    """The string constants of kc_tasks/core/names.py shaped as an event type: `purchase.<verb>`."""
     return {
         value
-        for name, value in vars(events).items()
-        if name.isupper() and isinstance(value, str) and re.fullmatch(r"[a-z]+\.[a-z_]+", value)
+        for name, value in vars(names).items()
+        if name.isupper() and isinstance(value, str) and re.fullmatch(r"purchase\.[a-z_]+", value)
     }
 
 
