@@ -163,7 +163,7 @@ def receive_many(
 ) -> list[Receipt]:
     """`receive` for many events at once, a receipt each, in order: `store_and_enqueue`,
     then `mark_enqueued`."""
-    with db.translate_errors(engine.url), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    with db.autocommit(engine) as conn:
         receipts = store_and_enqueue(conn, app, arrivals, channel, raw, arrived)
         mark_enqueued(conn, enqueued(arrivals, receipts))
     return receipts
