@@ -47,6 +47,7 @@ from kc_tasks.core.names import (
 )
 from kc_tasks.core.payload import parse_purchase, parse_revocation
 from kc_tasks.core.sending import task_id_for
+from kc_tasks.payments import state
 from kc_tasks.providers import (
     Ignored,
     Malformed,
@@ -163,7 +164,7 @@ def receive_many(
 ) -> list[Receipt]:
     """`receive` for many events at once, a receipt each, in order: `store_and_enqueue`,
     then `mark_enqueued`."""
-    with db.translate_errors(engine.url), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    with db.autocommit(engine) as conn:
         receipts = store_and_enqueue(conn, app, arrivals, channel, raw, arrived)
         mark_enqueued(conn, enqueued(arrivals, receipts))
     return receipts
@@ -470,14 +471,11 @@ def stuck_count(engine: Engine, older_than: float = RELAY_GRACE_SECONDS) -> int:
 def unmapped_count(engine: Engine) -> int:
     """Paid payments that granted nothing: unmapped events whose payment has no purchase yet
     (a sibling event, e.g. Stripe's Checkout Session beside its PaymentIntent, may have made it)."""
-    t, dup = db.purchases, db.duplicate_payments
     with db.translate_errors(engine.url), engine.connect() as conn:
         return int(
             conn.execute(
                 sa.select(sa.func.count(sa.distinct(sa.func.coalesce(_e.c.payment_id, _e.c.event_id)))).where(
-                    _e.c.status == UNMAPPED,
-                    ~sa.exists().where(t.c.payment_id == _e.c.payment_id),
-                    ~sa.exists().where(dup.c.payment_id == _e.c.payment_id),
+                    _e.c.status == UNMAPPED, ~state.bought_where(_e.c.payment_id)
                 )
             ).scalar_one()
         )

@@ -50,7 +50,7 @@ from sqlalchemy.engine import Engine
 from kc_tasks.core import metrics, names
 from kc_tasks.core.errors import KcTasksError
 from kc_tasks.core.settings import Settings
-from kc_tasks.payments import inbox, outcomes
+from kc_tasks.payments import inbox, outcomes, state
 from kc_tasks.providers import (
     DISPUTE,
     NOT_A_COURSE,
@@ -207,33 +207,31 @@ def api_for(
 class Known:
     """What kc_tasks already holds for some payments and events."""
 
-    purchases: dict[str, bool]  # payment id -> is_active
-    duplicates: set[str]
-    # Revoked, or restored by an operator after a revocation: either way, not to revoke again.
-    revoked: set[str]
+    payments: dict[str, state.PaymentState]
     # (provider, event id) -> (status, received_at) of the events already stored
     stored: dict[tuple[str, str], tuple[str, datetime]]
 
+    def of(self, payment_id: str | None) -> state.PaymentState:
+        return self.payments.get(payment_id or "") or state.PaymentState(payment_id or "")
+
     def settled(self, payment_id: str | None) -> bool:
         """The payment has its outcome: a purchase, a duplicate record or a revocation."""
-        return payment_id in self.purchases or payment_id in self.duplicates or payment_id in self.revoked
+        return self.of(payment_id).settled
+
+    def revoked(self, payment_id: str | None) -> bool:
+        """Revoked, or restored by an operator after a revocation: either way, not to revoke again."""
+        return self.of(payment_id).revoked
 
     def revocable(self, payment_id: str | None) -> bool:
         """The payment's purchase is active and not revoked yet."""
-        return bool(payment_id and self.purchases.get(payment_id)) and payment_id not in self.revoked
+        return self.of(payment_id).revocable
 
 
 def known(engine: Engine, payment_ids: list[str], keys: list[tuple[str, str]]) -> Known:
-    t, dup, rev, e = db.purchases, db.duplicate_payments, db.revocations, db.payment_events
+    e = db.payment_events
     stored: dict[tuple[str, str], tuple[str, datetime]] = {}
     with db.translate_errors(engine.url), engine.connect() as conn:
-        bought = dict(
-            conn.execute(sa.select(t.c.payment_id, t.c.is_active).where(t.c.payment_id.in_(payment_ids))).all()
-        )
-        duplicates = set(conn.execute(sa.select(dup.c.payment_id).where(dup.c.payment_id.in_(payment_ids))).scalars())
-        revoked = set(conn.execute(sa.select(rev.c.payment_id).where(rev.c.payment_id.in_(payment_ids))).scalars())
-        res = db.restorations
-        revoked |= set(conn.execute(sa.select(res.c.payment_id).where(res.c.payment_id.in_(payment_ids))).scalars())
+        payments = state.read_many(conn, payment_ids)
         for provider in sorted({p for p, _ in keys}):
             ids = [eid for p, eid in keys if p == provider]
             for row in conn.execute(
@@ -242,7 +240,7 @@ def known(engine: Engine, payment_ids: list[str], keys: list[tuple[str, str]]) -
                 )
             ):
                 stored[(provider, row.event_id)] = (row.status, row.received_at)
-    return Known(bought, duplicates, revoked, stored)
+    return Known(payments, stored)
 
 
 def run(
@@ -436,7 +434,7 @@ def _stripe(
         if key in have.stored:
             action = event.action
             waiting = isinstance(action, Purchase) and not have.settled(event.payment_id)
-            waiting = waiting or (isinstance(action, Revocation) and event.payment_id not in have.revoked)
+            waiting = waiting or (isinstance(action, Revocation) and not have.revoked(event.payment_id))
             waiting = waiting and resend_after is not None
             if not (waiting and _resend_if_stale(engine, app, summary, key, have.stored[key], resend_after or 0)):
                 summary.already_fine += 1
@@ -510,7 +508,6 @@ def resend_waiting(
     The database narrows it down first: events whose payment has no revocation or restoration,
     and either no purchase or duplicate record yet or a type that may revoke."""
     e = db.payment_events
-    t, dup, rev, res = db.purchases, db.duplicate_payments, db.revocations, db.restorations
     age = sa.func.now() - e.c.received_at
     with db.translate_errors(engine.url), engine.connect() as conn:
         rows = conn.execute(
@@ -519,15 +516,8 @@ def resend_waiting(
                 e.c.status == names.ENQUEUED,
                 age >= sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than),
                 age < sa.func.make_interval(0, 0, 0, 0, 0, 0, within),
-                ~sa.exists().where(rev.c.payment_id == e.c.payment_id),
-                ~sa.exists().where(res.c.payment_id == e.c.payment_id),
-                sa.or_(
-                    e.c.type.in_(inbox.REVOKING_TYPES),
-                    sa.and_(
-                        ~sa.exists().where(t.c.payment_id == e.c.payment_id),
-                        ~sa.exists().where(dup.c.payment_id == e.c.payment_id),
-                    ),
-                ),
+                ~state.revoked_where(e.c.payment_id),
+                sa.or_(e.c.type.in_(inbox.REVOKING_TYPES), ~state.bought_where(e.c.payment_id)),
             )
             .order_by(e.c.received_at)
             .limit(batch)

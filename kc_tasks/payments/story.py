@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.engine import Engine
 
 from kc_tasks.core import names
-from kc_tasks.payments import inbox
+from kc_tasks.payments import inbox, state
 from kc_tasks.providers import NOT_A_COURSE, REFUND_FAILED, recovered, stripe
 from kc_tasks.store import db, dead_letters
 
@@ -120,20 +119,9 @@ def verdict(facts: Facts) -> str:
 
 def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
     story = Story(payment_id)
-    t, dup, rev, e, out = db.purchases, db.duplicate_payments, db.revocations, db.payment_events, db.event_outbox
-    res, purged = db.restorations, db.purged_dead_letters
     with db.translate_errors(engine.url), engine.connect() as conn:
-        received = conn.execute(sa.select(e).where(e.c.payment_id == payment_id)).all()
-        bought = conn.execute(sa.select(t).where(t.c.payment_id == payment_id)).first()
-        duplicate = conn.execute(sa.select(dup).where(dup.c.payment_id == payment_id)).first()
-        revoked = conn.execute(sa.select(rev).where(rev.c.payment_id == payment_id)).first()
-        restored = conn.execute(sa.select(res).where(res.c.payment_id == payment_id)).all()
-        purges = conn.execute(sa.select(purged).where(purged.c.payment_id == payment_id)).all()
-        written = conn.execute(
-            sa.select(out.c.type, out.c.occurred_at, out.c.published_at).where(
-                out.c.data["payment_id"].astext == payment_id
-            )
-        ).all()
+        now = state.read(conn, payment_id, with_events=True)
+    received, bought, duplicate, revoked = now.events, now.purchase, now.duplicate, now.revocation
     add = story.entries.append
     whys: list[str] = []
     for row in received:
@@ -178,7 +166,7 @@ def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
                 f"by payment {duplicate.held_payment_id} (purchase {duplicate.purchase_id})",
             )
         )
-    for restoration in restored:
+    for restoration in now.restorations:
         refund = f", refund {restoration.refund_id}" if restoration.refund_id else ""
         if restoration.revoked_at is not None:
             text = f"revocation recorded: {restoration.revocation_reason}{refund} (later overruled)"
@@ -191,9 +179,9 @@ def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
     if revoked is not None:
         refund = f", refund {revoked.refund_id}" if revoked.refund_id else ""
         add(Entry(revoked.created_at, "revocation", f"revocation recorded: {revoked.reason}{refund}"))
-    for purge in purges:
+    for purge in now.purged:
         add(Entry(purge.purged_at, "dead letter", f"{purge.task} dead letter purged (task {purge.task_id})"))
-    for event in written:
+    for event in now.written:
         published = f"published {event.published_at:%H:%M:%S}" if event.published_at else "not published yet"
         add(Entry(event.occurred_at, "event", f"{event.type} written ({published})"))
     last_error = None
@@ -220,7 +208,7 @@ def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
     )
     story.verdict = verdict(
         Facts(
-            active=None if bought is None else bool(bought.is_active),
+            active=now.active,
             held_by=None if duplicate is None else duplicate.held_payment_id,
             revoked_reason=None if revoked is None else revoked.reason,
             dead_letter=last_error,

@@ -145,6 +145,8 @@ purged_dead_letters = sa.Table(
     sa.Column("purged_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
+# The isolation level of a connection whose statements commit one by one (`autocommit`).
+AUTOCOMMIT = "AUTOCOMMIT"
 PAYMENT_ID_CONSTRAINT = "student_course_purchases_payment_id_key"
 CONNECT_TIMEOUT = 5  # seconds, for each host of the URL; libpq waits forever by default
 # How long a probe (is PostgreSQL taking writes?) waits to connect, seconds, for each host.
@@ -280,6 +282,20 @@ def translate_errors(url: URL | None = None) -> Iterator[None]:
         raise _translate(exc, False, url) from exc
     except sa.exc.TimeoutError as exc:
         raise errors.DatabaseBusy(f"no free database connection in the pool: {exc}") from exc
+
+
+@contextlib.contextmanager
+def autocommit(engine: Engine) -> Iterator[sa.Connection]:
+    """A connection of `engine` in autocommit mode: each statement commits on its own, with no
+    BEGIN or COMMIT round trips (and CREATE INDEX CONCURRENTLY may run); driver errors, the
+    connect's included, translated as `translate_errors` does. The one way kc_tasks opens one."""
+    with translate_errors(engine.url), engine.connect().execution_options(isolation_level=AUTOCOMMIT) as conn:
+        yield conn
+
+
+def in_autocommit(conn: sa.Connection) -> bool:
+    """Whether `conn` is in autocommit mode (opened by `autocommit`)."""
+    return conn.get_execution_options().get("isolation_level") == AUTOCOMMIT
 
 
 def _translate(orig: BaseException | None, invalidated: bool, url: URL | None) -> errors.KcTasksError:

@@ -154,9 +154,8 @@ class Publisher:
             return
         ids, self._unmarked, self._mark_due = self._unmarked, [], None
         try:
-            with db.translate_errors(self.engine.url):
-                with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                    mark_published(conn, ids)
+            with db.autocommit(self.engine) as conn:
+                mark_published(conn, ids)
         except Exception as exc:  # noqa: BLE001
             logger.warning("%d published event(s) not marked, the relay may send them again: %s", len(ids), exc)
 

@@ -102,7 +102,7 @@ def _definition_problem(row: dict[str, object]) -> str | None:
 
 
 def _arbiters(conn: Connection) -> list[str]:
-    autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    autocommit = db.in_autocommit(conn)
     # In a transaction, the failing EXPLAIN runs in a savepoint so the transaction survives.
     # The except stands outside the savepoint, so that a failure rolls the savepoint back.
     try:

@@ -14,16 +14,14 @@ relay, which enqueues again (the same task id) what a lost mark leaves `received
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.engine import Engine
 
@@ -141,7 +139,7 @@ class Intake:
         the marker."""
         arrivals = [(a.event, a.body) for a in batch]
         try:
-            with _autocommit(self.engine) as conn:
+            with db.autocommit(self.engine) as conn:
                 receipts = inbox.store_and_enqueue(
                     conn, self.app, arrivals, channel, [a.raw for a in batch], [a.arrived for a in batch]
                 )
@@ -210,7 +208,7 @@ class _Marker:
 
     def _mark(self, keys: Sequence[tuple[str, str]]) -> None:
         try:
-            with _autocommit(self.engine) as conn:
+            with db.autocommit(self.engine) as conn:
                 inbox.mark_enqueued(conn, keys)
         except Exception as exc:  # noqa: BLE001  (the relay enqueues them again, harmlessly)
             logger.warning(
@@ -219,12 +217,6 @@ class _Marker:
                 type(exc).__name__,
                 exc,
             )
-
-
-@contextlib.contextmanager
-def _autocommit(engine: Engine) -> Iterator[sa.Connection]:
-    with db.translate_errors(engine.url), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        yield conn
 
 
 def _answer(batch: Sequence[_Arrival], outcomes: Sequence[inbox.Receipt | BaseException]) -> None:

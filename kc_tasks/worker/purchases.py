@@ -118,7 +118,7 @@ def _insert(engine: Engine, guard: IndexGuard, batch: Sequence[PurchaseKwargs]) 
     usable or a rival delivery of one of them is being inserted right now."""
     if not guard.status(engine).usable:
         return {}
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    with db.autocommit(engine) as conn:
         try:
             with db.translate_errors(engine.url):
                 created = from_rows(conn.exec_driver_sql(_INSERT_ON_CONFLICT, _columns(batch)))
@@ -147,7 +147,7 @@ def _resolve(engine: Engine, guard: IndexGuard, purchase: PurchaseKwargs) -> Pur
 def _with_index(engine: Engine, guard: IndexGuard, purchase: PurchaseKwargs) -> PurchaseOutcome | None:
     """What already stands for this payment or pair, else the purchase inserted now. None
     means: use the locked path (the index is gone, or a row moved)."""
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    with db.autocommit(engine) as conn:
         outcome = _existing(conn, purchase)
         if outcome is not None:
             return outcome
