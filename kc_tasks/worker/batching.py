@@ -3,12 +3,12 @@ and their purchases are made in one statement; task events leave gathered (worke
 
 - `PurchaseBatcher`, in the worker's main process, stands in front of Celery's prefork pool.
 - `run_batch`, in a pool process, makes a batch's purchases, then runs each request as
-  Celery's tracer would run it alone, its outcome in its request.
+  Celery's tracer would run it alone, its purchase handed to it as made (kc_tasks/worker/handoff.py).
 
-This is the one module that relies on Celery's, kombu's and billiard's private API (leading
+One of the modules that rely on Celery's, kombu's and billiard's undocumented API (leading
 underscores, the tracer's arguments, the pool's apply_async, the consumer's event flush);
-tests/unit/test_celery_private_api.py names each attribute. KC_BATCHING=off turns every one
-of them off: each request goes down Celery's own path, and task events leave Celery's way.
+tests/unit/test_celery_private_api.py names each attribute and the fence. KC_BATCHING=off
+turns every one of this module's off: each request goes down Celery's own path, and task events leave Celery's way.
 """
 
 from __future__ import annotations
