@@ -36,7 +36,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from kc_tasks.core.errors import KcTasksError
 from kc_tasks.core.names import (
     CONFLICT,
-    CREATE_PURCHASE,
     ENQUEUED,
     EXHAUSTED,
     IGNORED,
@@ -441,7 +440,7 @@ def start_worker(
     tasks and their periods, seconds."""
     if _series is not None:
         return
-    from celery.signals import task_received, task_retry, task_success, worker_shutdown
+    from celery.signals import task_retry, task_success, worker_shutdown
 
     enable(WORKER, os.getpid(), fresh=True)
     assert _series is not None
@@ -449,7 +448,6 @@ def start_worker(
     for task in periods:
         _series.periodic_success.labels(task).set(started)
     _series.heartbeat.labels(PURCHASES).set(started)
-    task_received.connect(_stamp_arrival, weak=False)
     task_retry.connect(_count_retry, weak=False)
     task_success.connect(_count_revocation, weak=False)
     task_success.connect(_note_periodic_success, weak=False)
@@ -480,14 +478,6 @@ def _start_serving(port: int, address: str, gauges: Any, share_port: bool) -> No
         serve(port, address, gauges, share_port)
     except OSError as exc:  # the service works on; only its metrics are missing
         logger.error("metrics: cannot listen on %s:%d: %s; no metrics are served", address, port, exc)
-
-
-def _stamp_arrival(request: Any = None, **_: Any) -> None:
-    """A task that did not come through the inbox is first seen now (worker main process)."""
-    if request is not None and request.name == CREATE_PURCHASE:
-        headers = request.request_dict
-        if SEEN_AT not in headers:
-            headers[SEEN_BY], headers[SEEN_AT] = TASK, time.time()
 
 
 def _count_retry(sender: Any = None, **_: Any) -> None:

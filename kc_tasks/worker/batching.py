@@ -3,12 +3,12 @@ and their purchases are made in one statement; task events leave gathered (worke
 
 - `PurchaseBatcher`, in the worker's main process, stands in front of Celery's prefork pool.
 - `run_batch`, in a pool process, makes a batch's purchases, then runs each request as
-  Celery's tracer would run it alone, its outcome in its request.
+  Celery's tracer would run it alone, its purchase handed to it as made (kc_tasks/worker/handoff.py).
 
-This is the one module that relies on Celery's, kombu's and billiard's private API (leading
+One of the modules that rely on Celery's, kombu's and billiard's undocumented API (leading
 underscores, the tracer's arguments, the pool's apply_async, the consumer's event flush);
-tests/unit/test_celery_private_api.py names each attribute. KC_BATCHING=off turns every one
-of them off: each request goes down Celery's own path, and task events leave Celery's way.
+tests/unit/test_celery_private_api.py names each attribute and the fence. KC_BATCHING=off
+turns every one of this module's off: each request goes down Celery's own path, and task events leave Celery's way.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from kc_tasks.celery import app, settings
 from kc_tasks.core.errors import DatabaseUnavailable, InvalidPurchase, KcTasksError
 from kc_tasks.core.names import CREATE_PURCHASE
 from kc_tasks.core.payload import PurchaseKwargs, is_task_body, parse_purchase
-from kc_tasks.worker import purchases
+from kc_tasks.worker import handoff, purchases
 from kc_tasks.worker.process import resources
 
 logger = logging.getLogger(__name__)
@@ -191,17 +191,12 @@ def flush_task_events(consumer: Any) -> None:
     consumer._flush_events()
 
 
-# The key under which run_batch hands each request its purchase's outcome: the tracer makes
-# the request dict the task's `request` (celery.app.trace), so the outcome travels with the
-# request it belongs to, and with nothing else.
-OUTCOME = "kc_batch_outcome"
-
-
 def run_batch(jobs: list[tuple[Any, ...]]) -> list[Any]:
     """Run in a pool process: several create_purchase requests that arrived together
     (PurchaseBatcher). Their purchases are made together first (purchases.create_all, the
     way a lone task makes its own, as a batch of one); then each request runs as a task of its
-    own, with its outcome in its request, its own result, retries and dead letter.
+    own, with its own result, retries and dead letter, taking its purchase as made
+    (kc_tasks/worker/handoff.py).
 
     Each job is what Celery's tracer takes for one request; the answer is, in order, its
     (failed, result, runtime), or Raised if the tracer itself raised: what the pool reports
@@ -232,21 +227,21 @@ def _decode(job: tuple[Any, ...], accept: set[str]) -> tuple[Any, ...] | None:
 
 
 def _make(requests: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> int:
-    """Make the batch's purchases at once and put each outcome in its request dict; how many.
+    """Make the batch's purchases at once and hand each to its request (handoff); how many.
     A request whose kwargs do not parse gets none (its task dead-letters it); if the batch
     fails, none does, and each task makes its own outcome, retrying as it would alone. If
     PostgreSQL is away (twice: a pooled connection may have died since its last use), each
     request gets that error, and its task gives its message back at once (kc_tasks/worker/outage.py)."""
-    parsed: list[tuple[dict[str, Any], PurchaseKwargs]] = []
+    parsed: list[tuple[dict[str, Any], dict[str, Any], PurchaseKwargs]] = []
     for request, (args, kwargs, _) in requests:
         try:
             if not args:
-                parsed.append((request, parse_purchase(kwargs)))
+                parsed.append((request, kwargs, parse_purchase(kwargs)))
         except InvalidPurchase:
             continue
     if not parsed:
         return 0
-    batch = [purchase for _, purchase in parsed]
+    batch = [purchase for _, _, purchase in parsed]
     try:
         engine, guard = resources()
         try:
@@ -254,8 +249,8 @@ def _make(requests: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> int:
         except DatabaseUnavailable:
             made = purchases.create_all(engine, guard, batch)
     except DatabaseUnavailable as exc:
-        for request, purchase in parsed:
-            request[OUTCOME] = (purchase, exc)
+        for request, kwargs, purchase in parsed:
+            handoff.hand_made(request, handoff.Made(kwargs, purchase, exc))
         return 0
     except KcTasksError as exc:  # each task tries again alone, and retries or dead-letters
         logger.debug("a batch of %d purchases went one by one: %s", len(parsed), exc)
@@ -263,16 +258,7 @@ def _make(requests: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> int:
     except Exception:  # each request still makes its own outcome
         logger.exception("making a batch of %d purchases failed; they go one by one", len(parsed))
         return 0
-    for (request, purchase), outcome in zip(parsed, made, strict=True):
+    for (request, kwargs, purchase), outcome in zip(parsed, made, strict=True):
         if isinstance(outcome, purchases.PurchaseOutcome):  # else its task meets the error again, alone
-            request[OUTCOME] = (purchase, outcome)
+            handoff.hand_made(request, handoff.Made(kwargs, purchase, outcome))
     return len(made)
-
-
-def outcome_of(request: Any, purchase: PurchaseKwargs) -> purchases.PurchaseOutcome | DatabaseUnavailable | None:
-    """The outcome its batch made for this task's purchase, or the outage its batch met; None
-    when it ran alone."""
-    made = getattr(request, OUTCOME, None)
-    if made is None or made[0] != purchase:
-        return None
-    return made[1]

@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 from celery.concurrency import get_implementation
-from celery.signals import worker_init, worker_process_init, worker_ready
+from celery.signals import task_received, worker_init, worker_process_init, worker_ready
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
@@ -22,6 +22,7 @@ from kc_tasks.core.errors import DatabaseUnavailable, KcTasksError
 from kc_tasks.payments import inbox
 from kc_tasks.store import db, events
 from kc_tasks.store.index_guard import FIX_COMMAND, IndexGuard
+from kc_tasks.worker import handoff
 from kc_tasks.worker.outage import gate
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ def _serve_metrics(**_: Any) -> None:
             gate.consuming,
             periods,
         )
+        # When a task sent directly was first seen, for kc_payment_to_access_seconds.
+        task_received.connect(handoff.stamp_arrival, weak=False, dispatch_uid="kc_stamp_arrival")
 
 
 @functools.cache

@@ -24,7 +24,7 @@ from kc_tasks.core.payload import PurchaseKwargs, parse_purchase, parse_revocati
 from kc_tasks.payments import inbox
 from kc_tasks.store import dead_letters, events
 from kc_tasks.store.index_guard import FIX_COMMAND
-from kc_tasks.worker import batching, purchases, revocations
+from kc_tasks.worker import handoff, purchases, revocations
 from kc_tasks.worker.consumer import KcTask
 from kc_tasks.worker.outage import DatabaseOutage
 from kc_tasks.worker.process import resources
@@ -89,11 +89,13 @@ def _dead_letter_on_failure(
 def _make_purchase(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     if args:
         raise InvalidPurchase(f"create_purchase takes keyword arguments only, got {len(args)} positional")
-    purchase = parse_purchase(kwargs)
-    made = batching.outcome_of(task.request, purchase)
-    if isinstance(made, DatabaseUnavailable):  # its batch found PostgreSQL away
-        raise DatabaseOutage(str(made))
-    outcome = made or _create_or_retry(task, purchase)
+    made = handoff.made_for(task.request, kwargs)  # by its batch (kc_tasks/worker/batching.py)
+    if made is None:  # alone: parsed and made here
+        outcome = _create_or_retry(task, parse_purchase(kwargs))
+    elif isinstance(made.outcome, DatabaseUnavailable):  # its batch found PostgreSQL away
+        raise DatabaseOutage(str(made.outcome))
+    else:
+        outcome = made.outcome
     # The outcome is committed with its events in the outbox: this process's publisher sends
     # them within moments; if it cannot, the relay does.
     if outcome.events:

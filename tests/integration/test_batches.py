@@ -96,3 +96,18 @@ def test_a_request_whose_tracer_raises_fails_alone(celery_app: Celery, app_datab
     assert seen[1] == "ContentDisallowed"
     assert [seen[0]["created"], seen[2]["created"]] == [True, True]
     assert run_sql(app_database, "SELECT count(*) FROM student_course_purchases") == [(2,)]
+
+
+def test_each_task_of_a_batch_takes_its_purchase_as_the_batch_made_it(
+    celery_app: Celery, app_database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the seam (kc_tasks.worker.handoff): the tasks make nothing again."""
+
+    def made_again(*_: Any) -> None:
+        raise AssertionError("a task of the batch made its purchase again")
+
+    monkeypatch.setattr(purchases, "create_purchase", made_again)
+    orders = [kwargs() for _ in range(3)]
+    seen = results(batching.run_batch([purchase_job(order) for order in orders]))
+    stored = dict(run_sql(app_database, "SELECT payment_id, id::text FROM student_course_purchases"))
+    assert seen == [{"purchase_id": stored[o["payment_id"]], "created": True} for o in orders]

@@ -101,9 +101,12 @@ def test_celeryconfig_is_read_by_the_app_not_imported_by_the_package() -> None:
     assert not [name for name, imported in GRAPH.items() if "celeryconfig" in imported]
 
 
-def test_batching_and_the_tasks_do_not_import_each_other_circularly() -> None:
-    assert "kc_tasks.worker.batching" in GRAPH["kc_tasks.worker.tasks"]
+def test_batching_and_the_tasks_meet_only_through_the_seam() -> None:
+    """A batch runs the tasks; what it made reaches them through kc_tasks.worker.handoff, and
+    neither imports the other (no doubling back)."""
+    assert "kc_tasks.worker.batching" not in GRAPH["kc_tasks.worker.tasks"]
     assert "kc_tasks.worker.tasks" not in GRAPH["kc_tasks.worker.batching"]
+    assert "kc_tasks.worker.handoff" in GRAPH["kc_tasks.worker.tasks"] & GRAPH["kc_tasks.worker.batching"]
     assert "kc_tasks.worker.tasks" not in GRAPH["kc_tasks.worker.consumer"]
 
 
