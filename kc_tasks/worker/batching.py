@@ -3,7 +3,7 @@ and their purchases are made in one statement; task events leave gathered (worke
 
 - `PurchaseBatcher`, in the worker's main process, stands in front of Celery's prefork pool.
 - `run_batch`, in a pool process, makes a batch's purchases, then runs each request as
-  Celery's tracer would run it alone, its purchase handed to it as made (kc_tasks/worker/handoff.py).
+  Celery's tracer would run it alone, its purchase handed to it as made (kc_tasks/worker/seam.py).
 
 One of the modules that rely on Celery's, kombu's and billiard's undocumented API (leading
 underscores, the tracer's arguments, the pool's apply_async, the consumer's event flush);
@@ -30,7 +30,7 @@ from kc_tasks.celery import app, settings
 from kc_tasks.core.errors import DatabaseUnavailable, InvalidPurchase, KcTasksError
 from kc_tasks.core.names import CREATE_PURCHASE
 from kc_tasks.core.payload import PurchaseKwargs, is_task_body, parse_purchase
-from kc_tasks.worker import handoff, purchases
+from kc_tasks.worker import purchases, seam
 from kc_tasks.worker.process import resources
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def run_batch(jobs: list[tuple[Any, ...]]) -> list[Any]:
     (PurchaseBatcher). Their purchases are made together first (purchases.create_all, the
     way a lone task makes its own, as a batch of one); then each request runs as a task of its
     own, with its own result, retries and dead letter, taking its purchase as made
-    (kc_tasks/worker/handoff.py).
+    (kc_tasks/worker/seam.py).
 
     Each job is what Celery's tracer takes for one request; the answer is, in order, its
     (failed, result, runtime), or Raised if the tracer itself raised: what the pool reports
@@ -227,7 +227,7 @@ def _decode(job: tuple[Any, ...], accept: set[str]) -> tuple[Any, ...] | None:
 
 
 def _make(requests: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> int:
-    """Make the batch's purchases at once and hand each to its request (handoff); how many.
+    """Make the batch's purchases at once and hand each to its request (seam); how many.
     A request whose kwargs do not parse gets none (its task dead-letters it); if the batch
     fails, none does, and each task makes its own outcome, retrying as it would alone. If
     PostgreSQL is away (twice: a pooled connection may have died since its last use), each
@@ -250,7 +250,7 @@ def _make(requests: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> int:
             made = purchases.create_all(engine, guard, batch)
     except DatabaseUnavailable as exc:
         for request, kwargs, purchase in parsed:
-            handoff.hand_made(request, handoff.Made(kwargs, purchase, exc))
+            seam.hand_made(request, seam.Made(kwargs, purchase, exc))
         return 0
     except KcTasksError as exc:  # each task tries again alone, and retries or dead-letters
         logger.debug("a batch of %d purchases went one by one: %s", len(parsed), exc)
@@ -260,5 +260,5 @@ def _make(requests: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> int:
         return 0
     for (request, kwargs, purchase), outcome in zip(parsed, made, strict=True):
         if isinstance(outcome, purchases.PurchaseOutcome):  # else its task meets the error again, alone
-            handoff.hand_made(request, handoff.Made(kwargs, purchase, outcome))
+            seam.hand_made(request, seam.Made(kwargs, purchase, outcome))
     return len(made)

@@ -22,7 +22,7 @@ from kc_tasks.core.errors import DatabaseUnavailable, KcTasksError
 from kc_tasks.payments import inbox
 from kc_tasks.store import db, events
 from kc_tasks.store.index_guard import FIX_COMMAND, IndexGuard
-from kc_tasks.worker import handoff
+from kc_tasks.worker import seam
 from kc_tasks.worker.outage import gate
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def _serve_metrics(**_: Any) -> None:
             periods,
         )
         # When a task sent directly was first seen, for kc_payment_to_access_seconds.
-        task_received.connect(handoff.stamp_arrival, weak=False, dispatch_uid="kc_stamp_arrival")
+        task_received.connect(seam.stamp_arrival, weak=False, dispatch_uid="kc_stamp_arrival")
 
 
 @functools.cache

@@ -24,7 +24,7 @@ from kc_tasks.core.payload import PurchaseKwargs, parse_purchase, parse_revocati
 from kc_tasks.payments import inbox
 from kc_tasks.store import dead_letters, events
 from kc_tasks.store.index_guard import FIX_COMMAND
-from kc_tasks.worker import handoff, purchases, revocations
+from kc_tasks.worker import purchases, revocations, seam
 from kc_tasks.worker.consumer import KcTask
 from kc_tasks.worker.outage import DatabaseOutage
 from kc_tasks.worker.process import resources
@@ -89,7 +89,7 @@ def _dead_letter_on_failure(
 def _make_purchase(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     if args:
         raise InvalidPurchase(f"create_purchase takes keyword arguments only, got {len(args)} positional")
-    made = handoff.made_for(task.request, kwargs)  # by its batch (kc_tasks/worker/batching.py)
+    made = seam.made_for(task.request, kwargs)  # by its batch (kc_tasks/worker/batching.py)
     if made is None:  # alone: parsed and made here
         outcome = _create_or_retry(task, parse_purchase(kwargs))
     elif isinstance(made.outcome, DatabaseUnavailable):  # its batch found PostgreSQL away

@@ -101,7 +101,7 @@ def test_a_request_whose_tracer_raises_fails_alone(celery_app: Celery, app_datab
 def test_each_task_of_a_batch_takes_its_purchase_as_the_batch_made_it(
     celery_app: Celery, app_database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Through the seam (kc_tasks.worker.handoff): the tasks make nothing again."""
+    """Through the seam (kc_tasks.worker.seam): the tasks make nothing again."""
 
     def made_again(*_: Any) -> None:
         raise AssertionError("a task of the batch made its purchase again")

@@ -13,7 +13,7 @@ The fence: only these modules use them, each for one reason.
   hand-back, the consumer's steps.
 - kc_tasks/worker/outage.py: stopping and resuming consumption while PostgreSQL is away, and
   the requests the worker holds (celery.worker.state).
-- kc_tasks/worker/handoff.py: the one module that writes into a request dict (the seam
+- kc_tasks/worker/seam.py: the one module that writes into a request dict (the seam
   between a batch and its tasks, and the first-seen stamp).
 - kc_tasks/worker/process.py: which pool implementation the worker runs (-P threads sizes the
   engine per thread).
@@ -51,7 +51,7 @@ FENCE = {
     "worker/batching.py",
     "worker/consumer.py",
     "worker/outage.py",
-    "worker/handoff.py",
+    "worker/seam.py",
     "worker/process.py",
 }
 # Modules of Celery, kombu and billiard whose import is a use of their internals.
@@ -144,7 +144,7 @@ ATTRIBUTES = [
     (Consumer.Blueprint, "default_steps"),
     (Hub, "call_soon"),
     (Hub, "call_later"),
-    # handoff: the request dict the tracer makes the task's request of; the request's task.
+    # seam: the request dict the tracer makes the task's request of; the request's task.
     (Request, "request_dict"),
     (Request, "name"),
     (Request, "task"),

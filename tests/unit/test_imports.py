@@ -102,11 +102,11 @@ def test_celeryconfig_is_read_by_the_app_not_imported_by_the_package() -> None:
 
 
 def test_batching_and_the_tasks_meet_only_through_the_seam() -> None:
-    """A batch runs the tasks; what it made reaches them through kc_tasks.worker.handoff, and
+    """A batch runs the tasks; what it made reaches them through kc_tasks.worker.seam, and
     neither imports the other (no doubling back)."""
     assert "kc_tasks.worker.batching" not in GRAPH["kc_tasks.worker.tasks"]
     assert "kc_tasks.worker.tasks" not in GRAPH["kc_tasks.worker.batching"]
-    assert "kc_tasks.worker.handoff" in GRAPH["kc_tasks.worker.tasks"] & GRAPH["kc_tasks.worker.batching"]
+    assert "kc_tasks.worker.seam" in GRAPH["kc_tasks.worker.tasks"] & GRAPH["kc_tasks.worker.batching"]
     assert "kc_tasks.worker.tasks" not in GRAPH["kc_tasks.worker.consumer"]
 
 

@@ -13,7 +13,7 @@ create_purchase that its message does not carry:
   (kc_tasks/core/metrics.py); a retry carries it on in its headers (kc_tasks/worker/tasks.py).
 
 This module is the only one that writes into a request dict; reading it back is reading
-`task.request`, which is Celery's public API. tests/unit/test_handoff.py tests the seam as
+`task.request`, which is Celery's public API. tests/unit/test_seam.py tests the seam as
 one, and tests/unit/test_celery_private_api.py fences it with the other modules that use
 Celery's undocumented API.
 """
