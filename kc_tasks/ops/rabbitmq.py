@@ -51,6 +51,8 @@ DLQ_POLICY_NAME = "kc-purchases-dlq"
 DLQ_POLICY_PATTERN = f"^{re.escape(names.DEAD_LETTERS)}$"
 DLQ_POLICY_PRIORITY = 10
 DLQ_POLICIES: tuple[dict[str, object], ...] = ({"delivery-limit": -1}, {"delivery-limit": 2**31 - 1})
+# What `kc-tasks dlq policy` says, and does, on a Redis broker: there is no policy to set.
+NOT_ON_REDIS = "Redis has no dead-letter exchange; kc_tasks dead-letters in the worker instead"
 # What an older RabbitMQ says of a key it does not know, or of -1 as a delivery limit.
 OLDER_BROKER = ("not recognised policy settings", "is not a valid delivery limit")
 
@@ -81,6 +83,12 @@ class Applied:
     dlq_definition: dict[str, object]
     default_queue_type: str | None  # None: not set on the vhost
     skipped: tuple[str, ...]  # the nodes before it that did not answer, and why
+
+    def warnings(self) -> list[str]:
+        """One line for each node asked before the one that answered."""
+        return [
+            f"RabbitMQ's management API at {skipped} did not answer; asked the next node" for skipped in self.skipped
+        ]
 
     def lines(self) -> list[str]:
         vhost = self.node.vhost
@@ -144,6 +152,12 @@ def nodes(broker_url: str, management_url: str | None = None) -> list[Node]:
         scheme, port = MANAGEMENT.get(broker.scheme, ("http", 15672))
         found.append(Node(_base(scheme, broker.hostname, port, ""), _vhost(broker), *_credentials(broker)))
     return found
+
+
+def apply_to(broker_url: str, management_url: str | None = None) -> Applied:
+    """Both policies set on the broker of `broker_url`, through `management_url` if given: `apply`
+    of the `nodes` they name."""
+    return apply(nodes(broker_url, management_url))
 
 
 def apply(candidates: Sequence[Node]) -> Applied:

@@ -119,7 +119,7 @@ def test_the_names_sit_at_the_bottom() -> None:
         "kc_tasks.core.metrics",
         "kc_tasks.store.dead_letters",
         "kc_tasks.worker.tasks",
-        "kc_tasks.ops.cli",
+        "kc_tasks.ops.cli.enqueue",
         "kc_tasks.worker.batching",
         "celeryconfig",
     }

@@ -330,7 +330,7 @@ def commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ("kc-task
     return found
 
 
-COMMANDS = commands(cli._parser())
+COMMANDS = commands(cli.parser())
 
 
 def listed_commands() -> dict[str, set[str]]:
