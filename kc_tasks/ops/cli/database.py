@@ -36,8 +36,7 @@ def ensure_index(ctx: Context, args: argparse.Namespace) -> int:
     from kc_tasks.store.index_guard import FIX_COMMAND, diagnose
     from kc_tasks.store.index_guard import ensure_index as repair
 
-    with db.translate_errors(ctx.settings.session_database_url), ctx.session_engine.connect() as conn:
-        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+    with db.autocommit(ctx.session_engine) as conn:
         if args.check:
             status = diagnose(conn)
         else:
