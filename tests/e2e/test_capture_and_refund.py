@@ -23,8 +23,9 @@ from kc_tasks.core.payload import RevocationKwargs
 from kc_tasks.core.settings import normalize_database_url
 from kc_tasks.store import db
 from kc_tasks.worker.revocations import revoke
-from tests.conftest import broker_idle, run_sql
-from tests.e2e.conftest import Client, Worker, Workers, count, hold_pairs, purchase, wait_until
+from tests.builders import purchase
+from tests.harness import Client, Worker, Workers, wait_until
+from tests.services import broker_idle, count, hold_pairs, run_sql
 
 
 def kc_backends(database_url: str, where: str) -> list[int]:

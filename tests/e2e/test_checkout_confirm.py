@@ -24,9 +24,9 @@ from kc_tasks.payments.inbox import task_id_for
 from kc_tasks.web.auth import mint
 from tests import provider_api_server as api
 from tests import provider_samples as s
-from tests.conftest import run_sql
-from tests.e2e.conftest import JWT_SECRET, Web, Worker, Workers, free_port, wait_until
-from tests.e2e.test_providers import SECRETS, post_razorpay, post_stripe
+from tests.builders import JWT_SECRET, SECRETS
+from tests.harness import Web, Worker, Workers, free_port, post_razorpay, post_stripe, wait_until
+from tests.services import run_sql
 
 
 @pytest.fixture

@@ -19,8 +19,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from kc_tasks.ops import dev_providers
-from tests.conftest import run_sql
-from tests.e2e.conftest import JWT_SECRET, ROOT, Web, Workers, free_port, stop_group, wait_until
+from tests.builders import JWT_SECRET
+from tests.harness import ROOT, Web, Workers, free_port, stop_group, wait_until
+from tests.services import run_sql
 
 EXAMPLE = ROOT / "examples" / "checkout" / "server.py"
 COURSE = "3f6d1c52-6a0e-4d7b-9b43-5b2f7f0e8c11"  # the example's one course

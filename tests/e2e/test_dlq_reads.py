@@ -18,8 +18,8 @@ import pytest
 from kombu import Connection, Producer, Queue
 
 from kc_tasks.ops import rabbitmq
-from tests.conftest import rabbitmqctl
-from tests.e2e.conftest import ROOT, Web
+from tests.harness import ROOT, Web
+from tests.services import rabbitmqctl
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 ADMIN = ("kc-admin", "admin-password-of-16-bytes-or-more")

@@ -18,8 +18,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import AMQP, PG, admin
-from tests.e2e.conftest import WEBHOOK_SECRET, Web, start_web
+from tests.builders import WEBHOOK_SECRET
+from tests.harness import Web, start_web
+from tests.services import AMQP, PG, admin
 
 # The signature headers of kc_tasks and of the providers (CONTRACT.md, HTTP).
 SIGNATURE_HEADERS = ("X-KC-Signature", "X-Razorpay-Signature", "Stripe-Signature")

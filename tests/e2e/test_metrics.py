@@ -16,10 +16,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import broker_idle, queued
-from tests.e2e.conftest import ROOT, Client, Web, Workers, count, free_port, purchase, stop_group, wait_until
+from tests.builders import event, purchase, signed
 from tests.e2e.proxy import Proxy
-from tests.e2e.test_webhook import event, signed
+from tests.harness import ROOT, Client, Web, Workers, free_port, stop_group, wait_until
+from tests.services import broker_idle, count, queued
 
 RULES = ROOT / "docker" / "prometheus" / "kc_tasks.rules.yml"
 

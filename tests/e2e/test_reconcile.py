@@ -18,14 +18,12 @@ from celery import Celery
 
 from tests import provider_api_server as api
 from tests import provider_samples as s
-from tests.conftest import REDIS, purge_redis, run_sql
-from tests.e2e import test_flower
-from tests.e2e.conftest import ROOT, Web, Workers, count, wait_until
+from tests.harness import ROOT, Flower, Web, Workers, wait_until
+from tests.services import REDIS, count, purge_redis, run_sql
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 ADMIN = {"KC_ADMIN_USER": "ops", "KC_ADMIN_PASSWORD": "correct horse battery staple"}
 SECRETS = (api.RAZORPAY_KEY_ID, api.RAZORPAY_KEY_SECRET, api.STRIPE_API_KEY)
-flower = test_flower.flower  # the fixture: Flower as the Procfile runs it
 
 
 @pytest.fixture
@@ -191,7 +189,7 @@ def test_flower_shows_the_beat_tasks_summary_as_its_result(
     database_url: str,
     rabbitmq_url: str,
     workers: Workers,
-    flower: Callable[[], test_flower.Flower],
+    flower: Callable[[], Flower],
     provider: api.Provider,
 ) -> None:
     provider.razorpay_paid(int(time.time()) - 60, api.new_id(), api.new_id())

@@ -12,9 +12,8 @@ import httpx
 
 import tests.provider_samples as s
 from celeryconfig import RELAY_SAFETY_INTERVAL, beat_schedule
-from tests.conftest import run_sql
-from tests.e2e.conftest import Workers, count, free_port, wait_until
-from tests.e2e.test_events import Consumer
+from tests.harness import Consumer, Workers, free_port, wait_until
+from tests.services import count, run_sql
 
 
 def test_a_worker_publishes_a_leftover_event_and_enqueues_a_received_one_without_beat(

@@ -30,7 +30,7 @@ import httpx
 
 from tests import provider_api_server as api
 from tests import provider_samples as s
-from tests.e2e.conftest import WEBHOOK_SECRET, purchase
+from tests.builders import WEBHOOK_SECRET, purchase
 from tests.faults.model import Payment
 
 SLICES = 5

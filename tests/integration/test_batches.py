@@ -16,8 +16,8 @@ from celery import Celery
 
 from kc_tasks.worker import batching, purchases
 from kc_tasks.worker.batching import Raised
-from tests.conftest import run_sql
-from tests.integration.test_tasks import kwargs
+from tests.builders import kwargs
+from tests.services import run_sql
 
 TASK = "kc_tasks.create_purchase"
 

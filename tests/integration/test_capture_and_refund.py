@@ -20,9 +20,8 @@ from kc_tasks.core.payload import PurchaseKwargs, RevocationKwargs
 from kc_tasks.store.index_guard import IndexGuard
 from kc_tasks.worker.purchases import create_purchase, lock_keys
 from kc_tasks.worker.revocations import revoke
-from tests.conftest import run_sql
-from tests.integration.test_purchase_interleavings import INSERT_ROW
-from tests.integration.test_purchases import order
+from tests.builders import INSERT_ROW, order
+from tests.services import run_sql
 
 
 def refund(p: PurchaseKwargs) -> RevocationKwargs:

@@ -17,7 +17,7 @@ from kc_tasks.payments import inbox
 from kc_tasks.payments.redaction import redact_final
 from kc_tasks.providers import kc, razorpay, recovered, stripe
 from tests import provider_samples as s
-from tests.integration.test_inbox import queued
+from tests.services import take_queued as queued
 
 
 def receive(engine: Engine, broker: Celery, body: bytes, event_id: str = "evt_1", raw: bool = True) -> inbox.Receipt:

@@ -27,7 +27,7 @@ from kc_tasks.store.events import (
     prune,
     publish_pending,
 )
-from tests.conftest import AMQP, AMQP_VHOST, rabbitmqctl
+from tests.services import AMQP, AMQP_VHOST, rabbitmqctl
 
 
 @pytest.fixture

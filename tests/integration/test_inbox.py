@@ -8,30 +8,15 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from kombu import Connection
 from sqlalchemy.engine import Engine
 
 from kc_tasks.core import names
 from kc_tasks.payments import inbox
 from kc_tasks.providers import razorpay, stripe
 from tests import provider_samples as s
-from tests.conftest import AMQP, PG, purge_amqp, run_sql
-from tests.integration.test_cli import kc
-from tests.integration.test_tasks import seen  # noqa: F401  (the fixture)
-
-
-def queued() -> list[tuple[str, str, dict]]:
-    """(task name, task id, kwargs) of each message waiting in purchases, taken off it."""
-    found = []
-    with Connection(AMQP) as conn:
-        q = conn.SimpleQueue("purchases")
-        while True:
-            try:
-                message = q.get(timeout=1)
-            except q.Empty:
-                return found
-            found.append((message.headers["task"], message.headers["id"], json.loads(message.body)[1]))
-            message.ack()
+from tests.harness import kc
+from tests.services import AMQP, PG, purge_amqp, run_sql
+from tests.services import take_queued as queued
 
 
 def paid(payment_id: str | None = None) -> bytes:
@@ -214,7 +199,7 @@ def test_revoke_command_sends_one_revoke_purchase() -> None:
 
 def test_the_beat_check_counts_unmapped_payments_beside_dead_letters(
     celery_app: Celery,
-    seen: Any,  # noqa: F811
+    seen: Any,
     app_database: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -89,7 +89,7 @@ def test_ensure_index_deactivates_duplicates_that_arrived_without_the_index(conn
 
 
 def test_without_the_table_the_reason_says_to_migrate(empty_database_url: str) -> None:
-    from tests.conftest import admin
+    from tests.services import admin
 
     admin(f"CREATE DATABASE {empty_database_url.rsplit('/', 1)[1]}")
     engine = db.make_engine(normalize_database_url(empty_database_url), poolclass=NullPool)

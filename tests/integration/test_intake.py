@@ -30,7 +30,7 @@ from kc_tasks.store import db
 from kc_tasks.web import intake
 from kc_tasks.web.intake import Intake
 from tests import provider_samples as s
-from tests.integration.test_inbox import queued
+from tests.services import take_queued as queued
 
 Arrival = tuple[ProviderEvent, bytes]
 

@@ -13,21 +13,8 @@ import sqlalchemy as sa
 
 from kc_tasks.core.settings import normalize_database_url
 from kc_tasks.store.migrate import migrate
-from tests.conftest import admin, run_sql
-
-ALL = [
-    "001_create_purchases",
-    "002_add_idempotency_constraints",
-    "003_duplicate_payments",
-    "004_event_outbox",
-    "005_payment_events",
-    "006_payments",
-    "007_inbox_body_redaction",
-    "008_event_body_digest",
-    "009_restorations",
-    "010_pending_refunds",
-    "011_purged_dead_letters",
-]
+from tests.builders import MIGRATIONS as ALL
+from tests.services import admin, run_sql
 
 
 def columns(url: str) -> dict[str, tuple[str, str]]:
@@ -270,7 +257,7 @@ def test_with_text_ids_purchases_and_refunds_are_made_after_the_migration(
     from kc_tasks.store.index_guard import IndexGuard
     from kc_tasks.worker.purchases import PurchaseOutcome, create_purchase
     from kc_tasks.worker.revocations import revoke
-    from tests.integration.test_purchases import order
+    from tests.builders import order
 
     legacy_database(
         empty_database_url,

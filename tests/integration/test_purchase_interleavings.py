@@ -19,13 +19,8 @@ from kc_tasks.core import errors
 from kc_tasks.core.payload import PurchaseKwargs
 from kc_tasks.store.index_guard import IndexGuard
 from kc_tasks.worker.purchases import RESOLVE_ATTEMPTS, PurchaseOutcome, create_all, create_purchase, lock_keys
-from tests.conftest import run_sql
-from tests.integration.test_purchases import order
-
-INSERT_ROW = (
-    "INSERT INTO student_course_purchases (id, student_id, course_id, payment_id, amount_cents, currency) "
-    "VALUES (%s, %s, %s, %s, 4999, 'INR')"
-)
+from tests.builders import INSERT_ROW, order
+from tests.services import run_sql
 
 
 @pytest.fixture

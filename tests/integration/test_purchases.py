@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -13,31 +12,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from kc_tasks.core import errors
-from kc_tasks.core.payload import PurchaseKwargs, parse_purchase
+from kc_tasks.core.payload import PurchaseKwargs
 from kc_tasks.core.settings import describe_database, normalize_database_url
 from kc_tasks.store import db
 from kc_tasks.store.index_guard import IndexGuard
 from kc_tasks.worker.purchases import PurchaseOutcome, create_all, create_purchase
-
-
-def order(
-    student: str | None = None, course: str | None = None, payment: str | None = None, **extra: object
-) -> PurchaseKwargs:
-    return parse_purchase(
-        {
-            "payment_id": payment or f"pay_{uuid.uuid4().hex}",
-            "student_id": student or str(uuid.uuid4()),
-            "course_id": course or str(uuid.uuid4()),
-            "amount_cents": 4999,
-            "currency": "INR",
-            **extra,
-        }
-    )
-
-
-@pytest.fixture
-def guard() -> IndexGuard:
-    return IndexGuard(ttl=300)
+from tests.builders import order
 
 
 def rows(sql: Callable[..., list[tuple]], p: PurchaseKwargs) -> list[tuple]:

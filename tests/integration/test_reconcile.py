@@ -18,9 +18,11 @@ from kc_tasks.payments import inbox, reconciler
 from kc_tasks.providers import apis
 from tests import provider_api_server as api
 from tests import provider_samples as s
-from tests.conftest import AMQP
-from tests.integration.test_cli import kc
-from tests.integration.test_inbox import queued
+from tests.builders import purchase_row
+from tests.harness import kc, settings_for
+from tests.harness import reconcile as run
+from tests.services import AMQP
+from tests.services import take_queued as queued
 
 HOUR = 3600
 DAY = 24 * HOUR
@@ -37,37 +39,6 @@ def now() -> int:
 def provider() -> Iterator[api.Provider]:
     with api.serve() as served:
         yield served
-
-
-def settings_for(provider: api.Provider, **overrides: str) -> Settings:
-    env = {
-        "KC_RAZORPAY_KEY_ID": api.RAZORPAY_KEY_ID,
-        "KC_RAZORPAY_KEY_SECRET": api.RAZORPAY_KEY_SECRET,
-        "KC_STRIPE_API_KEY": api.STRIPE_API_KEY,
-        "KC_RAZORPAY_API_URL": provider.url,
-        "KC_STRIPE_API_URL": provider.url,
-        **overrides,
-    }
-    return Settings.from_env(env)
-
-
-def run(
-    engine: Engine, app: Celery, provider: api.Provider, name: str, since: int = DAY, **options: object
-) -> reconciler.Summary:
-    client = reconciler.api_for(settings_for(provider), name, read_timeout=float(options.pop("read_timeout", 5.0)))
-    client._sleep = lambda seconds: None  # Retry-After: 0 and the backoff need no real wait here
-    try:
-        return reconciler.run(engine, app, client, reconciler.window(since), **options)  # type: ignore[arg-type]
-    finally:
-        client.close()
-
-
-def purchase_row(sql, payment_id: str, active: bool = True) -> None:
-    sql(
-        "INSERT INTO student_course_purchases (id, student_id, course_id, payment_id, amount_cents, currency, "
-        "is_active) VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), %s, 49900, 'INR', %s)",
-        (payment_id, active),
-    )
 
 
 def tasks() -> list[tuple[str, str]]:

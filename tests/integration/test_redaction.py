@@ -26,11 +26,11 @@ from kc_tasks.store.index_guard import IndexGuard
 from kc_tasks.worker.purchases import create_purchase
 from tests import provider_api_server as api
 from tests import provider_samples as s
-from tests.conftest import AMQP
-from tests.integration.test_cli import kc as kc_command
-from tests.integration.test_inbox import queued
-from tests.integration.test_reconcile import run
-from tests.integration.test_tasks import Seen
+from tests.harness import Seen
+from tests.harness import kc as kc_command
+from tests.harness import reconcile as run
+from tests.services import AMQP
+from tests.services import take_queued as queued
 
 DAY = 86400.0
 KEEP = 30 * DAY
@@ -283,7 +283,7 @@ def test_beats_task_redacts_what_kc_inbox_body_days_allows(
     seen: Seen,
     app_database: str,
 ) -> None:
-    from tests.conftest import run_sql
+    from tests.services import run_sql
 
     def put(event_id: str, days: int) -> None:
         run_sql(

@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine
 from kc_tasks.core import names
 from kc_tasks.payments import inbox
 from kc_tasks.payments.reconciler import resend_waiting
-from tests.integration.test_inbox import queued
-from tests.integration.test_reconcile import purchase_row
+from tests.builders import purchase_row
+from tests.services import take_queued as queued
 
 HOUR, WINDOW = 3600, 259200
 

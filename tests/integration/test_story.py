@@ -16,9 +16,9 @@ from kc_tasks.store.index_guard import IndexGuard
 from kc_tasks.worker.purchases import create_purchase
 from kc_tasks.worker.revocations import revoke
 from tests import provider_samples as s
-from tests.conftest import AMQP
-from tests.integration.test_cli import kc
-from tests.integration.test_inbox import queued
+from tests.harness import kc
+from tests.services import AMQP
+from tests.services import take_queued as queued
 
 
 def test_a_duplicate_payment_tells_which_payment_holds_the_course(engine: Engine, broker: Celery, sql) -> None:

@@ -15,7 +15,7 @@ from kc_tasks.core import names
 from kc_tasks.payments import inbox, redaction
 from kc_tasks.providers import Purchase, dig, recovered
 from tests import provider_samples as s
-from tests.unit.test_providers import KC_TABLE, RAZORPAY_TABLE, STRIPE_TABLE
+from tests.provider_tables import KC_TABLE, RAZORPAY_TABLE, STRIPE_TABLE
 
 STUDENT, COURSE = str(uuid.uuid4()), str(uuid.uuid4())
 PI = "pi_3MtwBwLkdIwHu7ix28a3tqPa"
