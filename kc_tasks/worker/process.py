@@ -20,6 +20,7 @@ from kc_tasks.celery import app, settings
 from kc_tasks.core import metrics, names
 from kc_tasks.core.errors import DatabaseUnavailable, KcTasksError
 from kc_tasks.payments import inbox
+from kc_tasks.providers import registry
 from kc_tasks.store import db, events
 from kc_tasks.store.index_guard import FIX_COMMAND, IndexGuard
 from kc_tasks.worker.outage import gate
@@ -76,6 +77,7 @@ def _serve_metrics(**_: Any) -> None:
             _index_usable,
             gate.consuming,
             periods,
+            registry.METRIC_LABELS,
         )
 
 
