@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -54,7 +55,6 @@ from kc_tasks.core.names import (
 logger = logging.getLogger(__name__)
 
 WEB, WORKER = "web", "worker"
-PROVIDERS = ("kc", "razorpay", "stripe")
 # An event's inbox status, or what became of a request that stored nothing new.
 WEBHOOK_OUTCOMES = (ENQUEUED, "duplicate", IGNORED, UNMAPPED, INVALID, "rejected", CONFLICT, "unavailable")
 PURCHASE_OUTCOMES = ("created", "repeated", "duplicate_payment")
@@ -63,7 +63,6 @@ TASKS = PURCHASE_TASKS
 REVOCATION_REASONS = ("refund", "dispute", "manual")
 FOUND_KINDS = ("payment", "refund", "dispute")
 # POST /checkouts/confirm's answers: 200, 202, 409 not paid, any other 4xx, 503.
-CONFIRM_PROVIDERS = ("razorpay", "stripe")
 CONFIRM_OUTCOMES = ("granted", "pending", "not_paid", "refused", "unavailable")
 # A task sent directly (not through the inbox) is first seen when it reaches the worker.
 TASK = "task"
@@ -82,11 +81,23 @@ ACCESS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 36
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
+@dataclass(frozen=True)
+class Labels:
+    """The providers whose label series are made from 0, given by the processes that start the
+    metrics (kc_tasks.providers.registry.METRIC_LABELS: this module sits below the providers).
+    `webhooks`: the providers the web takes webhooks of; `apis`: those whose API kc_tasks reads
+    (checkouts confirmed, refund failures, reconciliation)."""
+
+    webhooks: tuple[str, ...] = ()
+    apis: tuple[str, ...] = ()
+
+
 class Series:
     """The contract's counters, histogram and the gauges processes set (those read at scrape
     are ScrapeGauges). Made by `enable`, after the multiprocess mode is on."""
 
-    def __init__(self, role: str) -> None:
+    def __init__(self, role: str, labels: Labels = Labels()) -> None:
+        self.labels = labels
         self.webhook_events = Counter(
             "kc_webhook_events_total",
             "Webhook requests by what became of them",
@@ -116,7 +127,7 @@ class Series:
         self.refund_failures = Counter(
             "kc_refund_failures_total", "Refunds that failed after they were processed", ["provider"], registry=None
         )
-        for provider in ("razorpay", "stripe"):
+        for provider in labels.apis:
             self.refund_failures.labels(provider)
         # Set by whichever process ran the task (a pool process), or by the worker's main process
         # at start: the newest of them is the one that counts, also once its process is gone.
@@ -139,10 +150,10 @@ class Series:
         )
         # Every known series from 0, so that a rate or an increase sees its first event.
         if role == WEB:
-            for provider in CONFIRM_PROVIDERS:
+            for provider in labels.apis:
                 for outcome in CONFIRM_OUTCOMES:
                     self.confirms.labels(provider, outcome)
-            for provider in PROVIDERS:
+            for provider in labels.webhooks:
                 for outcome in WEBHOOK_OUTCOMES:
                     self.webhook_events.labels(provider, outcome)
         else:
@@ -154,7 +165,7 @@ class Series:
                 self.retries.labels(task)
                 for kind in DEAD_LETTER_KINDS:
                     self.dead_letters.labels(task, kind)
-            for provider in ("razorpay", "stripe"):
+            for provider in labels.apis:
                 for kind in FOUND_KINDS:
                     self.reconcile_found.labels(provider, kind)
 
@@ -169,16 +180,17 @@ def enabled() -> bool:
     return _series is not None
 
 
-def enable(role: str, owner_pid: int, fresh: bool) -> Path:
+def enable(role: str, owner_pid: int, fresh: bool, labels: Labels = Labels()) -> Path:
     """Turn the multiprocess mode on in this process (and the processes it forks) and make the
-    series; the folder is `role`'s of process `owner_pid`, emptied when `fresh`."""
+    series, those of `labels`' providers from 0; the folder is `role`'s of process `owner_pid`,
+    emptied when `fresh`."""
     global _series, _folder
     folder = private_folder(role, owner_pid, fresh)
     os.environ[MULTIPROC_DIR] = str(folder)
     # prometheus_client picks its value class when it is imported; from here on it is the
     # multiprocess one, for the series made below.
     values.ValueClass = values.MultiProcessValue()
-    _folder, _series = folder, Series(role)
+    _folder, _series = folder, Series(role, labels)
     return folder
 
 
@@ -338,7 +350,7 @@ def reconcile_found(provider: str, found: Mapping[str, int]) -> None:
 def confirm(provider: str, outcome: str) -> None:
     """One answer of POST /checkouts/confirm (a provider it does not know counts as `other`)."""
     if _series is not None:
-        _series.confirms.labels(provider if provider in CONFIRM_PROVIDERS else "other", outcome).inc()
+        _series.confirms.labels(provider if provider in _series.labels.apis else "other", outcome).inc()
 
 
 def refund_failed(provider: str) -> None:
@@ -413,15 +425,17 @@ class WorkerGauges:
 # --- starting ---------------------------------------------------------------------------------
 
 
-def start_web(port: int, address: str, writable: Callable[[], str | None], stuck: Callable[[], float]) -> None:
+def start_web(
+    port: int, address: str, writable: Callable[[], str | None], stuck: Callable[[], float], labels: Labels
+) -> None:
     """In each uvicorn worker: one folder for all the workers of one uvicorn (their parent's),
     and each listens on `port`. `writable`: a write probe of PostgreSQL (None: it takes writes);
-    `stuck`: the inbox events still received (a query)."""
+    `stuck`: the inbox events still received (a query); `labels`: the providers."""
     if _series is not None:
         return
     parent = multiprocessing.parent_process()
     owner = parent.pid if parent is not None and parent.pid is not None else os.getpid()
-    enable(WEB, owner, fresh=parent is None)
+    enable(WEB, owner, fresh=parent is None, labels=labels)
     gauge = ScrapeGauge("kc_inbox_stuck_events", "Inbox events still received after the relay's grace period", stuck)
     _start_serving(port, address, [DatabaseGauges(writable, [gauge])], share_port=True)
 
@@ -433,16 +447,17 @@ def start_worker(
     index_usable: Callable[[], float],
     consuming: Callable[[], bool],
     periods: Mapping[str, float],
+    labels: Labels,
 ) -> None:
     """In the worker's main process, before the pool forks: a fresh folder. `writable`: a write
     probe of PostgreSQL; `index_usable`: 1 while unique_active_purchase is usable, else 0 (a
     check); `consuming`: whether the worker takes tasks from `purchases`; `periods`: beat's
-    tasks and their periods, seconds."""
+    tasks and their periods, seconds; `labels`: the providers."""
     if _series is not None:
         return
     from celery.signals import task_retry, task_success, worker_shutdown
 
-    enable(WORKER, os.getpid(), fresh=True)
+    enable(WORKER, os.getpid(), fresh=True, labels=labels)
     assert _series is not None
     started = time.time()
     for task in periods:

@@ -56,26 +56,17 @@ from kc_tasks.providers import (
     RefundFailed,
     Revocation,
     Unmapped,
-    kc,
-    razorpay,
     recovered,
-    stripe,
+    registry,
 )
 from kc_tasks.store import db
 
 logger = logging.getLogger(__name__)
 
-PROVIDERS = (kc.NAME, razorpay.NAME, stripe.NAME, recovered.NAME)
+PROVIDERS = registry.NAMES
 # The types of the events that revoke (Revocation), every provider's: the resend sweep looks at
 # these even when their payment has its purchase (kc_tasks.payments.reconciler.resend_waiting).
-REVOKING_TYPES = (
-    kc.PAYMENT_REFUNDED,
-    razorpay.REFUND_PROCESSED,
-    razorpay.DISPUTE_LOST,
-    stripe.CHARGE_REFUNDED,
-    stripe.DISPUTE_CLOSED,
-    *(kind for (_, found), kind in recovered.TYPES.items() if found != recovered.PAID),
-)
+REVOKING_TYPES = registry.REVOKING_TYPES
 # How long the web gets to enqueue what it stored before the relay does it instead, seconds.
 RELAY_GRACE_SECONDS = 10
 RELAY_BATCH = 200
@@ -136,15 +127,10 @@ def parse(
     provider: str, body: bytes, event_id: str | None = None, stripe_livemode: bool | None = None
 ) -> ProviderEvent:
     """The provider module's reading of a body (again, for the relay and replays)."""
-    if provider == kc.NAME:
-        return kc.parse(body)
-    if provider == razorpay.NAME:
-        return razorpay.parse(body, event_id)
-    if provider == stripe.NAME:
-        return stripe.parse(body, stripe_livemode)
-    if provider == recovered.NAME and event_id is not None:
-        return recovered.parse(body, event_id)
-    raise Malformed(f"unknown provider {provider}")
+    entry = registry.find(provider)
+    if entry is None:
+        raise Malformed(f"unknown provider {provider}")
+    return entry.parse(body, event_id, stripe_livemode)
 
 
 def receive(engine: Engine, app: Celery, event: ProviderEvent, body: bytes, raw: bool = True) -> Receipt:

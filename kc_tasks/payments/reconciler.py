@@ -62,6 +62,7 @@ from kc_tasks.providers import (
     apis,
     razorpay,
     recovered,
+    registry,
     stripe,
     text,
 )
@@ -69,7 +70,8 @@ from kc_tasks.store import db
 
 logger = logging.getLogger(__name__)
 
-PROVIDERS = (razorpay.NAME, stripe.NAME)
+# The providers reconciled: the registry's, each read by its READERS entry.
+PROVIDERS = registry.RECONCILED
 # What reconciliation finds that no webhook had brought (Summary.found).
 PAYMENT, REFUND, DISPUTE_FOUND = "payment", "refund", "dispute"
 # How far back disputes are listed, at least, seconds: a chargeback can take months to close.
@@ -164,12 +166,7 @@ class Summary:
 
 def configured(settings: Settings) -> tuple[str, ...]:
     """The providers whose API keys are set."""
-    found = []
-    if settings.razorpay_key_id and settings.razorpay_key_secret:
-        found.append(razorpay.NAME)
-    if settings.stripe_api_key:
-        found.append(stripe.NAME)
-    return tuple(found)
+    return tuple(provider for provider in PROVIDERS if READERS[provider].keys_set(settings))
 
 
 def window(seconds: float, now: float | None = None) -> apis.Window:
@@ -256,10 +253,7 @@ def run(
     database error. With dry_run, changes nothing and says what it would do. `resend_after`
     None: what is stored is never sent again here (beat's task sent it with `resend_waiting`)."""
     summary = Summary(api.provider, _iso(win.since), _iso(win.until), dry_run)
-    if api.provider == razorpay.NAME:
-        _razorpay(engine, app, api, win, summary, resend_after)
-    else:
-        _stripe(engine, app, api, win, summary, resend_after, stripe_livemode)
+    READERS[api.provider].read(engine, app, api, win, summary, resend_after, stripe_livemode)
     return summary
 
 
@@ -441,6 +435,25 @@ def _stripe(
             continue
         if not _hand_over(engine, app, summary, event, body):
             summary.already_fine += 1
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How reconciliation reads one provider: whether its API keys are set, and the run over a
+    window (engine, app, api, window, summary, resend_after, KC_STRIPE_LIVEMODE)."""
+
+    keys_set: Callable[[Settings], bool]
+    read: Callable[[Engine, Celery, apis.Api, apis.Window, Summary, float | None, bool | None], None]
+
+
+# By the registry's reconciled providers (tests/unit/test_registry.py holds them equal).
+READERS: dict[str, Reader] = {
+    razorpay.NAME: Reader(
+        lambda s: bool(s.razorpay_key_id and s.razorpay_key_secret),
+        lambda engine, app, api, win, summary, resend_after, _: _razorpay(engine, app, api, win, summary, resend_after),
+    ),
+    stripe.NAME: Reader(lambda s: bool(s.stripe_api_key), _stripe),
+}
 
 
 def _hand_over(engine: Engine, app: Celery, summary: Summary, event: ProviderEvent, body: bytes) -> bool:

@@ -31,7 +31,8 @@ from sqlalchemy.engine import Engine
 
 from kc_tasks.core import names
 from kc_tasks.payments import outcomes
-from kc_tasks.providers import KEYS, Malformed, kc, razorpay, recovered, stripe
+from kc_tasks.providers import registry
+from kc_tasks.providers.kept import ID, LEAF, Kwargs, Table
 from kc_tasks.store import db
 
 logger = logging.getLogger(__name__)
@@ -42,92 +43,12 @@ BATCH = 500
 # object where a status was expected, say): it could hold anything.
 REDACTED = "[redacted]"
 
-# A table is a dict: field -> what is kept of it. LEAF: the value, when it is a string,
-# number, boolean or null. ID: an id, or of an expanded object its `id` alone. A dict: the
-# object, with only the fields it names. A list of one table: a list, each item by that table.
-LEAF = "leaf"
-ID = "id"
-Table = dict[str, Any]
-
-
-def _leaves(*names: str) -> Table:
-    return dict.fromkeys(names, LEAF)
-
-
-# Server-set notes (a Razorpay order's) or metadata (a Stripe session's or PaymentIntent's):
-# the student and the course, nothing else.
-SERVER_SET: Table = _leaves(*KEYS)
-
-RAZORPAY_PAYMENT = _leaves(
-    "id", "entity", "amount", "currency", "status", "order_id", "amount_refunded", "refund_status"
-)
-RAZORPAY_ORDER = {
-    **_leaves("id", "entity", "amount", "amount_paid", "amount_due", "partial_payment", "currency", "status"),
-    "notes": SERVER_SET,
-}
-RAZORPAY_REFUND = _leaves("id", "entity", "payment_id", "amount", "currency", "status")
-RAZORPAY_DISPUTE = _leaves("id", "entity", "payment_id", "amount", "currency", "status")
-# A webhook body: {"event": ..., "payload": {"payment": {"entity": ...}, "order": ..., ...}}.
-RAZORPAY: Table = {
-    **_leaves("entity", "event"),
-    "payload": {
-        "payment": {"entity": RAZORPAY_PAYMENT},
-        "order": {"entity": RAZORPAY_ORDER},
-        "refund": {"entity": RAZORPAY_REFUND},
-        "dispute": {"entity": RAZORPAY_DISPUTE},
-    },
-}
-
-# The object of a Stripe event: a Checkout Session, a PaymentIntent, a charge or a dispute.
-STRIPE_OBJECT: Table = {
-    **_leaves(
-        "id",
-        "object",
-        "livemode",
-        "mode",
-        "status",
-        "payment_status",
-        "failure_reason",
-        "amount",
-        "amount_total",
-        "amount_received",
-        "amount_refunded",
-        "currency",
-        "refunded",
-    ),
-    "payment_intent": ID,
-    "charge": ID,
-    "metadata": SERVER_SET,
-    # A charge as endpoints pinned to an API version before 2022-11-15 get it.
-    "refunds": {"data": [_leaves("id", "object", "amount", "currency", "status")]},
-}
-# A webhook body, or an event of the Events API as reconciliation stores it.
-STRIPE: Table = {**_leaves("id", "object", "type", "livemode", recovered.FOUND_BY), "data": {"object": STRIPE_OBJECT}}
-
-# Reconciliation's Razorpay objects: {"payment", "order"}, {"refund", "payment"}, {"dispute"};
-# an earlier release stored a payment alone.
-RECONCILE_RAZORPAY: Table = {
-    **RAZORPAY_PAYMENT,
-    "payment": RAZORPAY_PAYMENT,
-    "order": RAZORPAY_ORDER,
-    "refund": RAZORPAY_REFUND,
-    "dispute": RAZORPAY_DISPUTE,
-}
-# An earlier release stored Stripe's PaymentIntents and charges themselves.
-RECONCILE_STRIPE: Table = STRIPE_OBJECT
-
-# kc_tasks' own webhook: {"id", "type", "data": {task kwargs}}. The kwargs are kept but for
-# `metadata`, the platform's own free-form data, which the purchase row keeps (see `_kc`).
-KC_KWARGS = ("payment_id", "student_id", "course_id", "amount_cents", "currency", "refund_id")
-KC: Table = {**_leaves("id", "type"), "data": _leaves(*KC_KWARGS)}
-
-# The tables by provider (docs/security.md shows the same).
+# The tables (kc_tasks.providers.kept) by provider, and for reconciliation's events by the
+# provider whose API they were read from (docs/security.md shows the same): the registry's.
 KEPT: dict[str, Table] = {
-    razorpay.NAME: RAZORPAY,
-    stripe.NAME: STRIPE,
-    f"{recovered.NAME} {razorpay.NAME}": RECONCILE_RAZORPAY,
-    f"{recovered.NAME} {stripe.NAME}": RECONCILE_STRIPE,
-    kc.NAME: KC,
+    (p.name if source == p.name else f"{p.name} {source}"): table
+    for p in registry.PROVIDERS
+    for source, table in p.kept.items()
 }
 
 
@@ -140,22 +61,14 @@ def redacted(provider: str, event_id: str, body: str) -> str:
         data = None
     if not isinstance(data, dict):
         return "{}"
-    if provider == kc.NAME:
-        kept = _kc(data)
-    else:
-        kept = keep(data, table_for(provider, event_id))
+    kept = keep(data, table_for(provider, event_id))
     # ASCII: whatever escapes the original held, the result is storable text.
     return json.dumps(kept, separators=(",", ":"), sort_keys=True)
 
 
 def table_for(provider: str, event_id: str) -> Table:
-    if provider == recovered.NAME:
-        try:
-            source, _ = recovered.split_event_id(event_id)
-        except Malformed:
-            return {}
-        return KEPT[f"{recovered.NAME} {source}"]
-    return KEPT.get(provider, {})
+    entry = registry.find(provider)
+    return entry.table(event_id) if entry is not None else {}
 
 
 def keep(value: Any, table: Any) -> Any:
@@ -172,21 +85,21 @@ def keep(value: Any, table: Any) -> Any:
         return [keep(item, table[0]) for item in value]
     if not isinstance(value, dict):
         return _other_shape(value)
-    return {key: keep(value[key], sub) for key, sub in table.items() if key in value}
-
-
-def _kc(data: dict[str, Any]) -> dict[str, Any]:
-    """kc's body: the task kwargs kept; `metadata` removed when it is an object (the purchase
-    row holds it), a placeholder otherwise, so that a body invalid for it stays invalid; any
-    other key kept by name, as null, so that a body with a kwarg the task refuses stays refused."""
-    kept = keep(data, KC)
-    args = data.get("data")
-    if isinstance(args, dict):
-        extra = {key: None for key in args if key not in KC_KWARGS and key != "metadata"}
-        kept["data"] = {**kept["data"], **extra}
-        if "metadata" in args and not isinstance(args["metadata"], dict) and args["metadata"] is not None:
-            kept["data"]["metadata"] = REDACTED
+    kept = {key: keep(value[key], sub) for key, sub in table.items() if key in value}
+    if isinstance(table, Kwargs):
+        kept |= _other_kwargs(value, table)
     return kept
+
+
+def _other_kwargs(kwargs: dict[str, Any], table: Kwargs) -> dict[str, Any]:
+    """Task kwargs: `metadata` removed when it is an object (the purchase row holds it), a
+    placeholder otherwise, so that a body invalid for it stays invalid; any other key kept by
+    name, as null, so that a body with a kwarg the task refuses stays refused."""
+    other: dict[str, Any] = {key: None for key in kwargs if key not in table and key != "metadata"}
+    metadata = kwargs.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        other["metadata"] = REDACTED
+    return other
 
 
 def _scalar(value: Any) -> bool:

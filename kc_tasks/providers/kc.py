@@ -16,10 +16,16 @@ from kc_tasks.providers import (
     signature,
     text,
 )
+from kc_tasks.providers.kept import Kwargs, Table, leaves
 
 NAME = "kc"
 PAYMENT_SUCCEEDED = "payment.succeeded"
 PAYMENT_REFUNDED = "payment.refunded"
+# What redaction keeps (kc_tasks.providers.kept): {"id", "type", "data": {task kwargs}}. The
+# kwargs are kept but for `metadata`, the platform's own free-form data, which the purchase row
+# keeps.
+KWARGS = ("payment_id", "student_id", "course_id", "amount_cents", "currency", "refund_id")
+KEPT: Table = {**leaves("id", "type"), "data": Kwargs(leaves(*KWARGS))}
 
 
 def verify(body: bytes, header: str | None, secrets: Sequence[str]) -> str | None:

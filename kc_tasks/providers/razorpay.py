@@ -44,6 +44,7 @@ from kc_tasks.providers import (
     purchase_from,
     text,
 )
+from kc_tasks.providers.kept import SERVER_SET, Table, leaves
 
 NAME = "razorpay"
 SIGNATURE_HEADER = "X-Razorpay-Signature"
@@ -57,6 +58,25 @@ DISPUTE_LOST = "payment.dispute.lost"
 SUBSCRIBE = (ORDER_PAID, REFUND_PROCESSED, REFUND_FAILED, DISPUTE_LOST)
 # How the why of an order not paid in full begins (reconciliation counts these as not paid).
 PART_PAID = "order not paid in full"
+
+# What redaction keeps of a body (kc_tasks.providers.kept): the fields `parse` reads.
+KEPT_PAYMENT = leaves("id", "entity", "amount", "currency", "status", "order_id", "amount_refunded", "refund_status")
+KEPT_ORDER = {
+    **leaves("id", "entity", "amount", "amount_paid", "amount_due", "partial_payment", "currency", "status"),
+    "notes": SERVER_SET,
+}
+KEPT_REFUND = leaves("id", "entity", "payment_id", "amount", "currency", "status")
+KEPT_DISPUTE = leaves("id", "entity", "payment_id", "amount", "currency", "status")
+# A webhook body: {"event": ..., "payload": {"payment": {"entity": ...}, "order": ..., ...}}.
+KEPT: Table = {
+    **leaves("entity", "event"),
+    "payload": {
+        "payment": {"entity": KEPT_PAYMENT},
+        "order": {"entity": KEPT_ORDER},
+        "refund": {"entity": KEPT_REFUND},
+        "dispute": {"entity": KEPT_DISPUTE},
+    },
+}
 
 _utility = razorpay.Utility()
 

@@ -14,11 +14,12 @@ import json
 from typing import Any
 
 from kc_tasks.providers import Action, Malformed, ProviderEvent, dig, load_object, razorpay, stripe
+from kc_tasks.providers.kept import Table
 
 NAME = "reconcile"
-# The key reconciliation adds to a Stripe event it stores (kc_tasks.payments.reconciler): the payment's
-# story tells it from one its webhook brought.
-FOUND_BY = "kc_tasks_found_by_reconciliation"
+# The key reconciliation adds to a Stripe event it stores: the payment's story tells it from one
+# its webhook brought.
+FOUND_BY = stripe.FOUND_BY
 PAID = "paid"
 REFUNDED = "refunded"
 DISPUTED = "disputed"
@@ -33,6 +34,21 @@ TYPES = {
     (stripe.NAME, REFUNDED): "stripe.charge.refunded",
 }
 
+# What redaction keeps (kc_tasks.providers.kept), by the provider whose API an event was read
+# from (`source_of`). Razorpay's objects: {"payment", "order"}, {"refund", "payment"},
+# {"dispute"}; an earlier release stored a payment alone. Stripe's: an earlier release stored
+# its PaymentIntents and charges themselves.
+KEPT: dict[str, Table] = {
+    razorpay.NAME: {
+        **razorpay.KEPT_PAYMENT,
+        "payment": razorpay.KEPT_PAYMENT,
+        "order": razorpay.KEPT_ORDER,
+        "refund": razorpay.KEPT_REFUND,
+        "dispute": razorpay.KEPT_DISPUTE,
+    },
+    stripe.NAME: stripe.KEPT_OBJECT,
+}
+
 
 def event_id(provider: str, payment_id: str, kind: str) -> str:
     return f"{provider}:{payment_id}:{kind}"
@@ -45,6 +61,15 @@ def split_event_id(eid: str) -> tuple[str, str]:
     if (provider, kind) not in TYPES:
         raise Malformed(f"{eid!r} is not a reconciliation event id")
     return provider, kind
+
+
+def source_of(eid: str) -> str | None:
+    """The provider whose API a reconciliation event was read from, or None when `eid` is not a
+    reconciliation event id."""
+    try:
+        return split_event_id(eid)[0]
+    except Malformed:
+        return None
 
 
 def source(provider: str, eid: str) -> str:

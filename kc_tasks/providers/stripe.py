@@ -39,6 +39,7 @@ from kc_tasks.providers import (
     purchase_from,
     text,
 )
+from kc_tasks.providers.kept import ID, SERVER_SET, Table, leaves
 
 NAME = "stripe"
 SIGNATURE_HEADER = "Stripe-Signature"
@@ -68,6 +69,36 @@ ONE_TIME = "payment"
 REFUND_NOT_MADE = ("failed", "canceled")
 # Why an event of the other mode is left alone (KC_STRIPE_LIVEMODE).
 OTHER_MODE = "an event of the other Stripe mode"
+# The key reconciliation adds to a Stripe event it stores (kc_tasks.payments.reconciler): the payment's
+# story tells it from one its webhook brought.
+FOUND_BY = "kc_tasks_found_by_reconciliation"
+
+# What redaction keeps (kc_tasks.providers.kept): the object of an event, a Checkout Session, a
+# PaymentIntent, a charge or a dispute...
+KEPT_OBJECT: Table = {
+    **leaves(
+        "id",
+        "object",
+        "livemode",
+        "mode",
+        "status",
+        "payment_status",
+        "failure_reason",
+        "amount",
+        "amount_total",
+        "amount_received",
+        "amount_refunded",
+        "currency",
+        "refunded",
+    ),
+    "payment_intent": ID,
+    "charge": ID,
+    "metadata": SERVER_SET,
+    # A charge as endpoints pinned to an API version before 2022-11-15 get it.
+    "refunds": {"data": [leaves("id", "object", "amount", "currency", "status")]},
+}
+# ... and a webhook body, or an event of the Events API as reconciliation stores it.
+KEPT: Table = {**leaves("id", "object", "type", "livemode", FOUND_BY), "data": {"object": KEPT_OBJECT}}
 
 
 def verify(body: bytes, header: str | None, secrets: Sequence[str]) -> str | None:

@@ -20,6 +20,7 @@ from kc_tasks.celery import app, settings
 from kc_tasks.core import metrics, names
 from kc_tasks.core.errors import DatabaseUnavailable, KcTasksError
 from kc_tasks.payments import inbox
+from kc_tasks.providers import registry
 from kc_tasks.store import db, events
 from kc_tasks.store.index_guard import FIX_COMMAND, IndexGuard
 from kc_tasks.worker import seam
@@ -77,6 +78,7 @@ def _serve_metrics(**_: Any) -> None:
             _index_usable,
             gate.consuming,
             periods,
+            registry.METRIC_LABELS,
         )
         # When a task sent directly was first seen, for kc_payment_to_access_seconds.
         task_received.connect(seam.stamp_arrival, weak=False, dispatch_uid="kc_stamp_arrival")

@@ -14,6 +14,7 @@ import pytest
 from kc_tasks.core import names
 from kc_tasks.payments import inbox, redaction
 from kc_tasks.providers import Purchase, dig, recovered
+from kc_tasks.providers.kept import SERVER_SET
 from tests import provider_samples as s
 from tests.provider_tables import KC_TABLE, RAZORPAY_TABLE, STRIPE_TABLE
 
@@ -259,9 +260,9 @@ def test_redacting_twice_changes_nothing(provider: str, sample: dict[str, Any]) 
         ({"a": [s.EMAIL]}, {"a": redaction.LEAF}, {"a": redaction.REDACTED}),
         ({"pi": "pi_1"}, {"pi": redaction.ID}, {"pi": "pi_1"}),
         ({"pi": {"id": "pi_1", "receipt_email": s.EMAIL}}, {"pi": redaction.ID}, {"pi": {"id": "pi_1"}}),
-        ({"notes": []}, {"notes": redaction.SERVER_SET}, {"notes": []}),
-        ({"notes": [s.EMAIL]}, {"notes": redaction.SERVER_SET}, {"notes": []}),
-        ({"notes": s.EMAIL}, {"notes": redaction.SERVER_SET}, {"notes": redaction.REDACTED}),
+        ({"notes": []}, {"notes": SERVER_SET}, {"notes": []}),
+        ({"notes": [s.EMAIL]}, {"notes": SERVER_SET}, {"notes": []}),
+        ({"notes": s.EMAIL}, {"notes": SERVER_SET}, {"notes": redaction.REDACTED}),
         ({"l": [{"id": 1, "x": 2}, {"id": 3}]}, {"l": [{"id": redaction.LEAF}]}, {"l": [{"id": 1}, {"id": 3}]}),
         ({"l": {"id": 1}}, {"l": [{"id": redaction.LEAF}]}, {"l": {}}),
     ],

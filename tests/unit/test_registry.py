@@ -1,0 +1,55 @@
+"""The provider registry is the one list of providers: the web's routes, the inbox, redaction,
+reconciliation and the metrics know exactly its providers."""
+
+from __future__ import annotations
+
+import secrets as random
+
+import pytest
+from celery import Celery
+
+from kc_tasks.core import metrics
+from kc_tasks.core.settings import Settings
+from kc_tasks.payments import inbox, reconciler, redaction
+from kc_tasks.providers import Malformed, registry
+from kc_tasks.web import create_app
+
+NAMES = {"kc", "razorpay", "stripe", "reconcile"}
+
+
+def app_paths(**secrets: str) -> set[str]:
+    env = {"KC_WEBHOOK_SECRET": random.token_hex(32), "KC_DATABASE_URL": "postgresql+psycopg://127.0.0.1/unused"}
+    app = create_app(Settings.from_env(env | secrets), Celery(broker="memory://"))
+    return {path for path in app.openapi()["paths"] if path.startswith("/webhooks/")}
+
+
+def test_every_provider_with_a_webhook_has_its_route_while_its_secret_is_set() -> None:
+    env = {"KC_RAZORPAY_WEBHOOK_SECRET": random.token_hex(32), "KC_STRIPE_WEBHOOK_SECRET": random.token_hex(32)}
+    assert (
+        app_paths(**env)
+        == {p.webhook.path for p in registry.WEBHOOKS if p.webhook}
+        == {
+            "/webhooks/payments",
+            "/webhooks/razorpay",
+            "/webhooks/stripe",
+        }
+    )
+    assert app_paths() == {"/webhooks/payments"}
+
+
+def test_the_inbox_redaction_and_reconciliation_know_exactly_the_registrys_providers() -> None:
+    assert set(registry.NAMES) == NAMES
+    assert set(inbox.PROVIDERS) == NAMES
+    assert {key.split()[0] for key in redaction.KEPT} == NAMES
+    assert set(reconciler.PROVIDERS) == set(reconciler.READERS) == {"razorpay", "stripe"}
+    assert registry.METRIC_LABELS == metrics.Labels(webhooks=("kc", "razorpay", "stripe"), apis=("razorpay", "stripe"))
+
+
+def test_an_unknown_provider_is_refused_and_a_reconciliation_event_has_its_sources_table() -> None:
+    for provider in registry.PROVIDERS:
+        assert registry.find(provider.name) is provider
+    with pytest.raises(Malformed, match="unknown provider paypal"):
+        inbox.parse("paypal", b"{}", "e")
+    assert redaction.table_for("paypal", "e") == {}
+    assert redaction.table_for("reconcile", "razorpay:pay_1:paid") == redaction.KEPT["reconcile razorpay"]
+    assert redaction.table_for("reconcile", "razorpay:pay_1:bogus") == {}
