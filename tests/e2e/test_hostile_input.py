@@ -106,7 +106,9 @@ def test_a_signed_but_deeply_nested_body_is_a_422(hostile_web: tuple[Web, list[s
 
 def test_an_event_id_with_line_breaks_cannot_forge_a_log_line(hostile_web: tuple[Web, list[str]]) -> None:
     web, _ = hostile_web
-    forged = "2026-01-01 00:00:00,000 INFO MainProcess kc_tasks.web.webhooks: webhook evt_ok: payment pay_forged enqueued"
+    forged = (
+        "2026-01-01 00:00:00,000 INFO MainProcess kc_tasks.web.webhooks: webhook evt_ok: payment pay_forged enqueued"
+    )
     data = {
         "payment_id": f"pay_{uuid.uuid4().hex}",
         "student_id": str(uuid.uuid4()),
