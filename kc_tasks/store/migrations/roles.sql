@@ -16,7 +16,7 @@
 -- docker/logins.sql does this for docker compose.
 --
 -- What kc_web and kc_worker may do to each table is granted by `kc-tasks migrate` after every
--- upgrade (kc_tasks/roles.py), so that a table a new migration adds is granted in the same run.
+-- upgrade (kc_tasks/store/roles.py), so that a table a new migration adds is granted in the same run.
 
 -- The group roles, if missing (a concurrent run may create one first: that is fine).
 DO $$

@@ -2,7 +2,7 @@
 
 create_purchase and revoke_purchase both upsert this row before they touch a purchase. Its
 row lock orders them: whichever comes second sees what the first committed (see
-kc_tasks/purchases.py and revocations.py). The rows of the payments already known (their
+kc_tasks/worker/purchases.py and revocations.py). The rows of the payments already known (their
 purchases, duplicate payments and revocations) are made here in batches of BATCH rows, each
 committed on its own: the existing tables are only read (ACCESS SHARE, which no write waits
 for), and the new one is written a batch at a time while workers already write to it.

@@ -14,7 +14,7 @@ INDEX = "payment_events_whole_body_idx"
 
 
 def upgrade() -> None:
-    # Null while the body is whole (kc_tasks/redaction.py; KC_INBOX_BODY_DAYS).
+    # Null while the body is whole (kc_tasks/payments/redaction.py; KC_INBOX_BODY_DAYS).
     op.execute("ALTER TABLE payment_events ADD COLUMN IF NOT EXISTS body_redacted_at timestamptz")
     # The raw body is never rewritten but once, to its redacted form, stamped with the time of
     # it: a role that may reduce bodies still cannot forge one. Only an UPDATE that sets one of

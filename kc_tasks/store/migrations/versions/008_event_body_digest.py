@@ -1,7 +1,7 @@
 """payment_events.body_sha256: the SHA-256 of an event's raw body, kept through redaction.
 
 An event id names one event: a second arrival of a stored id is a repeat only with the same
-body, byte for byte (kc_tasks/inbox.py, same_event). Once a body is redacted the bytes are gone;
+body, byte for byte (kc_tasks/payments/inbox.py, same_event). Once a body is redacted the bytes are gone;
 their digest stays. The events stored before this migration have none: they are compared by
 what they ask for (their type and action, which the redacted form keeps), and nothing is
 backfilled, so this migration reads no row.
