@@ -181,11 +181,29 @@ def store_and_enqueue(
     driver error: wrap it in db.translate_errors) only when PostgreSQL fails: then nothing was
     stored."""
     plans = [plan(event) for event, _ in arrivals]
-    waited = [0.0] * len(arrivals)
     raws = [raw] * len(arrivals) if isinstance(raw, bool) else list(raw)
     digests = [
         hashlib.sha256(body).digest() if whole else None for (_, body), whole in zip(arrivals, raws, strict=True)
     ]
+    columns = _columns(arrivals, plans, digests)
+    waited = _waited(arrived, len(arrivals))
+    stored = {(r.provider, r.event_id): r.received_at for r in conn.exec_driver_sql(_STORE_MANY, columns)}
+    earlier = _stored_before(conn, {(e.provider, e.event_id) for e, _ in arrivals} - stored.keys())
+    receipts, sending = _sort_out(arrivals, plans, digests, waited, stored, earlier)
+    sent = _enqueue_many(app, sending, channel)
+    return [
+        Receipt(ENQUEUED, True, r.task_id) if r.new and (event.provider, event.event_id) in sent else r
+        for (event, _), r in zip(arrivals, receipts, strict=True)
+    ]
+
+
+def _columns(
+    arrivals: Sequence[tuple[ProviderEvent, bytes]],
+    plans: Sequence[tuple[str, Task | None, str | None]],
+    digests: Sequence[bytes | None],
+) -> dict[str, list[Any]]:
+    """The INSERT's values, one list per column (_STORED), one row per (provider, event_id): an
+    event that comes twice is stored as its first arrival."""
     # In key order: two INSERTs meeting the same events (a provider's retry racing the
     # original) then wait for each other in one order, never in a circle (a deadlock).
     rows = sorted(
@@ -198,11 +216,30 @@ def store_and_enqueue(
     )
     columns: dict[str, list[Any]] = {"provider": [k[0] for k, _ in rows], "event_id": [k[1] for k, _ in rows]}
     columns |= {name: [values[i] for _, values in rows] for i, name in enumerate(_STORED[2:])}
-    if arrived is not None:
-        asked = time.monotonic()  # received_at is PostgreSQL's now() once the INSERT reaches it
-        waited = [max(asked - at, 0.0) if at is not None else 0.0 for at in arrived]
-    stored = {(r.provider, r.event_id): r.received_at for r in conn.exec_driver_sql(_STORE_MANY, columns)}
-    earlier = _stored_before(conn, {(e.provider, e.event_id) for e, _ in arrivals} - stored.keys())
+    return columns
+
+
+def _waited(arrived: Sequence[float | None] | None, count: int) -> list[float]:
+    """How long before now each event's request arrived (0: first seen when stored); asked just
+    before the INSERT, since received_at is PostgreSQL's now() once the INSERT reaches it."""
+    if arrived is None:
+        return [0.0] * count
+    asked = time.monotonic()
+    return [max(asked - at, 0.0) if at is not None else 0.0 for at in arrived]
+
+
+def _sort_out(
+    arrivals: Sequence[tuple[ProviderEvent, bytes]],
+    plans: Sequence[tuple[str, Task | None, str | None]],
+    digests: Sequence[bytes | None],
+    waited: Sequence[float],
+    stored: dict[tuple[str, str], datetime],
+    earlier: dict[tuple[str, str], tuple[bytes, bytes | None]],
+) -> tuple[list[Receipt], list[tuple[ProviderEvent, Task]]]:
+    """A receipt for each arrival, in order, given what the INSERT `stored` (its received_at, by
+    key) and what was stored `earlier`: a new event is logged and its task is to be sent; a
+    repeat is nothing new; another body under a stored id is a CONFLICT. And the tasks to send."""
+    stored = dict(stored)
     firsts: dict[tuple[str, str], tuple[bytes, bytes | None]] = {}
     receipts: list[Receipt] = []
     sending: list[tuple[ProviderEvent, Task]] = []
@@ -222,11 +259,7 @@ def store_and_enqueue(
         receipts.append(Receipt(status, True, task.task_id if task else None, why))
         if task is not None:
             sending.append((event, seen(task, event.provider, received_at, early)))
-    sent = _enqueue_many(app, sending, channel)
-    return [
-        Receipt(ENQUEUED, True, r.task_id) if r.new and (event.provider, event.event_id) in sent else r
-        for (event, _), r in zip(arrivals, receipts, strict=True)
-    ]
+    return receipts, sending
 
 
 def same_event(

@@ -72,6 +72,10 @@ logger = logging.getLogger(__name__)
 
 # The providers reconciled: the registry's, each read by its READERS entry.
 PROVIDERS = registry.RECONCILED
+# (HTTP status or None, Retry-After, attempt) -> seconds to wait before another try, or None (apis.retry_delay).
+Retry = Callable[[int | None, str | None, int], float | None]
+# One object of a provider's API, as JSON.
+Obj = dict[str, Any]
 # What reconciliation finds that no webhook had brought (Summary.found).
 PAYMENT, REFUND, DISPUTE_FOUND = "payment", "refund", "dispute"
 # How far back disputes are listed, at least, seconds: a chargeback can take months to close.
@@ -178,20 +182,27 @@ def api_for(
     settings: Settings,
     provider: str,
     read_timeout: float = apis.READ_TIMEOUT,
-    retry: Callable[[int | None, str | None, int], float | None] = apis.retry_delay,
+    retry: Retry = apis.retry_delay,
 ) -> apis.Api:
-    """The provider's API with its key; `retry` says how long to wait before another try."""
-    if provider == razorpay.NAME:
-        return apis.Api(
-            provider,
-            settings.razorpay_api_url,
-            auth=(settings.razorpay_key_id, settings.razorpay_key_secret),
-            secrets=(settings.razorpay_key_id, settings.razorpay_key_secret),
-            read_timeout=read_timeout,
-            retry=retry,
-        )
+    """The provider's API with its key (its READERS entry says how); `retry` says how long to
+    wait before another try."""
+    return READERS[provider].api(settings, read_timeout, retry)
+
+
+def _razorpay_api(settings: Settings, read_timeout: float, retry: Retry) -> apis.Api:
     return apis.Api(
-        provider,
+        razorpay.NAME,
+        settings.razorpay_api_url,
+        auth=(settings.razorpay_key_id, settings.razorpay_key_secret),
+        secrets=(settings.razorpay_key_id, settings.razorpay_key_secret),
+        read_timeout=read_timeout,
+        retry=retry,
+    )
+
+
+def _stripe_api(settings: Settings, read_timeout: float, retry: Retry) -> apis.Api:
+    return apis.Api(
+        stripe.NAME,
         settings.stripe_api_url,
         headers={"Authorization": f"Bearer {settings.stripe_api_key}"},
         secrets=(settings.stripe_api_key,),
@@ -265,10 +276,7 @@ def _razorpay(
     summary: Summary,
     resend_after: float | None,
 ) -> None:
-    payments = list(apis.razorpay_list(api, "/v1/payments", win))
-    refunds = list(apis.razorpay_list(api, "/v1/refunds", win))
-    disputes_since = min(win.since, win.until - DISPUTE_LOOKBACK)
-    disputes = list(apis.razorpay_list(api, "/v1/disputes", apis.Window(disputes_since, win.until)))
+    payments, refunds, disputes = _razorpay_lists(api, win)
     captured = {pid: p for p in payments if razorpay.paid(p) and (pid := text(p.get("id")))}
     paid = latest_of_each_order(captured)
     summary.part_payments = len(captured) - len(paid)
@@ -278,6 +286,32 @@ def _razorpay(
     refunds += _pending_refunds(engine, api, refunds, summary)
     refunded = {pid: r for r in refunds if r.get("status") == "processed" and (pid := text(r.get("payment_id")))}
     lost = {pid: d for d in disputes if d.get("status") == "lost" and (pid := text(d.get("payment_id")))}
+    _count_no_candidates(payments, captured, summary)
+    ids = sorted(({text(p.get("id")) or "" for p in payments} | set(refunded) | set(lost)) - {""})
+    summary.seen = len(ids)
+    found = {recovered.PAID: paid, recovered.REFUNDED: refunded, recovered.DISPUTED: lost}
+    have = known(engine, ids, [_razorpay_key(pid, kind) for kind, pids in found.items() for pid in pids])
+    fine = set(paid) | set(refunded) | set(lost)
+    for pid, kind, obj in _razorpay_todo(have, found):
+        if _razorpay_act(engine, app, api, summary, have, resend_after, (pid, kind, obj)):
+            fine.discard(pid)
+    summary.already_fine = len(fine)
+    if not summary.dry_run:
+        _forget_final_refunds(engine, refunds)
+
+
+def _razorpay_lists(api: apis.Api, win: apis.Window) -> tuple[list[Obj], list[Obj], list[Obj]]:
+    """The window's payments, refunds and disputes (those over DISPUTE_LOOKBACK at least), each
+    list read in full."""
+    payments = list(apis.razorpay_list(api, "/v1/payments", win))
+    refunds = list(apis.razorpay_list(api, "/v1/refunds", win))
+    disputes_since = min(win.since, win.until - DISPUTE_LOOKBACK)
+    disputes = list(apis.razorpay_list(api, "/v1/disputes", apis.Window(disputes_since, win.until)))
+    return payments, refunds, disputes
+
+
+def _count_no_candidates(payments: list[Obj], captured: Collection[str], summary: Summary) -> None:
+    """Count the payments that can make no purchase (a fully refunded one is counted by its refund)."""
     for p in payments:
         pid = text(p.get("id"))
         if pid and pid not in captured and p.get("status") != "refunded":
@@ -285,55 +319,59 @@ def _razorpay(
                 summary.not_course += 1  # captured without an order: nothing server-set names a course
             else:
                 summary.not_paid += 1
-    ids = sorted(({text(p.get("id")) or "" for p in payments} | set(refunded) | set(lost)) - {""})
-    summary.seen = len(ids)
-    keys = [
-        (recovered.NAME, recovered.event_id(razorpay.NAME, pid, kind))
-        for kind, pids in ((recovered.PAID, paid), (recovered.REFUNDED, refunded), (recovered.DISPUTED, lost))
-        for pid in pids
+
+
+def _razorpay_key(payment_id: str, kind: str) -> tuple[str, str]:
+    """The inbox key of what reconciliation found of a Razorpay payment."""
+    return (recovered.NAME, recovered.event_id(razorpay.NAME, payment_id, kind))
+
+
+def _razorpay_todo(have: Known, found: dict[str, dict[str, Obj]]) -> list[tuple[str, str, Obj]]:
+    """What has no outcome yet, (payment id, kind, object): a paid payment that is not settled, a
+    refund or lost dispute of a payment whose purchase is active and not revoked."""
+    return [
+        (pid, kind, obj)
+        for kind, objs in found.items()
+        for pid, obj in objs.items()
+        if (not have.settled(pid) if kind == recovered.PAID else have.revocable(pid))
     ]
-    have = known(engine, ids, keys)
-    fine = set(paid) | set(refunded) | set(lost)
-    todo: list[tuple[str, str, Any]] = []
-    for pid in paid:
-        if not have.settled(pid):
-            todo.append((pid, recovered.PAID, paid[pid]))
-    for pid in refunded:
-        if have.revocable(pid):
-            todo.append((pid, recovered.REFUNDED, refunded[pid]))
-    for pid in lost:
-        if have.revocable(pid):
-            todo.append((pid, recovered.DISPUTED, lost[pid]))
-    for pid, kind, obj in todo:
-        key = (recovered.NAME, recovered.event_id(razorpay.NAME, pid, kind))
-        if key in have.stored:
-            if resend_after is not None and _resend_if_stale(engine, app, summary, key, have.stored[key], resend_after):
-                fine.discard(pid)
-            continue
-        # Fetched only now: for a payment, refund or dispute that has no outcome and no claim yet.
-        if kind == recovered.PAID:
-            found = {"payment": obj, "order": apis.razorpay_entity(api, "orders", str(obj["order_id"]))}
-        elif kind == recovered.REFUNDED:
-            found = {"refund": obj, "payment": apis.razorpay_entity(api, "payments", pid)}
-        else:
-            found = {"dispute": obj}
-        made = recovered.event(razorpay.NAME, kind, found)
-        if made is None:
-            continue
-        event, body = made
-        if isinstance(event.action, Ignored) and kind != recovered.PAID:
-            continue  # a partial refund: a later, full one is listed by its own time
-        if isinstance(event.action, Ignored) and event.action.why.startswith(razorpay.PART_PAID):
-            # Not stored: the next run fetches the order again, until its last instalment.
-            fine.discard(pid)
-            summary.not_paid += 1
-            summary.actions.append(f"not paid in full yet: {pid}: {event.action.why}")
-            continue
-        if _hand_over(engine, app, summary, event, body):
-            fine.discard(pid)
-    summary.already_fine = len(fine)
-    if not summary.dry_run:
-        _forget_final_refunds(engine, refunds)
+
+
+def _razorpay_act(
+    engine: Engine,
+    app: Celery,
+    api: apis.Api,
+    summary: Summary,
+    have: Known,
+    resend_after: float | None,
+    todo: tuple[str, str, Obj],
+) -> bool:
+    """Act on one payment, refund or dispute with no outcome: send its stored event again when
+    stale, or fetch what it needs and hand it over; False when it was fine after all (stored and
+    not stale, a partial refund, or a webhook stored it first)."""
+    pid, kind, obj = todo
+    key = _razorpay_key(pid, kind)
+    if key in have.stored:
+        return resend_after is not None and _resend_if_stale(engine, app, summary, key, have.stored[key], resend_after)
+    # Fetched only now: for a payment, refund or dispute that has no outcome and no claim yet.
+    if kind == recovered.PAID:
+        found = {"payment": obj, "order": apis.razorpay_entity(api, "orders", str(obj["order_id"]))}
+    elif kind == recovered.REFUNDED:
+        found = {"refund": obj, "payment": apis.razorpay_entity(api, "payments", pid)}
+    else:
+        found = {"dispute": obj}
+    made = recovered.event(razorpay.NAME, kind, found)
+    if made is None:
+        return False
+    event, body = made
+    if isinstance(event.action, Ignored) and kind != recovered.PAID:
+        return False  # a partial refund: a later, full one is listed by its own time
+    if isinstance(event.action, Ignored) and event.action.why.startswith(razorpay.PART_PAID):
+        # Not stored: the next run fetches the order again, until its last instalment.
+        summary.not_paid += 1
+        summary.actions.append(f"not paid in full yet: {pid}: {event.action.why}")
+        return True
+    return _hand_over(engine, app, summary, event, body)
 
 
 def latest_of_each_order(captured: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -439,10 +477,12 @@ def _stripe(
 
 @dataclass(frozen=True)
 class Reader:
-    """How reconciliation reads one provider: whether its API keys are set, and the run over a
-    window (engine, app, api, window, summary, resend_after, KC_STRIPE_LIVEMODE)."""
+    """How reconciliation reads one provider: whether its API keys are set, its API with them
+    (settings, read timeout, retry), and the run over a window (engine, app, api, window,
+    summary, resend_after, KC_STRIPE_LIVEMODE)."""
 
     keys_set: Callable[[Settings], bool]
+    api: Callable[[Settings, float, Retry], apis.Api]
     read: Callable[[Engine, Celery, apis.Api, apis.Window, Summary, float | None, bool | None], None]
 
 
@@ -450,9 +490,10 @@ class Reader:
 READERS: dict[str, Reader] = {
     razorpay.NAME: Reader(
         lambda s: bool(s.razorpay_key_id and s.razorpay_key_secret),
+        _razorpay_api,
         lambda engine, app, api, win, summary, resend_after, _: _razorpay(engine, app, api, win, summary, resend_after),
     ),
-    stripe.NAME: Reader(lambda s: bool(s.stripe_api_key), _stripe),
+    stripe.NAME: Reader(lambda s: bool(s.stripe_api_key), _stripe_api, _stripe),
 }
 
 

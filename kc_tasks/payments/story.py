@@ -121,7 +121,30 @@ def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
     story = Story(payment_id)
     with db.translate_errors(engine.url), engine.connect() as conn:
         now = state.read(conn, payment_id, with_events=True)
-    received, bought, duplicate, revoked = now.events, now.purchase, now.duplicate, now.revocation
+    whys = _tell_inbox(story, now.events)
+    _tell_purchase(story, now)
+    _tell_revocations(story, now)
+    _tell_written(story, now)
+    last_error = _tell_dead_letters(story, app) if app is not None else None
+    story.entries = sorted(
+        (Entry(entry.at.astimezone(UTC), entry.source, entry.text) for entry in story.entries), key=lambda e: e.at
+    )
+    story.verdict = verdict(
+        Facts(
+            active=now.active,
+            held_by=None if now.duplicate is None else now.duplicate.held_payment_id,
+            revoked_reason=None if now.revocation is None else now.revocation.reason,
+            dead_letter=last_error,
+            inbox_statuses=tuple(row.status for row in now.events),
+            whys=tuple(whys),
+        )
+    )
+    return story
+
+
+def _tell_inbox(story: Story, received: tuple[state.Row, ...]) -> list[str]:
+    """The provider events in the inbox, each with why it acts on nothing, and when its body was
+    redacted; the whys, for the verdict."""
     add = story.entries.append
     whys: list[str] = []
     for row in received:
@@ -146,6 +169,13 @@ def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
         if row.body_redacted_at is not None:
             text = f"{row.provider} event {row.event_id}: body redacted to the fields kc_tasks reads"
             add(Entry(row.body_redacted_at, "inbox", text))
+    return whys
+
+
+def _tell_purchase(story: Story, now: state.PaymentState) -> None:
+    """The purchase row (and when it was made inactive), or the duplicate-payment record."""
+    add = story.entries.append
+    bought, duplicate = now.purchase, now.duplicate
     if bought is not None:
         add(
             Entry(
@@ -166,6 +196,11 @@ def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
                 f"by payment {duplicate.held_payment_id} (purchase {duplicate.purchase_id})",
             )
         )
+
+
+def _tell_revocations(story: Story, now: state.PaymentState) -> None:
+    """The revocations an operator overruled (each, and its restoration), then the standing one."""
+    add = story.entries.append
     for restoration in now.restorations:
         refund = f", refund {restoration.refund_id}" if restoration.refund_id else ""
         if restoration.revoked_at is not None:
@@ -176,47 +211,44 @@ def tell(engine: Engine, app: Celery | None, payment_id: str) -> Story:
             f"(overruled the revocation: {restoration.revocation_reason}{refund})"
         )
         add(Entry(restoration.restored_at, "restoration", text))
+    revoked = now.revocation
     if revoked is not None:
         refund = f", refund {revoked.refund_id}" if revoked.refund_id else ""
         add(Entry(revoked.created_at, "revocation", f"revocation recorded: {revoked.reason}{refund}"))
+
+
+def _tell_written(story: Story, now: state.PaymentState) -> None:
+    """The dead letters an operator purged, and the events written for the payment (event_outbox)."""
+    add = story.entries.append
     for purge in now.purged:
         add(Entry(purge.purged_at, "dead letter", f"{purge.task} dead letter purged (task {purge.task_id})"))
     for event in now.written:
         published = f"published {event.published_at:%H:%M:%S}" if event.published_at else "not published yet"
         add(Entry(event.occurred_at, "event", f"{event.type} written ({published})"))
+
+
+def _tell_dead_letters(story: Story, app: Celery) -> str | None:
+    """The dead letters waiting in the broker that carry the payment id; the last one's error."""
+    payment_id = story.payment_id
+    try:
+        with dead_letters.hold(app) as held:
+            letters = [letter for letter, _ in held if letter.payment_id == payment_id]
+    except (BrokerError, OSError) as exc:
+        logger.warning("payment %s: dead letters not read, the broker is unreachable: %s", payment_id, exc)
+        story.unread.append("dead letters: the broker is unreachable")
+        letters = []
     last_error = None
-    if app is not None:
-        try:
-            with dead_letters.hold(app) as held:
-                letters = [letter for letter, _ in held if letter.payment_id == payment_id]
-        except (BrokerError, OSError) as exc:
-            logger.warning("payment %s: dead letters not read, the broker is unreachable: %s", payment_id, exc)
-            story.unread.append("dead letters: the broker is unreachable")
-            letters = []
-        for letter in letters:
-            last_error = f"{letter.error_type}: {letter.error_message}"
-            add(
-                Entry(
-                    datetime.fromisoformat(letter.died_at),
-                    "dead letter",
-                    f"{letter.task} dead-lettered ({letter.reason}, {letter.attempts} attempt(s)): {last_error} "
-                    f"[dead letter {letter.id}]",
-                )
+    for letter in letters:
+        last_error = f"{letter.error_type}: {letter.error_message}"
+        story.entries.append(
+            Entry(
+                datetime.fromisoformat(letter.died_at),
+                "dead letter",
+                f"{letter.task} dead-lettered ({letter.reason}, {letter.attempts} attempt(s)): {last_error} "
+                f"[dead letter {letter.id}]",
             )
-    story.entries = sorted(
-        (Entry(entry.at.astimezone(UTC), entry.source, entry.text) for entry in story.entries), key=lambda e: e.at
-    )
-    story.verdict = verdict(
-        Facts(
-            active=now.active,
-            held_by=None if duplicate is None else duplicate.held_payment_id,
-            revoked_reason=None if revoked is None else revoked.reason,
-            dead_letter=last_error,
-            inbox_statuses=tuple(row.status for row in received),
-            whys=tuple(whys),
         )
-    )
-    return story
+    return last_error
 
 
 def _found_by_reconciliation(body: str) -> bool:
