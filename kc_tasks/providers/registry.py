@@ -1,9 +1,10 @@
 """The payment providers, each declared once: its webhook (route, body limit, headers, how a
-request is verified and with which secret), its parser, what redaction keeps of its bodies, and
-whether reconciliation reads its API.
+request is verified and with which secret), its parser, what redaction keeps of its bodies,
+whether reconciliation reads its API, how that API is opened with kc_tasks' key, and how a
+checkout is confirmed on the buyer's return (POST /checkouts/confirm).
 
 Everything that goes through the providers reads this list: the web routes
-(kc_tasks.web.webhooks), the inbox's parsing, the metrics' label series, reconciliation and
+(kc_tasks.web.webhooks, kc_tasks.web.checkouts), the inbox's parsing, the metrics' label series, reconciliation and
 redaction. A new provider is a module of its own (kc_tasks/providers/<name>.py) and one entry
 here.
 """
@@ -13,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from kc_tasks.core.metrics import Labels
 from kc_tasks.core.settings import Settings
-from kc_tasks.providers import Malformed, ProviderEvent, kc, razorpay, recovered, signature, stripe
+from kc_tasks.providers import Malformed, ProviderEvent, apis, kc, razorpay, readback, recovered, signature, stripe
 from kc_tasks.providers.kept import Table
 
 # A stored or arriving body read into an event: (body, its event id when that travels outside
@@ -46,12 +49,32 @@ class Webhook:
 
 
 @dataclass(frozen=True)
+class ApiAccess:
+    """How kc_tasks reads a provider's API: `configured`, whether its key is set; `open`, the
+    client with that key (settings, read timeout, retry policy)."""
+
+    configured: Callable[[Settings], bool]
+    open: Callable[[Settings, float, apis.Retry], apis.Api]
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """How a checkout is confirmed on the buyer's return: `checkout`, the JSON body the browser
+    hands over (its `provider` the provider's name); `reader`, given the settings and the
+    provider's API (its `api`), reads such a checkout back (kc_tasks.providers.readback)."""
+
+    checkout: type[BaseModel]
+    reader: Callable[[Settings, apis.Api], readback.Reader]
+
+
+@dataclass(frozen=True)
 class Provider:
     """One provider. `kept`: redaction's tables (kc_tasks.providers.kept) of its bodies, by the
     provider whose fields a body holds: its own name, or for reconciliation's events, the provider
     whose API they were read from (`source_of` an event id). `revoking`: the types of its events
     that revoke. `reconciled`: kc_tasks reads its API (reconciliation, checkouts confirmed on the
-    buyer's return)."""
+    buyer's return). `api`: how its API is opened; `confirm`: how its checkout is confirmed on
+    the buyer's return (with an `api`)."""
 
     name: str
     title: str
@@ -61,6 +84,12 @@ class Provider:
     webhook: Webhook | None = None
     source_of: Callable[[str], str | None] | None = None
     reconciled: bool = False
+    api: ApiAccess | None = None
+    confirm: Confirm | None = None
+
+    def __post_init__(self) -> None:
+        if self.confirm is not None and self.api is None:
+            raise ValueError(f"provider {self.name}: a checkout confirmed on return is read from its API")
 
     def table(self, event_id: str) -> Table:
         """What redaction keeps of a body stored under `event_id` ({}: nothing)."""
@@ -98,6 +127,9 @@ RAZORPAY = Provider(
         event_id_header=razorpay.EVENT_ID_HEADER,
     ),
     reconciled=True,
+    # The key secret also checks Checkout's razorpay_signature: both are needed.
+    api=ApiAccess(lambda s: bool(s.razorpay_key_id and s.razorpay_key_secret), apis.razorpay_api),
+    confirm=Confirm(readback.RazorpayCheckout, readback.razorpay_reader),
 )
 STRIPE = Provider(
     stripe.NAME,
@@ -107,6 +139,8 @@ STRIPE = Provider(
     (stripe.CHARGE_REFUNDED, stripe.DISPUTE_CLOSED),
     Webhook("/webhooks/stripe", 256 * KIB, stripe.SIGNATURE_HEADER, stripe.verify, lambda s: s.stripe_webhook_secret),
     reconciled=True,
+    api=ApiAccess(lambda s: bool(s.stripe_api_key), apis.stripe_api),
+    confirm=Confirm(readback.StripeCheckout, readback.stripe_reader),
 )
 # What reconciliation read from a provider's API, stored as inbox events of its own: no webhook.
 RECOVERED = Provider(
@@ -124,6 +158,8 @@ NAMES = tuple(BY_NAME)
 # The providers whose webhooks the web serves, and those whose API kc_tasks reads.
 WEBHOOKS = tuple(p for p in PROVIDERS if p.webhook is not None)
 RECONCILED = tuple(p.name for p in PROVIDERS if p.reconciled)
+# The providers whose checkouts POST /checkouts/confirm reads back, in the order of its body's schema.
+CONFIRMED = tuple(p for p in PROVIDERS if p.confirm is not None)
 REVOKING_TYPES = tuple(kind for p in PROVIDERS for kind in p.revoking)
 # The label series the metrics make from 0 (kc_tasks.core.metrics).
 METRIC_LABELS = Labels(webhooks=tuple(p.name for p in WEBHOOKS), apis=RECONCILED)
