@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from kc_tasks.core.metrics import Labels
-from kc_tasks.core.settings import Settings
+from kc_tasks.core.settings import Settings, secrets
 from kc_tasks.providers import Malformed, ProviderEvent, apis, kc, razorpay, readback, recovered, signature, stripe
 from kc_tasks.providers.kept import Table
 
@@ -31,13 +31,30 @@ KIB = 1024
 
 
 @dataclass(frozen=True)
+class LongSecret:
+    """A webhook secret the web asks to be long, whatever the provider's dashboard accepts:
+    each of the secrets of the variable `variable` at least the web's minimum of characters,
+    else the web refuses to start and says `advice`."""
+
+    variable: str
+    advice: str
+
+    def problem(self, value: str, min_chars: int) -> str | None:
+        """Why `value` (the variable's comma-separated secrets) is too weak, or None."""
+        if any(len(part) < min_chars for part in secrets(value)):
+            return f"{self.variable} is shorter than {min_chars} characters; {self.advice}"
+        return None
+
+
+@dataclass(frozen=True)
 class Webhook:
     """How a provider's webhook arrives: POST `path`, at most `max_body` bytes, signed in
     `signature_header` with one of the (comma-separated) secrets of the setting `secret` reads.
     `event_id_header`: the header that carries the event id, when it is not in the body.
     `own_format`: kc_tasks' own format, whose sender is kc_tasks' payment service: an invalid
     event is its bug (422), and the answer is the task (202). A provider's route is served only
-    while its secret is set; kc's is required (KC_WEBHOOK_SECRET)."""
+    while its secret is set; kc's is required (KC_WEBHOOK_SECRET). `long_secret`: the web
+    refuses to start with a short secret (kc_tasks.web.app)."""
 
     path: str
     max_body: int
@@ -46,6 +63,7 @@ class Webhook:
     secret: Callable[[Settings], str]
     event_id_header: str | None = None
     own_format: bool = False
+    long_secret: LongSecret | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,14 @@ RAZORPAY = Provider(
         razorpay.verify,
         lambda s: s.razorpay_webhook_secret,
         event_id_header=razorpay.EVENT_ID_HEADER,
+        # Razorpay's signature has no timestamp: the secret is all that stands between a forger
+        # and an order.paid. Its dashboard takes any text, so kc_tasks asks for a long one.
+        long_secret=LongSecret(
+            "KC_RAZORPAY_WEBHOOK_SECRET",
+            "Razorpay's dashboard takes any text: generate one with "
+            'python3 -c "import secrets; print(secrets.token_hex(32))" and paste it in '
+            "both the webhook's Secret field and this variable",
+        ),
     ),
     reconciled=True,
     # The key secret also checks Checkout's razorpay_signature: both are needed.

@@ -84,3 +84,14 @@ def test_a_providers_api_is_opened_with_its_key_once_the_key_is_set(keys: dict[s
         api = access.open(settings, 1.0, apis.no_retry)
         api.close()
         assert api.provider == name
+
+
+def test_razorpays_webhook_secret_must_be_long_and_the_refusal_says_how_to_make_one() -> None:
+    rules = {p.name: p.webhook.long_secret for p in registry.WEBHOOKS if p.webhook and p.webhook.long_secret}
+    assert list(rules) == ["razorpay"]
+    assert rules["razorpay"].problem("x" * 32 + ", " + "y" * 40, 32) is None
+    assert rules["razorpay"].problem("x" * 40 + ",short", 32) == (
+        "KC_RAZORPAY_WEBHOOK_SECRET is shorter than 32 characters; Razorpay's dashboard takes any text: generate one "
+        'with python3 -c "import secrets; print(secrets.token_hex(32))" and paste it in both the webhook\'s Secret '
+        "field and this variable"
+    )
