@@ -5,6 +5,8 @@ no timeout and does not wait out a 429, stripe's StripeClient retries 5xx but no
 caps Retry-After at a few seconds; one small client treats both providers alike, and what
 it raises names the provider and the request, never the key (errors.ProviderApiError).
 
+`razorpay_api` and `stripe_api` open each with its key (KC_RAZORPAY_KEY_*, KC_STRIPE_API_KEY).
+
 Razorpay: GET /v1/payments, /v1/refunds and /v1/disputes ?from&to&count=100&skip=n, one
 order, payment or refund by id, and an order's payments; basic auth (key id, key secret).
 Stripe: GET /v1/events?created[gte]&limit=100&types[]=...&starting_after, and one Checkout
@@ -23,6 +25,8 @@ from urllib.parse import quote
 import httpx
 
 from kc_tasks.core.errors import ProviderApiError
+from kc_tasks.core.settings import Settings
+from kc_tasks.providers import razorpay, stripe
 
 logger = logging.getLogger(__name__)
 # httpx logs every request at INFO; its failures reach the log as this module words them.
@@ -39,6 +43,10 @@ MAX_WAIT = 60.0
 FAILURE_TRIES = 3
 # A provider that keeps saying has_more (or filling pages) past this is answering garbage.
 MAX_PAGES = 10_000
+
+
+# (HTTP status or None, Retry-After, try number) -> seconds to wait before another try, or None.
+Retry = Callable[[int | None, str | None, int], float | None]
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,7 @@ class Api:
         secrets: tuple[str, ...] = (),
         read_timeout: float = READ_TIMEOUT,
         sleep: Callable[[float], None] = time.sleep,
-        retry: Callable[[int | None, str | None, int], float | None] = retry_delay,
+        retry: Retry = retry_delay,
     ) -> None:
         self.provider = provider
         self._retry = retry
@@ -139,6 +147,30 @@ class Api:
 def no_retry(status: int | None, retry_after: str | None, attempt: int) -> float | None:
     """A request tried once (a buyer is waiting: `POST /checkouts/confirm` answers 503 at once)."""
     return None
+
+
+def razorpay_api(settings: Settings, read_timeout: float = READ_TIMEOUT, retry: Retry = retry_delay) -> Api:
+    """Razorpay's API with the key id and secret (basic auth)."""
+    return Api(
+        razorpay.NAME,
+        settings.razorpay_api_url,
+        auth=(settings.razorpay_key_id, settings.razorpay_key_secret),
+        secrets=(settings.razorpay_key_id, settings.razorpay_key_secret),
+        read_timeout=read_timeout,
+        retry=retry,
+    )
+
+
+def stripe_api(settings: Settings, read_timeout: float = READ_TIMEOUT, retry: Retry = retry_delay) -> Api:
+    """Stripe's API with the secret key (bearer)."""
+    return Api(
+        stripe.NAME,
+        settings.stripe_api_url,
+        headers={"Authorization": f"Bearer {settings.stripe_api_key}"},
+        secrets=(settings.stripe_api_key,),
+        read_timeout=read_timeout,
+        retry=retry,
+    )
 
 
 def razorpay_list(api: Api, path: str, window: Window) -> Iterator[dict[str, Any]]:

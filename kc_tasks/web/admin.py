@@ -8,7 +8,7 @@ allows no script at all: a dead letter's payload is shown, never run.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the Depends() of the
-# closures defined in router() at definition time; as strings they would not resolve.
+# closures defined in guard() and the routers at definition time; as strings they would not resolve.
 import asyncio
 import base64
 import binascii
@@ -18,9 +18,9 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -84,11 +84,21 @@ def csrf_valid(key: bytes, user: str, token: str, now: float | None = None) -> b
     return any(secrets.compare_digest(given, csrf_token(key, user, h).encode()) for h in (hour, hour - 1))
 
 
-def router(settings: Settings, celery_app: Celery, engine: Engine | None = None) -> APIRouter | None:
-    """The /admin/dead-letters routes (and /admin/payments/<id> given the engine), or None
-    (the pages are off) without KC_ADMIN_*."""
-    if not settings.admin_user or not settings.admin_password:
-        return None
+@dataclass(frozen=True)
+class Guard:
+    """What every admin route depends on, made once per app from KC_ADMIN_*: `signed_in`, the
+    basic-auth user (or 401); `same_site_form`, every POST's same-origin and CSRF check (or 403)."""
+
+    key: bytes
+    signed_in: Callable[..., Awaitable[str]]
+    same_site_form: Callable[..., Awaitable[None]]
+
+    def form_token(self, user: str) -> str:
+        return csrf_token(self.key, user, int(time.time() // 3600))
+
+
+def guard(settings: Settings) -> Guard:
+    """The sign-in and form checks of the admin pages (settings.admin_user and admin_password set)."""
     key = csrf_key(settings.admin_password, settings.webhook_secret)
 
     async def admin_user(request: Request) -> str:
@@ -107,12 +117,7 @@ def router(settings: Settings, celery_app: Celery, engine: Engine | None = None)
             raise HTTPException(401, "dead letters: sign in", headers={"WWW-Authenticate": REALM})
         return settings.admin_user
 
-    User = Annotated[str, Depends(admin_user)]
-
-    def form_token(user: str) -> str:
-        return csrf_token(key, user, int(time.time() // 3600))
-
-    async def same_site_form(request: Request, user: User) -> None:
+    async def same_site_form(request: Request, user: Annotated[str, Depends(admin_user)]) -> None:
         """Dependency of every POST: same origin and a valid CSRF token, or 403."""
         host = request.headers.get("host", "").lower()
         for header in ("origin", "referer"):
@@ -126,7 +131,28 @@ def router(settings: Settings, celery_app: Celery, engine: Engine | None = None)
             logger.warning("admin: refused %s %s: missing or stale CSRF token", request.method, request.url.path)
             raise HTTPException(403, "missing or stale form token; reload the page")
 
-    api = APIRouter(prefix=PREFIX, include_in_schema=False, dependencies=[Depends(admin_user)])
+    return Guard(key, admin_user, same_site_form)
+
+
+def router(settings: Settings, celery_app: Celery, engine: Engine | None = None) -> APIRouter | None:
+    """The /admin/dead-letters routes (and /admin/payments/<id> given the engine), or None
+    (the pages are off) without KC_ADMIN_*."""
+    if not settings.admin_user or not settings.admin_password:
+        return None
+    access = guard(settings)
+    api = dead_letters_router(celery_app, access)
+    if engine is None:
+        return api
+    pages = APIRouter(include_in_schema=False)
+    pages.include_router(api)
+    pages.include_router(payments_router(engine, celery_app, access))
+    return pages
+
+
+def dead_letters_router(celery_app: Celery, access: Guard) -> APIRouter:
+    """/admin/dead-letters: the list, one letter, and their Replay buttons."""
+    User = Annotated[str, Depends(access.signed_in)]
+    api = APIRouter(prefix=PREFIX, include_in_schema=False, dependencies=[Depends(access.signed_in)])
 
     @api.get("", response_class=HTMLResponse)
     def list_page(user: User, replayed: int | None = None, failed: int = 0) -> Any:
@@ -143,7 +169,7 @@ def router(settings: Settings, celery_app: Celery, engine: Engine | None = None)
             letters=letters,
             total=total,
             flash=flash,
-            csrf=form_token(user),
+            csrf=access.form_token(user),
         )
 
     @api.get("/{letter_id:path}", response_class=HTMLResponse)
@@ -161,25 +187,27 @@ def router(settings: Settings, celery_app: Celery, engine: Engine | None = None)
             fields=fields,
             kwargs_json=json.dumps(letter.kwargs, indent=2, ensure_ascii=False, sort_keys=True),
             args_json=json.dumps(letter.args, ensure_ascii=False),
-            csrf=form_token(user),
+            csrf=access.form_token(user),
         )
 
-    @api.post("/replay-all", dependencies=[Depends(same_site_form)])
+    @api.post("/replay-all", dependencies=[Depends(access.same_site_form)])
     def replay_all(user: User) -> RedirectResponse:
         """Replay every dead letter; back to the list with how many were."""
         return _replay(celery_app, user, lambda letter: True)
 
-    @api.post("/{letter_id:path}/replay", dependencies=[Depends(same_site_form)])
+    @api.post("/{letter_id:path}/replay", dependencies=[Depends(access.same_site_form)])
     def replay_one(letter_id: str, user: User) -> RedirectResponse:
         """Replay one dead letter (by id or task id); back to the list."""
         return _replay(celery_app, user, lambda letter: letter_id in (letter.id, letter.task_id))
 
-    if engine is None:
-        return api
-    pages = APIRouter(include_in_schema=False)
-    pages.include_router(api)
+    return api
 
-    @pages.get(PAYMENTS + "/{payment_id:path}", response_class=HTMLResponse, dependencies=[Depends(admin_user)])
+
+def payments_router(engine: Engine, celery_app: Celery, access: Guard) -> APIRouter:
+    """/admin/payments/<id>: one payment's story."""
+    pages = APIRouter(include_in_schema=False)
+
+    @pages.get(PAYMENTS + "/{payment_id:path}", response_class=HTMLResponse, dependencies=[Depends(access.signed_in)])
     def payment_page(payment_id: str) -> Any:
         """Where is my course? The payment's story in time order, and the verdict."""
         return _page("payment.html", story=story.tell(engine, celery_app, payment_id))

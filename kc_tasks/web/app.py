@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from kc_tasks.core import logs, metrics
 from kc_tasks.core.errors import ConfigError, KcTasksError
-from kc_tasks.core.settings import Settings, secrets
+from kc_tasks.core.settings import Settings
 from kc_tasks.payments import inbox
 from kc_tasks.providers import registry
 from kc_tasks.store import db
@@ -45,14 +45,13 @@ def _check_secrets(settings: Settings) -> None:
                 f"{name} is shorter than {MIN_SECRET_BYTES} bytes; generate one with "
                 'python3 -c "import secrets; print(secrets.token_hex(32))"'
             )
-    # Razorpay's signature has no timestamp: the secret is all that stands between a forger and
-    # an order.paid. Its dashboard takes any text, so kc_tasks asks for a long one.
-    if any(len(part) < MIN_SECRET_BYTES for part in secrets(settings.razorpay_webhook_secret)):
-        raise ConfigError(
-            f"KC_RAZORPAY_WEBHOOK_SECRET is shorter than {MIN_SECRET_BYTES} characters; Razorpay's dashboard takes "
-            'any text: generate one with python3 -c "import secrets; print(secrets.token_hex(32))" and paste it in '
-            "both the webhook's Secret field and this variable"
-        )
+    # The providers whose webhook secret must be long (the registry says which, and why).
+    for provider in registry.WEBHOOKS:
+        webhook = provider.webhook
+        if webhook is not None and webhook.long_secret is not None:
+            problem = webhook.long_secret.problem(webhook.secret(settings), MIN_SECRET_BYTES)
+            if problem:
+                raise ConfigError(problem)
     if settings.admin_user and settings.admin_password and len(settings.admin_password) < MIN_ADMIN_PASSWORD_CHARS:
         raise ConfigError(f"KC_ADMIN_PASSWORD is shorter than {MIN_ADMIN_PASSWORD_CHARS} characters")
 

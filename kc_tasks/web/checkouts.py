@@ -5,7 +5,8 @@ Checkout's handler: order id, payment id and signature; Stripe: the Checkout Ses
 the buyer's bearer token, or the platform server's (scope purchases:confirm). Nothing the
 browser sends decides a grant: kc_tasks reads the order (and its payments) or the session back
 from the provider's API, with its own key, and the provider module reads it by the webhook's
-own rules (`razorpay.confirmation`, `stripe.confirmation`).
+own rules (`razorpay.confirmation`, `stripe.confirmation`). Each provider's body and reader are
+declared by its registry entry (kc_tasks.providers.registry, kc_tasks.providers.readback).
 
 One path: what was read goes into the inbox like a webhook's event (provider `razorpay` or
 `stripe`, event id `confirm:<payment_id>`, stored as an API object) and becomes the same
@@ -24,22 +25,20 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Union
 
-import razorpay as razorpay_sdk
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 from sqlalchemy.engine import Engine
 
 from kc_tasks.core import metrics, names
 from kc_tasks.core.errors import KcTasksError, ProviderApiError
 from kc_tasks.core.settings import Settings
 from kc_tasks.payments import inbox
-from kc_tasks.payments.reconciler import api_for
-from kc_tasks.providers import Confirmation, NotPaid, Purchase, apis, razorpay, stripe
+from kc_tasks.providers import Confirmation, NotPaid, Purchase, apis, readback, registry
 from kc_tasks.web import auth
 from kc_tasks.web.intake import Intake
 from kc_tasks.web.waits import Waits
@@ -70,24 +69,11 @@ bearer = HTTPBearer(
 )
 
 
-class RazorpayCheckout(BaseModel):
-    """What Razorpay Checkout's handler gives the browser."""
-
-    provider: Literal["razorpay"]
-    razorpay_order_id: str = Field(pattern=r"^order_[A-Za-z0-9_]{1,60}$")
-    razorpay_payment_id: str = Field(pattern=r"^pay_[A-Za-z0-9_]{1,60}$")
-    razorpay_signature: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-
-class StripeCheckout(BaseModel):
-    """The Checkout Session id of the success URL ({CHECKOUT_SESSION_ID})."""
-
-    provider: Literal["stripe"]
-    session_id: str = Field(pattern=r"^cs_[A-Za-z0-9_]{1,250}$")
-
-
-Checkout = Annotated[RazorpayCheckout | StripeCheckout, Field(discriminator="provider")]
-_checkout: TypeAdapter[RazorpayCheckout | StripeCheckout] = TypeAdapter(Checkout)
+# The body: one of the registry's checkouts (readback.RazorpayCheckout, readback.StripeCheckout),
+# told apart by `provider`; a union made at run time, which mypy cannot read as a type.
+BODIES = tuple(p.confirm.checkout for p in registry.CONFIRMED if p.confirm is not None)
+Checkout = Annotated[Union[BODIES], Field(discriminator="provider")]  # type: ignore[valid-type]  # noqa: UP007
+_checkout: TypeAdapter[Any] = TypeAdapter(Checkout)
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": '{"status": "granted", "purchase_id", "payment_id", "course_id"}'},
@@ -157,17 +143,16 @@ class Checkouts:
         self.settings, self.intake, self.verifier = settings, intake, verifier
         self.waits = Waits(engine)
         self.limits = RateLimit()
+        # The providers whose API key is set, each API and reader of theirs.
         self.apis: dict[str, apis.Api] = {}
-        self.razorpay_client: razorpay_sdk.Client | None = None
-        if settings.razorpay_key_id and settings.razorpay_key_secret:
-            self.apis[razorpay.NAME] = self._api(razorpay.NAME)
-            self.razorpay_client = razorpay_sdk.Client(auth=(settings.razorpay_key_id, settings.razorpay_key_secret))
-        if settings.stripe_api_key:
-            self.apis[stripe.NAME] = self._api(stripe.NAME)
-
-    def _api(self, provider: str) -> apis.Api:
-        # A buyer waits: one try, then 503 (and the webhook still comes).
-        return api_for(self.settings, provider, API_TIMEOUT, retry=apis.no_retry)
+        self.readers: dict[str, readback.Reader] = {}
+        for provider in registry.CONFIRMED:
+            access, confirm = provider.api, provider.confirm
+            if access is None or confirm is None or not access.configured(settings):
+                continue
+            # A buyer waits: one try, then 503 (and the webhook still comes).
+            api = self.apis[provider.name] = access.open(settings, API_TIMEOUT, apis.no_retry)
+            self.readers[provider.name] = confirm.reader(settings, api)
 
     def close(self) -> None:
         self.waits.close()
@@ -206,7 +191,7 @@ class Checkouts:
             logger.info("confirm: token of %s over its rate limit", key[:64])
             raise refused(429, "too many confirms with this token", {"Retry-After": str(max(1, round(wait + 0.5)))})
 
-    async def _checkout(self, request: Request) -> RazorpayCheckout | StripeCheckout:
+    async def _checkout(self, request: Request) -> Any:
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
@@ -221,7 +206,7 @@ class Checkouts:
             raise refused(404, f"confirming {checkout.provider} checkouts is off: its API key is not set")
         return checkout
 
-    async def _confirm(self, checkout: RazorpayCheckout | StripeCheckout, grant: auth.Grant, arrived: float) -> Answer:
+    async def _confirm(self, checkout: Any, grant: auth.Grant, arrived: float) -> Answer:
         found = await run_in_threadpool(self._read, checkout)
         # Nothing server-set names a student: no course purchase, nobody's to protect (answered below).
         named = found.student_id if found.student_id is not None and _is_uuid(found.student_id) else None
@@ -261,22 +246,14 @@ class Checkouts:
         answer = {"status": GRANTED, "purchase_id": access.purchase_id, "payment_id": payment_id}
         return Answer(200, {**answer, "course_id": access.course_id}, GRANTED)
 
-    def _read(self, checkout: RazorpayCheckout | StripeCheckout) -> Confirmation | NotPaid:
-        """The checkout read back from the provider's API (in a thread: the client is blocking)."""
-        api = self.apis[checkout.provider]
+    def _read(self, checkout: Any) -> Confirmation | NotPaid:
+        """The checkout read back from the provider's API by its registry entry's reader (in a
+        thread: the client is blocking)."""
         try:
-            if isinstance(checkout, RazorpayCheckout):
-                assert self.razorpay_client is not None
-                order_id, payment_id = checkout.razorpay_order_id, checkout.razorpay_payment_id
-                signature = checkout.razorpay_signature
-                if not razorpay.verify_checkout(order_id, payment_id, signature, self.razorpay_client):
-                    logger.warning("confirm razorpay: order %s, payment %s: bad signature", order_id, payment_id)
-                    raise refused(422, "razorpay_signature does not match the order and payment")
-                order = apis.razorpay_entity(api, "orders", order_id)
-                payments = apis.razorpay_order_payments(api, order_id)
-                return razorpay.confirmation(order, payments, payment_id)
-            session = apis.stripe_session(api, checkout.session_id)
-            return stripe.confirmation(session, self.settings.stripe_livemode)
+            return self.readers[checkout.provider](checkout)
+        except readback.CheckoutRefused as exc:
+            logger.warning("confirm %s: %s", checkout.provider, exc)
+            raise refused(422, exc.detail) from None
         except ProviderApiError as exc:
             if exc.status in UNKNOWN_STATUSES:
                 raise refused(404, f"{checkout.provider} knows no such order or session") from None
@@ -292,7 +269,7 @@ class Checkouts:
 def router(
     settings: Settings, intake: Intake, engine: Engine, verifier: auth.Verifier
 ) -> tuple[APIRouter, Checkouts] | None:
-    """The route, or None (off) while neither provider's API key is set."""
+    """The route, or None (off) while no confirming provider's API key is set."""
     checkouts = Checkouts(settings, intake, engine, verifier)
     if not checkouts.apis:
         checkouts.close()
