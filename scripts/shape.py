@@ -29,8 +29,10 @@ def main() -> None:
     width = max(len(row[0]) for row in rows)
     for module, lines, name, length in rows:
         print(f"{module:<{width}}  {lines:>5}  {name} ({length})")
-    print(f"{'modules: ' + str(len(rows)):<{width}}  {sum(r[1] for r in rows):>5}  largest: "
-          + "{} ({})".format(*max(((r[2], r[3]) for r in rows), key=lambda x: x[1])))
+    print(
+        f"{'modules: ' + str(len(rows)):<{width}}  {sum(r[1] for r in rows):>5}  largest: "
+        + "{} ({})".format(*max(((r[2], r[3]) for r in rows), key=lambda x: x[1]))
+    )
 
 
 main()

@@ -72,8 +72,6 @@ logger = logging.getLogger(__name__)
 
 # The providers reconciled: the registry's, each read by its READERS entry.
 PROVIDERS = registry.RECONCILED
-# (HTTP status or None, Retry-After, attempt) -> seconds to wait before another try, or None (apis.retry_delay).
-Retry = Callable[[int | None, str | None, int], float | None]
 # One object of a provider's API, as JSON.
 Obj = dict[str, Any]
 # What reconciliation finds that no webhook had brought (Summary.found).
@@ -170,7 +168,7 @@ class Summary:
 
 def configured(settings: Settings) -> tuple[str, ...]:
     """The providers whose API keys are set."""
-    return tuple(provider for provider in PROVIDERS if READERS[provider].keys_set(settings))
+    return tuple(provider for provider in PROVIDERS if _access(provider).configured(settings))
 
 
 def window(seconds: float, now: float | None = None) -> apis.Window:
@@ -182,33 +180,18 @@ def api_for(
     settings: Settings,
     provider: str,
     read_timeout: float = apis.READ_TIMEOUT,
-    retry: Retry = apis.retry_delay,
+    retry: apis.Retry = apis.retry_delay,
 ) -> apis.Api:
-    """The provider's API with its key (its READERS entry says how); `retry` says how long to
+    """The provider's API with its key (its registry entry says how); `retry` says how long to
     wait before another try."""
-    return READERS[provider].api(settings, read_timeout, retry)
+    return _access(provider).open(settings, read_timeout, retry)
 
 
-def _razorpay_api(settings: Settings, read_timeout: float, retry: Retry) -> apis.Api:
-    return apis.Api(
-        razorpay.NAME,
-        settings.razorpay_api_url,
-        auth=(settings.razorpay_key_id, settings.razorpay_key_secret),
-        secrets=(settings.razorpay_key_id, settings.razorpay_key_secret),
-        read_timeout=read_timeout,
-        retry=retry,
-    )
-
-
-def _stripe_api(settings: Settings, read_timeout: float, retry: Retry) -> apis.Api:
-    return apis.Api(
-        stripe.NAME,
-        settings.stripe_api_url,
-        headers={"Authorization": f"Bearer {settings.stripe_api_key}"},
-        secrets=(settings.stripe_api_key,),
-        read_timeout=read_timeout,
-        retry=retry,
-    )
+def _access(provider: str) -> registry.ApiAccess:
+    entry = registry.find(provider)
+    if entry is None or entry.api is None:
+        raise KeyError(f"{provider}: no API of a provider to read")
+    return entry.api
 
 
 @dataclass(frozen=True)
@@ -477,23 +460,18 @@ def _stripe(
 
 @dataclass(frozen=True)
 class Reader:
-    """How reconciliation reads one provider: whether its API keys are set, its API with them
-    (settings, read timeout, retry), and the run over a window (engine, app, api, window,
-    summary, resend_after, KC_STRIPE_LIVEMODE)."""
+    """How reconciliation reads one provider's API (opened as its registry entry says): the run
+    over a window (engine, app, api, window, summary, resend_after, KC_STRIPE_LIVEMODE)."""
 
-    keys_set: Callable[[Settings], bool]
-    api: Callable[[Settings, float, Retry], apis.Api]
     read: Callable[[Engine, Celery, apis.Api, apis.Window, Summary, float | None, bool | None], None]
 
 
 # By the registry's reconciled providers (tests/unit/test_registry.py holds them equal).
 READERS: dict[str, Reader] = {
     razorpay.NAME: Reader(
-        lambda s: bool(s.razorpay_key_id and s.razorpay_key_secret),
-        _razorpay_api,
         lambda engine, app, api, win, summary, resend_after, _: _razorpay(engine, app, api, win, summary, resend_after),
     ),
-    stripe.NAME: Reader(lambda s: bool(s.stripe_api_key), _stripe_api, _stripe),
+    stripe.NAME: Reader(_stripe),
 }
 
 
