@@ -58,31 +58,12 @@ def run(
     if not procfile.exists():
         logger.error("kc-tasks dev runs the Procfile's processes: start it from the project's folder")
         return 1
-    DEV_DIR.mkdir(mode=0o700, exist_ok=True)
-    env = dict(os.environ)
-    # The Procfile's commands (celery, uvicorn) live beside this Python, venv or not.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-    logger.warning("DEVELOPMENT MODE: one machine, throwaway data in %s; never use this in production", DEV_DIR)
+    env = _environment()
     server = _database(env, embedded_db)
     stack = ExitStack()
     try:
         _broker(env, filesystem_broker)
-        env.setdefault("KC_WEBHOOK_SECRET", _dev_secret("webhook-secret"))
-        # Flower and the dead-letters page are never open, not even here: generated credentials.
-        env.setdefault("FLOWER_BASIC_AUTH", "kc:" + _dev_secret("flower-password"))
-        env.setdefault("KC_ADMIN_USER", "kc")
-        env.setdefault("KC_ADMIN_PASSWORD", _dev_secret("admin-password"))
-        env.setdefault("KC_JWT_SECRET", _dev_secret("jwt-secret", 32))
-        env.pop("FLOWER_UNAUTHENTICATED_API", None)
-        env.update(
-            PORT=str(web_port),
-            FLOWER_PORT=str(flower_port),
-            KC_BEAT_SCHEDULE=str(DEV_DIR / "beat-schedule"),
-            FLOWER_DB=str(DEV_DIR / "flower.db"),
-        )
-        for name in ("KC_WEB_METRICS_PORT", "KC_WORKER_METRICS_PORT"):
-            env[name] = env.get(name) or str(free_port())
+        _settings(env, web_port, flower_port)
         prometheus = _prometheus(env, flower_port)
         if providers_port is not None:
             try:
@@ -90,18 +71,10 @@ def run(
             except OSError as exc:
                 logger.error("development mode: the providers' stand-in cannot listen on :%d (%s)", providers_port, exc)
                 return 1
-        migrate = subprocess.run([sys.executable, "-m", "kc_tasks.ops.cli", "migrate"], env=env, check=False)
-        if migrate.returncode != 0:
-            return migrate.returncode
-        logger.warning(
-            "development mode: webhook on http://127.0.0.1:%d/webhooks/payments (secret in %s), "
-            "Flower on http://127.0.0.1:%d, dead letters on http://127.0.0.1:%d/admin/dead-letters",
-            web_port,
-            DEV_DIR / "webhook-secret",
-            flower_port,
-            web_port,
-        )
-        print(_credentials(env, web_port), flush=True)
+        migrated = _migrate(env)
+        if migrated != 0:
+            return migrated
+        _announce(env, web_port, flower_port)
         manager = Manager(Printer(sys.stdout))
         for name, process in parse_procfile(procfile.read_text()).processes.items():
             manager.add_process(name, process, env=env)
@@ -113,6 +86,56 @@ def run(
         stack.close()
         if server is not None:
             server.cleanup()
+
+
+def _environment() -> dict[str, str]:
+    """The processes' environment: this one's, with this Python's folder first on PATH; .kc-dev/
+    made, and the warning that this is development mode."""
+    DEV_DIR.mkdir(mode=0o700, exist_ok=True)
+    env = dict(os.environ)
+    # The Procfile's commands (celery, uvicorn) live beside this Python, venv or not.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    logger.warning("DEVELOPMENT MODE: one machine, throwaway data in %s; never use this in production", DEV_DIR)
+    return env
+
+
+def _settings(env: dict[str, str], web_port: int, flower_port: int) -> None:
+    """The secrets (generated once, kept in .kc-dev/, unless set), ports and state files of the
+    processes, in `env`."""
+    env.setdefault("KC_WEBHOOK_SECRET", _dev_secret("webhook-secret"))
+    # Flower and the dead-letters page are never open, not even here: generated credentials.
+    env.setdefault("FLOWER_BASIC_AUTH", "kc:" + _dev_secret("flower-password"))
+    env.setdefault("KC_ADMIN_USER", "kc")
+    env.setdefault("KC_ADMIN_PASSWORD", _dev_secret("admin-password"))
+    env.setdefault("KC_JWT_SECRET", _dev_secret("jwt-secret", 32))
+    env.pop("FLOWER_UNAUTHENTICATED_API", None)
+    env.update(
+        PORT=str(web_port),
+        FLOWER_PORT=str(flower_port),
+        KC_BEAT_SCHEDULE=str(DEV_DIR / "beat-schedule"),
+        FLOWER_DB=str(DEV_DIR / "flower.db"),
+    )
+    for name in ("KC_WEB_METRICS_PORT", "KC_WORKER_METRICS_PORT"):
+        env[name] = env.get(name) or str(free_port())
+
+
+def _migrate(env: dict[str, str]) -> int:
+    """`kc-tasks migrate` on the database of `env`: its exit status."""
+    return subprocess.run([sys.executable, "-m", "kc_tasks.ops.cli", "migrate"], env=env, check=False).returncode
+
+
+def _announce(env: dict[str, str], web_port: int, flower_port: int) -> None:
+    """Where the doors are (logged), and the credentials to open them (printed, never logged)."""
+    logger.warning(
+        "development mode: webhook on http://127.0.0.1:%d/webhooks/payments (secret in %s), "
+        "Flower on http://127.0.0.1:%d, dead letters on http://127.0.0.1:%d/admin/dead-letters",
+        web_port,
+        DEV_DIR / "webhook-secret",
+        flower_port,
+        web_port,
+    )
+    print(_credentials(env, web_port), flush=True)
 
 
 def free_port() -> int:

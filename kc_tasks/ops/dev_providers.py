@@ -22,7 +22,8 @@ What a platform's server and its buyer do, for the story told offline (examples/
 With `webhooks` set, each payment also sends the provider's signed webhook (Razorpay's
 `order.paid`, Stripe's `checkout.session.completed`) to kc_tasks, as the provider would.
 
-Nothing is kept: the objects live in memory, as long as the process.
+Each route is a small function, Razorpay's and Stripe's apart, in a table (ROUTES) dispatched
+by method and path. Nothing is kept: the objects live in memory, as long as the process.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -360,6 +362,265 @@ STRIPE_PAGE = """\
 """
 
 
+@dataclass(frozen=True)
+class Request:
+    """What a route reads of a request: its path as sent, its query (a value is a list where the
+    key ends in `[]`, as Stripe's `types[]`), headers and body, and the path's `{id}`, unquoted."""
+
+    path: str
+    query: dict[str, Any]
+    headers: Message
+    body: bytes = b""
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the stand-in answers: status, body, its Content-Type, and more headers."""
+
+    status: int
+    body: bytes
+    kind: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# A route's function: what `provider` answers to `request`.
+Answers = Callable[["Provider", "Request"], "Answer"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """`method` on `path`: an exact path, or one with an `{id}` that is the rest of the path
+    between what comes before and after it (unquoted)."""
+
+    method: str
+    path: str
+    answer: Answers
+
+    def match(self, method: str, path: str) -> str | None:
+        """The `{id}` in `path` ("" where the route has none), or None: not this route."""
+        if method != self.method:
+            return None
+        if "{id}" not in self.path:
+            return "" if path == self.path else None
+        before, _, after = self.path.partition("{id}")
+        if not (path.startswith(before) and path.endswith(after)):
+            return None
+        return unquote(path.removeprefix(before).removesuffix(after))
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, json.dumps(body).encode(), "application/json", headers or {})
+
+
+# Faults queued for a GET path, answered before its route ("timeout" answers late; any other,
+# such as "pass", lets the route answer).
+FAULTS = {
+    "429": _json(429, {"error": {"code": "TOO_MANY_REQUESTS"}}, {"Retry-After": "0"}),
+    "500": _json(500, {"error": {"message": "internal"}}),
+    "garbage": Answer(200, b"<html>502 Bad Gateway</html>", "text/html"),
+    "shape": _json(200, {"unexpected": True}),
+}
+
+
+def _fault(fault: str | None) -> Answer | None:
+    if fault == "timeout":
+        time.sleep(TIMEOUT_SLEEP)
+        return _json(200, {"entity": "collection", "count": 0, "items": []})
+    return FAULTS.get(fault or "")
+
+
+# Razorpay's routes: its key's basic auth, errors as {"error": {"code", "description"}}.
+
+RAZORPAY_UNAUTHORIZED = _json(401, {"error": {"code": "BAD_REQUEST_ERROR", "description": "Authentication failed"}})
+
+
+def _razorpay_authorized(provider: Provider, request: Request) -> bool:
+    if not (provider.razorpay_key_id and provider.razorpay_key_secret):
+        return False
+    keys = f"{provider.razorpay_key_id}:{provider.razorpay_key_secret}"
+    return request.headers.get("Authorization") == "Basic " + base64.b64encode(keys.encode()).decode()
+
+
+def _razorpay_checkout_js(provider: Provider, request: Request) -> Answer:
+    script = CHECKOUT_JS % {"api": json.dumps(provider.url)}
+    return Answer(200, script.encode(), "text/javascript")
+
+
+def _razorpay_create_order(provider: Provider, request: Request) -> Answer:
+    if not _razorpay_authorized(provider, request):
+        return RAZORPAY_UNAUTHORIZED
+    try:
+        return _json(200, provider.create_order(json.loads(request.body or b"null")))
+    except ValueError as exc:
+        return _json(400, {"error": {"code": "BAD_REQUEST_ERROR", "description": str(exc)}})
+
+
+def _razorpay_pay(provider: Provider, request: Request) -> Answer:
+    """Called by the Checkout stand-in from the platform's page (another origin)."""
+    cors = {"Access-Control-Allow-Origin": "*"}
+    key_id = request.query.get("key_id", "")
+    if not key_id or key_id != provider.razorpay_key_id:
+        error = {"code": "BAD_REQUEST_ERROR", "description": "key_id: not this account's key"}
+        return _json(401, {"error": error}, cors)
+    paid = provider.pay_order(request.id)
+    if paid is None:
+        error = {"code": "BAD_REQUEST_ERROR", "description": "no such order, or it is paid already"}
+        return _json(400, {"error": error}, cors)
+    return _json(200, paid, cors)
+
+
+def _razorpay_collection(entities: Callable[[Provider], list[dict[str, Any]]]) -> Answers:
+    """A collection's route: newest first, by `from`/`to` (created_at) and `count`/`skip`."""
+
+    def answer(provider: Provider, request: Request) -> Answer:
+        if not _razorpay_authorized(provider, request):
+            return RAZORPAY_UNAUTHORIZED
+        query = request.query
+        since, until = int(query.get("from", 0)), int(query.get("to", 2**40))
+        count, skip = min(int(query.get("count", 10)), 100), int(query.get("skip", 0))
+        found = sorted(
+            (e for e in entities(provider) if since <= e["created_at"] <= until),
+            key=lambda e: (-e["created_at"], e["id"]),
+        )
+        items = found[skip : skip + count]
+        return _json(200, {"entity": "collection", "count": len(items), "items": items})
+
+    return answer
+
+
+def _razorpay_order_payments(provider: Provider, request: Request) -> Answer:
+    if not _razorpay_authorized(provider, request):
+        return RAZORPAY_UNAUTHORIZED
+    if request.id not in provider.razorpay_orders:
+        return _json(400, {"error": UNKNOWN_ID})
+    items = [p for p in provider.razorpay_payments if p["order_id"] == request.id]
+    return _json(200, {"entity": "collection", "count": len(items), "items": items})
+
+
+def _razorpay_entity(provider: Provider, request: Request) -> Answer:
+    """One order, payment or refund by id: `/<version>/<collection>/<id>`, any other path is
+    an unknown id, as Razorpay answers it."""
+    if not _razorpay_authorized(provider, request):
+        return RAZORPAY_UNAUTHORIZED
+    _, _, collection, entity_id = [*request.path.split("/", 3), "", "", "", ""][:4]
+    entity_id = unquote(entity_id)
+    found: dict[str, Any] | None = None
+    if collection == "orders":
+        found = provider.razorpay_orders.get(entity_id)
+    elif collection == "payments":
+        found = next((p for p in provider.razorpay_payments if p["id"] == entity_id), None)
+    elif collection == "refunds":
+        found = next((r for r in provider.razorpay_refunds if r["id"] == entity_id), None)
+    if found is None:
+        return _json(400, {"error": UNKNOWN_ID})
+    return _json(200, found)
+
+
+# Stripe's routes: its secret key as bearer, errors as {"error": {"type", "message"}}.
+
+STRIPE_UNAUTHORIZED = _json(401, {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}})
+
+
+def _stripe_authorized(provider: Provider, request: Request) -> bool:
+    return bool(provider.stripe_api_key) and request.headers.get("Authorization") == f"Bearer {provider.stripe_api_key}"
+
+
+def _stripe_events(provider: Provider, request: Request) -> Answer:
+    """The Events API: newest first, by `created[gte]` and `types[]`, `limit` a page after
+    `starting_after`."""
+    if not _stripe_authorized(provider, request):
+        return STRIPE_UNAUTHORIZED
+    query = request.query
+    since, limit = int(query.get("created[gte]", 0)), min(int(query.get("limit", 10)), 100)
+    types = query.get("types[]")
+    found = sorted(
+        (e for e in provider.stripe_events if e["created"] >= since and (not types or e["type"] in types)),
+        key=lambda e: (-e["created"], e["id"]),
+    )
+    after = query.get("starting_after")
+    if after:
+        ids = [e["id"] for e in found]
+        found = found[ids.index(after) + 1 :]
+    page = found[:limit]
+    return _json(200, {"object": "list", "url": "/v1/events", "has_more": len(found) > limit, "data": page})
+
+
+def _stripe_session(provider: Provider, request: Request) -> Answer:
+    if not _stripe_authorized(provider, request):
+        return STRIPE_UNAUTHORIZED
+    found = provider.stripe_sessions.get(request.id)
+    if found is None:
+        error = {
+            "type": "invalid_request_error",
+            "code": "resource_missing",
+            "message": f"No such checkout.session: '{request.id}'",
+        }
+        return _json(404, {"error": error})
+    return _json(200, found)
+
+
+def _stripe_create_session(provider: Provider, request: Request) -> Answer:
+    if not _stripe_authorized(provider, request):
+        return STRIPE_UNAUTHORIZED
+    pairs = parse_qs(request.body.decode(errors="replace"), keep_blank_values=True)
+    form = {k: v[-1] for k, v in pairs.items()}
+    try:
+        return _json(200, provider.create_session(form))
+    except ValueError as exc:
+        return _json(400, {"error": {"type": "invalid_request_error", "message": str(exc)}})
+
+
+NO_OPEN_SESSION = Answer(404, b"no open checkout session", "text/plain")
+
+
+def _stripe_page(provider: Provider, request: Request) -> Answer:
+    """The hosted Checkout page of an open session."""
+    session = provider.stripe_sessions.get(request.id)
+    if session is None or session["status"] != "open":
+        return NO_OPEN_SESSION
+    amount = f"{session['amount_total'] / 100:.2f}"
+    page = STRIPE_PAGE % {"amount": amount, "currency": html.escape(session["currency"].upper())}
+    return Answer(200, page.encode(), "text/html; charset=utf-8")
+
+
+def _stripe_pay(provider: Provider, request: Request) -> Answer:
+    """The hosted page's Pay button: the session completed, the buyer sent to its success URL."""
+    success = provider.complete_session(request.id)
+    if success is None:
+        return NO_OPEN_SESSION
+    return Answer(303, b"", "text/plain", {"Location": success})
+
+
+RAZORPAY_ROUTES = (
+    Route("GET", "/v1/checkout.js", _razorpay_checkout_js),
+    Route("POST", "/v1/orders", _razorpay_create_order),
+    Route("POST", "/dev/razorpay/orders/{id}/pay", _razorpay_pay),
+    Route("GET", "/v1/payments", _razorpay_collection(lambda provider: provider.razorpay_payments)),
+    Route("GET", "/v1/refunds", _razorpay_collection(lambda provider: provider.razorpay_refunds)),
+    Route("GET", "/v1/disputes", _razorpay_collection(lambda provider: provider.razorpay_disputes)),
+    Route("GET", "/v1/orders/{id}/payments", _razorpay_order_payments),
+)
+STRIPE_ROUTES = (
+    Route("GET", "/v1/events", _stripe_events),
+    Route("GET", "/v1/checkout/sessions/{id}", _stripe_session),
+    Route("POST", "/v1/checkout/sessions", _stripe_create_session),
+    Route("GET", "/dev/stripe/checkout/{id}", _stripe_page),
+    Route("POST", "/dev/stripe/checkout/{id}", _stripe_pay),
+)
+# The first that matches answers. Razorpay answers every other GET (an order, payment or refund
+# by id, or an unknown id), so its "{id}" of the whole path is last; a POST no route takes is a 404.
+ROUTES = (*RAZORPAY_ROUTES, *STRIPE_ROUTES, Route("GET", "{id}", _razorpay_entity))
+
+
+def _answer(provider: Provider, method: str, request: Request) -> Answer:
+    for route in ROUTES:
+        found = route.match(method, request.path)
+        if found is not None:
+            return route.answer(provider, replace(request, id=found))
+    return _json(404, {"error": {"message": f"no route {method} {request.path}"}})
+
+
 def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         # Keep-alive, as the providers' APIs: every answer says its Content-Length. Without Nagle's
@@ -371,185 +632,39 @@ def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_GET(self) -> None:
-            parts = urlsplit(self.path)
-            query = {k: (v if k.endswith("[]") else v[-1]) for k, v in parse_qs(parts.query).items()}
+            request = self._request()
             with provider.lock:
-                provider.requests.append((parts.path, query))
-                queued = provider.faults.get(parts.path) or []
+                provider.requests.append((request.path, request.query))
+                queued = provider.faults.get(request.path) or []
                 fault = queued.pop(0) if queued else None
-            if fault == "timeout":
-                time.sleep(TIMEOUT_SLEEP)
-                return self._send(200, {"entity": "collection", "count": 0, "items": []})
-            if fault == "429":
-                return self._send(429, {"error": {"code": "TOO_MANY_REQUESTS"}}, {"Retry-After": "0"})
-            if fault == "500":
-                return self._send(500, {"error": {"message": "internal"}})
-            if fault == "garbage":
-                return self._send_raw(200, b"<html>502 Bad Gateway</html>", "text/html")
-            if fault == "shape":
-                return self._send(200, {"unexpected": True})
-            if parts.path == "/v1/checkout.js":
-                script = CHECKOUT_JS % {"api": json.dumps(provider.url)}
-                return self._send_raw(200, script.encode(), "text/javascript")
-            if parts.path.startswith("/dev/stripe/checkout/"):
-                return self._stripe_page(unquote(parts.path.removeprefix("/dev/stripe/checkout/")))
-            if parts.path == "/v1/events":
-                return self._stripe_events(query)
-            if parts.path.startswith("/v1/checkout/sessions/"):
-                return self._stripe_session(unquote(parts.path.removeprefix("/v1/checkout/sessions/")))
-            if not self._razorpay_authorized():
-                return self._send(401, {"error": {"code": "BAD_REQUEST_ERROR", "description": "Authentication failed"}})
-            collections = {
-                "/v1/payments": provider.razorpay_payments,
-                "/v1/refunds": provider.razorpay_refunds,
-                "/v1/disputes": provider.razorpay_disputes,
-            }
-            if parts.path in collections:
-                return self._razorpay_list(query, collections[parts.path])
-            if parts.path.startswith("/v1/orders/") and parts.path.endswith("/payments"):
-                order_id = unquote(parts.path.removeprefix("/v1/orders/").removesuffix("/payments"))
-                if order_id not in provider.razorpay_orders:
-                    return self._send(400, {"error": UNKNOWN_ID})
-                items = [p for p in provider.razorpay_payments if p["order_id"] == order_id]
-                return self._send(200, {"entity": "collection", "count": len(items), "items": items})
-            _, _, collection, entity_id = [*parts.path.split("/", 3), "", "", "", ""][:4]
-            entity_id = unquote(entity_id)
-            found: dict[str, Any] | None = None
-            if collection == "orders":
-                found = provider.razorpay_orders.get(entity_id)
-            elif collection == "payments":
-                found = next((p for p in provider.razorpay_payments if p["id"] == entity_id), None)
-            elif collection == "refunds":
-                found = next((r for r in provider.razorpay_refunds if r["id"] == entity_id), None)
-            if found is None:
-                return self._send(400, {"error": UNKNOWN_ID})
-            return self._send(200, found)
+            _write(self, _fault(fault) or _answer(provider, "GET", request))
 
         def do_POST(self) -> None:
-            path = urlsplit(self.path).path
+            request = self._request()
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY_BYTES:
-                return self._send(413, {"error": {"message": "body too large"}})
-            body = self.rfile.read(length)
-            if path == "/v1/orders":
-                return self._razorpay_create_order(body)
-            if path.startswith("/dev/razorpay/orders/") and path.endswith("/pay"):
-                return self._razorpay_pay(unquote(path.removeprefix("/dev/razorpay/orders/").removesuffix("/pay")))
-            if path == "/v1/checkout/sessions":
-                return self._stripe_create_session(body)
-            if path.startswith("/dev/stripe/checkout/"):
-                success = provider.complete_session(unquote(path.removeprefix("/dev/stripe/checkout/")))
-                if success is None:
-                    return self._send_raw(404, b"no open checkout session", "text/plain")
-                return self._send_raw(303, b"", "text/plain", {"Location": success})
-            return self._send(404, {"error": {"message": f"no route POST {path}"}})
+                return _write(self, _json(413, {"error": {"message": "body too large"}}))
+            _write(self, _answer(provider, "POST", replace(request, body=self.rfile.read(length))))
 
-        def _razorpay_authorized(self) -> bool:
-            if not (provider.razorpay_key_id and provider.razorpay_key_secret):
-                return False
-            keys = f"{provider.razorpay_key_id}:{provider.razorpay_key_secret}"
-            return self.headers.get("Authorization") == "Basic " + base64.b64encode(keys.encode()).decode()
-
-        def _stripe_authorized(self) -> bool:
-            return (
-                bool(provider.stripe_api_key)
-                and self.headers.get("Authorization") == f"Bearer {provider.stripe_api_key}"
-            )
-
-        def _razorpay_create_order(self, body: bytes) -> None:
-            if not self._razorpay_authorized():
-                return self._send(401, {"error": {"code": "BAD_REQUEST_ERROR", "description": "Authentication failed"}})
-            try:
-                return self._send(200, provider.create_order(json.loads(body or b"null")))
-            except ValueError as exc:
-                return self._send(400, {"error": {"code": "BAD_REQUEST_ERROR", "description": str(exc)}})
-
-        def _razorpay_pay(self, order_id: str) -> None:
-            # Called by the Checkout stand-in from the platform's page (another origin).
-            cors = {"Access-Control-Allow-Origin": "*"}
-            key_id = parse_qs(urlsplit(self.path).query).get("key_id", [""])[-1]
-            if not key_id or key_id != provider.razorpay_key_id:
-                error = {"code": "BAD_REQUEST_ERROR", "description": "key_id: not this account's key"}
-                return self._send(401, {"error": error}, cors)
-            paid = provider.pay_order(order_id)
-            if paid is None:
-                error = {"code": "BAD_REQUEST_ERROR", "description": "no such order, or it is paid already"}
-                return self._send(400, {"error": error}, cors)
-            return self._send(200, paid, cors)
-
-        def _stripe_create_session(self, body: bytes) -> None:
-            if not self._stripe_authorized():
-                return self._send(401, {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}})
-            form = {k: v[-1] for k, v in parse_qs(body.decode(errors="replace"), keep_blank_values=True).items()}
-            try:
-                return self._send(200, provider.create_session(form))
-            except ValueError as exc:
-                return self._send(400, {"error": {"type": "invalid_request_error", "message": str(exc)}})
-
-        def _stripe_page(self, session_id: str) -> None:
-            session = provider.stripe_sessions.get(session_id)
-            if session is None or session["status"] != "open":
-                return self._send_raw(404, b"no open checkout session", "text/plain")
-            amount = f"{session['amount_total'] / 100:.2f}"
-            page = STRIPE_PAGE % {"amount": amount, "currency": html.escape(session["currency"].upper())}
-            return self._send_raw(200, page.encode(), "text/html; charset=utf-8")
-
-        def _razorpay_list(self, query: dict[str, Any], entities: list[dict[str, Any]]) -> None:
-            since, until = int(query.get("from", 0)), int(query.get("to", 2**40))
-            count, skip = min(int(query.get("count", 10)), 100), int(query.get("skip", 0))
-            found = sorted(
-                (e for e in entities if since <= e["created_at"] <= until), key=lambda e: (-e["created_at"], e["id"])
-            )
-            items = found[skip : skip + count]
-            return self._send(200, {"entity": "collection", "count": len(items), "items": items})
-
-        def _stripe_session(self, session_id: str) -> None:
-            if not self._stripe_authorized():
-                return self._send(401, {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}})
-            found = provider.stripe_sessions.get(session_id)
-            if found is None:
-                error = {
-                    "type": "invalid_request_error",
-                    "code": "resource_missing",
-                    "message": f"No such checkout.session: '{session_id}'",
-                }
-                return self._send(404, {"error": error})
-            return self._send(200, found)
-
-        def _stripe_events(self, query: dict[str, Any]) -> None:
-            if not self._stripe_authorized():
-                return self._send(401, {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}})
-            since, limit = int(query.get("created[gte]", 0)), min(int(query.get("limit", 10)), 100)
-            types = query.get("types[]")
-            found = sorted(
-                (e for e in provider.stripe_events if e["created"] >= since and (not types or e["type"] in types)),
-                key=lambda e: (-e["created"], e["id"]),
-            )
-            after = query.get("starting_after")
-            if after:
-                ids = [e["id"] for e in found]
-                found = found[ids.index(after) + 1 :]
-            page = found[:limit]
-            return self._send(
-                200, {"object": "list", "url": "/v1/events", "has_more": len(found) > limit, "data": page}
-            )
-
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            self._send_raw(status, json.dumps(body).encode(), "application/json", headers)
-
-        def _send_raw(self, status: int, body: bytes, kind: str, headers: dict[str, str] | None = None) -> None:
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout)
-                pass
+        def _request(self) -> Request:
+            parts = urlsplit(self.path)
+            query = {k: (v if k.endswith("[]") else v[-1]) for k, v in parse_qs(parts.query).items()}
+            return Request(parts.path, query, self.headers)
 
     return Handler
+
+
+def _write(handler: BaseHTTPRequestHandler, answer: Answer) -> None:
+    try:
+        handler.send_response(answer.status)
+        handler.send_header("Content-Type", answer.kind)
+        handler.send_header("Content-Length", str(len(answer.body)))
+        for name, value in answer.headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(answer.body)
+    except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout)
+        pass
 
 
 P = TypeVar("P", bound=Provider)
