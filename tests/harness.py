@@ -433,7 +433,7 @@ class Seen:
             time.sleep(0.05)
 
 
-def settings_for(provider: api.Provider, **overrides: str) -> Settings:
+def settings_for(provider: api.StandIn, **overrides: str) -> Settings:
     """kc_tasks' settings for the providers' APIs served by `provider`."""
     from kc_tasks.core.settings import Settings
 
@@ -449,7 +449,7 @@ def settings_for(provider: api.Provider, **overrides: str) -> Settings:
 
 
 def reconcile(
-    engine: Engine, app: Celery, provider: api.Provider, name: str, since: int = 24 * 3600, **options: object
+    engine: Engine, app: Celery, provider: api.StandIn, name: str, since: int = 24 * 3600, **options: object
 ) -> reconciler.Summary:
     """A reconciliation of provider `name`'s payments of the last `since` seconds, against `provider`."""
     from kc_tasks.payments import reconciler

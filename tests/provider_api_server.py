@@ -20,7 +20,7 @@ RAZORPAY_KEY_SECRET = "razorpay-key-secret-never-logged-7f3a"
 STRIPE_API_KEY = "rk_test_stripe-restricted-key-never-logged-9c2b"
 
 
-class Provider(dev_providers.Provider):
+class StandIn(dev_providers.StandIn):
     """The stand-in with the tests' keys, and the tests' ways of putting objects in."""
 
     def __init__(self) -> None:
@@ -139,6 +139,6 @@ class Provider(dev_providers.Provider):
 
 
 @contextmanager
-def serve() -> Iterator[Provider]:
-    with dev_providers.serve(Provider()) as provider:
+def serve() -> Iterator[StandIn]:
+    with dev_providers.serve(StandIn()) as provider:
         yield provider

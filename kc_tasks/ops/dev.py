@@ -229,7 +229,7 @@ def _providers(env: dict[str, str], web_port: int, port: int) -> Iterator[None]:
         "KC_STRIPE_WEBHOOK_SECRET": "whsec_" + _dev_secret("stripe-webhook-secret"),
     }
     web = f"http://127.0.0.1:{web_port}"
-    provider = dev_providers.Provider(
+    provider = dev_providers.StandIn(
         razorpay_key_id=keys["KC_RAZORPAY_KEY_ID"],
         razorpay_key_secret=keys["KC_RAZORPAY_KEY_SECRET"],
         stripe_api_key=keys["KC_STRIPE_API_KEY"],

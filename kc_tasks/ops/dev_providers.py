@@ -74,7 +74,9 @@ class Webhooks:
 
 
 @dataclass
-class Provider:
+class StandIn:
+    """Razorpay's and Stripe's APIs stood in for: the objects they hold, their keys, the faults asked of them."""
+
     razorpay_payments: list[dict[str, Any]] = field(default_factory=list)
     razorpay_orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     razorpay_refunds: list[dict[str, Any]] = field(default_factory=list)
@@ -385,7 +387,7 @@ class Answer:
 
 
 # A route's function: what `provider` answers to `request`.
-Answers = Callable[["Provider", "Request"], "Answer"]
+Answers = Callable[["StandIn", "Request"], "Answer"]
 
 
 @dataclass(frozen=True)
@@ -435,19 +437,19 @@ def _fault(fault: str | None) -> Answer | None:
 RAZORPAY_UNAUTHORIZED = _json(401, {"error": {"code": "BAD_REQUEST_ERROR", "description": "Authentication failed"}})
 
 
-def _razorpay_authorized(provider: Provider, request: Request) -> bool:
+def _razorpay_authorized(provider: StandIn, request: Request) -> bool:
     if not (provider.razorpay_key_id and provider.razorpay_key_secret):
         return False
     keys = f"{provider.razorpay_key_id}:{provider.razorpay_key_secret}"
     return request.headers.get("Authorization") == "Basic " + base64.b64encode(keys.encode()).decode()
 
 
-def _razorpay_checkout_js(provider: Provider, request: Request) -> Answer:
+def _razorpay_checkout_js(provider: StandIn, request: Request) -> Answer:
     script = CHECKOUT_JS % {"api": json.dumps(provider.url)}
     return Answer(200, script.encode(), "text/javascript")
 
 
-def _razorpay_create_order(provider: Provider, request: Request) -> Answer:
+def _razorpay_create_order(provider: StandIn, request: Request) -> Answer:
     if not _razorpay_authorized(provider, request):
         return RAZORPAY_UNAUTHORIZED
     try:
@@ -456,7 +458,7 @@ def _razorpay_create_order(provider: Provider, request: Request) -> Answer:
         return _json(400, {"error": {"code": "BAD_REQUEST_ERROR", "description": str(exc)}})
 
 
-def _razorpay_pay(provider: Provider, request: Request) -> Answer:
+def _razorpay_pay(provider: StandIn, request: Request) -> Answer:
     """Called by the Checkout stand-in from the platform's page (another origin)."""
     cors = {"Access-Control-Allow-Origin": "*"}
     key_id = request.query.get("key_id", "")
@@ -470,10 +472,10 @@ def _razorpay_pay(provider: Provider, request: Request) -> Answer:
     return _json(200, paid, cors)
 
 
-def _razorpay_collection(entities: Callable[[Provider], list[dict[str, Any]]]) -> Answers:
+def _razorpay_collection(entities: Callable[[StandIn], list[dict[str, Any]]]) -> Answers:
     """A collection's route: newest first, by `from`/`to` (created_at) and `count`/`skip`."""
 
-    def answer(provider: Provider, request: Request) -> Answer:
+    def answer(provider: StandIn, request: Request) -> Answer:
         if not _razorpay_authorized(provider, request):
             return RAZORPAY_UNAUTHORIZED
         query = request.query
@@ -489,7 +491,7 @@ def _razorpay_collection(entities: Callable[[Provider], list[dict[str, Any]]]) -
     return answer
 
 
-def _razorpay_order_payments(provider: Provider, request: Request) -> Answer:
+def _razorpay_order_payments(provider: StandIn, request: Request) -> Answer:
     if not _razorpay_authorized(provider, request):
         return RAZORPAY_UNAUTHORIZED
     if request.id not in provider.razorpay_orders:
@@ -498,7 +500,7 @@ def _razorpay_order_payments(provider: Provider, request: Request) -> Answer:
     return _json(200, {"entity": "collection", "count": len(items), "items": items})
 
 
-def _razorpay_entity(provider: Provider, request: Request) -> Answer:
+def _razorpay_entity(provider: StandIn, request: Request) -> Answer:
     """One order, payment or refund by id: `/<version>/<collection>/<id>`, any other path is
     an unknown id, as Razorpay answers it."""
     if not _razorpay_authorized(provider, request):
@@ -522,11 +524,11 @@ def _razorpay_entity(provider: Provider, request: Request) -> Answer:
 STRIPE_UNAUTHORIZED = _json(401, {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}})
 
 
-def _stripe_authorized(provider: Provider, request: Request) -> bool:
+def _stripe_authorized(provider: StandIn, request: Request) -> bool:
     return bool(provider.stripe_api_key) and request.headers.get("Authorization") == f"Bearer {provider.stripe_api_key}"
 
 
-def _stripe_events(provider: Provider, request: Request) -> Answer:
+def _stripe_events(provider: StandIn, request: Request) -> Answer:
     """The Events API: newest first, by `created[gte]` and `types[]`, `limit` a page after
     `starting_after`."""
     if not _stripe_authorized(provider, request):
@@ -546,7 +548,7 @@ def _stripe_events(provider: Provider, request: Request) -> Answer:
     return _json(200, {"object": "list", "url": "/v1/events", "has_more": len(found) > limit, "data": page})
 
 
-def _stripe_session(provider: Provider, request: Request) -> Answer:
+def _stripe_session(provider: StandIn, request: Request) -> Answer:
     if not _stripe_authorized(provider, request):
         return STRIPE_UNAUTHORIZED
     found = provider.stripe_sessions.get(request.id)
@@ -560,7 +562,7 @@ def _stripe_session(provider: Provider, request: Request) -> Answer:
     return _json(200, found)
 
 
-def _stripe_create_session(provider: Provider, request: Request) -> Answer:
+def _stripe_create_session(provider: StandIn, request: Request) -> Answer:
     if not _stripe_authorized(provider, request):
         return STRIPE_UNAUTHORIZED
     pairs = parse_qs(request.body.decode(errors="replace"), keep_blank_values=True)
@@ -574,7 +576,7 @@ def _stripe_create_session(provider: Provider, request: Request) -> Answer:
 NO_OPEN_SESSION = Answer(404, b"no open checkout session", "text/plain")
 
 
-def _stripe_page(provider: Provider, request: Request) -> Answer:
+def _stripe_page(provider: StandIn, request: Request) -> Answer:
     """The hosted Checkout page of an open session."""
     session = provider.stripe_sessions.get(request.id)
     if session is None or session["status"] != "open":
@@ -584,7 +586,7 @@ def _stripe_page(provider: Provider, request: Request) -> Answer:
     return Answer(200, page.encode(), "text/html; charset=utf-8")
 
 
-def _stripe_pay(provider: Provider, request: Request) -> Answer:
+def _stripe_pay(provider: StandIn, request: Request) -> Answer:
     """The hosted page's Pay button: the session completed, the buyer sent to its success URL."""
     success = provider.complete_session(request.id)
     if success is None:
@@ -613,7 +615,7 @@ STRIPE_ROUTES = (
 ROUTES = (*RAZORPAY_ROUTES, *STRIPE_ROUTES, Route("GET", "{id}", _razorpay_entity))
 
 
-def _answer(provider: Provider, method: str, request: Request) -> Answer:
+def _answer(provider: StandIn, method: str, request: Request) -> Answer:
     for route in ROUTES:
         found = route.match(method, request.path)
         if found is not None:
@@ -621,7 +623,7 @@ def _answer(provider: Provider, method: str, request: Request) -> Answer:
     return _json(404, {"error": {"message": f"no route {method} {request.path}"}})
 
 
-def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
+def _handler(provider: StandIn) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         # Keep-alive, as the providers' APIs: every answer says its Content-Length. Without Nagle's
         # algorithm: the body, written after the headers, would wait for their delayed ACK (40 ms).
@@ -667,7 +669,7 @@ def _write(handler: BaseHTTPRequestHandler, answer: Answer) -> None:
         pass
 
 
-P = TypeVar("P", bound=Provider)
+P = TypeVar("P", bound=StandIn)
 
 
 @contextmanager

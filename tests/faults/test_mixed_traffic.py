@@ -72,7 +72,7 @@ SETTLE_DEADLINE = 150.0
 
 
 @pytest.fixture
-def provider() -> Iterator[api.Provider]:
+def provider() -> Iterator[api.StandIn]:
     with api.serve() as served:
         yield served
 
@@ -88,7 +88,7 @@ class MixedRun:
         broker_url: str,
         workers: Workers,
         webs: Callable[..., Web],
-        provider: api.Provider,
+        provider: api.StandIn,
         seed: int,
         route: Callable[[str], str] = str,
     ) -> None:
@@ -299,7 +299,7 @@ def assert_model_holds(judgement: Judgement) -> None:
 
 @pytest.fixture
 def mixed(
-    database_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> Iterator[Callable[..., MixedRun]]:
     runs: list[MixedRun] = []
 

@@ -41,7 +41,9 @@ def celery_session_app(app_database: str) -> Iterator[Celery]:
 
 @pytest.fixture(scope="session")
 def celery_worker_parameters() -> dict[str, Any]:
-    return {"perform_ping_check": False, "queues": ("purchases",), "loglevel": "INFO"}
+    # The in-thread worker stops at the session's end: Celery gives it 10 s, which a loaded
+    # machine (the suite runs on two cores beside PostgreSQL and RabbitMQ) can overrun.
+    return {"perform_ping_check": False, "queues": ("purchases",), "loglevel": "INFO", "shutdown_timeout": 60.0}
 
 
 @pytest.fixture

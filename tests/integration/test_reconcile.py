@@ -36,7 +36,7 @@ def now() -> int:
 
 
 @pytest.fixture
-def provider() -> Iterator[api.Provider]:
+def provider() -> Iterator[api.StandIn]:
     with api.serve() as served:
         yield served
 
@@ -46,7 +46,7 @@ def tasks() -> list[tuple[str, str]]:
 
 
 def test_razorpay_every_page_read_and_the_course_comes_from_the_order(
-    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, sql, now: int
 ) -> None:
     student, course = api.new_id(), api.new_id()
     tampered = {"student_id": api.new_id(), "course_id": api.new_id()}  # what a browser could set
@@ -92,7 +92,7 @@ def test_razorpay_every_page_read_and_the_course_comes_from_the_order(
 
 
 def test_a_refund_today_of_a_razorpay_payment_made_five_days_ago_revokes_it(
-    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, sql, now: int
 ) -> None:
     """Refunds are read by refund time: the payment itself is outside every window."""
     old = provider.razorpay_paid(now - 5 * DAY, api.new_id(), api.new_id(), "pay_five_days_old")
@@ -120,7 +120,7 @@ def test_a_refund_today_of_a_razorpay_payment_made_five_days_ago_revokes_it(
 
 
 def test_a_lost_razorpay_dispute_revokes_and_a_won_one_does_not(
-    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, sql, now: int
 ) -> None:
     """Razorpay lists disputes by the time they were opened: one opened two months ago and lost
     today is still found, whatever the window."""
@@ -143,7 +143,7 @@ def test_a_lost_razorpay_dispute_revokes_and_a_won_one_does_not(
 
 
 def test_a_partly_refunded_payment_whose_webhook_never_came_is_still_granted(
-    engine: Engine, broker: Celery, provider: api.Provider, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, now: int
 ) -> None:
     payment = provider.razorpay_paid(now - 2 * HOUR, api.new_id(), api.new_id(), "pay_partly")
     provider.razorpay_refund(payment, now - HOUR, amount=100)
@@ -153,7 +153,7 @@ def test_a_partly_refunded_payment_whose_webhook_never_came_is_still_granted(
 
 
 def test_stripe_events_api_every_page_each_event_through_the_webhooks_rules(
-    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, sql, now: int
 ) -> None:
     """A payment known only through its Checkout Session's metadata, a refund today of a payment
     made five days ago, a lost dispute, a free checkout; and events whose webhook came."""
@@ -216,7 +216,7 @@ def test_stripe_events_api_every_page_each_event_through_the_webhooks_rules(
 
 
 def test_stripe_events_of_the_other_mode_grant_nothing(
-    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, sql, now: int
 ) -> None:
     event = provider.stripe_event(
         "payment_intent.succeeded", s.stripe_intent(s.new_intent(), api.new_id(), api.new_id()), now - HOUR
@@ -233,7 +233,7 @@ def test_stripe_events_of_the_other_mode_grant_nothing(
 
 @pytest.mark.parametrize("fault", ["429", "500"])
 def test_a_rate_limit_or_a_passing_failure_is_waited_out(
-    engine: Engine, broker: Celery, provider: api.Provider, fault: str, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, fault: str, now: int
 ) -> None:
     payment = provider.razorpay_paid(now - HOUR, api.new_id(), api.new_id())
     provider.fail("/v1/payments", fault, fault)
@@ -255,7 +255,7 @@ def test_a_rate_limit_or_a_passing_failure_is_waited_out(
     ],
 )
 def test_an_api_down_slow_or_answering_garbage_enqueues_nothing(
-    engine: Engine, broker: Celery, provider: api.Provider, sql, path: str, faults: list[str], said: str, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, sql, path: str, faults: list[str], said: str, now: int
 ) -> None:
     """The first page is good, then a request fails: nothing read is enqueued or stored."""
     for i in range(apis.PAGE_SIZE + 5):
@@ -269,7 +269,7 @@ def test_an_api_down_slow_or_answering_garbage_enqueues_nothing(
 
 
 def test_two_reconcilers_at_once_enqueue_each_purchase_once(
-    engine: Engine, broker: Celery, provider: api.Provider, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, now: int
 ) -> None:
     payments = [provider.razorpay_paid(now - HOUR - i, api.new_id(), api.new_id()) for i in range(20)]
     start = threading.Barrier(2)
@@ -290,7 +290,7 @@ def test_two_reconcilers_at_once_enqueue_each_purchase_once(
 
 
 def test_a_claim_without_an_outcome_is_sent_again_after_a_period(
-    engine: Engine, broker: Celery, provider: api.Provider, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, now: int
 ) -> None:
     """Its message was lost (Redis, a purged queue): the next period's run sends it again."""
     payment = provider.razorpay_paid(now - HOUR, api.new_id(), api.new_id())
@@ -303,7 +303,7 @@ def test_a_claim_without_an_outcome_is_sent_again_after_a_period(
 
 
 def test_failures_are_warnings_naming_the_provider_never_the_keys(
-    engine: Engine, broker: Celery, provider: api.Provider, caplog: pytest.LogCaptureFixture
+    engine: Engine, broker: Celery, provider: api.StandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     bad = settings_for(provider, KC_STRIPE_API_KEY="rk_test_wrong-key-also-secret")
     provider.fail("/v1/payments", "500", "500", "500")
@@ -322,7 +322,7 @@ def test_failures_are_warnings_naming_the_provider_never_the_keys(
 
 
 def test_reconcile_command_dry_run_changes_nothing_and_a_failure_exits_non_zero(
-    database_url: str, broker: Celery, provider: api.Provider, sql, now: int
+    database_url: str, broker: Celery, provider: api.StandIn, sql, now: int
 ) -> None:
     provider.razorpay_paid(now - HOUR, api.new_id(), api.new_id(), payment_id="pay_dry_run")
     env = {

@@ -38,7 +38,7 @@ STUDENT, COURSE = str(uuid.uuid4()), str(uuid.uuid4())
 
 
 @pytest.fixture
-def provider_api() -> Iterator[api.Provider]:
+def provider_api() -> Iterator[api.StandIn]:
     with api.serve() as served:
         yield served
 
@@ -231,7 +231,7 @@ def test_the_story_replays_and_reconciliation_work_on_a_redacted_body(
     engine: Engine,
     broker: Celery,
     sql: Any,
-    provider_api: api.Provider,
+    provider_api: api.StandIn,
 ) -> None:
     body = s.encode(s.razorpay_paid(STUDENT, COURSE, "pay_story", extra_notes={"coupon": "DIWALI"}))
     event = razorpay.parse(body, "evt_story")
