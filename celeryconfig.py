@@ -9,9 +9,9 @@ import os
 
 from kombu import Exchange, Queue
 
-from kc_tasks import names
 from kc_tasks.celery import settings
-from kc_tasks.metrics import HEARTBEAT_INTERVAL
+from kc_tasks.core import names
+from kc_tasks.core.metrics import HEARTBEAT_INTERVAL
 
 broker_url = settings.broker_url
 broker_connection_retry_on_startup = True
@@ -40,14 +40,14 @@ task_routes = {names.TASK_PREFIX + "*": {"queue": names.PURCHASES}}
 task_acks_late = True
 task_reject_on_worker_lost = True
 # Messages each pool process may hold, unacknowledged: enough that create_purchase requests
-# wait together for a free process and are inserted in one statement (kc_tasks/batching.py,
+# wait together for a free process and are inserted in one statement (kc_tasks/worker/batching.py,
 # PurchaseBatcher); docs/benchmark.md shows what 4 and 16 drain.
 worker_prefetch_multiplier = 16
 # A child process connects to PostgreSQL at start-up (connect timeout 5 s).
 worker_proc_alive_timeout = 30
 
-# Undecodable, unknown and invalid messages become dead letters (kc_tasks/worker.py).
-worker_consumer = "kc_tasks.worker:Consumer"
+# Undecodable, unknown and invalid messages become dead letters (kc_tasks/worker/consumer.py).
+worker_consumer = "kc_tasks.worker.consumer:Consumer"
 
 # Flower and `celery events` see every task without remembering -E.
 worker_send_task_events = True
@@ -82,7 +82,7 @@ beat_schedule = {
         "schedule": float(settings.index_verify_interval),
         "options": {"expires": float(settings.index_verify_interval)},
     },
-    # Each worker sweeps leftovers itself every KC_EVENT_RELAY_INTERVAL seconds (kc_tasks/process.py):
+    # Each worker sweeps leftovers itself every KC_EVENT_RELAY_INTERVAL seconds (kc_tasks/worker/process.py):
     # these are the safety net, while no worker runs a sweep, and few rows in Flower's list.
     "relay-events": {
         "task": names.RELAY_EVENTS,
@@ -103,7 +103,7 @@ beat_schedule = {
     # Personal data is kept no longer than KC_INBOX_BODY_DAYS (and this hour) in the inbox.
     "redact-inbox": {"task": names.REDACT_INBOX, "schedule": 3600.0, "options": {"expires": 3600.0}},
     # Through `purchases` like a purchase: how far behind the queue is, seen by the worker that
-    # takes it (kc_queue_heartbeat_timestamp_seconds; never run, kc_tasks/metrics.py).
+    # takes it (kc_queue_heartbeat_timestamp_seconds; never run, kc_tasks/core/metrics.py).
     "queue-heartbeat": {
         "task": names.QUEUE_HEARTBEAT,
         "schedule": HEARTBEAT_INTERVAL,

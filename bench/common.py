@@ -68,7 +68,7 @@ def purchases_policy(rabbitmqctl: Callable[..., None], vhost: str) -> None:
     """The purchases queue as the README deploys it: the policy `kc-tasks dlq policy` sets
     (dead letters, version 2 storage), set with this machine's rabbitmqctl: the command goes
     through the management API, which the local RabbitMQ may not run."""
-    from kc_tasks import rabbitmq
+    from kc_tasks.ops import rabbitmq
 
     definition = json.dumps(rabbitmq.POLICY)
     rabbitmqctl(

@@ -6,7 +6,7 @@ its 200 with the course, with 32 buyers confirming at the same time.
 
 Real services on this machine: a database of its own (kc_bench_confirm_*, by `kc-tasks migrate`)
 and a RabbitMQ vhost of its own, both removed at the end; the Procfile's web process (uvicorn
-serving kc_tasks.web, `WEB_CONCURRENCY` processes as the environment says, 1 unless set) and
+serving kc_tasks.web.app, `WEB_CONCURRENCY` processes as the environment says, 1 unless set) and
 worker (`celery -A kc_tasks worker`, one pool process per CPU); the providers' APIs served by
 the tests' local stand-in (tests/provider_api_server.py), in a process of its own, answering at
 once. No webhook comes: every course is granted by its confirm.
@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import percentile, purchases_policy  # noqa: E402
 
-from kc_tasks.auth import mint  # noqa: E402
+from kc_tasks.web.auth import mint  # noqa: E402
 from tests import provider_api_server as api  # noqa: E402
 from tests import provider_samples as s  # noqa: E402
 

@@ -25,9 +25,10 @@ def cost_per_purchase(count: int) -> dict[str, Any]:
     os.environ.update(DATABASE_URL=DB_URL, CELERY_BROKER_URL=AMQP)
     import sqlalchemy as sa
 
-    from kc_tasks import events, purchases
-    from kc_tasks.process import resources
-    from kc_tasks.tasks import create_purchase
+    from kc_tasks.store import events
+    from kc_tasks.worker import purchases
+    from kc_tasks.worker.process import resources
+    from kc_tasks.worker.tasks import create_purchase
 
     engine, _ = resources()
     trace = LOGS / "libpq-trace.txt"

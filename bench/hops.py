@@ -25,9 +25,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from kc_tasks import batching, inbox, purchases
-from kc_tasks import worker as kc_worker
 from kc_tasks.celery import app
+from kc_tasks.payments import inbox
+from kc_tasks.worker import batching, purchases
+from kc_tasks.worker import consumer as kc_worker
 
 __all__ = ["app", "breakdown"]
 

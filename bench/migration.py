@@ -1,7 +1,7 @@
 """Migration 006 on a large table: how long it takes and what it locks, while writes go on.
 
 A database of its own, migrated to 005, seeded with ROWS purchases (one in ten refunded, one in
-a hundred with a duplicate payment), then migrated to 006 by `kc_tasks.migrate.migrate`, the
+a hundred with a duplicate payment), then migrated to 006 by `kc_tasks.store.migrate.migrate`, the
 code `kc-tasks migrate` runs, while:
 
 - a writer inserts purchases and revocations as the previous release's workers would, one
@@ -91,9 +91,9 @@ def main() -> int:
     args = parser.parse_args()
     check(__file__, postgresql(PG))
 
-    from kc_tasks import db
-    from kc_tasks.migrate import SCRIPT_LOCATION, migrate
-    from kc_tasks.settings import normalize_database_url
+    from kc_tasks.core.settings import normalize_database_url
+    from kc_tasks.store import db
+    from kc_tasks.store.migrate import SCRIPT_LOCATION, migrate
 
     name = f"kc_bench_migration_{uuid.uuid4().hex[:8]}"
     url = f"{PG}/{name}"

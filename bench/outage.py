@@ -4,7 +4,7 @@
 
 A worker reaches PostgreSQL through a TCP proxy of the benchmark's (so the outage is this run's
 alone: the shared server stays up). It makes a few hundred purchases, then the proxy is cut:
-the first purchase that meets the outage closes the worker's gate (kc_tasks/outage.py), and
+the first purchase that meets the outage closes the worker's gate (kc_tasks/worker/outage.py), and
 `--n` purchases are published, with publisher confirms, while the worker's resident memory
 (main process and pool processes, from /proc) is sampled twice a second. Then the proxy is
 restored and the queue drained. Prints one JSON object: the memory before, its largest during

@@ -34,7 +34,7 @@ STEPS = [
     ("parse_purchase", "validate kwargs (pydantic)"),
     ("_with_index", "INSERT ... ON CONFLICT (SQLAlchemy, psycopg, wait for server)"),
     ("_with_locks", "fallback path"),
-    ("kc_tasks/events.py", "publish purchase.created + mark published"),
+    ("kc_tasks/store/events.py", "publish purchase.created + mark published"),
     ("EventDispatcher", "Celery task events (-E)"),
     ("send_event", "Celery task events (-E)"),
     ("logging/__init__.py", "logging"),

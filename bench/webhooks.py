@@ -6,7 +6,7 @@ endpoint of the same app, same run, measured with wrk.
 Real services on this machine: a database of its own (kc_bench_web_*, by `kc-tasks migrate`)
 and a RabbitMQ vhost of its own (with the `purchases` policy of `kc-tasks dlq policy`), both
 removed at the end. The web process is the Procfile's
-(uvicorn serving kc_tasks.web, `WEB_CONCURRENCY` workers, default 1), with one extra route,
+(uvicorn serving kc_tasks.web.app, `WEB_CONCURRENCY` workers, default 1), with one extra route,
 `POST /bare`, an async FastAPI endpoint that answers `{}`: what the same uvicorn and app serve
 without any work. No worker runs: the broker keeps what the routes enqueue.
 
@@ -68,7 +68,7 @@ STUDENT, COURSE = str(uuid.uuid4()), str(uuid.uuid4())
 
 BARE_APP = """
 from fastapi import FastAPI
-from kc_tasks.web import create_app as _create
+from kc_tasks.web.app import create_app as _create
 
 
 def create_app() -> FastAPI:

@@ -8,9 +8,9 @@ from celery import Celery
 
 # Imported for what they connect to Celery's signals: the logging set-up, and the start-up
 # checks of flower and beat.
-from kc_tasks import logs, process_guard  # noqa: F401
-from kc_tasks.errors import ConfigError
-from kc_tasks.settings import Settings
+from kc_tasks.core import logs, process_guard  # noqa: F401
+from kc_tasks.core.errors import ConfigError
+from kc_tasks.core.settings import Settings
 
 # The environment's settings, read once per process: the modules of the package import them
 # from here, and celeryconfig.py derives Celery's settings from them. Every process (worker,
@@ -22,6 +22,6 @@ except ConfigError as exc:
     print(f"kc_tasks: configuration error: {exc}", file=sys.stderr)
     raise SystemExit(1) from None
 
-app = Celery("kc_tasks", task_cls="kc_tasks.worker:KcTask")
+app = Celery("kc_tasks", task_cls="kc_tasks.worker.consumer:KcTask")
 app.config_from_object("celeryconfig")  # ./celeryconfig.py, installed beside the package
-app.autodiscover_tasks(["kc_tasks"], related_name="tasks", force=True)
+app.autodiscover_tasks(["kc_tasks.worker"], related_name="tasks", force=True)

@@ -4,7 +4,7 @@ which stays `make mutation`'s. The arguments are mutmut's:
 
     .venv/bin/python scripts/mutmut_db.py run --max-children 2
     .venv/bin/python scripts/mutmut_db.py results
-    .venv/bin/python scripts/mutmut_db.py show kc_tasks.purchases.x__firsts__mutmut_1
+    .venv/bin/python scripts/mutmut_db.py show kc_tasks.worker.purchases.x__firsts__mutmut_1
 
 mutmut reads its settings through one function of mutmut.configuration; this hands it the
 other table (mutmut 3.8).

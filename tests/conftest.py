@@ -7,7 +7,6 @@ database gets its own, copied from a migrated template (CREATE DATABASE ... TEMP
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -17,21 +16,7 @@ import redis
 from kombu import Connection
 
 from tests.servers import PgBouncer
-
-PG = os.environ.get("KC_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-# Per run, so that two runs on one machine never share a queue: a vhost of its own.
-RUN_ID = uuid.uuid4().hex[:8]
-AMQP = os.environ.get("KC_TEST_AMQP", f"amqp://guest:guest@127.0.0.1:5672/kc_test_{RUN_ID}")
-AMQP_VHOST = AMQP.rsplit("/", 1)[1] or "/"
-# A Redis database per run too: per pytest-xdist worker (gw0 -> 15, gw1 -> 14, ...) when the
-# suite runs in parallel, since Redis has no vhosts and the tests flush theirs.
-_XDIST = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-REDIS = os.environ.get("KC_TEST_REDIS", "redis://127.0.0.1:6379/15")
-if _XDIST.isdigit() and int(_XDIST):
-    REDIS = f"{REDIS.rsplit('/', 1)[0]}/{int(REDIS.rsplit('/', 1)[1]) - int(_XDIST)}"
-# Per run too, so that two runs on one server never share a database.
-APP_DB = f"kc_app_{RUN_ID}"
-TEMPLATE_DB = f"kc_template_{RUN_ID}"
+from tests.services import AMQP, AMQP_VHOST, APP_DB, PG, REDIS, TEMPLATE_DB, admin, rabbitmqctl, run_sql
 
 # The in-process Celery app (kc_tasks.app) reads these at import: set them first.
 os.environ["DATABASE_URL"] = f"{PG}/{APP_DB}"
@@ -42,18 +27,6 @@ for _name in ("CELERY_BROKER_URL", "POSTGRES_URL", "POSTGRES_HOST"):
     os.environ.pop(_name, None)
 
 pytest_plugins = ("celery.contrib.pytest",)
-
-
-def rabbitmqctl(*args: str, check: bool = True) -> str:
-    """`rabbitmqctl -q ARGS...` on this machine's RabbitMQ; its output."""
-    return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=check).stdout
-
-
-def vhost_connections(vhost: str = AMQP_VHOST, column: str = "pid") -> list[str]:
-    """`column` (pid, state...) of each of RabbitMQ's connections to `vhost`. `list_connections`
-    lists every connection of the node whatever `-p` says: the other test processes' ones too."""
-    listed = rabbitmqctl("list_connections", "vhost", column, "--no-table-headers", check=False)
-    return [value for name, _, value in (line.partition("\t") for line in listed.splitlines()) if name == vhost]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -94,21 +67,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         rabbitmqctl("delete_vhost", AMQP_VHOST, check=False)
 
 
-def admin(sql: str) -> None:
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(sql)
-
-
-def run_sql(url: str, sql: str, params: tuple | dict | None = None) -> list[tuple]:
-    """Run one statement in autocommit on `url`; its rows, if any."""
-    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
-        cur = conn.execute(sql, params)
-        return cur.fetchall() if cur.description else []
-
-
 def _migrate(url: str) -> None:
-    from kc_tasks.migrate import migrate
-    from kc_tasks.settings import normalize_database_url
+    from kc_tasks.core.settings import normalize_database_url
+    from kc_tasks.store.migrate import migrate
 
     migrate(normalize_database_url(url))
 
@@ -167,38 +128,3 @@ def db_route(request: pytest.FixtureRequest) -> Callable[[str], str]:
     if request.param == "direct":
         return lambda url: url
     return request.getfixturevalue("pgbouncer").url
-
-
-def purge_amqp(queues: tuple[str, ...] = ("purchases", "purchases.dlq"), url: str = AMQP) -> None:
-    with Connection(url) as conn:
-        for name in queues:
-            try:
-                conn.default_channel.queue_purge(name)
-            except Exception:
-                conn.close()
-                conn.connect()
-
-
-def purge_redis() -> None:
-    redis.Redis.from_url(REDIS).flushdb()
-
-
-def broker_idle(broker_url: str) -> bool:
-    """Nothing left in `purchases`, ready or held unacknowledged by a worker."""
-    if broker_url.startswith("redis"):
-        client = redis.Redis.from_url(broker_url)
-        return client.llen("purchases") == 0 and client.hlen("unacked") == 0
-    return queued(broker_url) == 0
-
-
-def queued(broker_url: str, queue: str = "purchases") -> int:
-    """How many messages `queue` holds (RabbitMQ: ready or unacknowledged; Redis: ready). With
-    no worker consuming, every task a client was told the broker took is counted."""
-    if broker_url.startswith("redis"):
-        return int(redis.Redis.from_url(broker_url).llen(queue))
-    out = rabbitmqctl("list_queues", "-p", AMQP_VHOST, "name", "messages", check=False)
-    for line in out.splitlines():
-        name, _, messages = line.partition("\t")
-        if name == queue:
-            return int(messages.strip())
-    return 0

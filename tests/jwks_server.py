@@ -1,5 +1,5 @@
 """An identity provider's JWKS on a loopback HTTP server, for the read API's token tests
-(unit: kc_tasks/auth.py alone; end to end: through the web process)."""
+(unit: kc_tasks/web/auth.py alone; end to end: through the web process)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Razorpay's and Stripe's APIs, served from a local HTTP server in the test: the stand-in of
-kc_tasks/dev_providers.py (its endpoints, keys and faults), with the objects a test puts in
+kc_tasks/ops/dev_providers.py (its endpoints, keys and faults), with the objects a test puts in
 built from the providers' documented samples (tests/provider_samples.py).
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from kc_tasks import dev_providers
-from kc_tasks.dev_providers import DAY, TIMEOUT_SLEEP, new_id  # noqa: F401 (re-exported: tests and bench/ use them)
+from kc_tasks.ops import dev_providers
+from kc_tasks.ops.dev_providers import DAY, TIMEOUT_SLEEP, new_id  # noqa: F401 (re-exported: tests and bench/ use them)
 from tests import provider_samples as s
 
 RAZORPAY_KEY_ID = "rzp_test_reconcileKeyId01"
@@ -20,7 +20,7 @@ RAZORPAY_KEY_SECRET = "razorpay-key-secret-never-logged-7f3a"
 STRIPE_API_KEY = "rk_test_stripe-restricted-key-never-logged-9c2b"
 
 
-class Provider(dev_providers.Provider):
+class StandIn(dev_providers.StandIn):
     """The stand-in with the tests' keys, and the tests' ways of putting objects in."""
 
     def __init__(self) -> None:
@@ -139,6 +139,6 @@ class Provider(dev_providers.Provider):
 
 
 @contextmanager
-def serve() -> Iterator[Provider]:
-    with dev_providers.serve(Provider()) as provider:
+def serve() -> Iterator[StandIn]:
+    with dev_providers.serve(StandIn()) as provider:
         yield provider

@@ -1,7 +1,7 @@
 """What a payment provider's verified event asks of kc_tasks, one pure module per provider.
 
 Each module (`kc`, `razorpay`, `stripe`) checks a signature and turns a verified body into an
-Event whose action is one of five small values; none does I/O. kc_tasks.inbox stores the
+ProviderEvent whose action is one of five small values; none does I/O. kc_tasks.payments.inbox stores the
 event and acts on it.
 
 The trust boundary: a provider's student and course are read only from what the platform's
@@ -35,7 +35,7 @@ class Malformed(ValueError):
 
 @dataclass(frozen=True)
 class Purchase:
-    """A paid payment: create_purchase's kwargs, as mapped (kc_tasks.payload validates them)."""
+    """A paid payment: create_purchase's kwargs, as mapped (kc_tasks.core.payload validates them)."""
 
     kwargs: dict[str, Any]
 
@@ -99,7 +99,7 @@ Action = Purchase | Revocation | Ignored | Unmapped | RefundFailed
 
 
 @dataclass(frozen=True)
-class Event:
+class ProviderEvent:
     provider: str
     event_id: str
     type: str
@@ -125,7 +125,7 @@ class Confirmation:
     (shaped as the webhook's, under `confirm:<payment_id>`), its body, and the student the
     server-set notes or metadata name, if any."""
 
-    event: Event
+    event: ProviderEvent
     body: bytes
     student_id: str | None
 

@@ -5,12 +5,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kc_tasks import signature
-from kc_tasks.providers import REFUND, Event, Ignored, Malformed, Purchase, Revocation, load_object, text
+from kc_tasks.providers import (
+    REFUND,
+    Ignored,
+    Malformed,
+    ProviderEvent,
+    Purchase,
+    Revocation,
+    load_object,
+    signature,
+    text,
+)
+from kc_tasks.providers.kept import Kwargs, Table, leaves
 
 NAME = "kc"
 PAYMENT_SUCCEEDED = "payment.succeeded"
 PAYMENT_REFUNDED = "payment.refunded"
+# What redaction keeps (kc_tasks.providers.kept): {"id", "type", "data": {task kwargs}}. The
+# kwargs are kept but for `metadata`, the platform's own free-form data, which the purchase row
+# keeps.
+KWARGS = ("payment_id", "student_id", "course_id", "amount_cents", "currency", "refund_id")
+KEPT: Table = {**leaves("id", "type"), "data": Kwargs(leaves(*KWARGS))}
 
 
 def verify(body: bytes, header: str | None, secrets: Sequence[str]) -> str | None:
@@ -23,7 +38,7 @@ def verify(body: bytes, header: str | None, secrets: Sequence[str]) -> str | Non
     return problem
 
 
-def parse(body: bytes) -> Event:
+def parse(body: bytes) -> ProviderEvent:
     event = load_object(body)
     for field, kind in (("id", str), ("type", str), ("data", dict)):
         if not isinstance(event.get(field), kind):
@@ -33,7 +48,7 @@ def parse(body: bytes) -> Event:
     data = event["data"]
     kind = event["type"]
     if kind == PAYMENT_SUCCEEDED:
-        return Event(NAME, event["id"], kind, Purchase(dict(data)))
+        return ProviderEvent(NAME, event["id"], kind, Purchase(dict(data)))
     if kind == PAYMENT_REFUNDED:
         payment_id = text(data.get("payment_id"))
         if payment_id is None:
@@ -41,5 +56,5 @@ def parse(body: bytes) -> Event:
         refund_id = data.get("refund_id")
         if refund_id is not None and not text(refund_id):
             raise Malformed("data.refund_id: must be a string")
-        return Event(NAME, event["id"], kind, Revocation(payment_id, REFUND, refund_id))
-    return Event(NAME, event["id"], kind, Ignored(f"type {kind} is not acted on", text(data.get("payment_id"))))
+        return ProviderEvent(NAME, event["id"], kind, Revocation(payment_id, REFUND, refund_id))
+    return ProviderEvent(NAME, event["id"], kind, Ignored(f"type {kind} is not acted on", text(data.get("payment_id"))))

@@ -1,7 +1,7 @@
 """Razorpay's webhooks and API objects, as Razorpay sends them.
 
 Signature: `X-Razorpay-Signature` = hex HMAC-SHA256(secret, raw body), checked with the
-official library (razorpay 2.x `Utility.verify_webhook_signature`). Event id: the
+official library (razorpay 2.x `Utility.verify_webhook_signature`). ProviderEvent id: the
 `X-Razorpay-Event-Id` header, Razorpay's own key for deduplication (the body's SHA-256 when
 absent). Amounts are in paise; `notes` is an object, or `[]` when empty.
 
@@ -30,9 +30,9 @@ from kc_tasks.providers import (
     REFUND,
     Action,
     Confirmation,
-    Event,
     Ignored,
     NotPaid,
+    ProviderEvent,
     RefundFailed,
     Revocation,
     Unmapped,
@@ -44,6 +44,7 @@ from kc_tasks.providers import (
     purchase_from,
     text,
 )
+from kc_tasks.providers.kept import SERVER_SET, Table, leaves
 
 NAME = "razorpay"
 SIGNATURE_HEADER = "X-Razorpay-Signature"
@@ -57,6 +58,25 @@ DISPUTE_LOST = "payment.dispute.lost"
 SUBSCRIBE = (ORDER_PAID, REFUND_PROCESSED, REFUND_FAILED, DISPUTE_LOST)
 # How the why of an order not paid in full begins (reconciliation counts these as not paid).
 PART_PAID = "order not paid in full"
+
+# What redaction keeps of a body (kc_tasks.providers.kept): the fields `parse` reads.
+KEPT_PAYMENT = leaves("id", "entity", "amount", "currency", "status", "order_id", "amount_refunded", "refund_status")
+KEPT_ORDER = {
+    **leaves("id", "entity", "amount", "amount_paid", "amount_due", "partial_payment", "currency", "status"),
+    "notes": SERVER_SET,
+}
+KEPT_REFUND = leaves("id", "entity", "payment_id", "amount", "currency", "status")
+KEPT_DISPUTE = leaves("id", "entity", "payment_id", "amount", "currency", "status")
+# A webhook body: {"event": ..., "payload": {"payment": {"entity": ...}, "order": ..., ...}}.
+KEPT: Table = {
+    **leaves("entity", "event"),
+    "payload": {
+        "payment": {"entity": KEPT_PAYMENT},
+        "order": {"entity": KEPT_ORDER},
+        "refund": {"entity": KEPT_REFUND},
+        "dispute": {"entity": KEPT_DISPUTE},
+    },
+}
 
 _utility = razorpay.Utility()
 
@@ -78,23 +98,23 @@ def verify(body: bytes, header: str | None, secrets: Sequence[str]) -> str | Non
     return "signature does not match the body"
 
 
-def parse(body: bytes, event_id: str | None) -> Event:
+def parse(body: bytes, event_id: str | None) -> ProviderEvent:
     data = load_object(body)
     kind = text(data.get("event")) or "unknown"
     eid = text(event_id) or hashlib.sha256(body).hexdigest()
     payment = dig(data, "payload", "payment", "entity")
     if kind == ORDER_PAID:
-        return Event(NAME, eid, kind, order_purchase(payment, dig(data, "payload", "order", "entity")))
+        return ProviderEvent(NAME, eid, kind, order_purchase(payment, dig(data, "payload", "order", "entity")))
     if kind == PAYMENT_CAPTURED:
         why = f"{PAYMENT_CAPTURED} is not acted on: its notes are the browser's; {ORDER_PAID} makes the purchase"
-        return Event(NAME, eid, kind, Ignored(why, text(dig(payment, "id"))))
+        return ProviderEvent(NAME, eid, kind, Ignored(why, text(dig(payment, "id"))))
     if kind == REFUND_PROCESSED:
-        return Event(NAME, eid, kind, refund_action(dig(data, "payload", "refund", "entity"), payment))
+        return ProviderEvent(NAME, eid, kind, refund_action(dig(data, "payload", "refund", "entity"), payment))
     if kind == REFUND_FAILED:
-        return Event(NAME, eid, kind, refund_failed(dig(data, "payload", "refund", "entity"), payment))
+        return ProviderEvent(NAME, eid, kind, refund_failed(dig(data, "payload", "refund", "entity"), payment))
     if kind.startswith("payment.dispute."):
-        return Event(NAME, eid, kind, dispute_action(dig(data, "payload", "dispute", "entity")))
-    return Event(NAME, eid, kind, Ignored(f"type {kind} is not acted on", text(dig(payment, "id"))))
+        return ProviderEvent(NAME, eid, kind, dispute_action(dig(data, "payload", "dispute", "entity")))
+    return ProviderEvent(NAME, eid, kind, Ignored(f"type {kind} is not acted on", text(dig(payment, "id"))))
 
 
 def verify_checkout(order_id: str, payment_id: str, signature: str, client: razorpay.Client) -> bool:

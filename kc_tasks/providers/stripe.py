@@ -25,10 +25,10 @@ from kc_tasks.providers import (
     REFUND,
     Action,
     Confirmation,
-    Event,
     Ignored,
     Malformed,
     NotPaid,
+    ProviderEvent,
     RefundFailed,
     Revocation,
     amount,
@@ -39,6 +39,7 @@ from kc_tasks.providers import (
     purchase_from,
     text,
 )
+from kc_tasks.providers.kept import ID, SERVER_SET, Table, leaves
 
 NAME = "stripe"
 SIGNATURE_HEADER = "Stripe-Signature"
@@ -68,6 +69,36 @@ ONE_TIME = "payment"
 REFUND_NOT_MADE = ("failed", "canceled")
 # Why an event of the other mode is left alone (KC_STRIPE_LIVEMODE).
 OTHER_MODE = "an event of the other Stripe mode"
+# The key reconciliation adds to a Stripe event it stores (kc_tasks.payments.reconciler): the payment's
+# story tells it from one its webhook brought.
+FOUND_BY = "kc_tasks_found_by_reconciliation"
+
+# What redaction keeps (kc_tasks.providers.kept): the object of an event, a Checkout Session, a
+# PaymentIntent, a charge or a dispute...
+KEPT_OBJECT: Table = {
+    **leaves(
+        "id",
+        "object",
+        "livemode",
+        "mode",
+        "status",
+        "payment_status",
+        "failure_reason",
+        "amount",
+        "amount_total",
+        "amount_received",
+        "amount_refunded",
+        "currency",
+        "refunded",
+    ),
+    "payment_intent": ID,
+    "charge": ID,
+    "metadata": SERVER_SET,
+    # A charge as endpoints pinned to an API version before 2022-11-15 get it.
+    "refunds": {"data": [leaves("id", "object", "amount", "currency", "status")]},
+}
+# ... and a webhook body, or an event of the Events API as reconciliation stores it.
+KEPT: Table = {**leaves("id", "object", "type", "livemode", FOUND_BY), "data": {"object": KEPT_OBJECT}}
 
 
 def verify(body: bytes, header: str | None, secrets: Sequence[str]) -> str | None:
@@ -90,7 +121,7 @@ def verify(body: bytes, header: str | None, secrets: Sequence[str]) -> str | Non
     return problem
 
 
-def parse(body: bytes, livemode: bool | None = None) -> Event:
+def parse(body: bytes, livemode: bool | None = None) -> ProviderEvent:
     """The event of a webhook body (or of one event of the Events API). With `livemode` set
     (KC_STRIPE_LIVEMODE), an event of the other mode is Ignored and acts on nothing."""
     data = load_object(body)
@@ -102,8 +133,8 @@ def parse(body: bytes, livemode: bool | None = None) -> Event:
     if livemode is not None and data.get("livemode") is not livemode:
         mode = "a live" if data.get("livemode") is True else "a test-mode"
         why = f"{OTHER_MODE}: {mode} event; this endpoint takes {'live' if livemode else 'test-mode'} events only"
-        return Event(NAME, eid, kind, Ignored(why, found.payment_id))
-    return Event(NAME, eid, kind, found)
+        return ProviderEvent(NAME, eid, kind, Ignored(why, found.payment_id))
+    return ProviderEvent(NAME, eid, kind, found)
 
 
 def confirmation(session: Any, livemode: bool | None = None) -> Confirmation | NotPaid:

@@ -8,20 +8,14 @@ parallel suite, alone), so that the nodes start once and have the machine's two 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.cluster.rabbitmq_nodes import Cluster
-from tests.conftest import RUN_ID
-from tests.e2e.conftest import ROOT, webs, workers  # noqa: F401  (fixtures)
-
-KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
+from tests.e2e.conftest import webs, workers  # noqa: F401  (fixtures)
+from tests.services import RUN_ID
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,15 +41,3 @@ def vhost(rabbitmq_cluster: Cluster) -> Iterator[str]:
     rabbitmq_cluster.add_vhost(name, default_queue_type="quorum")
     yield name
     rabbitmq_cluster.delete_vhost(name)
-
-
-def kc(broker_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """`kc-tasks ARGS...` on this broker, KC_QUEUE_TYPE=quorum unless `env` says otherwise."""
-    environment = dict(
-        os.environ,
-        CELERY_BROKER_URL=broker_url,
-        DATABASE_URL="postgresql://postgres@127.0.0.1:5432/unused",
-        KC_QUEUE_TYPE="quorum",
-    )
-    environment.update(env)
-    return subprocess.run([KC_TASKS, *args], env=environment, capture_output=True, text=True, timeout=120, cwd=ROOT)

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import pytest
 from celery import Celery
 
+from tests.builders import purchase
 from tests.cluster.rabbitmq_nodes import Cluster, DeadPort
-from tests.e2e.conftest import Workers, count, purchase, wait_until
-from tests.e2e.test_node_client import node
+from tests.harness import Workers, node, wait_until
+from tests.services import count
 
 pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 

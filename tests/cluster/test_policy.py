@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 from kombu import Connection, Message, Queue
 
-from kc_tasks import rabbitmq
-from tests.cluster.conftest import kc
+from kc_tasks.ops import rabbitmq
 from tests.cluster.rabbitmq_nodes import Cluster, DeadPort
+from tests.harness import kc_quorum as kc
 
 pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 

@@ -18,11 +18,12 @@ import httpx
 import pytest
 from kombu import Connection, Producer, Queue
 
-from kc_tasks import rabbitmq
-from tests.cluster.conftest import kc
+from kc_tasks.ops import rabbitmq
+from tests.builders import purchase
 from tests.cluster.rabbitmq_nodes import Cluster
 from tests.cluster.traffic import Traffic, latencies, outcomes, settled
-from tests.e2e.conftest import Web, Workers, purchase, wait_until
+from tests.harness import Web, Workers, wait_until
+from tests.harness import kc_quorum as kc
 
 pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 

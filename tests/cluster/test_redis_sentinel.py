@@ -11,13 +11,14 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.cluster.conftest import kc
+from tests.builders import purchase
 from tests.cluster.rabbitmq_nodes import DeadPort
 from tests.cluster.redis_nodes import MASTER_NAME, Sentinel
 from tests.cluster.traffic import Traffic, latencies, missing, outcomes, settled, unsettled
-from tests.conftest import run_sql
-from tests.e2e.conftest import Web, Workers, count, hold_pairs, purchase, wait_until
 from tests.faults.checker import Publisher
+from tests.harness import Web, Workers, wait_until
+from tests.harness import kc_quorum as kc
+from tests.services import count, hold_pairs, run_sql
 
 pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 

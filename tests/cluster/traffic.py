@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from kc_tasks.inbox import task_id_for
-from tests.conftest import run_sql
-from tests.e2e.conftest import WEBHOOK_SECRET, purchase, wait_until
-from tests.e2e.test_webhook import signed
+from kc_tasks.payments.inbox import task_id_for
+from tests.builders import WEBHOOK_SECRET, purchase, signed
 from tests.faults.checker import BROKER_ERRORS, PUBLISH_RETRY, Publisher
+from tests.harness import wait_until
+from tests.services import run_sql
 
 CREATE, REVOKE = "kc_tasks.create_purchase", "kc_tasks.revoke_purchase"
 REFUND_EVERY = 5

@@ -13,18 +13,9 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Browser
 
-from tests.e2e.conftest import (
-    ROOT,
-    SHORT_LOCK_TIMEOUT,
-    Client,
-    Web,
-    Workers,
-    count,
-    hold_pairs,
-    purchase,
-    reader_headers,
-    wait_until,
-)
+from tests.builders import purchase, reader_headers
+from tests.harness import ROOT, SHORT_LOCK_TIMEOUT, Client, Web, Workers, wait_until
+from tests.services import count, hold_pairs
 
 USER, PASSWORD = "ops", "correct horse battery staple"
 ADMIN = {"KC_ADMIN_USER": USER, "KC_ADMIN_PASSWORD": PASSWORD}

@@ -1,10 +1,11 @@
 """KC_BATCHING=off: a real worker makes each purchase alone, by Celery's own path, as it would
-if an upgrade of Celery broke the batch insert (kc_tasks/batching.py)."""
+if an upgrade of Celery broke the batch insert (kc_tasks/worker/batching.py)."""
 
 from __future__ import annotations
 
-from tests.conftest import run_sql
-from tests.e2e.conftest import Client, Workers, count, purchase, wait_until
+from tests.builders import purchase
+from tests.harness import Client, Workers, wait_until
+from tests.services import count, run_sql
 
 
 def test_with_batching_off_a_queue_that_waited_is_drained_one_purchase_at_a_time(

@@ -8,8 +8,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from tests.conftest import run_sql
-from tests.e2e.conftest import CELERY, ROOT, Workers, stop_group, wait_until
+from tests.harness import CELERY, ROOT, Workers, stop_group, wait_until
+from tests.services import run_sql
 
 
 def test_beat_sends_the_index_check_and_the_event_relay_on_schedule(

@@ -19,12 +19,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import psycopg
 import pytest
 
-from kc_tasks import db
-from kc_tasks.payload import Revocation
-from kc_tasks.revocations import revoke
-from kc_tasks.settings import normalize_database_url
-from tests.conftest import broker_idle, run_sql
-from tests.e2e.conftest import Client, Worker, Workers, count, hold_pairs, purchase, wait_until
+from kc_tasks.core.payload import RevocationKwargs
+from kc_tasks.core.settings import normalize_database_url
+from kc_tasks.store import db
+from kc_tasks.worker.revocations import revoke
+from tests.builders import purchase
+from tests.harness import Client, Worker, Workers, wait_until
+from tests.services import broker_idle, count, hold_pairs, run_sql
 
 
 def kc_backends(database_url: str, where: str) -> list[int]:
@@ -39,7 +40,7 @@ def kc_backends(database_url: str, where: str) -> list[int]:
 def refund_in_background(database_url: str, payment_id: str) -> tuple[Future, Callable[[], None]]:
     engine = db.make_engine(normalize_database_url(database_url))
     pool = ThreadPoolExecutor(1)
-    future = pool.submit(revoke, engine, Revocation(payment_id=payment_id, reason="refund", refund_id="rfnd_1"))
+    future = pool.submit(revoke, engine, RevocationKwargs(payment_id=payment_id, reason="refund", refund_id="rfnd_1"))
 
     def close() -> None:
         pool.shutdown()

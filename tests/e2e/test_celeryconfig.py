@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.conftest import CELERY, ROOT, Client, count, purchase, wait_until
+from tests.builders import purchase
+from tests.harness import CELERY, ROOT, Client, wait_until
+from tests.services import count
 
 
 def test_a_worker_started_in_another_directory_finds_celeryconfig_and_makes_purchases(

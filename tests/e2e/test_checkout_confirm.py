@@ -20,22 +20,22 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kc_tasks.auth import mint
-from kc_tasks.inbox import task_id_for
+from kc_tasks.payments.inbox import task_id_for
+from kc_tasks.web.auth import mint
 from tests import provider_api_server as api
 from tests import provider_samples as s
-from tests.conftest import run_sql
-from tests.e2e.conftest import JWT_SECRET, Web, Worker, Workers, free_port, wait_until
-from tests.e2e.test_providers import SECRETS, post_razorpay, post_stripe
+from tests.builders import JWT_SECRET, SECRETS
+from tests.harness import Web, Worker, Workers, free_port, post_razorpay, post_stripe, wait_until
+from tests.services import run_sql
 
 
 @pytest.fixture
-def provider() -> Iterator[api.Provider]:
+def provider() -> Iterator[api.StandIn]:
     with api.serve() as served:
         yield served
 
 
-def keys(provider: api.Provider, **extra: str) -> dict[str, str]:
+def keys(provider: api.StandIn, **extra: str) -> dict[str, str]:
     return {
         "KC_RAZORPAY_KEY_ID": api.RAZORPAY_KEY_ID,
         "KC_RAZORPAY_KEY_SECRET": api.RAZORPAY_KEY_SECRET,
@@ -97,7 +97,7 @@ def stored(database_url: str, payment_id: str) -> list[tuple]:
 
 
 def test_a_razorpay_checkout_confirmed_before_its_webhook_is_granted_and_the_webhook_is_a_repeat(
-    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> None:
     student, course = api.new_id(), api.new_id()
     order = provider.razorpay_order_for(student, course)
@@ -133,7 +133,7 @@ def test_a_razorpay_checkout_confirmed_before_its_webhook_is_granted_and_the_web
 
 
 def test_a_stripe_checkout_whose_webhook_came_first_is_granted_at_once(
-    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> None:
     student, course, intent = api.new_id(), api.new_id(), s.new_intent()
     session = provider.stripe_checkout(s.stripe_session(intent, student, course))
@@ -152,7 +152,7 @@ def test_a_stripe_checkout_whose_webhook_came_first_is_granted_at_once(
 
 
 def test_checkouts_whose_webhook_never_comes_are_granted_free_ones_under_the_session_id(
-    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> None:
     student = api.new_id()
     paid_course, free_course, intent = api.new_id(), api.new_id(), s.new_intent()
@@ -177,7 +177,7 @@ def test_checkouts_whose_webhook_never_comes_are_granted_free_ones_under_the_ses
 
 
 def test_concurrent_confirms_of_one_payment_make_one_purchase(
-    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> None:
     student, course = api.new_id(), api.new_id()
     order = provider.razorpay_order_for(student, course)
@@ -204,7 +204,7 @@ def test_concurrent_confirms_of_one_payment_make_one_purchase(
 
 
 def test_an_unpaid_a_part_paid_and_an_authorized_only_order_are_not_paid_until_they_are(
-    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> None:
     student, course = api.new_id(), api.new_id()
     workers.start(database_url, rabbitmq_url)
@@ -238,7 +238,7 @@ def test_an_unpaid_a_part_paid_and_an_authorized_only_order_are_not_paid_until_t
 
 
 def test_what_is_refused(
-    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> None:
     student, course = api.new_id(), api.new_id()
     order = provider.razorpay_order_for(student, course)
@@ -296,7 +296,7 @@ def test_what_is_refused(
 
 
 def test_the_provider_api_down_is_503_with_retry_after_and_the_webhook_still_grants(
-    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> None:
     student, course = api.new_id(), api.new_id()
     order = provider.razorpay_order_for(student, course)
@@ -322,7 +322,7 @@ def test_the_provider_api_down_is_503_with_retry_after_and_the_webhook_still_gra
 
 
 def test_a_purchase_not_made_in_time_is_pending_with_its_task_and_a_provider_without_key_is_off(
-    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> None:
     """No worker runs, and the web waits for nothing (KC_CONFIRM_WAIT_MS=0): the answer is 202 with
     the task id; once a worker made the purchase, a web that waits answers 200."""
@@ -348,7 +348,7 @@ def test_a_purchase_not_made_in_time_is_pending_with_its_task_and_a_provider_wit
 
 
 def test_a_token_over_its_rate_limit_is_429_with_retry_after(
-    database_url: str, rabbitmq_url: str, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, rabbitmq_url: str, webs: Callable[..., Web], provider: api.StandIn
 ) -> None:
     student = api.new_id()
     web = webs(database_url, rabbitmq_url, **keys(provider))
@@ -363,7 +363,7 @@ def test_a_token_over_its_rate_limit_is_429_with_retry_after(
 
 
 def test_metrics_count_each_answer_and_the_time_to_access(
-    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> None:
     student, course = api.new_id(), api.new_id()
     order = provider.razorpay_order_for(student, course)
@@ -440,7 +440,7 @@ class HeldApi:
 
 
 def test_the_time_to_access_of_a_confirmed_purchase_counts_from_the_confirms_arrival(
-    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> None:
     """kc_payment_to_access_seconds counts a confirm's purchase from the request's arrival, not
     from its event's storing: the time Stripe took to answer (held here by the test) is in it."""

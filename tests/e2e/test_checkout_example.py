@@ -1,5 +1,5 @@
 """examples/checkout/ in a real browser (headless Chromium): the example platform's server sells
-its course at the providers' stand-in (kc_tasks/dev_providers.py), the buyer pays, comes back,
+its course at the providers' stand-in (kc_tasks/ops/dev_providers.py), the buyer pays, comes back,
 and the page shows the course that kc_tasks' POST /checkouts/confirm granted. The stand-in's
 webhook comes too: one purchase, in PostgreSQL, for each provider."""
 
@@ -18,9 +18,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from kc_tasks import dev_providers
-from tests.conftest import run_sql
-from tests.e2e.conftest import JWT_SECRET, ROOT, Web, Workers, free_port, stop_group, wait_until
+from kc_tasks.ops import dev_providers
+from tests.builders import JWT_SECRET
+from tests.harness import ROOT, Web, Workers, free_port, stop_group, wait_until
+from tests.services import run_sql
 
 EXAMPLE = ROOT / "examples" / "checkout" / "server.py"
 COURSE = "3f6d1c52-6a0e-4d7b-9b43-5b2f7f0e8c11"  # the example's one course

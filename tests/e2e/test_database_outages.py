@@ -15,12 +15,11 @@ import psycopg
 import pytest
 from celery import Celery
 
-from tests.conftest import AMQP_VHOST, broker_idle, queued, rabbitmqctl, run_sql
-from tests.e2e.conftest import Client, Web, Workers, count, purchase, wait_until
+from tests.builders import event, purchase, signed
 from tests.e2e.proxy import Proxy
-from tests.e2e.test_dead_letters import dead
-from tests.e2e.test_webhook import event, signed
+from tests.harness import Client, Web, Workers, dead, wait_until
 from tests.servers import Cluster
+from tests.services import AMQP_VHOST, broker_idle, count, queued, rabbitmqctl, run_sql
 
 WAITING = "this worker takes no task from purchases until it can"
 RESUMED = "consuming purchases again"
@@ -166,8 +165,8 @@ def test_a_failover_to_the_standby_keeps_every_acknowledged_task_once(
     use. While purchases and refunds flow, the primary stops as in a crash and, a moment later,
     the standby is promoted: every task the broker acknowledged to its publisher takes effect
     exactly once, nothing is dead-lettered, and no operator does anything."""
-    from kc_tasks.migrate import migrate
-    from kc_tasks.settings import normalize_database_url
+    from kc_tasks.core.settings import normalize_database_url
+    from kc_tasks.store.migrate import migrate
 
     url = cluster.url("kc")
     migrate(normalize_database_url(url))

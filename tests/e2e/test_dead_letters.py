@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 import uuid
@@ -13,9 +11,11 @@ from pathlib import Path
 from celery import Celery
 from kombu import Connection, Message, Producer, Queue
 
-from kc_tasks import dead_letters
-from tests.conftest import broker_idle, run_sql
-from tests.e2e.conftest import ROOT, SHORT_LOCK_TIMEOUT, Client, Workers, count, hold_pairs, purchase, wait_until
+from kc_tasks.store import dead_letters
+from tests.builders import purchase
+from tests.harness import SHORT_LOCK_TIMEOUT, Client, Workers, dead, wait_until
+from tests.harness import kc_on as kc
+from tests.services import broker_idle, count, hold_pairs, run_sql
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 FIELDS = {
@@ -32,24 +32,6 @@ FIELDS = {
     "reason",
     "age_seconds",
 }
-
-
-def kc(
-    broker_url: str,
-    *args: str,
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/unused",
-    stdin: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CELERY_BROKER_URL=broker_url, DATABASE_URL=database_url)
-    return subprocess.run(
-        [KC_TASKS, *args], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT, input=stdin
-    )
-
-
-def dead(broker_url: str) -> list[dict]:
-    result = kc(broker_url, "dlq", "list", "--json")
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 def wait_for_message(queue: Queue, timeout: float = 5.0) -> Message:

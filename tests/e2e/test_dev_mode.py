@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import razorpay
 
-from tests.conftest import run_sql
-from tests.e2e.conftest import ROOT, free_port, wait_until
+from tests.harness import ROOT, free_port, wait_until
+from tests.services import run_sql
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 

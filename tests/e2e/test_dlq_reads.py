@@ -17,9 +17,9 @@ import httpx
 import pytest
 from kombu import Connection, Producer, Queue
 
-from kc_tasks import rabbitmq
-from tests.conftest import rabbitmqctl
-from tests.e2e.conftest import ROOT, Web
+from kc_tasks.ops import rabbitmq
+from tests.harness import ROOT, Web
+from tests.services import rabbitmqctl
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 ADMIN = ("kc-admin", "admin-password-of-16-bytes-or-more")

@@ -18,10 +18,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import provider_samples as s
-from tests.conftest import broker_idle, run_sql
-from tests.e2e.conftest import Web, Workers, free_port, purchase, wait_until
-from tests.e2e.test_providers import SECRETS, post_razorpay, post_stripe, purchases_of
-from tests.e2e.test_webhook import signed
+from tests.builders import SECRETS, purchase, signed
+from tests.harness import Web, Workers, free_port, post_razorpay, post_stripe, wait_until
+from tests.services import broker_idle, purchases_of, run_sql
 
 
 def kc_event(event_id: str, kind: str, data: dict) -> bytes:

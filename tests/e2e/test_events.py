@@ -4,71 +4,12 @@ from __future__ import annotations
 
 import random
 import re
-import threading
-import uuid
 from pathlib import Path
 
-from kombu import Connection, Exchange, Queue
-
-from tests.conftest import AMQP, run_sql
-from tests.e2e.conftest import Client, Workers, count, hold_pairs, purchase, wait_until
+from tests.builders import purchase
 from tests.e2e.proxy import Proxy
-
-EVENTS = Exchange("kc.events", type="topic", durable=True)
-# A test's own message through kc.events, never counted as an event (Consumer.caught_up).
-MARKER = "test.marker"
-
-
-class Consumer:
-    """A downstream service: its own queue bound to kc.events, deduplicating by event id."""
-
-    def __init__(self, broker_url: str) -> None:
-        self.queue = Queue(
-            f"test-events-{uuid.uuid4().hex[:8]}", EVENTS, routing_key="purchase.#", durable=False, auto_delete=False
-        )
-        self.received: list[dict] = []
-        self.markers: set[str] = set()
-        self._conn = Connection(broker_url)
-        self._conn.connect()
-        self.queue(self._conn.default_channel).declare()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with Connection(self._conn.as_uri(include_password=True)) as conn:
-            with conn.Consumer(self.queue, callbacks=[self._on_message], accept=["json"]):
-                while not self._stop.is_set():
-                    try:
-                        conn.drain_events(timeout=0.5)
-                    except TimeoutError:
-                        pass
-
-    def _on_message(self, body: dict, message) -> None:  # type: ignore[no-untyped-def]
-        if body.get("type") == MARKER:
-            self.markers.add(body["id"])
-        else:
-            self.received.append(body)
-        message.ack()
-
-    def caught_up(self) -> bool:
-        """Publish a marker into kc.events and wait until it arrives: the queue delivers in
-        order, so every event the broker had taken before it has arrived too."""
-        marker = str(uuid.uuid4())
-        with Connection(self._conn.as_uri(include_password=True)) as conn:
-            conn.Producer().publish(
-                {"id": marker, "type": MARKER}, exchange=EVENTS, routing_key="purchase.test-marker", declare=[EVENTS]
-            )
-        return wait_until(lambda: marker in self.markers, timeout=10)
-
-    def unique(self) -> dict[str, dict]:
-        return {e["id"]: e for e in self.received}
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.queue(self._conn.default_channel).delete()
-        self._conn.release()
+from tests.harness import Client, Consumer, Workers, wait_until
+from tests.services import AMQP, count, hold_pairs, run_sql
 
 
 def _batch(pairs: int, rivals: int) -> list[dict]:

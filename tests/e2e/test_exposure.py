@@ -15,8 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import free_port, stop_group, wait_until
-from tests.e2e.test_flower import BIN, procfile
+from tests.harness import BIN, free_port, procfile, stop_group, wait_until
 
 
 @dataclass

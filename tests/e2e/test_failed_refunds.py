@@ -18,18 +18,19 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import provider_samples as s
-from tests.conftest import broker_idle, run_sql
-from tests.e2e.conftest import Web, Workers, free_port, wait_until
-from tests.e2e.test_events import Consumer
-from tests.e2e.test_providers import (
-    SECRETS,
+from tests.builders import SECRETS, evt
+from tests.harness import (
+    Consumer,
+    Web,
+    Workers,
     courses_of,
-    evt,
+    free_port,
     kc_tasks_command,
     post_razorpay,
     post_stripe,
-    purchases_of,
+    wait_until,
 )
+from tests.services import broker_idle, purchases_of, run_sql
 
 
 def refund_failures(metrics_port: int) -> dict[str, float]:

@@ -17,9 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import AMQP_VHOST, rabbitmqctl, run_sql
-from tests.e2e.conftest import Client, Worker, Workers, count, hold_pairs, purchase, wait_until
+from tests.builders import purchase
 from tests.e2e.proxy import Proxy
+from tests.harness import Client, Worker, Workers, wait_until
+from tests.services import AMQP_VHOST, count, hold_pairs, rabbitmqctl, run_sql
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 CONCURRENCY = 4

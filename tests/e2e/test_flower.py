@@ -4,110 +4,18 @@ a real headless Chromium, and task history that survives a restart (--persistent
 from __future__ import annotations
 
 import os
-import secrets
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
 from playwright.sync_api import Browser
 from playwright.sync_api import Error as PlaywrightError
 
-from tests.e2e.conftest import ROOT, Client, Workers, count, free_port, purchase, stop_group, wait_until
-
-TASK = "kc_tasks.create_purchase"
-USER = "kc"
-BIN = str(Path(sys.executable).parent)
-
-
-def procfile(kind: str) -> str:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        name, _, command = line.partition(":")
-        if name.strip() == kind:
-            return command.strip()
-    raise AssertionError(f"the Procfile has no {kind!r} process")
-
-
-@dataclass
-class Flower:
-    process: subprocess.Popen
-    log: Path
-    base: str
-    auth: tuple[str, str]
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def get(self, path: str, auth: bool = True) -> httpx.Response:
-        return httpx.get(self.base + path, auth=self.auth if auth else None, timeout=10)
-
-    def tasks(self) -> dict[str, dict]:
-        response = self.get(f"/api/tasks?taskname={TASK}")
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def seen_workers(self) -> list[str]:
-        """Workers Flower has heard events from (the workers page's data)."""
-        try:
-            response = self.get("/workers?json=1")
-        except httpx.HTTPError:
-            return []
-        return [w["hostname"] for w in response.json()["data"]] if response.status_code == 200 else []
-
-    def stop(self) -> None:
-        """SIGTERM to the process group: Flower saves its state (--db) on the way out."""
-        stop_group(self.process)
-
-
-@pytest.fixture
-def flower(tmp_path: Path, database_url: str, rabbitmq_url: str) -> Iterator[Callable[[], Flower]]:
-    """start() runs the Procfile's flower line (`sh -c "exec <line>"`) on one port and one
-    FLOWER_DB; every process it started is stopped at the end, whatever happened."""
-    port = free_port()
-    auth = (USER, secrets.token_hex(12))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
-    env.update(
-        PATH=BIN + os.pathsep + env.get("PATH", ""),
-        FLOWER_PORT=str(port),
-        FLOWER_BASIC_AUTH=":".join(auth),
-        FLOWER_DB=str(tmp_path / "flower.db"),
-        CELERY_BROKER_URL=rabbitmq_url,
-        DATABASE_URL=database_url,
-        PYTHONUNBUFFERED="1",
-    )
-    started: list[Flower] = []
-
-    def start() -> Flower:
-        log = tmp_path / f"flower{len(started)}.log"
-        with log.open("w") as out:
-            process = subprocess.Popen(
-                ["sh", "-c", "exec " + procfile("flower")],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        started.append(Flower(process, log, f"http://127.0.0.1:{port}", auth))
-        flower = started[-1]
-
-        def up() -> bool:
-            try:
-                return flower.get("/healthcheck", auth=False).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        if not wait_until(lambda: up() or process.poll() is not None, timeout=60) or not up():
-            raise AssertionError(f"flower did not start:\n{flower.text()[-3000:]}")
-        return flower
-
-    yield start
-    for flower in started:
-        flower.stop()
+from tests.builders import purchase
+from tests.harness import FLOWER_USER as USER
+from tests.harness import ROOT, TASK, Client, Flower, Workers, wait_until
+from tests.services import count
 
 
 def test_flower_shows_the_purchases_behind_basic_auth_and_keeps_them_across_a_restart(

@@ -18,8 +18,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import AMQP, PG, admin
-from tests.e2e.conftest import WEBHOOK_SECRET, Web, start_web
+from tests.builders import WEBHOOK_SECRET
+from tests.harness import Web, start_web
+from tests.services import AMQP, PG, admin
 
 # The signature headers of kc_tasks and of the providers (CONTRACT.md, HTTP).
 SIGNATURE_HEADERS = ("X-KC-Signature", "X-Razorpay-Signature", "Stripe-Signature")
@@ -105,7 +106,9 @@ def test_a_signed_but_deeply_nested_body_is_a_422(hostile_web: tuple[Web, list[s
 
 def test_an_event_id_with_line_breaks_cannot_forge_a_log_line(hostile_web: tuple[Web, list[str]]) -> None:
     web, _ = hostile_web
-    forged = "2026-01-01 00:00:00,000 INFO MainProcess kc_tasks.web: webhook evt_ok: payment pay_forged enqueued"
+    forged = (
+        "2026-01-01 00:00:00,000 INFO MainProcess kc_tasks.web.webhooks: webhook evt_ok: payment pay_forged enqueued"
+    )
     data = {
         "payment_id": f"pay_{uuid.uuid4().hex}",
         "student_id": str(uuid.uuid4()),

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import broker_idle, queued
-from tests.e2e.conftest import ROOT, Client, Web, Workers, count, free_port, purchase, stop_group, wait_until
+from tests.builders import event, purchase, signed
 from tests.e2e.proxy import Proxy
-from tests.e2e.test_webhook import event, signed
+from tests.harness import ROOT, Client, Web, Workers, free_port, stop_group, wait_until
+from tests.services import broker_idle, count, queued
 
 RULES = ROOT / "docker" / "prometheus" / "kc_tasks.rules.yml"
 
@@ -206,8 +206,8 @@ def test_an_outage_the_stalled_queue_and_the_periodic_tasks_are_seen(
     """PostgreSQL cut away: both processes' kc_database_up goes to 0, the worker stops consuming,
     beat's heartbeat waits in the queue (its send time stays behind); back, everything returns to
     1 and the heartbeat sent during the outage is taken. A periodic task's success is noted."""
-    import kc_tasks.tasks  # noqa: F401  (its before_task_publish hook stamps the heartbeat's send time)
-    from kc_tasks.names import QUEUE_HEARTBEAT
+    import kc_tasks.worker.tasks  # noqa: F401  (its before_task_publish hook stamps the heartbeat's send time)
+    from kc_tasks.core.names import QUEUE_HEARTBEAT
 
     proxy = Proxy("127.0.0.1", 5432)
     proxy.restore()

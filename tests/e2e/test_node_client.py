@@ -3,29 +3,10 @@ from npm, enqueues a purchase and its revocation that the real worker carries ou
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import uuid
 
-from tests.e2e.conftest import ROOT, Workers, count, wait_until
-
-EXAMPLE = ROOT / "examples" / "node"
-
-
-def node(broker_url: str, *args: str) -> str:
-    assert shutil.which("node"), "Node.js is required (make test installs the example with npm ci)"
-    assert (EXAMPLE / "node_modules" / "celery-node").is_dir(), "run `npm ci` in examples/node (make test does)"
-    done = subprocess.run(
-        ["node", "enqueue.js", *args],
-        cwd=EXAMPLE,
-        env=dict(os.environ, CELERY_BROKER_URL=broker_url),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+from tests.harness import Workers, node, wait_until
+from tests.services import count
 
 
 def test_the_node_example_enqueues_a_purchase_and_its_revocation(

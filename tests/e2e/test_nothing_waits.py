@@ -18,10 +18,10 @@ import redis
 from celery import Celery
 from kombu import Connection, Producer, Queue
 
-from kc_tasks.inbox import task_id_for
-from tests.conftest import REDIS, purge_amqp, purge_redis, queued, run_sql
-from tests.e2e.conftest import ROOT, Web, Workers, count, purchase, wait_until
-from tests.e2e.test_webhook import event, signed
+from kc_tasks.payments.inbox import task_id_for
+from tests.builders import event, purchase, signed
+from tests.harness import ROOT, Web, Workers, wait_until
+from tests.services import REDIS, count, purge_amqp, purge_redis, queued, run_sql
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 

@@ -10,14 +10,14 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import AMQP
-from tests.e2e.conftest import Web, start_web
-from tests.e2e.test_webhook import signed
+from tests.builders import signed
+from tests.harness import Web, start_web
+from tests.services import AMQP
 
 
 @pytest.fixture(scope="module")
 def web(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
-    from tests.conftest import PG, admin
+    from tests.services import PG, admin
 
     name = "kc_openapi_" + template_db.rsplit("_", 1)[1]
     admin(f"CREATE DATABASE {name} TEMPLATE {template_db}")

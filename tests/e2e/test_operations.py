@@ -12,7 +12,9 @@ from collections.abc import Callable
 import httpx
 import psycopg
 
-from tests.e2e.conftest import Client, Web, Workers, count, hold_pairs, purchase, wait_until
+from tests.builders import purchase
+from tests.harness import Client, Web, Workers, wait_until
+from tests.services import count, hold_pairs
 
 
 def test_json_logs_carry_the_task_and_payment_ids_and_no_secret(

@@ -21,10 +21,9 @@ from kombu import Connection, Exchange, Queue
 
 from tests import provider_api_server as api
 from tests import provider_samples as s
-from tests.conftest import run_sql
-from tests.e2e.conftest import Web, Workers, wait_until
-from tests.e2e.test_providers import SECRETS, post_razorpay, post_stripe, purchases_of
-from tests.integration.test_cli import kc
+from tests.builders import SECRETS
+from tests.harness import Web, Workers, kc, post_razorpay, post_stripe, wait_until
+from tests.services import purchases_of, run_sql
 
 # A purchase of this amount is refused by a constraint the test adds: its task dead-letters.
 REFUSED_AMOUNT = 1234

@@ -18,9 +18,10 @@ from celery import Celery
 from celery.events.event import get_exchange
 from kombu import Queue
 
-from kc_tasks.sending import task_id_for
-from tests.conftest import broker_idle, run_sql
-from tests.e2e.conftest import Client, Workers, count, purchase, wait_until
+from kc_tasks.core.sending import task_id_for
+from tests.builders import purchase
+from tests.harness import Client, Workers, wait_until
+from tests.services import broker_idle, count, run_sql
 
 
 def _storm(pairs: int, repeats: int, rivals: int) -> tuple[list[tuple[str, str]], list[dict]]:

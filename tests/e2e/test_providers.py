@@ -8,51 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 from celery import Celery
 
-from kc_tasks.inbox import task_id_for
+from kc_tasks.payments.inbox import task_id_for
 from tests import provider_samples as s
-from tests.conftest import AMQP, broker_idle, queued, run_sql
-from tests.e2e.conftest import ROOT, Web, Workers, reader_headers, wait_until
+from tests.builders import SECRETS, evt
 from tests.e2e.proxy import Proxy
+from tests.harness import Web, Workers, courses_of, kc_tasks_command, post_razorpay, post_stripe, wait_until
+from tests.services import AMQP, broker_idle, purchases_of, queued, run_sql
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
-SECRETS = {
-    "KC_RAZORPAY_WEBHOOK_SECRET": f"old-razorpay-secret-being-rotated-out, {s.RAZORPAY_SECRET}",
-    "KC_STRIPE_WEBHOOK_SECRET": f"whsec_old,{s.STRIPE_SECRET}",
-}
-
-
-def post_razorpay(
-    web: Web, event: dict[str, Any], event_id: str | None = None, secret: str = s.RAZORPAY_SECRET
-) -> httpx.Response:
-    body = s.encode(event)
-    return httpx.post(
-        web.base + "/webhooks/razorpay", content=body, headers=s.razorpay_headers(body, secret, event_id), timeout=30
-    )
-
-
-def post_stripe(web: Web, event: dict[str, Any], secret: str = s.STRIPE_SECRET) -> httpx.Response:
-    body = s.encode(event)
-    return httpx.post(web.base + "/webhooks/stripe", content=body, headers=s.stripe_headers(body, secret), timeout=30)
-
-
-def purchases_of(database_url: str, payment_id: str) -> list[tuple]:
-    return run_sql(
-        database_url,
-        "SELECT is_active, amount_cents, currency FROM student_course_purchases WHERE payment_id = %s",
-        (payment_id,),
-    )
 
 
 def inbox(database_url: str, where: str = "true", params: tuple | None = None) -> list[tuple]:
@@ -61,10 +33,6 @@ def inbox(database_url: str, where: str = "true", params: tuple | None = None) -
         f"SELECT provider, event_id, type, payment_id, status FROM payment_events WHERE {where} ORDER BY received_at",
         params,
     )
-
-
-def evt() -> str:
-    return "evt_" + uuid.uuid4().hex[:14]
 
 
 def test_razorpay_and_stripe_payments_become_one_purchase_each_and_refunds_revoke_them(
@@ -140,13 +108,6 @@ def holdings(database_url: str) -> list[tuple]:
         "SELECT student_id::text, course_id::text, payment_id, is_active FROM student_course_purchases "
         "ORDER BY created_at",
     )
-
-
-def courses_of(web: Web, student: str) -> list[str]:
-    """The course ids the read API shows a student."""
-    answer = httpx.get(f"{web.base}/students/{student}/courses", headers=reader_headers(), timeout=30)
-    assert answer.status_code == 200, answer.text
-    return [course["course_id"] for course in answer.json()]
 
 
 def test_a_browser_that_rewrites_the_payments_notes_gets_only_the_course_of_the_order(
@@ -470,11 +431,6 @@ def test_postgresql_down_is_a_503_and_the_providers_retry_is_stored_and_enqueued
         assert queued(rabbitmq_url) == 2, "one task for each event, whatever the retries"
     finally:
         proxy.cut()
-
-
-def kc_tasks_command(database_url: str, broker_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, DATABASE_URL=database_url, CELERY_BROKER_URL=broker_url)
-    return subprocess.run([KC_TASKS, *args], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 def test_a_subscription_its_trial_and_a_non_free_session_marked_unpaid_grant_nothing(

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from celery import Celery
 
-from tests.conftest import rabbitmqctl
-from tests.e2e.conftest import ROOT, Workers, count, purchase, wait_until
+from tests.builders import purchase
 from tests.e2e.proxy import Proxy
+from tests.harness import ROOT, Workers, wait_until
+from tests.services import count, rabbitmqctl
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 

@@ -23,9 +23,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.conftest import AMQP, PG, admin, run_sql
-from tests.e2e.conftest import Web, start_web, wait_until
+from tests.harness import Web, start_web, wait_until
 from tests.jwks_server import JWKS
+from tests.services import AMQP, PG, admin, run_sql
 
 SECRET = "e2e-jwt-secret-" + "s" * 32
 AUDIENCE = "kc_tasks"

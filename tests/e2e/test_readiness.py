@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.conftest import AMQP
-from tests.e2e.conftest import Web, wait_until
 from tests.e2e.proxy import Proxy
+from tests.harness import Web, wait_until
+from tests.services import AMQP
 
 KEYS = {"ready", "database", "broker"}
 

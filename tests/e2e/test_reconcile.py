@@ -18,23 +18,21 @@ from celery import Celery
 
 from tests import provider_api_server as api
 from tests import provider_samples as s
-from tests.conftest import REDIS, purge_redis, run_sql
-from tests.e2e import test_flower
-from tests.e2e.conftest import ROOT, Web, Workers, count, wait_until
+from tests.harness import ROOT, Flower, Web, Workers, wait_until
+from tests.services import REDIS, count, purge_redis, run_sql
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 ADMIN = {"KC_ADMIN_USER": "ops", "KC_ADMIN_PASSWORD": "correct horse battery staple"}
 SECRETS = (api.RAZORPAY_KEY_ID, api.RAZORPAY_KEY_SECRET, api.STRIPE_API_KEY)
-flower = test_flower.flower  # the fixture: Flower as the Procfile runs it
 
 
 @pytest.fixture
-def provider() -> Iterator[api.Provider]:
+def provider() -> Iterator[api.StandIn]:
     with api.serve() as served:
         yield served
 
 
-def keys(provider: api.Provider) -> dict[str, str]:
+def keys(provider: api.StandIn) -> dict[str, str]:
     return {
         "KC_RAZORPAY_KEY_ID": api.RAZORPAY_KEY_ID,
         "KC_RAZORPAY_KEY_SECRET": api.RAZORPAY_KEY_SECRET,
@@ -44,7 +42,7 @@ def keys(provider: api.Provider) -> dict[str, str]:
     }
 
 
-def kc(database_url: str, broker_url: str, provider: api.Provider, *args: str) -> subprocess.CompletedProcess[str]:
+def kc(database_url: str, broker_url: str, provider: api.StandIn, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, DATABASE_URL=database_url, CELERY_BROKER_URL=broker_url, **keys(provider))
     result = subprocess.run([KC_TASKS, *args], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     for secret in SECRETS:
@@ -57,7 +55,7 @@ def active(database_url: str, payment_id: str) -> list[tuple]:
 
 
 def test_a_payment_whose_webhook_never_came_is_made_and_a_refund_at_the_provider_revokes_it(
-    database_url: str, broker_url: str, workers: Workers, provider: api.Provider
+    database_url: str, broker_url: str, workers: Workers, provider: api.StandIn
 ) -> None:
     now = int(time.time())
     student, course = api.new_id(), api.new_id()
@@ -110,7 +108,7 @@ def test_a_payment_whose_webhook_never_came_is_made_and_a_refund_at_the_provider
 
 
 def test_a_stripe_webhook_that_comes_after_reconciliation_found_its_event_is_a_duplicate(
-    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> None:
     """A Checkout Session known only through its metadata; its webhook comes late: one purchase,
     one inbox row. Then a lost dispute, found by reconciliation, revokes it."""
@@ -147,7 +145,7 @@ def test_a_stripe_webhook_that_comes_after_reconciliation_found_its_event_is_a_d
 
 
 def test_a_message_redis_lost_in_transit_is_made_whole_by_the_next_beat_run(
-    database_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> None:
     purge_redis()
     student, course = api.new_id(), api.new_id()
@@ -191,8 +189,8 @@ def test_flower_shows_the_beat_tasks_summary_as_its_result(
     database_url: str,
     rabbitmq_url: str,
     workers: Workers,
-    flower: Callable[[], test_flower.Flower],
-    provider: api.Provider,
+    flower: Callable[[], Flower],
+    provider: api.StandIn,
 ) -> None:
     provider.razorpay_paid(int(time.time()) - 60, api.new_id(), api.new_id())
     worker = workers.start(database_url, rabbitmq_url, **keys(provider))
@@ -226,7 +224,7 @@ def test_flower_shows_the_beat_tasks_summary_as_its_result(
 
 
 def test_an_order_paid_in_parts_is_granted_by_reconciliation_once_paid_in_full(
-    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, rabbitmq_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> None:
     """Three instalments of an order that takes partial payments, no webhook at all: a run after
     the first finds a captured payment of an order not paid in full (the order entity's documented
@@ -265,7 +263,7 @@ def test_an_order_paid_in_parts_is_granted_by_reconciliation_once_paid_in_full(
 
 
 def test_a_refund_pending_past_the_window_revokes_once_it_is_processed(
-    database_url: str, rabbitmq_url: str, workers: Workers, provider: api.Provider
+    database_url: str, rabbitmq_url: str, workers: Workers, provider: api.StandIn
 ) -> None:
     """Razorpay's refund entity with `status` pending (a bank refund can take days): a run sees it
     pending and keeps it. It is processed after it has left the window, and its refund.processed

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import psycopg
 
-from tests.conftest import broker_idle
-from tests.e2e.conftest import SHORT_LOCK_TIMEOUT, Client, Workers, count, purchase, wait_until
-from tests.e2e.test_dead_letters import dead, kc
+from tests.builders import purchase
+from tests.harness import SHORT_LOCK_TIMEOUT, Client, Workers, dead, wait_until
+from tests.harness import kc_on as kc
+from tests.services import broker_idle, count
 
 
 def test_revocations_are_dead_lettered_and_replayed(
@@ -56,7 +57,7 @@ def test_a_transient_failure_is_retried_until_the_horizon_then_dead_lettered(
     """KC_RETRY_HORIZON bounds retries by time, from the task's first attempt (a header carries
     it from retry to retry): with no KC_MAX_RETRIES, a purchase whose pair stays locked is retried
     with backoff, each retry's log line naming the horizon, then dead-lettered."""
-    from tests.e2e.conftest import hold_pairs
+    from tests.services import hold_pairs
 
     order = purchase()
     holder = hold_pairs(database_url, [order])

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from tests.e2e.conftest import ROOT, UVICORN, WEBHOOK_SECRET
+from tests.builders import WEBHOOK_SECRET
+from tests.harness import ROOT, UVICORN
 
 
 def start(**env: str) -> subprocess.CompletedProcess[str]:

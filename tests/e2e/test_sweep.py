@@ -12,9 +12,8 @@ import httpx
 
 import tests.provider_samples as s
 from celeryconfig import RELAY_SAFETY_INTERVAL, beat_schedule
-from tests.conftest import run_sql
-from tests.e2e.conftest import Workers, count, free_port, wait_until
-from tests.e2e.test_events import Consumer
+from tests.harness import Consumer, Workers, free_port, wait_until
+from tests.services import count, run_sql
 
 
 def test_a_worker_publishes_a_leftover_event_and_enqueues_a_received_one_without_beat(
@@ -58,8 +57,8 @@ def test_a_worker_publishes_a_leftover_event_and_enqueues_a_received_one_without
 def test_beat_runs_the_relay_tasks_only_as_a_safety_net_minutes_apart() -> None:
     """The queue's heartbeat, every 30 s, is the one exception: it is no task in Flower's list (the
     worker's consumer takes it without running it, and it sends no task events)."""
-    from kc_tasks.names import QUEUE_HEARTBEAT
-    from kc_tasks.tasks import queue_heartbeat
+    from kc_tasks.core.names import QUEUE_HEARTBEAT
+    from kc_tasks.worker.tasks import queue_heartbeat
 
     for name in ("relay-events", "relay-inbox"):
         assert beat_schedule[name]["schedule"] == RELAY_SAFETY_INTERVAL >= 300, name

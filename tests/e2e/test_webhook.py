@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 from celery import Celery
 
-from kc_tasks.sending import task_id_for
-from tests.conftest import AMQP, broker_idle, queued, run_sql
-from tests.e2e.conftest import WEBHOOK_SECRET, Web, Workers, count, purchase, reader_headers, wait_until
+from kc_tasks.core.sending import task_id_for
+from tests.builders import WEBHOOK_SECRET, event, purchase, reader_headers, signed
 from tests.e2e.proxy import Proxy
-
-
-def signed(body: bytes, secret: str = WEBHOOK_SECRET, t: int | None = None) -> dict[str, str]:
-    t = int(time.time()) if t is None else t
-    digest = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return {"Content-Type": "application/json", "X-KC-Signature": f"t={t},v1={digest}"}
-
-
-def event(data: dict, type_: str = "payment.succeeded") -> bytes:
-    return json.dumps({"id": f"evt_{uuid.uuid4().hex}", "type": type_, "data": data}).encode()
+from tests.harness import Web, Workers, wait_until
+from tests.services import AMQP, broker_idle, count, queued, run_sql
 
 
 def test_a_signed_payment_becomes_a_course_the_student_sees(
@@ -130,7 +117,7 @@ def test_the_web_process_refuses_to_start_without_a_secret(database_url: str, tm
     import os
     import subprocess
 
-    from tests.e2e.conftest import ROOT, UVICORN
+    from tests.harness import ROOT, UVICORN
 
     env = {k: v for k, v in os.environ.items() if k != "KC_WEBHOOK_SECRET"}
     env["DATABASE_URL"] = database_url

@@ -37,7 +37,7 @@ import kombu.exceptions
 import redis.exceptions
 from celery import Celery
 
-from tests.conftest import broker_idle, run_sql
+from tests.services import broker_idle, run_sql
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 ROOT = Path(__file__).resolve().parents[2]

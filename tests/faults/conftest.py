@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
-from tests.conftest import PG
-from tests.e2e.conftest import broker_url, rabbitmq_url, wait_until, webs, workers  # noqa: F401  (fixtures)
+from tests.e2e.conftest import broker_url, rabbitmq_url, webs, workers  # noqa: F401  (fixtures)
+from tests.harness import wait_until
+from tests.services import PG
 
 
 def pytest_configure(config: pytest.Config) -> None:

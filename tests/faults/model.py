@@ -24,8 +24,8 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
-from tests.conftest import run_sql
 from tests.faults.checker import dead_letters
+from tests.services import run_sql
 
 ACTIVE, REVOKED, RIVAL = "active", "revoked", "rival"
 

@@ -24,18 +24,27 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import AMQP_VHOST, REDIS, broker_idle, purge_redis, rabbitmqctl, run_sql, vhost_connections
-from tests.e2e.conftest import Worker, Workers, count, hold_pairs, purchase, wait_until
+from tests.builders import purchase
 from tests.faults.checker import Publisher, Verdict, check, settle
+from tests.harness import Worker, Workers, wait_until
+from tests.services import (
+    AMQP_VHOST,
+    REDIS,
+    TERMINATE_WORKER_BACKENDS,
+    blocked_by,
+    broker_idle,
+    count,
+    hold_pairs,
+    purge_redis,
+    rabbitmqctl,
+    run_sql,
+    vhost_connections,
+)
 
 KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
 CONCURRENCY = 4
 BATCH = 2000  # deliveries per test
 COPIES = 0.15  # share of the deliveries that repeat an earlier payment
-TERMINATE_WORKER_BACKENDS = (
-    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'kc_tasks' "
-    "AND datname = current_database() AND pid <> pg_backend_pid()"
-)
 
 
 def batch(size: int = BATCH, copies: float = COPIES, seed: int = 1) -> list[dict]:
@@ -110,15 +119,6 @@ class Run:
         verdict = check(history, outcomes, self.fault, self.broker_url, self.faults, seconds, worker_logs=logs)
         print(verdict.line(), flush=True)
         return verdict
-
-
-def blocked_by(database_url: str, pid: int) -> int:
-    """How many worker backends wait for a lock that backend `pid` holds."""
-    return run_sql(
-        database_url,
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'kc_tasks' AND %s = ANY(pg_blocking_pids(pid))",
-        (pid,),
-    )[0][0]
 
 
 def assert_nothing_lost_or_duplicated(verdict: Verdict) -> None:

@@ -14,8 +14,9 @@ from typing import Any
 
 from kombu import Connection, Producer
 
-from tests.e2e.conftest import Workers, purchase, wait_until
+from tests.builders import purchase
 from tests.faults.checker import Outcomes, Publisher, check, dead_letters, settle
+from tests.harness import Workers, wait_until
 
 GOOD = 300
 DROP = object()  # a kwarg left out

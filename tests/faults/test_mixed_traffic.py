@@ -46,13 +46,22 @@ from kombu import Connection, Queue
 
 from tests import provider_api_server as api
 from tests import provider_samples as s
-from tests.conftest import AMQP, AMQP_VHOST, broker_idle, rabbitmqctl, run_sql, vhost_connections
-from tests.e2e.conftest import ROOT, Web, Worker, Workers, hold_pairs, wait_until
 from tests.faults.checker import KC_TASKS, Publisher
 from tests.faults.model import Final, Judgement, judge
-from tests.faults.test_faults import TERMINATE_WORKER_BACKENDS, blocked_by
 from tests.faults.traffic import CREATE, SLICES, Delivery, Webhooks, build
+from tests.harness import ROOT, Web, Worker, Workers, wait_until
 from tests.servers import PgBouncer
+from tests.services import (
+    AMQP,
+    AMQP_VHOST,
+    TERMINATE_WORKER_BACKENDS,
+    blocked_by,
+    broker_idle,
+    hold_pairs,
+    rabbitmqctl,
+    run_sql,
+    vhost_connections,
+)
 
 PER_WAY = 30
 CONCURRENCY = 4
@@ -63,7 +72,7 @@ SETTLE_DEADLINE = 150.0
 
 
 @pytest.fixture
-def provider() -> Iterator[api.Provider]:
+def provider() -> Iterator[api.StandIn]:
     with api.serve() as served:
         yield served
 
@@ -79,7 +88,7 @@ class MixedRun:
         broker_url: str,
         workers: Workers,
         webs: Callable[..., Web],
-        provider: api.Provider,
+        provider: api.StandIn,
         seed: int,
         route: Callable[[str], str] = str,
     ) -> None:
@@ -290,7 +299,7 @@ def assert_model_holds(judgement: Judgement) -> None:
 
 @pytest.fixture
 def mixed(
-    database_url: str, workers: Workers, webs: Callable[..., Web], provider: api.Provider
+    database_url: str, workers: Workers, webs: Callable[..., Web], provider: api.StandIn
 ) -> Iterator[Callable[..., MixedRun]]:
     runs: list[MixedRun] = []
 

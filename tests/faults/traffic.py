@@ -30,7 +30,7 @@ import httpx
 
 from tests import provider_api_server as api
 from tests import provider_samples as s
-from tests.e2e.conftest import WEBHOOK_SECRET, purchase
+from tests.builders import WEBHOOK_SECRET, purchase
 from tests.faults.model import Payment
 
 SLICES = 5
@@ -102,7 +102,7 @@ class Traffic:
         }
 
 
-def build(provider: api.Provider, seed: int, per_way: int = 30) -> Traffic:
+def build(provider: api.StandIn, seed: int, per_way: int = 30) -> Traffic:
     """About `per_way` payments through each webhook and as tasks, a third as many known only
     to the providers' APIs, and rivals of a tenth of them."""
     rnd = random.Random(seed)
@@ -164,7 +164,7 @@ def build(provider: api.Provider, seed: int, per_way: int = 30) -> Traffic:
     return traffic
 
 
-def _events(provider: api.Provider, p: Payment, now: int, rnd: random.Random) -> tuple[list[Delivery], list[Delivery]]:
+def _events(provider: api.StandIn, p: Payment, now: int, rnd: random.Random) -> tuple[list[Delivery], list[Delivery]]:
     """The payment's captures (the first, and any repeat) and revocations, by its way in; what
     the provider's API must show is put there."""
     repeat = rnd.random() < 0.2

@@ -7,16 +7,20 @@ messages of the end-to-end tests' workers. Each test starts with empty tables an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
+from celery.signals import task_failure, task_retry, task_success
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db
-from kc_tasks.settings import normalize_database_url
-from tests.conftest import AMQP, AMQP_VHOST, purge_amqp, rabbitmqctl, run_sql
+from kc_tasks.core.settings import normalize_database_url
+from kc_tasks.store import db, roles
+from kc_tasks.store.index_guard import IndexGuard
+from tests.harness import Seen
+from tests.services import AMQP, AMQP_VHOST, admin, purge_amqp, rabbitmqctl, run_sql, set_up_roles
 
 APP_VHOST = f"{AMQP_VHOST}_app"
 APP_AMQP = AMQP.rsplit("/", 1)[0] + "/" + APP_VHOST
@@ -37,7 +41,9 @@ def celery_session_app(app_database: str) -> Iterator[Celery]:
 
 @pytest.fixture(scope="session")
 def celery_worker_parameters() -> dict[str, Any]:
-    return {"perform_ping_check": False, "queues": ("purchases",), "loglevel": "INFO"}
+    # The in-thread worker stops at the session's end: Celery gives it 10 s, which a loaded
+    # machine (the suite runs on two cores beside PostgreSQL and RabbitMQ) can overrun.
+    return {"perform_ping_check": False, "queues": ("purchases",), "loglevel": "INFO", "shutdown_timeout": 60.0}
 
 
 @pytest.fixture
@@ -66,3 +72,44 @@ def broker() -> Iterator[Celery]:
     app = Celery(broker=AMQP)
     yield app
     purge_amqp()
+
+
+@pytest.fixture
+def seen() -> Iterator[Seen]:
+    s = Seen()
+    task_retry.connect(s.on_retry, weak=False)
+    task_failure.connect(s.on_failure, weak=False)
+    task_success.connect(s.on_success, weak=False)
+    yield s
+    task_retry.disconnect(s.on_retry)
+    task_failure.disconnect(s.on_failure)
+    task_success.disconnect(s.on_success)
+
+
+@pytest.fixture
+def guard() -> IndexGuard:
+    return IndexGuard(ttl=300)
+
+
+@pytest.fixture
+def login(database_url: str) -> Iterator[Callable[..., str]]:
+    """login(group, url=the test database) -> that URL as a new login role in the group."""
+    made: list[str] = []
+
+    def make(group: str, url: str = database_url) -> str:
+        name = f"kc_t_{group.removeprefix('kc_')}_{uuid.uuid4().hex[:8]}"
+        admin(f"CREATE ROLE {name} LOGIN IN ROLE {group}")
+        if group == roles.OWNER:
+            admin(f"ALTER ROLE {name} SET role = '{roles.OWNER}'")  # what it creates is kc_owner's
+        made.append(name)
+        return url.replace("postgres@", f"{name}@", 1)
+
+    yield make
+    for name in made:
+        admin(f"DROP ROLE IF EXISTS {name}")
+
+
+@pytest.fixture
+def roles_db(database_url: str) -> str:
+    set_up_roles(database_url)
+    return database_url

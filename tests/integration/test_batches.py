@@ -1,5 +1,5 @@
-"""kc_tasks.batching.run_batch, as a pool process runs it for requests that waited together
-(kc_tasks.batching.PurchaseBatcher), on the real PostgreSQL and RabbitMQ: one statement for
+"""kc_tasks.worker.batching.run_batch, as a pool process runs it for requests that waited together
+(kc_tasks.worker.batching.PurchaseBatcher), on the real PostgreSQL and RabbitMQ: one statement for
 the batch's new purchases, then each request as a task of its own."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from unittest.mock import ANY
 import pytest
 from celery import Celery
 
-from kc_tasks import batching, purchases
-from kc_tasks.batching import Raised
-from tests.conftest import run_sql
-from tests.integration.test_tasks import kwargs
+from kc_tasks.worker import batching, purchases
+from kc_tasks.worker.batching import Raised
+from tests.builders import kwargs
+from tests.services import run_sql
 
 TASK = "kc_tasks.create_purchase"
 
@@ -96,3 +96,18 @@ def test_a_request_whose_tracer_raises_fails_alone(celery_app: Celery, app_datab
     assert seen[1] == "ContentDisallowed"
     assert [seen[0]["created"], seen[2]["created"]] == [True, True]
     assert run_sql(app_database, "SELECT count(*) FROM student_course_purchases") == [(2,)]
+
+
+def test_each_task_of_a_batch_takes_its_purchase_as_the_batch_made_it(
+    celery_app: Celery, app_database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the seam (kc_tasks.worker.seam): the tasks make nothing again."""
+
+    def made_again(*_: Any) -> None:
+        raise AssertionError("a task of the batch made its purchase again")
+
+    monkeypatch.setattr(purchases, "create_purchase", made_again)
+    orders = [kwargs() for _ in range(3)]
+    seen = results(batching.run_batch([purchase_job(order) for order in orders]))
+    stored = dict(run_sql(app_database, "SELECT payment_id, id::text FROM student_course_purchases"))
+    assert seen == [{"purchase_id": stored[o["payment_id"]], "created": True} for o in orders]

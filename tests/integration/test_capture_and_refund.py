@@ -16,17 +16,16 @@ import psycopg
 import pytest
 from sqlalchemy.engine import Engine
 
-from kc_tasks.index_guard import IndexGuard
-from kc_tasks.payload import Purchase, Revocation
-from kc_tasks.purchases import create_purchase, lock_keys
-from kc_tasks.revocations import revoke
-from tests.conftest import run_sql
-from tests.integration.test_purchase_interleavings import INSERT_ROW
-from tests.integration.test_purchases import order
+from kc_tasks.core.payload import PurchaseKwargs, RevocationKwargs
+from kc_tasks.store.index_guard import IndexGuard
+from kc_tasks.worker.purchases import create_purchase, lock_keys
+from kc_tasks.worker.revocations import revoke
+from tests.builders import INSERT_ROW, order
+from tests.services import run_sql
 
 
-def refund(p: Purchase) -> Revocation:
-    return Revocation(payment_id=p.payment_id, reason="refund", refund_id="rfnd_1")
+def refund(p: PurchaseKwargs) -> RevocationKwargs:
+    return RevocationKwargs(payment_id=p.payment_id, reason="refund", refund_id="rfnd_1")
 
 
 def in_thread(work: Callable[[], Any]) -> Future[Any]:
@@ -58,7 +57,7 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.02)
 
 
-def the_end(sql: Callable[..., list[tuple]], p: Purchase) -> tuple[list[tuple], int]:
+def the_end(sql: Callable[..., list[tuple]], p: PurchaseKwargs) -> tuple[list[tuple], int]:
     rows = sql("SELECT is_active FROM student_course_purchases WHERE payment_id = %s", (p.payment_id,))
     revoked = sql(
         "SELECT count(*) FROM event_outbox WHERE type = 'purchase.revoked' AND data->>'payment_id' = %s",

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 from kombu import Connection
 
-from tests.conftest import AMQP, PG, purge_amqp, run_sql
-from tests.integration.test_migrations import ALL
-
-KC_TASKS = str(Path(sys.executable).with_name("kc-tasks"))
-
-
-def kc(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "POSTGRES_"))}
-    environment.update(env)
-    return subprocess.run([KC_TASKS, *args], env=environment, capture_output=True, text=True, timeout=120)
+from tests.builders import MIGRATIONS as ALL
+from tests.harness import kc
+from tests.services import AMQP, PG, purge_amqp, run_sql
 
 
 def test_migrate_creates_the_database_then_reports_it_up_to_date(
@@ -87,7 +76,7 @@ def test_ensure_index_check_reports_and_repair_makes_it_usable(
 
 
 def test_ensure_index_without_migrations_fails_and_says_so(empty_database_url: str) -> None:
-    from tests.conftest import admin
+    from tests.services import admin
 
     admin(f"CREATE DATABASE {empty_database_url.rsplit('/', 1)[1]}")
     result = kc("ensure-index", DATABASE_URL=empty_database_url)

@@ -12,11 +12,12 @@ import pytest
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import inbox, names
-from kc_tasks.providers import kc, razorpay, reconcile, stripe
-from kc_tasks.redaction import redact_final
+from kc_tasks.core import names
+from kc_tasks.payments import inbox
+from kc_tasks.payments.redaction import redact_final
+from kc_tasks.providers import kc, razorpay, recovered, stripe
 from tests import provider_samples as s
-from tests.integration.test_inbox import queued
+from tests.services import take_queued as queued
 
 
 def receive(engine: Engine, broker: Celery, body: bytes, event_id: str = "evt_1", raw: bool = True) -> inbox.Receipt:
@@ -55,7 +56,7 @@ def test_an_event_stored_before_its_digest_is_compared_by_what_it_asks_for(
     respaced = json.dumps({"id": "evt_old", "type": "payment.succeeded", "data": data}, indent=2).encode()
     refund = json.dumps({"id": "evt_old", "type": "payment.refunded", "data": {"payment_id": "pay_old"}}).encode()
 
-    with caplog.at_level(logging.ERROR, "kc_tasks.inbox"):
+    with caplog.at_level(logging.ERROR, "kc_tasks.payments.inbox"):
         repeat = inbox.receive(engine, broker, kc.parse(respaced), respaced)
         conflict = inbox.receive(engine, broker, kc.parse(refund), refund)
 
@@ -76,7 +77,7 @@ def test_a_webhook_after_reconciliation_stored_its_event_is_compared_by_what_it_
     intent = s.new_intent()
     session = s.stripe_session(intent, str(uuid.uuid4()), str(uuid.uuid4()))
     webhook = s.stripe_event("checkout.session.completed", session)
-    rendering = json.dumps({**webhook, "pending_webhooks": 0, reconcile.FOUND_BY: True}).encode()
+    rendering = json.dumps({**webhook, "pending_webhooks": 0, recovered.FOUND_BY: True}).encode()
     found = inbox.receive(engine, broker, stripe.parse(rendering), rendering, raw=False)
     late = s.encode(webhook)
     forged = s.encode(dict(webhook, type="charge.refunded", data={"object": s.stripe_charge(intent)}))

@@ -15,19 +15,19 @@ from celery import Celery
 from kombu import Connection, Queue
 from sqlalchemy.engine import Engine
 
-from kc_tasks.events import (
+from kc_tasks.core.names import PURCHASE_CREATED
+from kc_tasks.store.events import (
     EXCHANGE,
     PRUNE_AFTER_HOURS,
-    PURCHASE_CREATED,
     RELAY_BATCH,
     RELAY_GRACE_SECONDS,
     Event,
     EventChannel,
     Publisher,
     prune,
-    relay,
+    publish_pending,
 )
-from tests.conftest import AMQP, AMQP_VHOST, rabbitmqctl
+from tests.services import AMQP, AMQP_VHOST, rabbitmqctl
 
 
 @pytest.fixture
@@ -171,16 +171,16 @@ def test_the_relay_publishes_what_was_left_past_the_grace_period_once(
     left = aged_events(sql, RELAY_BATCH + 20, f"{RELAY_GRACE_SECONDS + 5} seconds")
     recent = aged_events(sql, 1, "0 seconds")
     done = aged_events(sql, 1, "1 hour", published="1 hour")
-    assert relay(engine, app) == len(left)
+    assert publish_pending(engine, app) == len(left)
     assert sorted(b["id"] for b in received(consumer_queue, len(left))) == sorted(left)
-    with Connection(AMQP) as conn:  # confirmed before relay() returned: all there is, is there
+    with Connection(AMQP) as conn:  # confirmed before publish_pending() returned: all there is, is there
         assert conn.default_channel.basic_get(consumer_queue, no_ack=True) is None, "nothing else, nothing twice"
     unpublished = sql("SELECT id::text FROM event_outbox WHERE published_at IS NULL")
     assert unpublished == [(recent[0],)]
     assert sql("SELECT published_at < now() - interval '59 minutes' FROM event_outbox WHERE id = %s", (done[0],)) == [
         (True,)
     ], "an event published before is not published again"
-    assert relay(engine, app) == 0
+    assert publish_pending(engine, app) == 0
 
 
 def test_prune_deletes_events_published_long_ago_and_never_an_unpublished_one(

@@ -8,29 +8,15 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from kombu import Connection
 from sqlalchemy.engine import Engine
 
-from kc_tasks import inbox, names
+from kc_tasks.core import names
+from kc_tasks.payments import inbox
 from kc_tasks.providers import razorpay, stripe
 from tests import provider_samples as s
-from tests.conftest import AMQP, PG, purge_amqp, run_sql
-from tests.integration.test_cli import kc
-from tests.integration.test_tasks import seen  # noqa: F401  (the fixture)
-
-
-def queued() -> list[tuple[str, str, dict]]:
-    """(task name, task id, kwargs) of each message waiting in purchases, taken off it."""
-    found = []
-    with Connection(AMQP) as conn:
-        q = conn.SimpleQueue("purchases")
-        while True:
-            try:
-                message = q.get(timeout=1)
-            except q.Empty:
-                return found
-            found.append((message.headers["task"], message.headers["id"], json.loads(message.body)[1]))
-            message.ack()
+from tests.harness import kc
+from tests.services import AMQP, PG, purge_amqp, run_sql
+from tests.services import take_queued as queued
 
 
 def paid(payment_id: str | None = None) -> bytes:
@@ -71,9 +57,9 @@ def test_with_the_broker_down_the_event_waits_received_for_the_relay(engine: Eng
     down = Celery(broker="amqp://guest:guest@127.0.0.1:1//")
     body = paid(payment_id="pay_inbox_down")
     assert inbox.receive(engine, down, razorpay.parse(body, "evt_down"), body).status == "received"
-    assert inbox.relay(engine, down, older_than=0) == 0
-    assert inbox.relay(engine, broker) == 0, "within the grace period, the web may still be enqueuing it"
-    assert inbox.relay(engine, broker, older_than=0) == 1
+    assert inbox.enqueue_received(engine, down, older_than=0) == 0
+    assert inbox.enqueue_received(engine, broker) == 0, "within the grace period, the web may still be enqueuing it"
+    assert inbox.enqueue_received(engine, broker, older_than=0) == 1
     assert sql("SELECT status FROM payment_events") == [("enqueued",)]
     assert [task_id for _, task_id, _ in queued()] == [inbox.task_id_for("pay_inbox_down")]
 
@@ -213,7 +199,7 @@ def test_revoke_command_sends_one_revoke_purchase() -> None:
 
 def test_the_beat_check_counts_unmapped_payments_beside_dead_letters(
     celery_app: Celery,
-    seen: Any,  # noqa: F811
+    seen: Any,
     app_database: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from kc_tasks import db
-from kc_tasks.index_guard import diagnose, ensure_index
-from kc_tasks.settings import normalize_database_url
+from kc_tasks.core.settings import normalize_database_url
+from kc_tasks.store import db
+from kc_tasks.store.index_guard import diagnose, ensure_index
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_ensure_index_deactivates_duplicates_that_arrived_without_the_index(conn
 
 
 def test_without_the_table_the_reason_says_to_migrate(empty_database_url: str) -> None:
-    from tests.conftest import admin
+    from tests.services import admin
 
     admin(f"CREATE DATABASE {empty_database_url.rsplit('/', 1)[1]}")
     engine = db.make_engine(normalize_database_url(empty_database_url), poolclass=NullPool)

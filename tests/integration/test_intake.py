@@ -22,15 +22,17 @@ import pytest
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, inbox, intake
-from kc_tasks.errors import DatabaseError, DatabaseUnavailable
-from kc_tasks.intake import Intake
-from kc_tasks.providers import Event, razorpay
-from kc_tasks.settings import normalize_database_url
+from kc_tasks.core.errors import DatabaseError, DatabaseUnavailable
+from kc_tasks.core.settings import normalize_database_url
+from kc_tasks.payments import inbox
+from kc_tasks.providers import ProviderEvent, razorpay
+from kc_tasks.store import db
+from kc_tasks.web import intake
+from kc_tasks.web.intake import Intake
 from tests import provider_samples as s
-from tests.integration.test_inbox import queued
+from tests.services import take_queued as queued
 
-Arrival = tuple[Event, bytes]
+Arrival = tuple[ProviderEvent, bytes]
 
 
 def paid(payment_id: str | None = None) -> Arrival:
@@ -132,7 +134,7 @@ def test_an_event_that_cannot_be_stored_fails_alone(
 ) -> None:
     good, bad, other = paid(), paid(), paid()
     # Not something a provider's body can make (parsing refuses it), but PostgreSQL refuses it.
-    broken = (Event(bad[0].provider, "evt_\x00", bad[0].type, bad[0].action), bad[1])
+    broken = (ProviderEvent(bad[0].provider, "evt_\x00", bad[0].type, bad[0].action), bad[1])
     _, outcomes = burst(Intake(engine, broker), paid(), [good, broken, other], database_url)
 
     assert isinstance(outcomes[1], DatabaseError) and not isinstance(outcomes[1], DatabaseUnavailable)

@@ -11,23 +11,10 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from kc_tasks.migrate import migrate
-from kc_tasks.settings import normalize_database_url
-from tests.conftest import admin, run_sql
-
-ALL = [
-    "001_create_purchases",
-    "002_add_idempotency_constraints",
-    "003_duplicate_payments",
-    "004_event_outbox",
-    "005_payment_events",
-    "006_payments",
-    "007_inbox_body_redaction",
-    "008_event_body_digest",
-    "009_restorations",
-    "010_pending_refunds",
-    "011_purged_dead_letters",
-]
+from kc_tasks.core.settings import normalize_database_url
+from kc_tasks.store.migrate import migrate
+from tests.builders import MIGRATIONS as ALL
+from tests.services import admin, run_sql
 
 
 def columns(url: str) -> dict[str, tuple[str, str]]:
@@ -265,12 +252,12 @@ def test_without_is_active_every_old_row_was_in_force_and_the_oldest_stays(empty
 def test_with_text_ids_purchases_and_refunds_are_made_after_the_migration(
     empty_database_url: str,
 ) -> None:
-    from kc_tasks import db
-    from kc_tasks.index_guard import IndexGuard
-    from kc_tasks.payload import Revocation
-    from kc_tasks.purchases import Outcome, create_purchase
-    from kc_tasks.revocations import revoke
-    from tests.integration.test_purchases import order
+    from kc_tasks.core.payload import RevocationKwargs
+    from kc_tasks.store import db
+    from kc_tasks.store.index_guard import IndexGuard
+    from kc_tasks.worker.purchases import PurchaseOutcome, create_purchase
+    from kc_tasks.worker.revocations import revoke
+    from tests.builders import order
 
     legacy_database(
         empty_database_url,
@@ -286,13 +273,13 @@ def test_with_text_ids_purchases_and_refunds_are_made_after_the_migration(
         guard = IndexGuard(ttl=300)
         assert guard.status(engine).usable
         rival = order(S, C)
-        assert create_purchase(engine, guard, rival) == Outcome(FIRST, created=False, duplicate_of=FIRST)
+        assert create_purchase(engine, guard, rival) == PurchaseOutcome(FIRST, created=False, duplicate_of=FIRST)
         assert create_purchase(engine, guard, order(S)).created
-        assert create_purchase(engine, guard, order(payment="pay_first")) == Outcome(FIRST, created=False)
-        refund = Revocation(payment_id="pay_first", reason="refund", refund_id=None)
+        assert create_purchase(engine, guard, order(payment="pay_first")) == PurchaseOutcome(FIRST, created=False)
+        refund = RevocationKwargs(payment_id="pay_first", reason="refund", refund_id=None)
         assert revoke(engine, refund).as_result() == {"purchase_id": FIRST, "revoked": True}
         late = order(payment="pay_refunded_first")
-        revoke(engine, Revocation(payment_id=late.payment_id, reason="refund", refund_id=None))
+        revoke(engine, RevocationKwargs(payment_id=late.payment_id, reason="refund", refund_id=None))
         assert create_purchase(engine, guard, late).created, "a purchase made after its refund, inactive"
         assert dict(active_payments(empty_database_url))["pay_refunded_first"] is False
     finally:
@@ -377,7 +364,7 @@ def test_a_duplicate_purchase_written_while_002_builds_its_index_is_deactivated_
 def test_migration_008_gives_up_its_lock_wait_instead_of_queueing_the_webhooks_behind_it(database_url: str) -> None:
     """A transaction reading payment_events holds its lock: the ALTER waits LOCK_TIMEOUT at most
     per try, in which the webhooks' inserts queue behind it, then lets them through."""
-    migration = importlib.import_module("kc_tasks.migrations.versions.008_event_body_digest")
+    migration = importlib.import_module("kc_tasks.store.migrations.versions.008_event_body_digest")
     plain = database_url
     with psycopg.connect(plain, autocommit=True) as setup:
         setup.execute("ALTER TABLE payment_events DROP COLUMN body_sha256")

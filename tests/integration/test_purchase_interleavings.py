@@ -15,17 +15,12 @@ import psycopg
 import pytest
 from sqlalchemy.engine import Engine
 
-from kc_tasks import errors
-from kc_tasks.index_guard import IndexGuard
-from kc_tasks.payload import Purchase
-from kc_tasks.purchases import RESOLVE_ATTEMPTS, Outcome, create_all, create_purchase, lock_keys
-from tests.conftest import run_sql
-from tests.integration.test_purchases import order
-
-INSERT_ROW = (
-    "INSERT INTO student_course_purchases (id, student_id, course_id, payment_id, amount_cents, currency) "
-    "VALUES (%s, %s, %s, %s, 4999, 'INR')"
-)
+from kc_tasks.core import errors
+from kc_tasks.core.payload import PurchaseKwargs
+from kc_tasks.store.index_guard import IndexGuard
+from kc_tasks.worker.purchases import RESOLVE_ATTEMPTS, PurchaseOutcome, create_all, create_purchase, lock_keys
+from tests.builders import INSERT_ROW, order
+from tests.services import run_sql
 
 
 @pytest.fixture
@@ -36,9 +31,9 @@ def holder(database_url: str) -> Iterator[psycopg.Connection]:
     conn.close()
 
 
-def deliver(engine: Engine, guard: IndexGuard, p: Purchase) -> Future[Outcome]:
+def deliver(engine: Engine, guard: IndexGuard, p: PurchaseKwargs) -> Future[PurchaseOutcome]:
     """create_purchase(p) in a thread of its own; its outcome or error, later."""
-    future: Future[Outcome] = Future()
+    future: Future[PurchaseOutcome] = Future()
 
     def run() -> None:
         try:
@@ -50,7 +45,7 @@ def deliver(engine: Engine, guard: IndexGuard, p: Purchase) -> Future[Outcome]:
     return future
 
 
-def wait_blocked_by(database_url: str, conn: psycopg.Connection, future: Future[Outcome]) -> None:
+def wait_blocked_by(database_url: str, conn: psycopg.Connection, future: Future[PurchaseOutcome]) -> None:
     """Until a kc_tasks backend waits for a lock `conn` holds (the delivery reached it)."""
     pid = conn.info.backend_pid
     deadline = time.monotonic() + 30
@@ -88,7 +83,9 @@ def test_the_same_payment_for_two_courses_at_once_on_the_fast_path(engine, datab
     outcome = deliver(engine, guard, other_course)
     wait_blocked_by(database_url, holder, outcome)
     holder.commit()
-    assert outcome.result(timeout=30) == Outcome(first_id, created=False), "the payment's purchase, not an error"
+    assert outcome.result(timeout=30) == PurchaseOutcome(first_id, created=False), (
+        "the payment's purchase, not an error"
+    )
     assert sql("SELECT payment_id, course_id::text FROM student_course_purchases") == [
         (first.payment_id, first.course_id)
     ]
@@ -118,8 +115,8 @@ def test_a_batch_whose_statement_meets_a_payment_in_flight_makes_the_others_one_
     wait_blocked_by(database_url, holder, outcomes)
     holder.commit()
     first, second = outcomes.result(timeout=30)
-    assert first == Outcome(busy_id, created=False), "the payment's purchase, made for its other course"
-    assert isinstance(second, Outcome) and second.created
+    assert first == PurchaseOutcome(busy_id, created=False), "the payment's purchase, made for its other course"
+    assert isinstance(second, PurchaseOutcome) and second.created
     assert sql("SELECT id::text FROM student_course_purchases WHERE payment_id = %s", (free.payment_id,)) == [
         (second.purchase_id,)
     ]
@@ -138,7 +135,7 @@ def test_a_fast_path_rival_met_in_the_locked_paths_savepoint(engine, database_ur
     outcome = deliver(engine, guard, rival)
     wait_blocked_by(database_url, holder, outcome)
     holder.commit()
-    assert outcome.result(timeout=30) == Outcome(held_id, created=False, duplicate_of=held_id)
+    assert outcome.result(timeout=30) == PurchaseOutcome(held_id, created=False, duplicate_of=held_id)
     assert sql("SELECT payment_id, purchase_id::text FROM duplicate_payments") == [(rival.payment_id, held_id)]
     assert sql("SELECT count(*) FROM student_course_purchases") == [(1,)]
 
@@ -158,7 +155,7 @@ def test_the_same_delivery_on_the_fast_path_first_leaves_the_locked_path_nothing
     other_id = str(uuid.uuid4())
     sql(INSERT_ROW, (other_id, p.student_id, p.course_id, p.payment_id))  # the fast-path worker's row
     holder.commit()
-    assert outcome.result(timeout=30) == Outcome(other_id, created=False)
+    assert outcome.result(timeout=30) == PurchaseOutcome(other_id, created=False)
     assert sql("SELECT id::text FROM student_course_purchases") == [(other_id,)]
     assert sql("SELECT count(*) FROM event_outbox") == [(0,)], "no purchase.created for a purchase not created"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -12,34 +11,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, errors
-from kc_tasks.index_guard import IndexGuard
-from kc_tasks.payload import Purchase, parse_purchase
-from kc_tasks.purchases import Outcome, create_all, create_purchase
-from kc_tasks.settings import describe_database, normalize_database_url
+from kc_tasks.core import errors
+from kc_tasks.core.payload import PurchaseKwargs
+from kc_tasks.core.settings import describe_database, normalize_database_url
+from kc_tasks.store import db
+from kc_tasks.store.index_guard import IndexGuard
+from kc_tasks.worker.purchases import PurchaseOutcome, create_all, create_purchase
+from tests.builders import order
 
 
-def order(
-    student: str | None = None, course: str | None = None, payment: str | None = None, **extra: object
-) -> Purchase:
-    return parse_purchase(
-        {
-            "payment_id": payment or f"pay_{uuid.uuid4().hex}",
-            "student_id": student or str(uuid.uuid4()),
-            "course_id": course or str(uuid.uuid4()),
-            "amount_cents": 4999,
-            "currency": "INR",
-            **extra,
-        }
-    )
-
-
-@pytest.fixture
-def guard() -> IndexGuard:
-    return IndexGuard(ttl=300)
-
-
-def rows(sql: Callable[..., list[tuple]], p: Purchase) -> list[tuple]:
+def rows(sql: Callable[..., list[tuple]], p: PurchaseKwargs) -> list[tuple]:
     return sql(
         "SELECT payment_id, is_active FROM student_course_purchases WHERE student_id = %s AND course_id = %s "
         "ORDER BY created_at",
@@ -70,16 +51,20 @@ def test_a_purchase_without_metadata_stores_none_not_a_json_null(engine, guard, 
 def test_what_each_path_logs_for_the_purchase_it_creates(engine, sql, caplog) -> None:
     """Celery's "succeeded" line already reports each purchase: the fast path's own line is
     DEBUG; the fallback's, the rarer path and worth an operator's notice, INFO."""
-    caplog.set_level(logging.DEBUG, logger="kc_tasks.purchases")
+    caplog.set_level(logging.DEBUG, logger="kc_tasks.worker.purchases")
     fast, slow = order(), order()
     made = create_purchase(engine, IndexGuard(ttl=300), fast)
     sql("DROP INDEX unique_active_purchase")
     fallback = create_purchase(engine, IndexGuard(ttl=300), slow)
     assert fallback.created
-    assert [r for r in caplog.record_tuples if r[0] == "kc_tasks.purchases"] == [
-        ("kc_tasks.purchases", logging.DEBUG, f"purchase {made.purchase_id} created for payment {fast.payment_id}"),
+    assert [r for r in caplog.record_tuples if r[0] == "kc_tasks.worker.purchases"] == [
         (
-            "kc_tasks.purchases",
+            "kc_tasks.worker.purchases",
+            logging.DEBUG,
+            f"purchase {made.purchase_id} created for payment {fast.payment_id}",
+        ),
+        (
+            "kc_tasks.worker.purchases",
             logging.INFO,
             f"purchase {fallback.purchase_id} created for payment {slow.payment_id} (fallback path)",
         ),
@@ -91,7 +76,7 @@ def test_a_rival_payment_for_a_held_course_is_recorded_for_refund_not_purchased(
     rival = order(p.student_id, p.course_id)
     held = create_purchase(engine, guard, p)
     outcome = create_purchase(engine, guard, rival)
-    assert outcome == Outcome(held.purchase_id, created=False, duplicate_of=held.purchase_id)
+    assert outcome == PurchaseOutcome(held.purchase_id, created=False, duplicate_of=held.purchase_id)
     assert rows(sql, p) == [(p.payment_id, True)]
     assert sql("SELECT payment_id, purchase_id::text FROM duplicate_payments") == [(rival.payment_id, held.purchase_id)]
 
@@ -101,10 +86,10 @@ def test_a_rival_payment_is_recorded_whole_with_its_event_and_one_warning(engine
     p = order()
     rival = order(p.student_id, p.course_id, amount_cents=100, currency="USD")
     held = create_purchase(engine, guard, p)
-    caplog.set_level(logging.DEBUG, logger="kc_tasks.purchases")
+    caplog.set_level(logging.DEBUG, logger="kc_tasks.worker.purchases")
     outcome = create_purchase(engine, guard, rival)
     again = create_purchase(engine, guard, rival)
-    assert outcome == again == Outcome(held.purchase_id, created=False, duplicate_of=held.purchase_id)
+    assert outcome == again == PurchaseOutcome(held.purchase_id, created=False, duplicate_of=held.purchase_id)
     assert [e.type for e in outcome.events] == ["purchase.duplicate_payment"] and again.events == ()
     record = (rival.payment_id, held.purchase_id, p.payment_id, p.student_id, p.course_id, 100, "USD")
     assert sql(
@@ -117,7 +102,7 @@ def test_a_rival_payment_is_recorded_whole_with_its_event_and_one_warning(engine
     assert tuple(events[0][1][k] for k in keys) == record
     assert caplog.record_tuples == [
         (
-            "kc_tasks.purchases",
+            "kc_tasks.worker.purchases",
             logging.WARNING,
             f"payment {rival.payment_id} is a duplicate: student {p.student_id} already holds course {p.course_id} "
             f"by payment {p.payment_id} (purchase {held.purchase_id}); refund it",
@@ -140,7 +125,7 @@ def test_a_stale_replay_of_a_deactivated_purchase_creates_nothing(engine, guard,
     first = create_purchase(engine, guard, p)
     sql("UPDATE student_course_purchases SET is_active = false WHERE payment_id = %s", (p.payment_id,))
     for _ in range(3):
-        assert create_purchase(engine, guard, p) == Outcome(first.purchase_id, created=False)
+        assert create_purchase(engine, guard, p) == PurchaseOutcome(first.purchase_id, created=False)
     fresh = order(p.student_id, p.course_id)
     assert create_purchase(engine, guard, fresh).created
     assert rows(sql, p) == [(p.payment_id, False), (fresh.payment_id, True)]
@@ -150,7 +135,7 @@ def test_a_payment_reused_for_another_course_returns_its_first_purchase(engine, 
     p = order()
     first = create_purchase(engine, guard, p)
     other_course = order(p.student_id, payment=p.payment_id)
-    assert create_purchase(engine, guard, other_course) == Outcome(first.purchase_id, created=False)
+    assert create_purchase(engine, guard, other_course) == PurchaseOutcome(first.purchase_id, created=False)
     assert sql("SELECT count(*) FROM student_course_purchases")[0][0] == 1
 
 
@@ -182,10 +167,10 @@ def _at_once(database_url: str, items: list[Any], act: Callable[[Engine, Any, Ca
     return results
 
 
-def _race(database_url: str, deliveries: list[Purchase], ttl: float = 300) -> list[Outcome]:
+def _race(database_url: str, deliveries: list[PurchaseKwargs], ttl: float = 300) -> list[PurchaseOutcome]:
     """Each delivery from its own engine and thread, its index check made, released at once."""
 
-    def deliver(engine: Engine, p: Purchase, go: Callable[[], Any]) -> Outcome:
+    def deliver(engine: Engine, p: PurchaseKwargs, go: Callable[[], Any]) -> PurchaseOutcome:
         guard = IndexGuard(ttl)
         guard.status(engine)
         go()
@@ -234,7 +219,7 @@ def test_the_locked_path_tells_a_held_course_from_the_same_course_or_student_els
     assert create_purchase(engine, guard, order(course=p.course_id)).created, "another student, the same course"
     assert create_purchase(engine, guard, order(student=p.student_id)).created, "the same student, another course"
     rival = create_purchase(engine, guard, order(p.student_id, p.course_id))
-    assert rival == Outcome(held.purchase_id, created=False, duplicate_of=held.purchase_id)
+    assert rival == PurchaseOutcome(held.purchase_id, created=False, duplicate_of=held.purchase_id)
     assert not [s for s in statements if "ON CONFLICT (student_id, course_id)" in s]
 
 
@@ -243,7 +228,7 @@ def test_a_guard_that_checks_the_index_every_time_still_resolves(engine, sql) ->
     p = order()
     held = create_purchase(engine, guard, p)
     rival = create_purchase(engine, guard, order(p.student_id, p.course_id))
-    assert rival == Outcome(held.purchase_id, created=False, duplicate_of=held.purchase_id)
+    assert rival == PurchaseOutcome(held.purchase_id, created=False, duplicate_of=held.purchase_id)
 
 
 def test_an_index_dropped_after_the_check_is_met_in_the_same_call(engine, sql, caplog) -> None:
@@ -342,10 +327,10 @@ def test_a_batch_creates_its_new_purchases_with_their_events_in_one_statement(en
     batch = [order(metadata={"n": i}) for i in range(20)]
     rival = order(other.student_id, other.course_id)  # the student already holds that course
     outcomes = create_all(engine, guard, [*batch, held, rival])
-    assert all(isinstance(o, Outcome) for o in outcomes)
+    assert all(isinstance(o, PurchaseOutcome) for o in outcomes)
     created, (again, duplicate) = outcomes[:20], outcomes[20:]
     assert all(o.created and len(o.events) == 1 for o in created)
-    assert again == Outcome(create_purchase(engine, guard, held).purchase_id, created=False)
+    assert again == PurchaseOutcome(create_purchase(engine, guard, held).purchase_id, created=False)
     assert duplicate.duplicate_of is not None and not duplicate.created, "what stands in the way is found"
     stored = dict(sql("SELECT payment_id, id::text FROM student_course_purchases"))
     assert [o.purchase_id for o in created] == [stored[p.payment_id] for p in batch]
@@ -366,9 +351,9 @@ def test_a_payment_or_a_pair_twice_in_one_batch_is_made_once(engine, guard, sql)
     p = order()
     same_payment, same_pair = order(payment=p.payment_id), order(p.student_id, p.course_id)
     first, second, third = create_all(engine, guard, [p, same_payment, same_pair])
-    assert isinstance(first, Outcome) and first.created
-    assert second == Outcome(first.purchase_id, created=False), "the second delivery finds the first's purchase"
-    assert third == Outcome(first.purchase_id, created=False, duplicate_of=first.purchase_id)
+    assert isinstance(first, PurchaseOutcome) and first.created
+    assert second == PurchaseOutcome(first.purchase_id, created=False), "the second delivery finds the first's purchase"
+    assert third == PurchaseOutcome(first.purchase_id, created=False, duplicate_of=first.purchase_id)
     assert sql("SELECT count(*) FROM student_course_purchases") == [(1,)]
 
 
@@ -383,11 +368,11 @@ def test_without_a_usable_index_a_batch_is_made_by_the_fallback(engine, sql) -> 
     assert sql("SELECT count(*) FROM student_course_purchases") == [(5,)]
 
 
-def _batches_at_once(database_url: str, batches: list[list[Purchase]]) -> list[list[Outcome]]:
-    def insert(engine: Engine, batch: list[Purchase], go: Callable[[], Any]) -> list[Outcome]:
+def _batches_at_once(database_url: str, batches: list[list[PurchaseKwargs]]) -> list[list[PurchaseOutcome]]:
+    def insert(engine: Engine, batch: list[PurchaseKwargs], go: Callable[[], Any]) -> list[PurchaseOutcome]:
         go()
         outcomes = create_all(engine, IndexGuard(ttl=300), batch)
-        assert all(isinstance(o, Outcome) for o in outcomes), outcomes
+        assert all(isinstance(o, PurchaseOutcome) for o in outcomes), outcomes
         return outcomes  # type: ignore[return-value]
 
     return _at_once(database_url, batches, insert)

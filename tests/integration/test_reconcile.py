@@ -11,14 +11,18 @@ import pytest
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import inbox, names, provider_api, reconcile
-from kc_tasks.errors import ProviderApiError
-from kc_tasks.settings import Settings
+from kc_tasks.core import names
+from kc_tasks.core.errors import ProviderApiError
+from kc_tasks.core.settings import Settings
+from kc_tasks.payments import inbox, reconciler
+from kc_tasks.providers import apis
 from tests import provider_api_server as api
 from tests import provider_samples as s
-from tests.conftest import AMQP
-from tests.integration.test_cli import kc
-from tests.integration.test_inbox import queued
+from tests.builders import purchase_row
+from tests.harness import kc, settings_for
+from tests.harness import reconcile as run
+from tests.services import AMQP
+from tests.services import take_queued as queued
 
 HOUR = 3600
 DAY = 24 * HOUR
@@ -32,40 +36,9 @@ def now() -> int:
 
 
 @pytest.fixture
-def provider() -> Iterator[api.Provider]:
+def provider() -> Iterator[api.StandIn]:
     with api.serve() as served:
         yield served
-
-
-def settings_for(provider: api.Provider, **overrides: str) -> Settings:
-    env = {
-        "KC_RAZORPAY_KEY_ID": api.RAZORPAY_KEY_ID,
-        "KC_RAZORPAY_KEY_SECRET": api.RAZORPAY_KEY_SECRET,
-        "KC_STRIPE_API_KEY": api.STRIPE_API_KEY,
-        "KC_RAZORPAY_API_URL": provider.url,
-        "KC_STRIPE_API_URL": provider.url,
-        **overrides,
-    }
-    return Settings.from_env(env)
-
-
-def run(
-    engine: Engine, app: Celery, provider: api.Provider, name: str, since: int = DAY, **options: object
-) -> reconcile.Summary:
-    client = reconcile.api_for(settings_for(provider), name, read_timeout=float(options.pop("read_timeout", 5.0)))
-    client._sleep = lambda seconds: None  # Retry-After: 0 and the backoff need no real wait here
-    try:
-        return reconcile.run(engine, app, client, reconcile.window(since), **options)  # type: ignore[arg-type]
-    finally:
-        client.close()
-
-
-def purchase_row(sql, payment_id: str, active: bool = True) -> None:
-    sql(
-        "INSERT INTO student_course_purchases (id, student_id, course_id, payment_id, amount_cents, currency, "
-        "is_active) VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), %s, 49900, 'INR', %s)",
-        (payment_id, active),
-    )
 
 
 def tasks() -> list[tuple[str, str]]:
@@ -73,7 +46,7 @@ def tasks() -> list[tuple[str, str]]:
 
 
 def test_razorpay_every_page_read_and_the_course_comes_from_the_order(
-    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, sql, now: int
 ) -> None:
     student, course = api.new_id(), api.new_id()
     tampered = {"student_id": api.new_id(), "course_id": api.new_id()}  # what a browser could set
@@ -119,7 +92,7 @@ def test_razorpay_every_page_read_and_the_course_comes_from_the_order(
 
 
 def test_a_refund_today_of_a_razorpay_payment_made_five_days_ago_revokes_it(
-    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, sql, now: int
 ) -> None:
     """Refunds are read by refund time: the payment itself is outside every window."""
     old = provider.razorpay_paid(now - 5 * DAY, api.new_id(), api.new_id(), "pay_five_days_old")
@@ -147,7 +120,7 @@ def test_a_refund_today_of_a_razorpay_payment_made_five_days_ago_revokes_it(
 
 
 def test_a_lost_razorpay_dispute_revokes_and_a_won_one_does_not(
-    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, sql, now: int
 ) -> None:
     """Razorpay lists disputes by the time they were opened: one opened two months ago and lost
     today is still found, whatever the window."""
@@ -166,11 +139,11 @@ def test_a_lost_razorpay_dispute_revokes_and_a_won_one_does_not(
     assert kwargs == {"payment_id": "pay_dispute_lost", "reason": "dispute"}
     assert sql("SELECT event_id FROM payment_events") == [("razorpay:pay_dispute_lost:disputed",)]
     [disputes] = provider.pages("/v1/disputes")
-    assert int(disputes["to"]) - int(disputes["from"]) >= reconcile.DISPUTE_LOOKBACK
+    assert int(disputes["to"]) - int(disputes["from"]) >= reconciler.DISPUTE_LOOKBACK
 
 
 def test_a_partly_refunded_payment_whose_webhook_never_came_is_still_granted(
-    engine: Engine, broker: Celery, provider: api.Provider, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, now: int
 ) -> None:
     payment = provider.razorpay_paid(now - 2 * HOUR, api.new_id(), api.new_id(), "pay_partly")
     provider.razorpay_refund(payment, now - HOUR, amount=100)
@@ -180,7 +153,7 @@ def test_a_partly_refunded_payment_whose_webhook_never_came_is_still_granted(
 
 
 def test_stripe_events_api_every_page_each_event_through_the_webhooks_rules(
-    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, sql, now: int
 ) -> None:
     """A payment known only through its Checkout Session's metadata, a refund today of a payment
     made five days ago, a lost dispute, a free checkout; and events whose webhook came."""
@@ -243,15 +216,15 @@ def test_stripe_events_api_every_page_each_event_through_the_webhooks_rules(
 
 
 def test_stripe_events_of_the_other_mode_grant_nothing(
-    engine: Engine, broker: Celery, provider: api.Provider, sql, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, sql, now: int
 ) -> None:
     event = provider.stripe_event(
         "payment_intent.succeeded", s.stripe_intent(s.new_intent(), api.new_id(), api.new_id()), now - HOUR
     )
     assert event["livemode"] is False
-    client = reconcile.api_for(settings_for(provider), "stripe")
+    client = reconciler.api_for(settings_for(provider), "stripe")
     try:
-        summary = reconcile.run(engine, broker, client, reconcile.window(DAY), stripe_livemode=True)
+        summary = reconciler.run(engine, broker, client, reconciler.window(DAY), stripe_livemode=True)
     finally:
         client.close()
     assert summary.purchases_enqueued == 0 and queued() == []
@@ -260,7 +233,7 @@ def test_stripe_events_of_the_other_mode_grant_nothing(
 
 @pytest.mark.parametrize("fault", ["429", "500"])
 def test_a_rate_limit_or_a_passing_failure_is_waited_out(
-    engine: Engine, broker: Celery, provider: api.Provider, fault: str, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, fault: str, now: int
 ) -> None:
     payment = provider.razorpay_paid(now - HOUR, api.new_id(), api.new_id())
     provider.fail("/v1/payments", fault, fault)
@@ -282,10 +255,10 @@ def test_a_rate_limit_or_a_passing_failure_is_waited_out(
     ],
 )
 def test_an_api_down_slow_or_answering_garbage_enqueues_nothing(
-    engine: Engine, broker: Celery, provider: api.Provider, sql, path: str, faults: list[str], said: str, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, sql, path: str, faults: list[str], said: str, now: int
 ) -> None:
     """The first page is good, then a request fails: nothing read is enqueued or stored."""
-    for i in range(provider_api.PAGE_SIZE + 5):
+    for i in range(apis.PAGE_SIZE + 5):
         provider.razorpay_paid(now - HOUR - i, api.new_id(), api.new_id())
     provider.fail(path, *(["pass"] if path == "/v1/payments" else []), *faults)
     with pytest.raises(ProviderApiError) as raised:
@@ -296,11 +269,11 @@ def test_an_api_down_slow_or_answering_garbage_enqueues_nothing(
 
 
 def test_two_reconcilers_at_once_enqueue_each_purchase_once(
-    engine: Engine, broker: Celery, provider: api.Provider, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, now: int
 ) -> None:
     payments = [provider.razorpay_paid(now - HOUR - i, api.new_id(), api.new_id()) for i in range(20)]
     start = threading.Barrier(2)
-    results: list[reconcile.Summary] = []
+    results: list[reconciler.Summary] = []
 
     def reconciler() -> None:
         start.wait()
@@ -317,7 +290,7 @@ def test_two_reconcilers_at_once_enqueue_each_purchase_once(
 
 
 def test_a_claim_without_an_outcome_is_sent_again_after_a_period(
-    engine: Engine, broker: Celery, provider: api.Provider, now: int
+    engine: Engine, broker: Celery, provider: api.StandIn, now: int
 ) -> None:
     """Its message was lost (Redis, a purged queue): the next period's run sends it again."""
     payment = provider.razorpay_paid(now - HOUR, api.new_id(), api.new_id())
@@ -330,14 +303,14 @@ def test_a_claim_without_an_outcome_is_sent_again_after_a_period(
 
 
 def test_failures_are_warnings_naming_the_provider_never_the_keys(
-    engine: Engine, broker: Celery, provider: api.Provider, caplog: pytest.LogCaptureFixture
+    engine: Engine, broker: Celery, provider: api.StandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     bad = settings_for(provider, KC_STRIPE_API_KEY="rk_test_wrong-key-also-secret")
     provider.fail("/v1/payments", "500", "500", "500")
     caplog.set_level(logging.DEBUG)
-    win = reconcile.window(HOUR)
-    rzp = reconcile.run_logged(engine, broker, settings_for(provider), "razorpay", win)
-    stripe = reconcile.run_logged(engine, broker, bad, "stripe", win)
+    win = reconciler.window(HOUR)
+    rzp = reconciler.run_logged(engine, broker, settings_for(provider), "razorpay", win)
+    stripe = reconciler.run_logged(engine, broker, bad, "stripe", win)
     assert rzp.error and "HTTP 500" in rzp.error
     assert stripe.error and "HTTP 401" in stripe.error
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -349,7 +322,7 @@ def test_failures_are_warnings_naming_the_provider_never_the_keys(
 
 
 def test_reconcile_command_dry_run_changes_nothing_and_a_failure_exits_non_zero(
-    database_url: str, broker: Celery, provider: api.Provider, sql, now: int
+    database_url: str, broker: Celery, provider: api.StandIn, sql, now: int
 ) -> None:
     provider.razorpay_paid(now - HOUR, api.new_id(), api.new_id(), payment_id="pay_dry_run")
     env = {
@@ -393,7 +366,7 @@ def test_an_unreachable_api_is_a_failure_not_a_crash(engine: Engine, broker: Cel
     settings = Settings.from_env(
         {"KC_RAZORPAY_KEY_ID": "k", "KC_RAZORPAY_KEY_SECRET": "s", "KC_RAZORPAY_API_URL": "http://127.0.0.1:1"}
     )
-    client = reconcile.api_for(settings, "razorpay")
+    client = reconciler.api_for(settings, "razorpay")
     client._sleep = lambda seconds: None
     with pytest.raises(ProviderApiError, match="ConnectError"):
-        reconcile.run(engine, broker, client, reconcile.window(HOUR))
+        reconciler.run(engine, broker, client, reconciler.window(HOUR))

@@ -18,18 +18,19 @@ from celery import Celery
 from celery.signals import task_failure, task_success
 from sqlalchemy.engine import Engine
 
-from kc_tasks import inbox, names, redaction, story
-from kc_tasks.index_guard import IndexGuard
-from kc_tasks.payload import parse_purchase
+from kc_tasks.core import names
+from kc_tasks.core.payload import parse_purchase
+from kc_tasks.payments import inbox, redaction, story
 from kc_tasks.providers import razorpay, stripe
-from kc_tasks.purchases import create_purchase
+from kc_tasks.store.index_guard import IndexGuard
+from kc_tasks.worker.purchases import create_purchase
 from tests import provider_api_server as api
 from tests import provider_samples as s
-from tests.conftest import AMQP
-from tests.integration.test_cli import kc as kc_command
-from tests.integration.test_inbox import queued
-from tests.integration.test_reconcile import run
-from tests.integration.test_tasks import Seen
+from tests.harness import Seen
+from tests.harness import kc as kc_command
+from tests.harness import reconcile as run
+from tests.services import AMQP
+from tests.services import take_queued as queued
 
 DAY = 86400.0
 KEEP = 30 * DAY
@@ -37,7 +38,7 @@ STUDENT, COURSE = str(uuid.uuid4()), str(uuid.uuid4())
 
 
 @pytest.fixture
-def provider_api() -> Iterator[api.Provider]:
+def provider_api() -> Iterator[api.StandIn]:
     with api.serve() as served:
         yield served
 
@@ -230,7 +231,7 @@ def test_the_story_replays_and_reconciliation_work_on_a_redacted_body(
     engine: Engine,
     broker: Celery,
     sql: Any,
-    provider_api: api.Provider,
+    provider_api: api.StandIn,
 ) -> None:
     body = s.encode(s.razorpay_paid(STUDENT, COURSE, "pay_story", extra_notes={"coupon": "DIWALI"}))
     event = razorpay.parse(body, "evt_story")
@@ -282,7 +283,7 @@ def test_beats_task_redacts_what_kc_inbox_body_days_allows(
     seen: Seen,
     app_database: str,
 ) -> None:
-    from tests.conftest import run_sql
+    from tests.services import run_sql
 
     def put(event_id: str, days: int) -> None:
         run_sql(

@@ -1,4 +1,4 @@
-"""Beat's resend sweep on real PostgreSQL and RabbitMQ (kc_tasks.reconcile.resend_waiting): an
+"""Beat's resend sweep on real PostgreSQL and RabbitMQ (kc_tasks.payments.reconciler.resend_waiting): an
 inbox event of any provider enqueued long enough ago whose task has no outcome is sent again
 under its task id; one with an outcome (in the database, a dead letter waiting, a dead letter
 purged) never is."""
@@ -11,10 +11,11 @@ import uuid
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import inbox, names
-from kc_tasks.reconcile import resend_waiting
-from tests.integration.test_inbox import queued
-from tests.integration.test_reconcile import purchase_row
+from kc_tasks.core import names
+from kc_tasks.payments import inbox
+from kc_tasks.payments.reconciler import resend_waiting
+from tests.builders import purchase_row
+from tests.services import take_queued as queued
 
 HOUR, WINDOW = 3600, 259200
 

@@ -11,18 +11,19 @@ import psycopg
 import pytest
 from sqlalchemy.engine import Engine
 
-from kc_tasks import errors, restorations, roles
-from kc_tasks.index_guard import IndexGuard
-from kc_tasks.purchases import create_purchase
-from kc_tasks.revocations import revoke
-from tests.conftest import run_sql
-from tests.e2e.conftest import hold_pairs
-from tests.integration.test_cli import kc
-from tests.integration.test_revocations import active, guard, order, refund  # noqa: F401  (the fixture)
-from tests.integration.test_roles import login, roles_db  # noqa: F401  (the fixtures)
+from kc_tasks.core import errors
+from kc_tasks.store import roles
+from kc_tasks.store.index_guard import IndexGuard
+from kc_tasks.worker import restorations
+from kc_tasks.worker.purchases import create_purchase
+from kc_tasks.worker.revocations import revoke
+from tests.builders import refund
+from tests.builders import sample_order as order
+from tests.harness import kc
+from tests.services import active, hold_pairs, run_sql
 
 
-def revoked_purchase(engine: Engine, guard: IndexGuard) -> tuple[str, str, str]:  # noqa: F811
+def revoked_purchase(engine: Engine, guard: IndexGuard) -> tuple[str, str, str]:
     """(payment, student, course) of a purchase its refund revoked."""
     p = order()
     create_purchase(engine, guard, p)
@@ -32,7 +33,7 @@ def revoked_purchase(engine: Engine, guard: IndexGuard) -> tuple[str, str, str]:
 
 def test_restore_makes_the_purchase_active_with_its_event_and_a_later_refund_revokes_again(
     engine: Engine,
-    guard: IndexGuard,  # noqa: F811
+    guard: IndexGuard,
     sql,
 ) -> None:
     payment, _, _ = revoked_purchase(engine, guard)
@@ -66,7 +67,7 @@ def test_restore_makes_the_purchase_active_with_its_event_and_a_later_refund_rev
 )
 def test_restore_refuses_with_a_clear_message_and_changes_nothing(
     engine: Engine,
-    guard: IndexGuard,  # noqa: F811
+    guard: IndexGuard,
     sql,
     state: str,
     says: str,
@@ -100,7 +101,7 @@ def test_restore_refuses_with_a_clear_message_and_changes_nothing(
 
 def test_a_purchase_of_the_course_in_flight_wins_or_loses_but_never_both(
     engine: Engine,
-    guard: IndexGuard,  # noqa: F811
+    guard: IndexGuard,
     database_url: str,
     sql,
 ) -> None:
@@ -139,16 +140,16 @@ def _try_restore(engine: Engine, payment: str, result: list[object]) -> None:
 
 
 def _eventually(condition: Callable[[], bool]) -> bool:
-    from tests.e2e.conftest import wait_until
+    from tests.harness import wait_until
 
     return wait_until(condition, timeout=30, interval=0.05)
 
 
 def test_only_the_tables_owner_may_restore(
-    roles_db: str,  # noqa: F811
-    login: Callable[..., str],  # noqa: F811
+    roles_db: str,
+    login: Callable[..., str],
     engine: Engine,
-    guard: IndexGuard,  # noqa: F811
+    guard: IndexGuard,
     sql,
 ) -> None:
     payment, _, _ = revoked_purchase(engine, guard)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -12,39 +11,17 @@ import pytest
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import db, errors
-from kc_tasks.index_guard import IndexGuard
-from kc_tasks.payload import Purchase, Revocation, parse_purchase
-from kc_tasks.purchases import create_purchase
-from kc_tasks.revocations import revoke
-from kc_tasks.settings import normalize_database_url
-from tests.conftest import run_sql
-from tests.integration.test_tasks import Seen, kwargs, seen  # noqa: F401  (the fixture)
-
-
-def order(student: str | None = None, course: str | None = None, payment: str | None = None) -> Purchase:
-    return parse_purchase(
-        {
-            "payment_id": payment or f"pay_{uuid.uuid4().hex}",
-            "student_id": student or str(uuid.uuid4()),
-            "course_id": course or str(uuid.uuid4()),
-            "amount_cents": 49900,
-            "currency": "INR",
-        }
-    )
-
-
-def refund(payment_id: str, refund_id: str | None = "rfnd_1") -> Revocation:
-    return Revocation(payment_id=payment_id, reason="refund", refund_id=refund_id)
-
-
-@pytest.fixture
-def guard() -> IndexGuard:
-    return IndexGuard(ttl=300)
-
-
-def active(sql: Callable[..., list[tuple]], payment_id: str) -> list[bool]:
-    return [r[0] for r in sql("SELECT is_active FROM student_course_purchases WHERE payment_id = %s", (payment_id,))]
+from kc_tasks.core import errors
+from kc_tasks.core.payload import PurchaseKwargs, RevocationKwargs
+from kc_tasks.core.settings import normalize_database_url
+from kc_tasks.store import db
+from kc_tasks.store.index_guard import IndexGuard
+from kc_tasks.worker.purchases import create_purchase
+from kc_tasks.worker.revocations import revoke
+from tests.builders import kwargs, refund
+from tests.builders import sample_order as order
+from tests.harness import Seen
+from tests.services import active, run_sql
 
 
 def revoked_events(sql: Callable[..., list[tuple]], payment_id: str) -> list[dict]:
@@ -103,21 +80,21 @@ def test_what_a_revocation_logs_once(engine: Engine, guard: IndexGuard, caplog) 
     reason; none for a repeat."""
     bought, early = order(), order()
     made = create_purchase(engine, guard, bought)
-    caplog.set_level(logging.DEBUG, logger="kc_tasks.revocations")
-    revoke(engine, Revocation(payment_id=bought.payment_id, reason="dispute_lost", refund_id=None))
+    caplog.set_level(logging.DEBUG, logger="kc_tasks.worker.revocations")
+    revoke(engine, RevocationKwargs(payment_id=bought.payment_id, reason="dispute_lost", refund_id=None))
     revoke(engine, refund(early.payment_id))
     logged = list(caplog.record_tuples)
-    revoke(engine, Revocation(payment_id=bought.payment_id, reason="dispute_lost", refund_id=None))
+    revoke(engine, RevocationKwargs(payment_id=bought.payment_id, reason="dispute_lost", refund_id=None))
     revoke(engine, refund(early.payment_id))
     assert caplog.record_tuples == logged, "nothing for the repeats"
     assert logged == [
         (
-            "kc_tasks.revocations",
+            "kc_tasks.worker.revocations",
             logging.INFO,
             f"purchase {made.purchase_id} of payment {bought.payment_id} revoked (dispute_lost)",
         ),
         (
-            "kc_tasks.revocations",
+            "kc_tasks.worker.revocations",
             logging.INFO,
             f"payment {early.payment_id} revoked (refund) before it made a purchase: it never will make an active one",
         ),
@@ -192,13 +169,13 @@ def test_concurrent_refunds_and_captures_never_leave_an_active_purchase(engine: 
     payments = [order() for _ in range(30)]
     errors: list[BaseException] = []
 
-    def capture(p: Purchase) -> None:
+    def capture(p: PurchaseKwargs) -> None:
         try:
             create_purchase(engine, guard, p)
         except BaseException as exc:
             errors.append(exc)
 
-    def refund_it(p: Purchase) -> None:
+    def refund_it(p: PurchaseKwargs) -> None:
         try:
             revoke(engine, refund(p.payment_id))
         except BaseException as exc:
@@ -218,7 +195,7 @@ def test_concurrent_refunds_and_captures_never_leave_an_active_purchase(engine: 
     assert all(n == 1 for _, n in per_payment)
 
 
-def test_revoke_purchase_task_returns_the_contract_result(celery_app: Celery, seen: Seen, app_database: str) -> None:  # noqa: F811
+def test_revoke_purchase_task_returns_the_contract_result(celery_app: Celery, seen: Seen, app_database: str) -> None:
     order_kwargs = kwargs()
     made = celery_app.send_task("kc_tasks.create_purchase", kwargs=order_kwargs, queue="purchases").id
     seen.wait(made)
@@ -244,7 +221,7 @@ def test_revoke_purchase_task_returns_the_contract_result(celery_app: Celery, se
 )
 def test_a_bad_revocation_fails_at_once_without_retries(
     celery_app: Celery,
-    seen: Seen,  # noqa: F811
+    seen: Seen,
     bad: dict[str, Any],
     named: str,
 ) -> None:

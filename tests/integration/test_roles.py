@@ -1,4 +1,4 @@
-"""The processes' database roles on a real PostgreSQL: kc_tasks/migrations/roles.sql, then
+"""The processes' database roles on a real PostgreSQL: kc_tasks/store/migrations/roles.sql, then
 `kc-tasks migrate`'s grants, and what a login in each role can and cannot do.
 
 The three group roles are cluster-wide and stay (a concurrent run may use them); each test
@@ -9,30 +9,28 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import psycopg
-import pytest
 import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from kc_tasks import db, events, inbox, roles
-from kc_tasks.index_guard import IndexGuard, ensure_index
-from kc_tasks.migrate import migrate
-from kc_tasks.payload import Revocation, parse_purchase
+from kc_tasks.core.payload import RevocationKwargs, parse_purchase
+from kc_tasks.core.settings import normalize_database_url
+from kc_tasks.payments import inbox
+from kc_tasks.payments.redaction import redact_final
 from kc_tasks.providers import razorpay
-from kc_tasks.purchases import create_purchase
-from kc_tasks.redaction import redact_final
-from kc_tasks.revocations import revoke
-from kc_tasks.settings import normalize_database_url
+from kc_tasks.store import db, events, roles
+from kc_tasks.store.index_guard import IndexGuard, ensure_index
+from kc_tasks.store.migrate import migrate
+from kc_tasks.worker.purchases import create_purchase
+from kc_tasks.worker.revocations import revoke
 from tests import provider_samples as s
-from tests.conftest import admin, run_sql
-from tests.integration.test_migrations import ALL
+from tests.builders import MIGRATIONS as ALL
+from tests.services import ROLES_SQL, admin, run_sql, set_up_roles
 
-ROLES_SQL = Path(__file__).resolve().parents[2] / "kc_tasks" / "migrations" / "roles.sql"
 # What kc_web and kc_worker may do to each table, and to which columns of it alone, as the
 # catalog holds it: (role, table, privilege, column or None for the whole table).
 GRANTS = """
@@ -46,12 +44,6 @@ SELECT r.rolname, c.relname, x.privilege_type, a.attname
  WHERE c.relnamespace = 'public'::regnamespace AND r.rolname IN ('kc_web', 'kc_worker')
 """
 OWNERS = "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
-
-
-def set_up_roles(url: str) -> None:
-    """As an operator does: roles.sql as the superuser, then `kc-tasks migrate`."""
-    run_sql(url, ROLES_SQL.read_text())
-    migrate(normalize_database_url(url))
 
 
 def grants(url: str) -> set[tuple[str, str, str, frozenset[str]]]:
@@ -71,30 +63,6 @@ def expected_grants() -> set[tuple[str, str, str, frozenset[str]]]:
                 kind, _, columns = privilege.partition(" (")
                 expected.add((role, table, kind, frozenset(c.strip() for c in columns.rstrip(")").split(",") if c)))
     return expected
-
-
-@pytest.fixture
-def login(database_url: str) -> Iterator[Callable[..., str]]:
-    """login(group, url=the test database) -> that URL as a new login role in the group."""
-    made: list[str] = []
-
-    def make(group: str, url: str = database_url) -> str:
-        name = f"kc_t_{group.removeprefix('kc_')}_{uuid.uuid4().hex[:8]}"
-        admin(f"CREATE ROLE {name} LOGIN IN ROLE {group}")
-        if group == roles.OWNER:
-            admin(f"ALTER ROLE {name} SET role = '{roles.OWNER}'")  # what it creates is kc_owner's
-        made.append(name)
-        return url.replace("postgres@", f"{name}@", 1)
-
-    yield make
-    for name in made:
-        admin(f"DROP ROLE IF EXISTS {name}")
-
-
-@pytest.fixture
-def roles_db(database_url: str) -> str:
-    set_up_roles(database_url)
-    return database_url
 
 
 def engine_for(url: str) -> Engine:
@@ -188,10 +156,10 @@ def test_the_worker_role_makes_and_revokes_purchases_but_cannot_alter_the_schema
         assert guard.refresh(engine).usable, "the beat task's index check runs as the worker"
         made = create_purchase(engine, guard, purchase)
         again = create_purchase(engine, guard, purchase)
-        revoked = revoke(engine, Revocation(payment_id="pay_worker", reason="refund", refund_id="rfnd_1"))
+        revoked = revoke(engine, RevocationKwargs(payment_id="pay_worker", reason="refund", refund_id="rfnd_1"))
         broker = Celery(broker="memory://")
         # The relays lock the rows they take (FOR UPDATE): that needs UPDATE on a column.
-        relayed = (inbox.relay(engine, broker, older_than=0), events.relay(engine, broker))
+        relayed = (inbox.enqueue_received(engine, broker, older_than=0), events.publish_pending(engine, broker))
         pruned = events.prune(engine)
     finally:
         engine.dispose()

@@ -8,15 +8,17 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.engine import Engine
 
-from kc_tasks import dead_letters, inbox, names, story
-from kc_tasks.index_guard import IndexGuard
-from kc_tasks.payload import parse_purchase, parse_revocation
-from kc_tasks.purchases import create_purchase
-from kc_tasks.revocations import revoke
+from kc_tasks.core import names
+from kc_tasks.core.payload import parse_purchase, parse_revocation
+from kc_tasks.payments import inbox, story
+from kc_tasks.store import dead_letters
+from kc_tasks.store.index_guard import IndexGuard
+from kc_tasks.worker.purchases import create_purchase
+from kc_tasks.worker.revocations import revoke
 from tests import provider_samples as s
-from tests.conftest import AMQP
-from tests.integration.test_cli import kc
-from tests.integration.test_inbox import queued
+from tests.harness import kc
+from tests.services import AMQP
+from tests.services import take_queued as queued
 
 
 def test_a_duplicate_payment_tells_which_payment_holds_the_course(engine: Engine, broker: Celery, sql) -> None:
@@ -187,7 +189,7 @@ def test_a_stripe_event_found_by_reconciliation_is_told_apart_from_the_webhooks(
     missed = s.stripe_event("payment_intent.succeeded", s.stripe_intent(intent, student, course), "evt_missed")
     partial = s.stripe_event("charge.refunded", s.stripe_charge(intent, refunded=False, amount_refunded=100), "evt_p")
     receive(engine, broker, "stripe", s.encode(webhook))
-    for found in (missed, partial):  # as kc_tasks.reconcile stores what the Events API gave back
+    for found in (missed, partial):  # as kc_tasks.payments.reconciler stores what the Events API gave back
         receive(engine, broker, "stripe", s.encode({**found, "kc_tasks_found_by_reconciliation": True}))
 
     told = story.tell(engine, broker, intent)

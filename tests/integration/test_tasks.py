@@ -2,63 +2,14 @@
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
-from celery.signals import task_failure, task_retry, task_success
 
-from tests.conftest import run_sql
-
-
-class Seen:
-    """What the worker reported through Celery's signals, keyed by task id."""
-
-    def __init__(self) -> None:
-        self.retries: list[str] = []
-        self.failures: dict[str, BaseException] = {}
-        self.results: dict[str, Any] = {}
-
-    def on_retry(self, request: Any = None, **_: Any) -> None:
-        self.retries.append(request.id)
-
-    def on_failure(self, task_id: str = "", exception: BaseException | None = None, **_: Any) -> None:
-        self.failures[task_id] = exception  # type: ignore[assignment]
-
-    def on_success(self, sender: Any = None, result: Any = None, **_: Any) -> None:
-        self.results[sender.request.id] = result
-
-    def wait(self, task_id: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while task_id not in self.results and task_id not in self.failures:
-            assert time.monotonic() < deadline, f"task {task_id} did not finish"
-            time.sleep(0.05)
-
-
-@pytest.fixture
-def seen() -> Iterator[Seen]:
-    s = Seen()
-    task_retry.connect(s.on_retry, weak=False)
-    task_failure.connect(s.on_failure, weak=False)
-    task_success.connect(s.on_success, weak=False)
-    yield s
-    task_retry.disconnect(s.on_retry)
-    task_failure.disconnect(s.on_failure)
-    task_success.disconnect(s.on_success)
-
-
-def kwargs(**changes: Any) -> dict[str, Any]:
-    base = {
-        "payment_id": f"pay_{uuid.uuid4().hex}",
-        "student_id": str(uuid.uuid4()),
-        "course_id": str(uuid.uuid4()),
-        "amount_cents": 4999,
-        "currency": "INR",
-    }
-    return {**base, **changes}
+from tests.builders import kwargs
+from tests.harness import Seen
+from tests.services import run_sql
 
 
 def send(app: Celery, name: str = "kc_tasks.create_purchase", **options: Any) -> str:

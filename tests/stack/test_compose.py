@@ -18,8 +18,9 @@ import httpx
 import pytest
 import yaml
 
-from kc_tasks.auth import mint
-from tests.e2e.conftest import purchase, wait_until
+from kc_tasks.web.auth import mint
+from tests.builders import purchase
+from tests.harness import wait_until
 from tests.stack.compose import Stack, dependencies, one_shot
 from tests.stack.engine import ROOT, engine, exited, healthy, logs, state, stopped_cleanly
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import JWT_SECRET, WEBHOOK_SECRET, count, free_port, purchase, reader_headers, wait_until
-from tests.e2e.test_webhook import event, signed
+from tests.builders import JWT_SECRET, WEBHOOK_SECRET, event, purchase, reader_headers, signed
+from tests.harness import free_port, wait_until
+from tests.services import count
 from tests.stack.engine import checked, engine, healthy, inspect, logs, state, stopped_cleanly
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import hmac
 
 import pytest
 
-from kc_tasks.admin import csrf_key, csrf_token, csrf_valid
+from kc_tasks.web.admin import csrf_key, csrf_token, csrf_valid
 
 KEY = csrf_key("admin-password", "whsec_test")
 HOUR = 500_000

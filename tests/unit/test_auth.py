@@ -1,4 +1,4 @@
-"""kc_tasks.auth: each refused token is refused for its own reason, the one the web process
+"""kc_tasks.web.auth: each refused token is refused for its own reason, the one the web process
 logs. The identity provider's JWKS is served from this process on a loopback port (PyJWT
 fetches only http and https); rotation is adding a key to it."""
 
@@ -16,7 +16,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from kc_tasks import auth
+from kc_tasks.web import auth
 from tests.jwks_server import JWKS
 
 SECRET = "unit-jwt-secret-" + "s" * 64
@@ -252,7 +252,7 @@ def test_an_unknown_kid_fetches_the_jwks_again_at_most_every_few_seconds(
     verifier = auth.Verifier("", jwks.url, AUDIENCE)
     rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     token = jwt.encode(claims(), rotated, algorithm="RS256", headers={"kid": "rsa-2"})
-    caplog.set_level(logging.INFO, logger="kc_tasks.auth")
+    caplog.set_level(logging.INFO, logger="kc_tasks.web.auth")
 
     assert refusal(verifier, token) == "token key is not in the JWKS"
     assert caplog.messages == ["token key 'rsa-2' is unknown: fetching the JWKS again"]
@@ -271,7 +271,7 @@ def test_an_unknown_kid_fetches_the_jwks_again_at_most_every_few_seconds(
 
 def test_the_logged_kid_is_cut_short(jwks: JWKS, rsa_key: Any, caplog: pytest.LogCaptureFixture) -> None:
     verifier = auth.Verifier("", jwks.url, AUDIENCE)
-    caplog.set_level(logging.INFO, logger="kc_tasks.auth")
+    caplog.set_level(logging.INFO, logger="kc_tasks.web.auth")
     token = jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "k" * 200})
     assert refusal(verifier, token) == "token key is not in the JWKS"
     assert caplog.messages == [f"token key {'k' * 64!r} is unknown: fetching the JWKS again"]
@@ -279,7 +279,7 @@ def test_the_logged_kid_is_cut_short(jwks: JWKS, rsa_key: Any, caplog: pytest.Lo
 
 def test_a_known_kid_never_fetches_the_jwks_again(jwks: JWKS, rsa_key: Any, caplog: pytest.LogCaptureFixture) -> None:
     verifier = auth.Verifier("", jwks.url, AUDIENCE)
-    caplog.set_level(logging.INFO, logger="kc_tasks.auth")
+    caplog.set_level(logging.INFO, logger="kc_tasks.web.auth")
     for _ in range(3):
         verifier.verify(jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "rsa-1"}))
     assert caplog.messages == []

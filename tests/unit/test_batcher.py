@@ -9,8 +9,8 @@ from typing import Any
 
 from kombu.asynchronous.semaphore import LaxBoundedSemaphore
 
-from kc_tasks.batching import BATCH_MAX, HOLD_UNTIL, PurchaseBatcher
-from kc_tasks.names import CREATE_PURCHASE
+from kc_tasks.core.names import CREATE_PURCHASE
+from kc_tasks.worker.batching import BATCH_MAX, HOLD_UNTIL, PurchaseBatcher
 
 
 @dataclass

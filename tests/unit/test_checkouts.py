@@ -11,12 +11,15 @@ import pytest
 import razorpay as razorpay_sdk
 from pydantic import ValidationError
 
-from kc_tasks import checkouts, inbox
-from kc_tasks.providers import Confirmation, NotPaid, Purchase, razorpay, stripe
+from kc_tasks.core.settings import Settings
+from kc_tasks.payments import inbox
+from kc_tasks.providers import Confirmation, NotPaid, Purchase, apis, razorpay, readback, stripe
+from kc_tasks.web import checkouts
 from tests import provider_samples as s
 
 STUDENT, COURSE = "0b6c5a4e-8d1e-4a49-9d1e-1b2c3d4e5f60", "9f1c2b3a-4d5e-4f60-8a7b-1c2d3e4f5a6b"
 KEY_SECRET = "razorpay-key-secret-for-unit-tests"
+NOWHERE = "http://127.0.0.1:9"
 
 
 def paid_order(amount: int = 49900, parts: int = 1, captured: int = 1) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -161,3 +164,28 @@ def test_a_token_confirms_its_burst_then_waits_and_the_platforms_gets_more() -> 
     assert limits.take("student", False, 100.0 + 1 / checkouts.RATE) is None
     assert limits.take("another", False, 100.0) is None
     assert all(limits.take("platform", True, 100.0) is None for _ in range(checkouts.BURST * 10))
+
+
+def test_a_bad_checkout_signature_is_refused_before_the_api_is_read() -> None:
+    # Nothing listens on the API's address: a reader that read before checking would fail there.
+    settings = Settings.from_env(
+        {
+            "KC_DATABASE_URL": "postgresql+psycopg://127.0.0.1/unused",
+            "KC_RAZORPAY_KEY_ID": "rzp_test_key",
+            "KC_RAZORPAY_KEY_SECRET": KEY_SECRET,
+            "KC_RAZORPAY_API_URL": NOWHERE,
+        }
+    )
+    api = apis.razorpay_api(settings, retry=apis.no_retry)
+    try:
+        read = readback.razorpay_reader(settings, api)
+        forged = hmac.new(b"another secret", b"order_1|pay_1", hashlib.sha256).hexdigest()
+        checkout = readback.RazorpayCheckout(
+            provider="razorpay", razorpay_order_id="order_1", razorpay_payment_id="pay_1", razorpay_signature=forged
+        )
+        with pytest.raises(readback.CheckoutRefused) as refused:
+            read(checkout)
+    finally:
+        api.close()
+    assert str(refused.value) == "order order_1, payment pay_1: bad signature"
+    assert refused.value.detail == "razorpay_signature does not match the order and payment"

@@ -406,7 +406,7 @@ DATABASE_LOGINS = {
     "worker": ("kc_worker_app", "kc_worker", "worker"),
 }
 LOGINS_SQL = DOCKER / "logins.sql"
-ROLES_SQL = ROOT / "kc_tasks" / "migrations" / "roles.sql"
+ROLES_SQL = ROOT / "kc_tasks" / "store" / "migrations" / "roles.sql"
 
 
 def as_compose_interpolates(value: str | None, env: dict[str, str] = SAMPLE_ENV) -> str:
@@ -647,8 +647,8 @@ def test_the_dockerfile_installs_the_package_with_templates_and_migrations() -> 
     }
     runs = " ".join(arguments for stage in stages for arguments in instructions(stage, "RUN"))
 
-    assert "kc_tasks.templates" in pyproject["tool"]["setuptools"]["packages"]
-    assert "*.html" in pyproject["tool"]["setuptools"]["package-data"]["kc_tasks.templates"]
+    assert "kc_tasks.web.templates" in pyproject["tool"]["setuptools"]["packages"]
+    assert "*.html" in pyproject["tool"]["setuptools"]["package-data"]["kc_tasks.web.templates"]
     assert needed <= copied, f"the build copies {sorted(needed - copied)} into the image"
     assert re.search(r"pip (install|wheel)\b.*\s\.(\s|$)", runs), "the build installs the package from the context"
     assert "pip install" in " ".join(instructions(stages[-1], "RUN")), "the runtime stage installs the package"

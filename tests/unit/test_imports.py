@@ -37,7 +37,7 @@ def _imports(name: str, path: Path) -> set[str]:
             if node.level:
                 anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 base = f"{anchor}.{base}" if base else anchor
-            # `from kc_tasks import db` imports the module kc_tasks.db; `from kc_tasks.db import x`, kc_tasks.db.
+            # `from kc_tasks.store import db` and `from kc_tasks.store.db import x` both import kc_tasks.store.db.
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
         else:
             continue
@@ -79,7 +79,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 # Alembic's environment script runs inside a migration's context (alembic.context set up by
 # `kc-tasks migrate`), never imported on its own; tests/integration/test_migrations.py runs it.
-RUN_BY_ALEMBIC = {"kc_tasks.migrations.env"}
+RUN_BY_ALEMBIC = {"kc_tasks.store.migrations.env"}
 
 
 @pytest.mark.parametrize("name", sorted(MODULES.keys() - RUN_BY_ALEMBIC))
@@ -101,22 +101,60 @@ def test_celeryconfig_is_read_by_the_app_not_imported_by_the_package() -> None:
     assert not [name for name, imported in GRAPH.items() if "celeryconfig" in imported]
 
 
-def test_batching_and_the_tasks_do_not_import_each_other_circularly() -> None:
-    assert "kc_tasks.batching" in GRAPH["kc_tasks.tasks"]
-    assert "kc_tasks.tasks" not in GRAPH["kc_tasks.batching"]
-    assert "kc_tasks.tasks" not in GRAPH["kc_tasks.worker"]
+def test_batching_and_the_tasks_meet_only_through_the_seam() -> None:
+    """A batch runs the tasks; what it made reaches them through kc_tasks.worker.seam, and
+    neither imports the other (no doubling back)."""
+    assert "kc_tasks.worker.batching" not in GRAPH["kc_tasks.worker.tasks"]
+    assert "kc_tasks.worker.tasks" not in GRAPH["kc_tasks.worker.batching"]
+    assert "kc_tasks.worker.seam" in GRAPH["kc_tasks.worker.tasks"] & GRAPH["kc_tasks.worker.batching"]
+    assert "kc_tasks.worker.tasks" not in GRAPH["kc_tasks.worker.consumer"]
 
 
 def test_the_names_sit_at_the_bottom() -> None:
-    # Every module may import the names (kc_tasks/names.py): they import nothing of the package.
-    assert GRAPH["kc_tasks.names"] == set()
-    assert GRAPH["kc_tasks.sending"] == {"kc_tasks.names"}
-    assert {name for name, imported in GRAPH.items() if "kc_tasks.names" in imported} >= {
-        "kc_tasks.inbox",
-        "kc_tasks.metrics",
-        "kc_tasks.dead_letters",
-        "kc_tasks.tasks",
-        "kc_tasks.cli",
-        "kc_tasks.batching",
+    # Every module may import the names (kc_tasks/core/names.py): they import nothing of the package.
+    assert GRAPH["kc_tasks.core.names"] == set()
+    assert GRAPH["kc_tasks.core.sending"] == {"kc_tasks.core.names"}
+    assert {name for name, imported in GRAPH.items() if "kc_tasks.core.names" in imported} >= {
+        "kc_tasks.payments.inbox",
+        "kc_tasks.core.metrics",
+        "kc_tasks.store.dead_letters",
+        "kc_tasks.worker.tasks",
+        "kc_tasks.ops.cli.enqueue",
+        "kc_tasks.worker.batching",
         "celeryconfig",
     }
+
+
+# The folders, bottom first: a module imports from its own folder and the folders below it, never
+# above (README, Layout). The Celery app (kc_tasks/celery.py, and celeryconfig.py it reads) sits
+# on core alone, so that every part may import it.
+LAYERS = ("core", "app", "providers", "store", "payments", "worker", "web", "ops")
+
+
+def _layer(name: str) -> str:
+    if name in {"kc_tasks", "kc_tasks.celery", "celeryconfig"}:
+        return "app"
+    return name.split(".")[1]
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{name} -> {target}"
+        for name, imported in graph.items()
+        for target in imported
+        if LAYERS.index(_layer(target)) > LAYERS.index(_layer(name))
+    )
+
+
+def test_every_module_lies_in_a_folder_of_a_part() -> None:
+    assert {_layer(name) for name in MODULES} == set(LAYERS)
+
+
+def test_each_folder_imports_only_its_own_and_the_folders_below() -> None:
+    assert _upward(GRAPH) == []
+
+
+def test_an_import_upward_is_found() -> None:
+    assert _upward({"kc_tasks.core.names": {"kc_tasks.web.app"}, "kc_tasks.web.app": {"kc_tasks.core.names"}}) == [
+        "kc_tasks.core.names -> kc_tasks.web.app"
+    ]

@@ -6,11 +6,11 @@ import logging
 
 import pytest
 
-from kc_tasks.index_guard import IndexGuard, IndexStatus, _definition_problem
+from kc_tasks.store.index_guard import IndexGuard, IndexStatus, _definition_problem
 
 USABLE = IndexStatus(True, "valid, unique, and inferred by ON CONFLICT")
 MISSING = IndexStatus(False, "it does not exist")
-LOGGER = "kc_tasks.index_guard"
+LOGGER = "kc_tasks.store.index_guard"
 
 
 class FakeClock:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
-from kc_tasks import metrics, names
+from kc_tasks.core import metrics, names
 
 
 @pytest.mark.parametrize(

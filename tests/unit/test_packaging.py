@@ -46,11 +46,11 @@ def test_the_wheel_holds_the_templates_and_the_build_warns_of_nothing(tmp_path: 
 
     (wheel,) = (tmp_path / "dist").glob("kc_tasks-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    templates = {path.name for path in (ROOT / "kc_tasks" / "templates").iterdir() if path.suffix == ".html"}
-    assert {f"kc_tasks/templates/{name}" for name in templates} <= names
-    assert "kc_tasks/migrations/script.py.mako" in names
-    assert "kc_tasks/migrations/versions/002_add_idempotency_constraints.py" in names
-    assert "kc_tasks/migrations/roles.sql" in names
+    templates = {path.name for path in (ROOT / "kc_tasks" / "web" / "templates").iterdir() if path.suffix == ".html"}
+    assert {f"kc_tasks/web/templates/{name}" for name in templates} <= names
+    assert "kc_tasks/store/migrations/script.py.mako" in names
+    assert "kc_tasks/store/migrations/versions/002_add_idempotency_constraints.py" in names
+    assert "kc_tasks/store/migrations/roles.sql" in names
     assert "celeryconfig.py" in names
 
 

@@ -7,8 +7,15 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from kc_tasks.errors import InvalidPurchase, InvalidRevocation, PermanentError
-from kc_tasks.payload import Purchase, Revocation, describe, is_task_body, parse_purchase, parse_revocation
+from kc_tasks.core.errors import InvalidPurchase, InvalidRevocation, PermanentError
+from kc_tasks.core.payload import (
+    PurchaseKwargs,
+    RevocationKwargs,
+    describe,
+    is_task_body,
+    parse_purchase,
+    parse_revocation,
+)
 
 STUDENT = "6f1c2d3e-0000-4000-8000-000000000001"
 COURSE = "6f1c2d3e-0000-4000-8000-000000000002"
@@ -62,7 +69,7 @@ def kwargs(**changes: Any) -> dict[str, Any]:
 def test_a_valid_purchase_is_accepted(given: dict[str, Any], expected: dict[str, Any]) -> None:
     purchase = parse_purchase(given)
 
-    assert isinstance(purchase, Purchase)
+    assert isinstance(purchase, PurchaseKwargs)
     assert purchase.model_dump() == expected
 
 
@@ -254,7 +261,7 @@ def test_a_rejected_revocation_is_told_each_rule_in_full(given: dict[str, Any], 
 
 
 def test_a_revocation_within_the_rules_is_accepted() -> None:
-    assert parse_revocation({"payment_id": "pay_1", "reason": "dispute"}) == Revocation(
+    assert parse_revocation({"payment_id": "pay_1", "reason": "dispute"}) == RevocationKwargs(
         payment_id="pay_1", reason="dispute", refund_id=None
     )
 

@@ -1,4 +1,4 @@
-"""Whatever a client sends, parse_purchase gives a Purchase within the contract or InvalidPurchase."""
+"""Whatever a client sends, parse_purchase gives a PurchaseKwargs within the contract or InvalidPurchase."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from kc_tasks.errors import InvalidPurchase
-from kc_tasks.payload import Purchase, parse_purchase
+from kc_tasks.core.errors import InvalidPurchase
+from kc_tasks.core.payload import PurchaseKwargs, parse_purchase
 
 KWARGS = ("payment_id", "student_id", "course_id", "amount_cents", "currency", "metadata")
 REQUIRED = KWARGS[:-1]
@@ -112,7 +112,7 @@ def strings_in(value: Any) -> list[str]:
     return []
 
 
-def assert_within_contract(purchase: Purchase, sent: dict[Any, Any]) -> None:
+def assert_within_contract(purchase: PurchaseKwargs, sent: dict[Any, Any]) -> None:
     assert set(sent) <= set(KWARGS)
     assert set(REQUIRED) <= set(sent)
 

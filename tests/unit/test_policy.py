@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kc_tasks import errors
-from kc_tasks.db import classify
-from kc_tasks.payload import Purchase, parse_purchase
-from kc_tasks.purchases import lock_keys
+from kc_tasks.core import errors
+from kc_tasks.core.payload import PurchaseKwargs, parse_purchase
+from kc_tasks.store.db import classify
+from kc_tasks.worker.purchases import lock_keys
 
 STUDENT = "6f1c2d3e-0000-4000-8000-000000000001"
 COURSE = "6f1c2d3e-0000-4000-8000-000000000002"
@@ -72,7 +72,7 @@ def test_config_error_is_neither_retried_nor_a_delivery_failure() -> None:
 
 def purchase(
     payment_id: str = "pay_1", student_id: str = STUDENT, course_id: str = COURSE, amount: int = 100
-) -> Purchase:
+) -> PurchaseKwargs:
     return parse_purchase(
         {
             "payment_id": payment_id,
@@ -93,7 +93,7 @@ def purchase(
         purchase(student_id=OTHER, course_id=OTHER),
     ],
 )
-def test_lock_keys_are_two_sorted_signed_64_bit_ints(subject: Purchase) -> None:
+def test_lock_keys_are_two_sorted_signed_64_bit_ints(subject: PurchaseKwargs) -> None:
     keys = lock_keys(subject)
 
     assert len(keys) == 2
@@ -120,5 +120,7 @@ def test_lock_keys_are_two_sorted_signed_64_bit_ints(subject: Purchase) -> None:
         ),
     ],
 )
-def test_deliveries_that_may_collide_share_a_lock_key(first: Purchase, second: Purchase, shared: int) -> None:
+def test_deliveries_that_may_collide_share_a_lock_key(
+    first: PurchaseKwargs, second: PurchaseKwargs, shared: int
+) -> None:
     assert len(set(lock_keys(first)) & set(lock_keys(second))) == shared

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kc_tasks.process_guard import flower_refusal, is_loopback, state_file_refusal
+from kc_tasks.core.process_guard import flower_refusal, is_loopback, state_file_refusal
 
 
 @pytest.mark.parametrize(

@@ -11,20 +11,20 @@ from typing import Any
 
 import pytest
 
-from kc_tasks import signature
 from kc_tasks.providers import (
     DISPUTE,
     REFUND,
-    Event,
     Ignored,
     Malformed,
+    ProviderEvent,
     Purchase,
     Revocation,
     kc,
     load_object,
     purchase_from,
     razorpay,
-    reconcile,
+    recovered,
+    signature,
     stripe,
 )
 from tests import provider_samples as s
@@ -95,7 +95,7 @@ def test_a_kc_event_without_its_fields_is_malformed_for_its_reason(event: dict[s
 
 def test_a_kc_event_of_another_type_is_ignored_under_its_payment() -> None:
     body = json.dumps({"id": "evt_1", "type": "payment.created", "data": {"payment_id": "pay_1"}}).encode()
-    assert kc.parse(body) == Event(
+    assert kc.parse(body) == ProviderEvent(
         "kc", "evt_1", "payment.created", Ignored("type payment.created is not acted on", "pay_1")
     )
 
@@ -109,7 +109,7 @@ def test_a_razorpay_body_that_is_not_utf8_is_refused_before_its_signature() -> N
 
 def test_a_razorpay_event_without_a_type_is_stored_as_unknown_and_ignored() -> None:
     body = b'{"payload": {}}'
-    assert razorpay.parse(body, "evt_1") == Event(
+    assert razorpay.parse(body, "evt_1") == ProviderEvent(
         "razorpay", "evt_1", "unknown", Ignored("type unknown is not acted on", None)
     )
 
@@ -255,7 +255,7 @@ def test_a_stripe_event_without_id_or_type_is_malformed() -> None:
 def test_a_stripe_event_of_the_other_mode_is_ignored_under_its_own_id_type_and_payment() -> None:
     event = s.stripe_event("payment_intent.succeeded", s.stripe_intent("pi_1", STUDENT, COURSE), "evt_live_1", True)
     why = "an event of the other Stripe mode: a live event; this endpoint takes test-mode events only"
-    assert stripe.parse(s.encode(event), livemode=False) == Event(
+    assert stripe.parse(s.encode(event), livemode=False) == ProviderEvent(
         "stripe", "evt_live_1", "payment_intent.succeeded", Ignored(why, "pi_1")
     )
 
@@ -284,15 +284,15 @@ def test_a_refund_or_dispute_that_names_no_payment_intent_is_ignored() -> None:
 
 
 def test_what_reconciliation_read_is_stored_as_sorted_json_with_its_text_as_is() -> None:
-    assert reconcile.body({"b": 1, "a": {"name": "Zoë", "note": "₹499"}}) == (
+    assert recovered.body({"b": 1, "a": {"name": "Zoë", "note": "₹499"}}) == (
         '{"a": {"name": "Zoë", "note": "₹499"}, "b": 1}'.encode()
     )
 
 
 def test_an_id_or_a_source_that_is_not_reconciliations_is_malformed() -> None:
     with pytest.raises(Malformed) as caught:
-        reconcile.split_event_id("paypal:pay_1:paid")
+        recovered.split_event_id("paypal:pay_1:paid")
     assert str(caught.value) == "'paypal:pay_1:paid' is not a reconciliation event id"
     with pytest.raises(Malformed) as caught:
-        reconcile.action("stripe", "disputed", {})
+        recovered.action("stripe", "disputed", {})
     assert str(caught.value) == "unknown reconciliation source stripe disputed"

@@ -1,4 +1,4 @@
-"""kc_tasks.rabbitmq: which management API each broker URL names, and what an older or a newer
+"""kc_tasks.ops.rabbitmq: which management API each broker URL names, and what an older or a newer
 RabbitMQ than the one installed here (3.10) is given. The brokers of other versions cannot run
 here: a stand-in answers as their management API does (its refusals are RabbitMQ's words).
 Against the real one, three clustered nodes: tests/cluster/test_policy.py."""
@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from kc_tasks import rabbitmq
-from kc_tasks.errors import ManagementRefused, ManagementUnreachable
+from kc_tasks.core.errors import ManagementRefused, ManagementUnreachable
+from kc_tasks.ops import rabbitmq
 
 SECRET = "s3cr3t-pw"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from kc_tasks import provider_api, reconcile, story
-from kc_tasks.providers import NOT_A_COURSE, Ignored, Malformed, Purchase, Revocation, Unmapped
-from kc_tasks.providers import reconcile as objects
-from kc_tasks.settings import Settings
+from kc_tasks.core.settings import Settings
+from kc_tasks.payments import reconciler, story
+from kc_tasks.providers import NOT_A_COURSE, Ignored, Malformed, Purchase, Revocation, Unmapped, apis
+from kc_tasks.providers import recovered as objects
 from tests import provider_api_server as api
 from tests import provider_samples as s
 
@@ -22,19 +22,19 @@ S, C = api.new_id(), api.new_id()
         (429, "0", 3, 0.0),
         (429, None, 3, 4.0),
         (429, "soon", 1, 1.0),
-        (429, "3600", 1, provider_api.MAX_WAIT),
-        (429, "1", provider_api.RATE_LIMIT_TRIES, None),
+        (429, "3600", 1, apis.MAX_WAIT),
+        (429, "1", apis.RATE_LIMIT_TRIES, None),
         (500, None, 1, 0.5),
         (503, None, 2, 1.0),
-        (502, None, provider_api.FAILURE_TRIES, None),
+        (502, None, apis.FAILURE_TRIES, None),
         (None, None, 1, 0.5),
-        (None, None, provider_api.FAILURE_TRIES, None),
+        (None, None, apis.FAILURE_TRIES, None),
         (401, None, 1, None),
         (404, None, 1, None),
     ],
 )
 def test_retry_delay(status: int | None, retry_after: str | None, attempt: int, wait: float | None) -> None:
-    assert provider_api.retry_delay(status, retry_after, attempt) == wait
+    assert apis.retry_delay(status, retry_after, attempt) == wait
 
 
 def paid(student: str | None = S, course: str | None = C, **payment: object) -> dict:
@@ -159,7 +159,7 @@ def test_verdict(facts: story.Facts, line: str) -> None:
 
 
 def test_summary_line_and_result() -> None:
-    summary = reconcile.Summary("razorpay", "2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00", seen=3)
+    summary = reconciler.Summary("razorpay", "2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00", seen=3)
     summary.already_fine, summary.purchases_enqueued, summary.unmapped = 1, 1, 1
     assert summary.line() == (
         "reconcile razorpay 2026-01-01T00:00:00+00:00 .. 2026-01-02T00:00:00+00:00: 3 payment(s) seen, "
@@ -167,11 +167,11 @@ def test_summary_line_and_result() -> None:
         "0 not a course purchase"
     )
     assert "actions" not in summary.as_result() and summary.as_result()["purchases_enqueued"] == 1
-    assert reconcile.Summary("stripe", "a", "b").line().startswith("reconcile stripe a .. b: 0 event(s) seen")
+    assert reconciler.Summary("stripe", "a", "b").line().startswith("reconcile stripe a .. b: 0 event(s) seen")
 
 
 def test_summary_line_counts_instalments_and_pending_refunds_when_there_are_some() -> None:
-    summary = reconcile.Summary("razorpay", "a", "b", seen=4, part_payments=2, refunds_pending=1)
+    summary = reconciler.Summary("razorpay", "a", "b", seen=4, part_payments=2, refunds_pending=1)
     assert summary.line().endswith(", 2 earlier instalment(s) of an order paid in parts, 1 refund(s) still pending")
     assert summary.as_result()["part_payments"] == 2
 
@@ -200,12 +200,12 @@ def payment_of(order: str, created: object, pid: str) -> tuple[str, dict]:
 def test_of_an_order_paid_in_parts_only_its_latest_payment_is_a_candidate(
     captured: list[tuple[str, dict]], kept: list[str]
 ) -> None:
-    assert sorted(reconcile.latest_of_each_order(dict(captured))) == kept
+    assert sorted(reconciler.latest_of_each_order(dict(captured))) == kept
 
 
 def test_beat_looks_back_the_reconcile_window() -> None:
     assert Settings.from_env({}).reconcile_window == 3 * 86400
     settings = Settings.from_env({"KC_RECONCILE_WINDOW": "7200"})
-    win = reconcile.window(settings.reconcile_window, now=10_000)
+    win = reconciler.window(settings.reconcile_window, now=10_000)
     assert (win.since, win.until) == (10_000 - 7200, 10_000)
     assert win.holds(10_000) and win.holds(2800) and not win.holds(2799) and not win.holds("5300")

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from kc_tasks import inbox, names, redaction
-from kc_tasks.providers import Purchase, dig, reconcile
+from kc_tasks.core import names
+from kc_tasks.payments import inbox, redaction
+from kc_tasks.providers import Purchase, dig, recovered
+from kc_tasks.providers.kept import SERVER_SET
 from tests import provider_samples as s
-from tests.unit.test_providers import KC_TABLE, RAZORPAY_TABLE, STRIPE_TABLE
+from tests.provider_tables import KC_TABLE, RAZORPAY_TABLE, STRIPE_TABLE
 
 STUDENT, COURSE = str(uuid.uuid4()), str(uuid.uuid4())
 PI = "pi_3MtwBwLkdIwHu7ix28a3tqPa"
@@ -191,35 +193,35 @@ def test_the_stripe_mode_still_decides_on_a_redacted_body(setting: bool) -> None
 
 
 def test_a_stripe_event_found_by_reconciliation_says_so_when_redacted() -> None:
-    sample = {**stripe_samples()["session (checkout.session.completed)"], reconcile.FOUND_BY: True}
-    assert redact("stripe", sample)[reconcile.FOUND_BY] is True
+    sample = {**stripe_samples()["session (checkout.session.completed)"], recovered.FOUND_BY: True}
+    assert redact("stripe", sample)[recovered.FOUND_BY] is True
 
 
 def test_reconciliations_razorpay_objects_are_redacted_by_the_same_tables() -> None:
     payment = s.razorpay_payment("pay_29QQoUBi66xm2f", method="card")
     refunded = dict(payment, amount_refunded=payment["amount"], refund_status="full", status="refunded")
     found = {
-        reconcile.PAID: {"payment": payment, "order": s.razorpay_order(payment, STUDENT, COURSE)},
-        reconcile.REFUNDED: {"refund": s.razorpay_refund(payment), "payment": refunded},
-        reconcile.DISPUTED: {"dispute": s.razorpay_dispute(payment)},
+        recovered.PAID: {"payment": payment, "order": s.razorpay_order(payment, STUDENT, COURSE)},
+        recovered.REFUNDED: {"refund": s.razorpay_refund(payment), "payment": refunded},
+        recovered.DISPUTED: {"dispute": s.razorpay_dispute(payment)},
     }
     for kind, objects in found.items():
-        made = reconcile.event("razorpay", kind, objects)
+        made = recovered.event("razorpay", kind, objects)
         assert made is not None
         event, body = made
         reduced = redact("reconcile", json.loads(body), event.event_id)
         same_plan("reconcile", json.loads(body), reduced, event.event_id)
     # An earlier release stored a captured payment alone.
-    eid = reconcile.event_id("razorpay", payment["id"], reconcile.PAID)
+    eid = recovered.event_id("razorpay", payment["id"], recovered.PAID)
     same_plan("reconcile", payment, redact("reconcile", payment, eid), eid)
 
 
 def test_an_earlier_releases_stripe_reconciliation_objects_are_redacted() -> None:
     for kind, obj in (
-        (reconcile.PAID, s.stripe_intent(PI, STUDENT, COURSE)),
-        (reconcile.REFUNDED, s.stripe_charge(PI)),
+        (recovered.PAID, s.stripe_intent(PI, STUDENT, COURSE)),
+        (recovered.REFUNDED, s.stripe_charge(PI)),
     ):
-        eid = reconcile.event_id("stripe", PI, kind)
+        eid = recovered.event_id("stripe", PI, kind)
         same_plan("reconcile", obj, redact("reconcile", obj, eid), eid)
 
 
@@ -258,9 +260,9 @@ def test_redacting_twice_changes_nothing(provider: str, sample: dict[str, Any]) 
         ({"a": [s.EMAIL]}, {"a": redaction.LEAF}, {"a": redaction.REDACTED}),
         ({"pi": "pi_1"}, {"pi": redaction.ID}, {"pi": "pi_1"}),
         ({"pi": {"id": "pi_1", "receipt_email": s.EMAIL}}, {"pi": redaction.ID}, {"pi": {"id": "pi_1"}}),
-        ({"notes": []}, {"notes": redaction.SERVER_SET}, {"notes": []}),
-        ({"notes": [s.EMAIL]}, {"notes": redaction.SERVER_SET}, {"notes": []}),
-        ({"notes": s.EMAIL}, {"notes": redaction.SERVER_SET}, {"notes": redaction.REDACTED}),
+        ({"notes": []}, {"notes": SERVER_SET}, {"notes": []}),
+        ({"notes": [s.EMAIL]}, {"notes": SERVER_SET}, {"notes": []}),
+        ({"notes": s.EMAIL}, {"notes": SERVER_SET}, {"notes": redaction.REDACTED}),
         ({"l": [{"id": 1, "x": 2}, {"id": 3}]}, {"l": [{"id": redaction.LEAF}]}, {"l": [{"id": 1}, {"id": 3}]}),
         ({"l": {"id": 1}}, {"l": [{"id": redaction.LEAF}]}, {"l": {}}),
     ],

@@ -5,18 +5,18 @@ How the reference is read. Its tables name things in their first column: each `b
 span of a row's first cell is one name, and the table's first header cell says what kind of
 name it is. Seven kinds are compared with the code, both ways:
 
-    variable   an environment variable    every variable kc_tasks/settings.py reads (collected
+    variable   an environment variable    every variable kc_tasks/core/settings.py reads (collected
                                           from its source, below); a listed one must be named in
                                           kc_tasks/, celeryconfig.py or the Procfile
     route      `METHOD /path`             every route of the web app, built with every optional
                                           route on
     task       a task name                every task the Celery app registers (Celery's own
                                           celery.* left out)
-    event      an event type              the event types of kc_tasks/events.py
-    metric     a metric name              every series kc_tasks/metrics.py makes
+    event      an event type              the event types of kc_tasks/core/names.py
+    metric     a metric name              every series kc_tasks/core/metrics.py makes
     command    `kc-tasks word...`         every command of kc-tasks' parser; the row's second
                                           cell holds its --options, compared with the parser's
-    table      a table name               every table of kc_tasks/db.py; the row's second cell
+    table      a table name               every table of kc_tasks/store/db.py; the row's second cell
                                           holds its `columns`, compared with the table's
 
 Tables of any other kind (kwargs, statuses, reasons, fields...) are held to the code one way
@@ -38,9 +38,11 @@ from celery import Celery
 from fastapi.routing import iter_route_contexts
 from prometheus_client.metrics import MetricWrapperBase
 
-from kc_tasks import cli, db, events, logs, metrics, settings
 from kc_tasks.celery import app as celery_app
-from kc_tasks.settings import Settings
+from kc_tasks.core import logs, metrics, names, settings
+from kc_tasks.core.settings import Settings
+from kc_tasks.ops import cli
+from kc_tasks.store import db
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "reference.md"
@@ -97,7 +99,7 @@ def test_the_reference_has_a_table_of_each_kind() -> None:
 
 
 def settings_variables() -> set[str]:
-    """Every variable kc_tasks/settings.py reads, from its source. The environment reaches it as
+    """Every variable kc_tasks/core/settings.py reads, from its source. The environment reaches it as
     a mapping named `env`: a variable is read where `env` is subscripted (`env[NAME]`), asked
     (`env.get(NAME)`, `NAME in env`) or handed to a helper with the name after it
     (`_int(env, NAME, ...)`). NAME is a string literal, or the variable of a `for` over a tuple of
@@ -209,7 +211,7 @@ def served_routes() -> set[str]:
     """`METHOD /path` of each route of the web app (HEAD, which Starlette adds to GET, left out;
     `{name:converter}` written `{name}`). create_app sets up logging for the web process: the
     test run's is put back afterwards."""
-    from kc_tasks.web import create_app
+    from kc_tasks.web.app import create_app
 
     kept = [(logger, logger.handlers[:], logger.level, logger.propagate) for logger in map(logging.getLogger, LOGGERS)]
     try:
@@ -245,11 +247,11 @@ def registered_tasks() -> set[str]:
 
 
 def event_types() -> set[str]:
-    """The string constants of kc_tasks/events.py shaped as an event type: `<noun>.<verb>`."""
+    """The string constants of kc_tasks/core/names.py shaped as an event type: `purchase.<verb>`."""
     return {
         value
-        for name, value in vars(events).items()
-        if name.isupper() and isinstance(value, str) and re.fullmatch(r"[a-z]+\.[a-z_]+", value)
+        for name, value in vars(names).items()
+        if name.isupper() and isinstance(value, str) and re.fullmatch(r"purchase\.[a-z_]+", value)
     }
 
 
@@ -267,13 +269,13 @@ def test_the_event_types_are_those_of_the_reference() -> None:
 
 # --- metrics ----------------------------------------------------------------------------------
 
-# What makes a series in kc_tasks/metrics.py; counters are exposed with `_total`.
+# What makes a series in kc_tasks/core/metrics.py; counters are exposed with `_total`.
 SERIES_MAKERS = {"Counter", "Gauge", "Histogram", "Summary", "ScrapeGauge", "GaugeMetricFamily", "CounterMetricFamily"}
 COUNTERS = {"Counter", "CounterMetricFamily"}
 
 
 def metric_names() -> set[str]:
-    """The first argument of every call in kc_tasks/metrics.py that makes a series: a string
+    """The first argument of every call in kc_tasks/core/metrics.py that makes a series: a string
     literal, or `self.<attribute>`, the name a class (ScrapeGauge) was given by the call that
     made it, which names it; anything else, this test cannot name."""
     found = set()
@@ -328,7 +330,7 @@ def commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ("kc-task
     return found
 
 
-COMMANDS = commands(cli._parser())
+COMMANDS = commands(cli.parser())
 
 
 def listed_commands() -> dict[str, set[str]]:

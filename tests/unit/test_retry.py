@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from kc_tasks.retry import compute_backoff, may_retry
+from kc_tasks.worker.retry import compute_backoff, may_retry
 
 
 @pytest.mark.parametrize(

@@ -6,15 +6,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kc_tasks import db, roles
+from kc_tasks.store import db, roles
 
-ROLES_SQL = Path(__file__).resolve().parents[2] / "kc_tasks" / "migrations" / "roles.sql"
+ROLES_SQL = Path(__file__).resolve().parents[2] / "kc_tasks" / "store" / "migrations" / "roles.sql"
 
 
 def test_every_table_is_granted_to_some_role() -> None:
     granted = {table for tables in roles.PRIVILEGES.values() for table in tables}
 
-    assert set(db.metadata.tables) <= granted, "a new table: say in kc_tasks/roles.py who may use it"
+    assert set(db.metadata.tables) <= granted, "a new table: say in kc_tasks/store/roles.py who may use it"
     assert granted <= set(roles.TABLES)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kc_tasks.errors import ConfigError
-from kc_tasks.settings import Settings, describe_database, redact_url
+from kc_tasks.core.errors import ConfigError
+from kc_tasks.core.settings import Settings, describe_database, redact_url
 
 SECRET = "s3cr3t-pw"
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from kc_tasks.signature import sign, verify
+from kc_tasks.providers.signature import sign, verify
 
 SECRET = b"whsec_test"
 BODY = b'{"id":"evt_1","type":"payment.succeeded","data":{}}'

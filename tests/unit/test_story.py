@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kc_tasks.story import Facts, verdict
+from kc_tasks.payments.story import Facts, verdict
 
 NOT_A_COURSE = "not a course purchase: its server-set notes/metadata name no student_id or course_id"
 OTHER_MODE = "an event of the other Stripe mode: a test-mode event; this endpoint takes live events only"

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from celery.signals import worker_init, worker_process_init, worker_ready
 
-from kc_tasks import process
+from kc_tasks.worker import process
 
 
 @pytest.fixture
