@@ -30,8 +30,8 @@ STRIPE_WEBHOOK_SECRET = "whsec_" + secrets.token_hex(16)
 
 
 @pytest.fixture
-def provider() -> Iterator[dev_providers.Provider]:
-    keys = dev_providers.Provider(
+def provider() -> Iterator[dev_providers.StandIn]:
+    keys = dev_providers.StandIn(
         razorpay_key_id="rzp_test_" + secrets.token_hex(7),
         razorpay_key_secret=secrets.token_hex(16),
         stripe_api_key="sk_test_" + secrets.token_hex(16),
@@ -41,7 +41,7 @@ def provider() -> Iterator[dev_providers.Provider]:
 
 
 @contextmanager
-def start_platform(tmp_path: Path, web: Web, provider: dev_providers.Provider, student: str) -> Iterator[str]:
+def start_platform(tmp_path: Path, web: Web, provider: dev_providers.StandIn, student: str) -> Iterator[str]:
     """The example's server, as its README runs it, for `student`; its base URL."""
     port = free_port()
     env = dict(
@@ -77,7 +77,7 @@ def platform(
     rabbitmq_url: str,
     workers: Workers,
     webs: Callable[..., Web],
-    provider: dev_providers.Provider,
+    provider: dev_providers.StandIn,
 ) -> Iterator[tuple[str, str]]:
     """kc_tasks (a worker, the web process with the stand-in's keys and webhook secrets), the
     stand-in's webhooks sent to it, and the example platform for a new student: (its URL, the
@@ -101,7 +101,7 @@ def platform(
 
 
 def test_the_razorpay_page_shows_the_course_after_checkout(
-    database_url: str, browser: Browser, platform: tuple[str, str], provider: dev_providers.Provider
+    database_url: str, browser: Browser, platform: tuple[str, str], provider: dev_providers.StandIn
 ) -> None:
     base, student = platform
     page = browser.new_page()
@@ -116,7 +116,7 @@ def test_the_razorpay_page_shows_the_course_after_checkout(
 
 
 def test_the_stripe_success_page_shows_the_course_after_checkout(
-    database_url: str, browser: Browser, platform: tuple[str, str], provider: dev_providers.Provider
+    database_url: str, browser: Browser, platform: tuple[str, str], provider: dev_providers.StandIn
 ) -> None:
     base, student = platform
     page = browser.new_page()
