@@ -654,6 +654,18 @@ def test_the_dockerfile_installs_the_package_with_templates_and_migrations() -> 
     assert "pip install" in " ".join(instructions(stages[-1], "RUN")), "the runtime stage installs the package"
 
 
+def test_the_dockerfiles_check_of_the_installed_files_names_files_of_the_package() -> None:
+    """The build fails when the templates or migrations are missing from the installed package:
+    each file that check looks for (`r.files('<package>').joinpath(...)`) is in the source tree,
+    so the check fails only on an install that left it out, never on a moved folder."""
+    runs = " ".join(arguments for stage in dockerfile_stages() for arguments in instructions(stage, "RUN"))
+    looked_for = re.findall(r"r\.files\('([\w.]+)'\)\.joinpath\(([^)]*)\)", runs)
+    assert len(looked_for) >= 2, "the build checks the templates and the migrations"
+    for package, parts in looked_for:
+        path = ROOT.joinpath(*package.split("."), *re.findall(r"'([^']+)'", parts))
+        assert path.exists(), f"the Dockerfile looks for {path.relative_to(ROOT)}, which is not in the package"
+
+
 def ignored(path: str) -> bool:
     """Whether .dockerignore keeps `path` (or a folder above it) out of the build context."""
     rules = []
