@@ -52,6 +52,10 @@ def test_the_wheel_holds_the_templates_and_the_build_warns_of_nothing(tmp_path: 
     assert "kc_tasks/store/migrations/versions/002_add_idempotency_constraints.py" in names
     assert "kc_tasks/store/migrations/roles.sql" in names
     assert "celeryconfig.py" in names
+    # Every module of the source tree ships: a folder missing from pyproject.toml's packages
+    # is left out of the wheel without a word (the image's `kc-tasks` then fails to import).
+    modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "kc_tasks").rglob("*.py")}
+    assert sorted(modules - names) == []
 
 
 def test_an_editable_install_warns_of_nothing(tmp_path: Path) -> None:
