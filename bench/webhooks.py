@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import re
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PG = os.environ.get("KC_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 RUN_ID = uuid.uuid4().hex[:8]
+RUNS = itertools.count()
 DB_URL = f"{PG}/kc_bench_web_{RUN_ID}"
 VHOST = f"kc_bench_web_{RUN_ID}"
 AMQP = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
@@ -62,7 +64,8 @@ def _free_port() -> int:
 # A free port: two runs on one machine must not answer each other's requests.
 PORT = _free_port()
 KC_SECRET = "bench-webhook-secret-0123456789abcdef"
-RAZORPAY_SECRET = "bench-razorpay-secret"
+# At least 32 characters: the web refuses to start with a shorter Razorpay secret.
+RAZORPAY_SECRET = "bench-razorpay-secret-0123456789abcdef"
 STRIPE_SECRET = "whsec_bench0123456789abcdefghij"
 STUDENT, COURSE = str(uuid.uuid4()), str(uuid.uuid4())
 
@@ -136,8 +139,12 @@ def requests_file(route: str, n: int) -> Path:
     """One line per request: path, headers as JSON, body (bodies hold no tab or newline)."""
     path = WORK / f"{route}.requests"
     now = int(time.time())
+    # A new event id and payment id for every request of every wrk run: an event id stored
+    # with another body is answered 409 (the route's conflict path, not what is measured).
+    run = next(RUNS)
     with path.open("w") as out:
         for i in range(n if route in ("stripe", "payments") else 1):
+            i = f"{run}_{i}"
             payment = f"pay_{RUN_ID}_{route}_{i}"
             if route == "bare":
                 line = ("/bare", {"Content-Type": "application/json"}, "{}")
@@ -179,7 +186,7 @@ def requests_file(route: str, n: int) -> Path:
                 )
             elif route == "stripe":
                 intent = {
-                    "id": f"pi_{RUN_ID}{i}",
+                    "id": f"pi_{RUN_ID}_{i}",
                     "object": "payment_intent",
                     "amount_received": 99900,
                     "currency": "inr",
@@ -283,6 +290,10 @@ def main() -> None:
                 break
             except subprocess.CalledProcessError:
                 time.sleep(0.2)
+        else:
+            lines = (WORK / "web.log").read_text(errors="replace").splitlines()
+            why = next((line for line in reversed(lines) if "refusing to start" in line), lines[-1] if lines else "")
+            sys.exit(f"bench/webhooks.py: the web process did not answer /healthz in 20 s: {why}")
         for round_ in range(args.rounds):
             for route in routes:
                 full = wrk(route, args.connections, args.seconds)
@@ -293,6 +304,8 @@ def main() -> None:
                 half["of_saturation"] = round(half["rate"] / full["rate"], 2)
                 for r in (full, half):
                     r["round"] = round_ + 1
+                    if r["non_2xx"]:
+                        print(f"bench/webhooks.py: {route}: {r['non_2xx']} answers were not 2xx", file=sys.stderr)
                     results.append(r)
                     print(json.dumps(r), flush=True)
     finally:
