@@ -180,7 +180,7 @@ def requests_file(route: str, n: int) -> Path:
                     {
                         "Content-Type": "application/json",
                         "X-Razorpay-Signature": sig,
-                        "X-Razorpay-Event-Id": f"evt_{RUN_ID}",
+                        "X-Razorpay-Event-Id": f"evt_{RUN_ID}_{run}",
                     },
                     body,
                 )
